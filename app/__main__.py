@@ -1,0 +1,105 @@
+"""Command line: `python -m app run|serve|dev-token|set-tier`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Sequence
+
+from app.config import ConfigError, Settings
+from app.sessions import issue_token
+from app.store import SQLiteStore
+from app.tiers import TIERS, UnknownTier
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m app", description="SOC Defenders API-key service")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("run", help="start the development server on HOST:PORT")
+    commands.add_parser("serve", help="start the production server: gunicorn, WEB_CONCURRENCY uvicorn workers")
+    token = commands.add_parser("dev-token", help="print a session token for USER_ID signed with the configured secret")
+    token.add_argument("user_id")
+    token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default 3600)")
+    tier = commands.add_parser("set-tier", help="set an account's tier")
+    tier.add_argument("user_id")
+    tier.add_argument("tier", choices=sorted(TIERS))
+    args = parser.parse_args(argv)
+
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+
+    if args.command == "run":
+        return run(settings)
+    if args.command == "serve":
+        return serve(settings)
+    if args.command == "dev-token":
+        if args.ttl < 1:
+            parser.error("--ttl must be at least 1 second")
+        print(issue_token(settings.jwt_secret, args.user_id, time.time(), args.ttl))
+        return 0
+    if args.command == "set-tier":
+        from app.keys import KeyService
+
+        try:
+            account = KeyService(SQLiteStore(settings.database_path), time.time).set_tier(args.user_id, args.tier)
+        except UnknownTier as exc:
+            print(exc, file=sys.stderr)
+            return 2
+        print(f"{account.user_id}: tier {account.tier}")
+        return 0
+    return 1
+
+
+def run(settings: Settings) -> int:
+    """Start a development server (uvicorn, one process) and say how to call it."""
+    import uvicorn
+
+    from app import create_app
+    from app import logs
+
+    logs.configure(settings.log_level)
+    app = create_app(settings)
+    base = f"http://{settings.host}:{settings.port}"
+    if not settings.production:
+        token = issue_token(settings.jwt_secret, "dev-user", time.time(), 24 * 3600)
+        print(
+            f"\nSOC Defenders API-key service ({settings.env}) on {base}\n"
+            f"  spec: {base}/openapi.json   docs: {base}/ui/\n"
+            f"  database: {settings.database_path}\n\n"
+            "Mint a key as user 'dev-user' (session token valid 24 h):\n\n"
+            f"  curl -s -X POST {base}/api/v1/keys \\\n"
+            f"    -b 'sb-access-token={token}' \\\n"
+            "    -H 'Content-Type: application/json' \\\n"
+            "    -d '{\"name\": \"tom-laptop-dev\", \"expires_in_days\": 90}'\n",
+            flush=True,
+        )
+    uvicorn.run(app, host=settings.host, port=settings.port, access_log=False, log_config=None)
+    return 0
+
+
+def serve(settings: Settings) -> int:
+    """Replace this process with gunicorn running WEB_CONCURRENCY uvicorn workers."""
+    import os
+
+    if not settings.production:
+        print("serve runs in production mode: set APP_ENV=production (make serve does)", file=sys.stderr)
+        return 2
+    workers = os.environ.get("WEB_CONCURRENCY", "2")
+    argv = [
+        sys.executable, "-m", "gunicorn",
+        "--worker-class", "app.asgi.Worker",
+        "--workers", workers,
+        "--bind", f"{settings.host}:{settings.port}",
+        "--graceful-timeout", "10",
+        "app.asgi:from_env()",
+    ]
+    os.execv(sys.executable, argv)
+    return 0  # not reached
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,27 @@
+"""Entry point for production servers: `gunicorn 'app.asgi:from_env()'`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from connexion import FlaskApp
+from uvicorn_worker import UvicornWorker
+
+from app import create_app, logs
+from app.config import Settings
+
+
+def from_env() -> FlaskApp:
+    """Build the app from the environment (called once in each worker)."""
+    settings = Settings.from_env()
+    logs.configure(settings.log_level)
+    return create_app(settings)
+
+
+class Worker(UvicornWorker):
+    """Gunicorn worker running uvicorn without its access log, which would print `?api_key=`.
+
+    The app writes its own access log, with secrets redacted.
+    """
+
+    CONFIG_KWARGS: dict[str, Any] = {**UvicornWorker.CONFIG_KWARGS, "access_log": False}

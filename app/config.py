@@ -1,0 +1,127 @@
+"""Configuration: one frozen Settings read from the environment once."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+DEFAULT_DATABASE_URL = "sqlite:///data/keys.db"
+DEV_SECRET_FILE = ".supabase-jwt-secret"
+LOCALHOST_ORIGINS = r"^https?://(localhost|127\.0\.0\.1|\[::1\])(:[0-9]{1,5})?$"
+
+
+class ConfigError(Exception):
+    """The environment does not describe a runnable configuration."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the service needs to know about its deployment."""
+
+    jwt_secret: str
+    database_path: Path
+    env: str = "development"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    validate_responses: bool = True
+    cors_origin_regex: str = LOCALHOST_ORIGINS
+    management_limit_per_minute: int = 120
+    management_limit_per_day: int = 10_000
+    max_active_keys: int = 50
+    log_level: str = "INFO"
+    jwt_secret_generated: bool = field(default=False, compare=False)
+
+    @property
+    def production(self) -> bool:
+        return self.env == "production"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        """Build Settings from environment variables (see the README's table)."""
+        env = os.environ if environ is None else environ
+        app_env = env.get("APP_ENV", "development").strip().lower()
+        if app_env not in ("development", "production"):
+            raise ConfigError(f"APP_ENV must be 'development' or 'production', not {app_env!r}")
+        production = app_env == "production"
+        database_path = parse_database_url(env.get("DATABASE_URL", DEFAULT_DATABASE_URL))
+
+        secret = env.get("SUPABASE_JWT_SECRET", "")
+        generated = False
+        if not secret:
+            if production:
+                raise ConfigError("SUPABASE_JWT_SECRET is required when APP_ENV=production")
+            secret, generated = development_secret(database_path.parent), True
+
+        return cls(
+            jwt_secret=secret,
+            database_path=database_path,
+            env=app_env,
+            host=env.get("HOST", "127.0.0.1"),
+            port=_int(env, "PORT", 8000),
+            validate_responses=_bool(env, "VALIDATE_RESPONSES", not production),
+            cors_origin_regex=env.get("CORS_ORIGIN_REGEX", "" if production else LOCALHOST_ORIGINS),
+            management_limit_per_minute=_int(env, "KEY_MANAGEMENT_LIMIT_PER_MINUTE", 120),
+            management_limit_per_day=_int(env, "KEY_MANAGEMENT_LIMIT_PER_DAY", 10_000),
+            max_active_keys=_int(env, "MAX_ACTIVE_KEYS", 50),
+            log_level=env.get("LOG_LEVEL", "INFO").upper(),
+            jwt_secret_generated=generated,
+        )
+
+
+def parse_database_url(url: str) -> Path:
+    """Return the file path of a `sqlite:///relative` or `sqlite:////absolute` URL."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix) or len(url) == len(prefix):
+        raise ConfigError(f"DATABASE_URL must look like {DEFAULT_DATABASE_URL!r} (SQLite file only)")
+    path = url[len(prefix):]
+    if path == ":memory:":
+        # Every worker and thread would see its own empty database.
+        raise ConfigError("DATABASE_URL may not be in-memory: the service needs one shared file")
+    return Path(path)
+
+
+def development_secret(directory: Path) -> str:
+    """Load, or create once, a random development JWT secret kept beside the database."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / DEV_SECRET_FILE
+    if not path.exists():
+        # Written aside and linked into place: several workers starting at once agree on
+        # one secret, and none reads a half-written file.
+        tmp = directory / f"{DEV_SECRET_FILE}.{os.getpid()}.{secrets.token_hex(4)}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(48))
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    return path.read_text().strip()
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, not {raw!r}") from None
+    if value < 1 and name != "PORT":
+        raise ConfigError(f"{name} must be at least 1")
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be true or false, not {raw!r}")

@@ -1,0 +1,158 @@
+"""The one place where every error becomes the contract's `Error` envelope.
+
+Covers our domain errors and everything Connexion and Starlette raise (validation,
+security, 404, 405, 415, response validation) plus anything unexpected, which is logged
+with its traceback and answered with a bare 500.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sqlite3
+from typing import Any
+
+from connexion import FlaskApp
+from connexion.exceptions import ProblemException
+from connexion.lifecycle import ConnexionRequest, ConnexionResponse
+from starlette.exceptions import HTTPException
+
+from app.errors import ServiceError
+
+log = logging.getLogger("app.errors")
+
+# Connexion's codes for its own errors, by status.
+STATUS_CODES = {
+    400: "invalid_parameter",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    500: "internal_error",
+}
+MESSAGES = {
+    404: "No such endpoint. See /openapi.json for the ones this API serves.",
+    405: "This method is not allowed on this endpoint; see the Allow header.",
+    415: "Request body must be JSON (Content-Type: application/json).",
+    500: "An unexpected error occurred.",
+}
+
+
+HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
+
+
+def key_operations(spec: dict) -> set[str]:
+    """Return the operationIds authenticated by API key rather than by session."""
+    return {
+        operation["operationId"]
+        for item in spec["paths"].values()
+        for method, operation in item.items()
+        if method in HTTP_METHODS
+        and any(name != "CookieAuth" for requirement in operation.get("security", []) for name in requirement)
+    }
+
+
+def request_id_of(request: ConnexionRequest) -> str:
+    """Return the id the request-context middleware gave this request."""
+    return request.scope.get("state", {}).get("request_id", "req_unknown")
+
+
+def error_response(
+    request: ConnexionRequest,
+    status: int,
+    code: str,
+    message: str,
+    details: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> ConnexionResponse:
+    """Build an `Error` envelope response."""
+    body = {
+        "error": {"code": code, "message": message, "details": details or {}, "request_id": request_id_of(request)}
+    }
+    return ConnexionResponse(
+        status_code=status,
+        body=json.dumps(body),
+        mimetype="application/json",
+        content_type="application/json",
+        headers=headers or {},
+    )
+
+
+class ErrorHandlers:
+    """Error handlers for the app serving `spec`."""
+
+    def __init__(self, spec: dict) -> None:
+        self._key_operations = key_operations(spec)
+        self._routes = [
+            (re.compile("^" + re.sub(r"\\{[^}]+\\}", "[^/]+", re.escape(path)) + "$"),
+             ", ".join(sorted(m.upper() for m in item if m in HTTP_METHODS)))
+            for path, item in spec["paths"].items()
+        ]
+
+    def install(self, app: FlaskApp) -> None:
+        app.add_error_handler(ServiceError, self.service_error)
+        app.add_error_handler(ProblemException, self.problem)
+        app.add_error_handler(HTTPException, self.http_exception)
+        app.add_error_handler(sqlite3.OperationalError, self.store_unavailable)
+        app.add_error_handler(Exception, self.unexpected)
+
+    async def service_error(self, request: ConnexionRequest, exc: ServiceError) -> ConnexionResponse:
+        return error_response(request, exc.status_code, exc.code, exc.message, exc.details, exc.headers)
+
+    async def problem(self, request: ConnexionRequest, exc: ProblemException) -> ConnexionResponse:
+        status = exc.status
+        if status == 401:
+            return self._unauthorized(request, str(exc.detail or ""))
+        if status >= 500:
+            # A response that broke the contract, or a server fault: say nothing of it to the client.
+            log.error("request %s failed: %s", request_id_of(request), exc.detail)
+            return error_response(request, 500, "internal_error", MESSAGES[500])
+        code = STATUS_CODES.get(status, "bad_request")
+        message = MESSAGES.get(status) or str(exc.detail or exc.title or "Bad request.")
+        return error_response(request, status, code, message, headers=dict(exc.headers or {}))
+
+    async def http_exception(self, request: ConnexionRequest, exc: HTTPException) -> ConnexionResponse:
+        status = exc.status_code
+        code = STATUS_CODES.get(status, "http_error")
+        message = MESSAGES.get(status) or str(exc.detail)
+        headers = dict(exc.headers or {})
+        if status == 405:
+            # The router only knows the methods of the first route it matched; the spec knows all.
+            headers["Allow"] = self.allowed_methods(request.url.path) or headers.get("Allow", "")
+        return error_response(request, status, code, message, headers=headers)
+
+    def allowed_methods(self, path: str) -> str | None:
+        """Return the Allow header value for a path, from the spec."""
+        for pattern, methods in self._routes:
+            if pattern.match(path):
+                return methods
+        return None
+
+    async def store_unavailable(self, request: ConnexionRequest, exc: sqlite3.OperationalError) -> ConnexionResponse:
+        log.error("request %s: key store unavailable: %s", request_id_of(request), exc)
+        return error_response(
+            request, 503, "service_unavailable", "The service is temporarily unavailable; retry shortly.",
+            headers={"Retry-After": "1"},
+        )
+
+    async def unexpected(self, request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
+        log.error("request %s failed", request_id_of(request), exc_info=exc)
+        return error_response(request, 500, "internal_error", MESSAGES[500])
+
+    def _unauthorized(self, request: ConnexionRequest, detail: str) -> ConnexionResponse:
+        routing = request.scope.get("extensions", {}).get("connexion_routing", {})
+        by_key = routing.get("operation_id") in self._key_operations
+        if detail.startswith("No authorization token"):
+            if by_key:
+                return error_response(
+                    request, 401, "missing_api_key",
+                    'API key is required. Include it in the Authorization header as "Bearer sk_live_...", '
+                    "in the X-API-Key header, or as the api_key query parameter.",
+                )
+            return error_response(request, 401, "missing_session", "Sign in: the sb-access-token session cookie is missing.")
+        code = "invalid_api_key" if by_key else "invalid_session"
+        return error_response(request, 401, code, "The credentials sent are malformed.")

@@ -1,0 +1,54 @@
+"""API key material: format, checksum, digest and preview.
+
+A key is `sk_live_` + 32 random base62 characters + a 6-character base62 CRC32 of
+everything before it, so a typo is caught without touching the database and secret
+scanners can recognise the prefix. Only the SHA-256 digest is ever stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import zlib
+
+PREFIX = "sk_live_"
+BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+RANDOM_LENGTH = 32
+CHECKSUM_LENGTH = 6
+KEY_PATTERN = re.compile(rf"^{PREFIX}[0-9A-Za-z]{{{RANDOM_LENGTH + CHECKSUM_LENGTH}}}$")
+PREVIEW_SECRET_CHARS = 4
+
+
+def generate() -> str:
+    """Return a new random key with its checksum."""
+    body = PREFIX + "".join(secrets.choice(BASE62) for _ in range(RANDOM_LENGTH))
+    return body + checksum(body)
+
+
+def checksum(body: str) -> str:
+    """Return the 6-character base62 CRC32 of `body`."""
+    value = zlib.crc32(body.encode("ascii"))
+    chars = []
+    for _ in range(CHECKSUM_LENGTH):
+        value, rem = divmod(value, 62)
+        chars.append(BASE62[rem])
+    return "".join(reversed(chars))
+
+
+def is_well_formed(key: str) -> bool:
+    """Tell whether `key` has the right shape and a matching checksum."""
+    if not KEY_PATTERN.match(key):
+        return False
+    return checksum(key[:-CHECKSUM_LENGTH]) == key[-CHECKSUM_LENGTH:]
+
+
+def digest(key: str) -> str:
+    """Return the hex SHA-256 digest under which a key is stored."""
+    return hashlib.sha256(key.encode("ascii")).hexdigest()
+
+
+def preview(key: str) -> str:
+    """Return the prefix and the first few characters of the secret, the rest masked."""
+    shown = key[len(PREFIX) : len(PREFIX) + PREVIEW_SECRET_CHARS]
+    return f"{PREFIX}{shown}••••••••"

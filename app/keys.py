@@ -1,0 +1,218 @@
+"""Key minting and verification: the rules of the key lifecycle."""
+
+from __future__ import annotations
+
+import hmac
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable, Sequence
+
+from app import keymaterial
+from app.errors import (
+    ExpiredAPIKey,
+    InsufficientScope,
+    InvalidAPIKey,
+    InvalidParameter,
+    KeyNotFound,
+    RevokedAPIKey,
+)
+from app.store import Account, KeyEvent, KeyRecord, Store
+from app.tiers import get_tier
+
+Clock = Callable[[], float]
+DAY_US = 86_400 * 1_000_000
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+CURSOR = re.compile(r"^([0-9]{16})([0-9a-f]{32})$")
+
+# Names the vendor's naming convention calls useless for audit trails, and their kin.
+USELESS_NAME = re.compile(r"^(my[ _-]?)?(api[ _-]?)?(key|test|token|temp|tmp|default|new)[ _-]?[0-9]*$", re.I)
+NAME_HINT = (
+    "Names like 'key1', 'my key' or 'test' make audit trails useless. Prefer descriptive, "
+    "deployment-aware names such as 'prod-splunk-2026q2', 'staging-sentinel' or 'tom-laptop-dev'."
+)
+MINT_WARNING = "Store this API key securely. It will not be shown again."
+
+
+@dataclass(frozen=True)
+class MintedKey:
+    """A new key: its record and the secret, which exists nowhere else."""
+
+    record: KeyRecord
+    secret: str
+    name_hint: str | None
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list[Any]
+    next_cursor: str | None
+
+
+class KeyService:
+    """Mint, list, read, revoke and verify API keys."""
+
+    def __init__(self, store: Store, clock: Clock, max_active_keys: int = 50) -> None:
+        self._store = store
+        self._clock = clock
+        self._max_active = max_active_keys
+
+    def now_us(self) -> int:
+        return int(self._clock() * 1_000_000)
+
+    def account(self, user_id: str) -> Account:
+        """Return the user's account, created on the free tier at first sight."""
+        return self._store.ensure_account(user_id, self.now_us())
+
+    def set_tier(self, user_id: str, tier: str) -> Account:
+        """Move the user's account, and with it every key it holds, to `tier`."""
+        get_tier(tier)
+        return self._store.set_tier(user_id, tier, self.now_us())
+
+    def mint(self, user_id: str, name: str, expires_in_days: int | None, request_id: str) -> MintedKey:
+        """Mint a key for the user; the secret is returned here and never again."""
+        account = self.account(user_id)
+        now = self.now_us()
+        secret = keymaterial.generate()
+        record = KeyRecord(
+            id=str(uuid.uuid4()),
+            user_id=user_id,
+            name=name,
+            preview=keymaterial.preview(secret),
+            tier=account.tier,
+            created_us=now,
+            expires_us=None if expires_in_days is None else now + expires_in_days * DAY_US,
+            revoked_us=None,
+            total_requests=0,
+            last_used_us=None,
+        )
+        self._store.insert_key(record, keymaterial.digest(secret), self._max_active, _event(record, "minted", request_id, now))
+        hint = NAME_HINT if USELESS_NAME.match(name.strip()) else None
+        return MintedKey(record, secret, hint)
+
+    def list(self, user_id: str, limit: int, cursor: str | None) -> Page:
+        """Return a page of the user's unrevoked keys, newest first."""
+        records = self._store.list_keys(user_id, limit + 1, decode_cursor(cursor))
+        return _page(records, limit, lambda r: (r.created_us, r.id))
+
+    def get(self, user_id: str, key_id: str) -> KeyRecord:
+        """Return the user's unrevoked key; KeyNotFound otherwise, whoever owns it."""
+        record = self._store.get_key(user_id, key_id.lower())
+        if record is None:
+            raise KeyNotFound("No API key with this id exists for this account.", {"key_id": key_id})
+        return record
+
+    def revoke(self, user_id: str, key_id: str, request_id: str) -> KeyRecord:
+        """Revoke the user's key at once; KeyNotFound if there is no such unrevoked key."""
+        now = self.now_us()
+        existing = self.get(user_id, key_id)
+        revoked = self._store.revoke_key(user_id, existing.id, now, _event(existing, "revoked", request_id, now))
+        if revoked is None:  # revoked by a concurrent request in between
+            raise KeyNotFound("No API key with this id exists for this account.", {"key_id": key_id})
+        return revoked
+
+    def events(self, user_id: str, limit: int, cursor: str | None) -> Page:
+        """Return a page of the user's key events, newest first."""
+        events = self._store.list_events(user_id, limit + 1, decode_cursor(cursor))
+        return _page(events, limit, lambda e: (e.occurred_us, e.id))
+
+    def authenticate(self, presented: str) -> KeyRecord:
+        """Return the live key matching `presented`; raise the precise 401 otherwise."""
+        if not keymaterial.is_well_formed(presented):
+            # Caught by the checksum: no database read for a mistyped or made-up key.
+            raise InvalidAPIKey("The API key is malformed or mistyped.")
+        digest = keymaterial.digest(presented)
+        found = self._store.find_by_digest(digest)
+        if found is None or not hmac.compare_digest(found[1], digest):
+            raise InvalidAPIKey("The API key is not recognised.")
+        record = found[0]
+        if record.revoked_us is not None:
+            raise RevokedAPIKey("This API key has been revoked.", {"key_id": record.id})
+        if record.expires_us is not None and record.expires_us <= self.now_us():
+            raise ExpiredAPIKey(
+                "This API key has expired.", {"key_id": record.id, "expired_at": rfc3339(record.expires_us)}
+            )
+        return record
+
+    @staticmethod
+    def authorize(record: KeyRecord, required_scopes: Sequence[str] | None) -> None:
+        """Raise InsufficientScope unless the key's tier grants every required scope."""
+        missing = [s for s in required_scopes or () if s not in get_tier(record.tier).scopes]
+        if missing:
+            raise InsufficientScope(
+                f"This API key's tier ({record.tier}) lacks the scope required by this operation.",
+                {"required_scopes": list(required_scopes or ()), "missing_scopes": missing},
+            )
+
+    def key_info(self, record: KeyRecord) -> dict[str, Any]:
+        """Describe a key as the contract's APIKeyInfo (never its secret)."""
+        tier = get_tier(record.tier)
+        expired = record.expires_us is not None and record.expires_us <= self.now_us()
+        return {
+            "id": record.id,
+            "name": record.name,
+            "key_preview": record.preview,
+            "tier": tier.name,
+            "scopes": list(tier.scopes),
+            "rate_limit_per_minute": tier.per_minute,
+            "rate_limit_per_day": tier.per_day,
+            "total_requests": record.total_requests,
+            "last_used_at": rfc3339(record.last_used_us),
+            "created_at": rfc3339(record.created_us),
+            "expires_at": rfc3339(record.expires_us),
+            "status": "expired" if expired else "active",
+        }
+
+
+def event_info(event: KeyEvent) -> dict[str, Any]:
+    """Describe a key event as the contract's KeyEvent."""
+    return {
+        "id": event.id,
+        "type": event.type,
+        "occurred_at": rfc3339(event.occurred_us),
+        "key_id": event.key_id,
+        "key_name": event.key_name,
+        "key_preview": event.key_preview,
+        "request_id": event.request_id,
+        "details": event.details,
+    }
+
+
+def rfc3339(us: int | None) -> str | None:
+    """Format microseconds since the epoch as an RFC 3339 UTC time."""
+    if us is None:
+        return None
+    return (EPOCH + timedelta(microseconds=us)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def encode_cursor(position: tuple[int, str]) -> str:
+    """Encode a (time, uuid) listing position as an opaque cursor."""
+    return f"{position[0]:016d}{uuid.UUID(position[1]).hex}"
+
+
+def decode_cursor(cursor: str | None) -> tuple[int, str] | None:
+    """Decode a cursor made by encode_cursor (the contract's pattern admits no other)."""
+    if cursor is None:
+        return None
+    match = CURSOR.match(cursor)
+    if match is None:
+        raise InvalidParameter("cursor is not a cursor this server issued.", {"field": "cursor"})
+    return int(match.group(1)), str(uuid.UUID(match.group(2)))
+
+
+def new_event_id() -> str:
+    return str(uuid.uuid4())
+
+
+def _event(record: KeyRecord, kind: str, request_id: str, now: int) -> KeyEvent:
+    return KeyEvent(
+        id=new_event_id(), user_id=record.user_id, key_id=record.id, type=kind, key_name=record.name,
+        key_preview=record.preview, request_id=request_id, occurred_us=now, details={},
+    )
+
+
+def _page(items: list[Any], limit: int, position: Callable[[Any], tuple[int, str]]) -> Page:
+    if len(items) > limit:
+        return Page(items[:limit], encode_cursor(position(items[limit - 1])))
+    return Page(items, None)

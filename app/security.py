@@ -1,0 +1,85 @@
+"""Connexion security functions, named in `openapi.json` (`x-apikeyInfoFunc`, `x-bearerInfoFunc`).
+
+They run in Connexion's security middleware, outside Flask: the services come from the
+request scope, put there by `RequestContextMiddleware`. Each authenticates, then counts
+the request against its rate limit; the outcome's headers go back through the scope.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from connexion.lifecycle import ConnexionRequest
+from connexion.security import NO_VALUE, BearerSecurityHandler
+
+from app.errors import RateLimited
+from app.keys import new_event_id
+from app.ratelimit import Decision, Limits
+from app.store import NewEvent
+from app.tiers import get_tier
+
+
+def verify_session(token: str, request: ConnexionRequest) -> dict[str, Any]:
+    """Authenticate a session cookie and count it against the account's management limit."""
+    services = request.scope["state"]["services"]
+    now = services.clock()
+    user_id = services.sessions.user_id(token, now)
+    decision = services.limiter.admit(f"account:{user_id}", services.management_limits, now)
+    _apply(request, decision, now, "key management for this account")
+    return {"sub": user_id}
+
+
+def verify_api_key(
+    token: str, request: ConnexionRequest, required_scopes: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """Authenticate an API key, check its scopes and count it against its tier's limits."""
+    state = request.scope["state"]
+    services = state["services"]
+    record = services.keys.authenticate(token)
+    services.keys.authorize(record, required_scopes)
+    tier = get_tier(record.tier)
+    now = services.clock()
+    decision = services.limiter.admit(
+        f"key:{record.id}",
+        Limits(tier.per_minute, tier.per_day),
+        now,
+        usage_key_id=record.id,
+        block_event=NewEvent(new_event_id(), record.id, record.user_id, record.name, record.preview, state["request_id"]),
+    )
+    _apply(request, decision, now, "this API key")
+    return {"sub": record.user_id, "key_id": record.id, "rate_limit": decision}
+
+
+def _apply(request: ConnexionRequest, decision: Decision, now: float, subject: str) -> None:
+    headers = decision.headers
+    request.scope["state"]["rate_limit_headers"] = headers
+    if decision.allowed:
+        return
+    window = decision.blocked_by or "minute"
+    limit = decision.day.limit if window == "day" else decision.minute.limit
+    reset = decision.day.reset if window == "day" else decision.minute.reset
+    retry_after = decision.retry_after(now)
+    error = RateLimited(
+        f"Rate limit of {limit} requests per {window} exceeded for {subject}; retry after {retry_after} s.",
+        {"window": window, "limit": limit, "reset": reset, "retry_after": retry_after},
+    )
+    error.headers = {**headers, "Retry-After": str(retry_after)}
+    raise error
+
+
+class ScopedBearerHandler(BearerSecurityHandler):
+    """Bearer handler that, like Connexion's apiKey handler, passes the required scopes on."""
+
+    def get_fn(self, security_scheme: dict, required_scopes: list[str]) -> Any:
+        check = self.check_bearer_token(self._resolve_func(security_scheme))
+
+        def wrapper(request: ConnexionRequest) -> Any:
+            auth_type, token = self.get_auth_header_value(request)
+            if auth_type != "bearer":
+                return NO_VALUE
+            return check(request, token, required_scopes=required_scopes)
+
+        return wrapper
+
+
+SECURITY_MAP = {"bearer": ScopedBearerHandler}

@@ -1,0 +1,417 @@
+"""The key store: accounts, keys, key events and rate-limit windows in SQLite.
+
+The only module that touches SQL. Times are integer microseconds since the Unix epoch
+(UTC). Writes that must be atomic across worker processes run in `BEGIN IMMEDIATE`
+transactions; key lifecycle writes are synced to disk before they return.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Protocol, Sequence
+
+import sqlite_utils
+
+from app.errors import DuplicateName, KeyLimitReached
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_MS = 5000
+
+
+@dataclass(frozen=True)
+class Account:
+    user_id: str
+    tier: str
+    created_us: int
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    id: str
+    user_id: str
+    name: str
+    preview: str
+    tier: str
+    created_us: int
+    expires_us: int | None
+    revoked_us: int | None
+    total_requests: int
+    last_used_us: int | None
+
+
+@dataclass(frozen=True)
+class KeyEvent:
+    id: str
+    user_id: str
+    key_id: str
+    type: str
+    key_name: str
+    key_preview: str
+    request_id: str
+    occurred_us: int
+    details: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Window:
+    """One rate-limit window to count a request against."""
+
+    kind: str  # "minute" or "day"
+    start: int  # window start, Unix seconds
+    limit: int
+
+
+@dataclass(frozen=True)
+class Consumption:
+    """What counting one request against a subject's windows did."""
+
+    allowed: bool
+    counts: dict[str, int]  # requests counted in each window, this one included if allowed
+    blocked_by: str | None  # the window that refused the request
+    first_block: bool  # the first refusal in that window
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    """An event to record with a rate-limit refusal."""
+
+    event_id: str
+    key_id: str
+    user_id: str
+    key_name: str
+    key_preview: str
+    request_id: str
+
+
+class Store(Protocol):
+    """What the domain needs from a key store."""
+
+    def ensure_account(self, user_id: str, now_us: int) -> Account: ...
+    def set_tier(self, user_id: str, tier: str, now_us: int) -> Account: ...
+    def insert_key(self, record: KeyRecord, digest: str, max_active: int, event: KeyEvent) -> None: ...
+    def get_key(self, user_id: str, key_id: str) -> KeyRecord | None: ...
+    def list_keys(self, user_id: str, limit: int, before: tuple[int, str] | None) -> list[KeyRecord]: ...
+    def revoke_key(self, user_id: str, key_id: str, now_us: int, event: KeyEvent) -> KeyRecord | None: ...
+    def find_by_digest(self, digest: str) -> tuple[KeyRecord, str] | None: ...
+    def list_events(self, user_id: str, limit: int, before: tuple[int, str] | None) -> list[KeyEvent]: ...
+    def consume(self, subject: str, windows: Sequence[Window], now_us: int,
+                usage_key_id: str | None = None, block_event: NewEvent | None = None) -> Consumption: ...
+    def ping(self) -> None: ...
+
+
+_KEY_COLUMNS = (
+    "k.id, k.user_id, k.name, k.preview, a.tier, k.created_us, k.expires_us, k.revoked_us, "
+    "k.total_requests, k.last_used_us"
+)
+_KEY_FROM = "api_keys k JOIN accounts a ON a.user_id = k.user_id"
+
+
+class SQLiteStore:
+    """A Store on one SQLite file (or one open connection), safe across threads and processes."""
+
+    def __init__(self, database: str | Path | sqlite3.Connection) -> None:
+        self._shared: sqlite3.Connection | None = None
+        self._lock = threading.RLock()
+        self._local = threading.local()
+        if isinstance(database, sqlite3.Connection):
+            self._shared = database
+            self._path: Path | None = None
+        else:
+            self._path = Path(database)
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+        self.migrate()
+
+    # -- connections ----------------------------------------------------------------------
+
+    def _open(self) -> sqlite3.Connection:
+        assert self._path is not None
+        conn = sqlite3.connect(self._path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        return conn
+
+    @contextmanager
+    def _conn(self) -> Iterator[sqlite3.Connection]:
+        if self._shared is not None:
+            with self._lock:
+                yield self._shared
+            return
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._open()
+        yield conn
+
+    @contextmanager
+    def _write(self, durable: bool = False) -> Iterator[sqlite3.Connection]:
+        """Run a write transaction that takes the database's write lock up front."""
+        with self._conn() as conn:
+            if durable:
+                # Sync this commit (and any before it) to disk before the client hears of it.
+                conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            else:
+                conn.execute("COMMIT")
+            finally:
+                if durable:
+                    conn.execute("PRAGMA synchronous = NORMAL")
+
+    def close(self) -> None:
+        """Close this thread's connection."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    # -- schema ---------------------------------------------------------------------------
+
+    def migrate(self) -> None:
+        """Create or upgrade the schema; safe when several workers start at once."""
+        with self._conn() as conn:
+            db = sqlite_utils.Database(conn)
+            with self._write() as _:
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                if version < 1:
+                    _create_v1(db)
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def ping(self) -> None:
+        """Raise if the database cannot be read."""
+        with self._conn() as conn:
+            conn.execute("SELECT 1 FROM accounts LIMIT 1").fetchall()
+
+    # -- accounts -------------------------------------------------------------------------
+
+    def ensure_account(self, user_id: str, now_us: int) -> Account:
+        """Return the user's account, creating it on the default tier if new."""
+        with self._conn() as conn:
+            row = conn.execute(
+                "SELECT user_id, tier, created_us FROM accounts WHERE user_id = ?", (user_id,)
+            ).fetchone()
+            if row is None:
+                conn.execute(
+                    "INSERT OR IGNORE INTO accounts (user_id, tier, created_us) VALUES (?, 'free', ?)",
+                    (user_id, now_us),
+                )
+                row = conn.execute(
+                    "SELECT user_id, tier, created_us FROM accounts WHERE user_id = ?", (user_id,)
+                ).fetchone()
+        return Account(*row)
+
+    def set_tier(self, user_id: str, tier: str, now_us: int) -> Account:
+        """Set the user's tier, creating the account if needed."""
+        with self._write(durable=True) as conn:
+            conn.execute(
+                "INSERT INTO accounts (user_id, tier, created_us) VALUES (?, ?, ?) "
+                "ON CONFLICT(user_id) DO UPDATE SET tier = excluded.tier",
+                (user_id, tier, now_us),
+            )
+            row = conn.execute(
+                "SELECT user_id, tier, created_us FROM accounts WHERE user_id = ?", (user_id,)
+            ).fetchone()
+        return Account(*row)
+
+    # -- keys -----------------------------------------------------------------------------
+
+    def insert_key(self, record: KeyRecord, digest: str, max_active: int, event: KeyEvent) -> None:
+        """Store a new key and its `minted` event, enforcing name uniqueness and the key cap."""
+        now = record.created_us
+        active = "user_id = ? AND revoked_us IS NULL AND (expires_us IS NULL OR expires_us > ?)"
+        with self._write(durable=True) as conn:
+            if conn.execute(
+                f"SELECT 1 FROM api_keys WHERE {active} AND name = ?", (record.user_id, now, record.name)
+            ).fetchone():
+                raise DuplicateName(
+                    f"An active API key named {record.name!r} already exists.", {"field": "name"}
+                )
+            (count,) = conn.execute(f"SELECT count(*) FROM api_keys WHERE {active}", (record.user_id, now)).fetchone()
+            if count >= max_active:
+                raise KeyLimitReached(
+                    f"This account already has {count} active API keys, the most allowed; "
+                    "revoke one before minting another.",
+                    {"limit": max_active},
+                )
+            conn.execute(
+                "INSERT INTO api_keys (id, user_id, name, digest, preview, created_us, expires_us) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (record.id, record.user_id, record.name, digest, record.preview, now, record.expires_us),
+            )
+            _insert_event(conn, event)
+
+    def get_key(self, user_id: str, key_id: str) -> KeyRecord | None:
+        """Return the user's key with this id unless it is revoked."""
+        with self._conn() as conn:
+            row = conn.execute(
+                f"SELECT {_KEY_COLUMNS} FROM {_KEY_FROM} "
+                "WHERE k.id = ? AND k.user_id = ? AND k.revoked_us IS NULL",
+                (key_id, user_id),
+            ).fetchone()
+        return KeyRecord(*row) if row else None
+
+    def list_keys(self, user_id: str, limit: int, before: tuple[int, str] | None) -> list[KeyRecord]:
+        """Return up to `limit` unrevoked keys, newest first, older than the `before` position."""
+        sql = f"SELECT {_KEY_COLUMNS} FROM {_KEY_FROM} WHERE k.user_id = ? AND k.revoked_us IS NULL"
+        params: list[Any] = [user_id]
+        if before is not None:
+            sql += " AND (k.created_us, k.id) < (?, ?)"
+            params += list(before)
+        sql += " ORDER BY k.created_us DESC, k.id DESC LIMIT ?"
+        params.append(limit)
+        with self._conn() as conn:
+            return [KeyRecord(*row) for row in conn.execute(sql, params)]
+
+    def revoke_key(self, user_id: str, key_id: str, now_us: int, event: KeyEvent) -> KeyRecord | None:
+        """Revoke the user's key and record the event; None if there is no such unrevoked key."""
+        with self._write(durable=True) as conn:
+            row = conn.execute(
+                f"SELECT {_KEY_COLUMNS} FROM {_KEY_FROM} "
+                "WHERE k.id = ? AND k.user_id = ? AND k.revoked_us IS NULL",
+                (key_id, user_id),
+            ).fetchone()
+            if row is None:
+                return None
+            conn.execute("UPDATE api_keys SET revoked_us = ? WHERE id = ?", (now_us, key_id))
+            # Its counters will never be read again.
+            conn.execute("DELETE FROM rate_windows WHERE subject = ?", (f"key:{key_id}",))
+            record = KeyRecord(*row)
+            _insert_event(conn, event)
+        return record
+
+    def find_by_digest(self, digest: str) -> tuple[KeyRecord, str] | None:
+        """Return the key stored under this digest, revoked or not, with the digest stored."""
+        with self._conn() as conn:
+            row = conn.execute(
+                f"SELECT {_KEY_COLUMNS}, k.digest FROM {_KEY_FROM} WHERE k.digest = ?", (digest,)
+            ).fetchone()
+        return (KeyRecord(*row[:-1]), row[-1]) if row else None
+
+    # -- events ---------------------------------------------------------------------------
+
+    def list_events(self, user_id: str, limit: int, before: tuple[int, str] | None) -> list[KeyEvent]:
+        """Return up to `limit` of the user's key events, newest first, older than `before`."""
+        sql = (
+            "SELECT id, user_id, key_id, type, key_name, key_preview, request_id, occurred_us, details "
+            "FROM key_events WHERE user_id = ?"
+        )
+        params: list[Any] = [user_id]
+        if before is not None:
+            sql += " AND (occurred_us, id) < (?, ?)"
+            params += list(before)
+        sql += " ORDER BY occurred_us DESC, id DESC LIMIT ?"
+        params.append(limit)
+        with self._conn() as conn:
+            return [KeyEvent(*row[:-1], details=json.loads(row[-1])) for row in conn.execute(sql, params)]
+
+    # -- rate limits ----------------------------------------------------------------------
+
+    def consume(
+        self,
+        subject: str,
+        windows: Sequence[Window],
+        now_us: int,
+        usage_key_id: str | None = None,
+        block_event: NewEvent | None = None,
+    ) -> Consumption:
+        """Count one request against every window of `subject` if all have room, atomically.
+
+        An admitted request also bumps the key's `total_requests` and `last_used`; a refused
+        one is recorded once per window as a `rate_limited` event.
+        """
+        with self._write() as conn:
+            stored = {
+                kind: (start, count, blocked)
+                for kind, start, count, blocked in conn.execute(
+                    "SELECT window, start, count, blocked FROM rate_windows WHERE subject = ?", (subject,)
+                )
+            }
+            counts: dict[str, int] = {}
+            blocked_by = None
+            for w in windows:
+                start, count, _ = stored.get(w.kind, (w.start, 0, 0))
+                counts[w.kind] = count if start == w.start else 0
+                if blocked_by is None and counts[w.kind] >= w.limit:
+                    blocked_by = w.kind
+            if blocked_by is not None:
+                w = next(w for w in windows if w.kind == blocked_by)
+                first = conn.execute(
+                    "UPDATE rate_windows SET blocked = 1 WHERE subject = ? AND window = ? AND start = ? "
+                    "AND blocked = 0",
+                    (subject, w.kind, w.start),
+                ).rowcount == 1
+                if first and block_event is not None:
+                    _insert_event(conn, KeyEvent(
+                        id=block_event.event_id, user_id=block_event.user_id, key_id=block_event.key_id,
+                        type="rate_limited", key_name=block_event.key_name,
+                        key_preview=block_event.key_preview, request_id=block_event.request_id,
+                        occurred_us=now_us, details={"window": w.kind, "limit": w.limit},
+                    ))
+                return Consumption(False, counts, blocked_by, first)
+            for w in windows:
+                # One row per subject and window kind, overwritten when a new window starts:
+                # old windows never pile up.
+                conn.execute(
+                    "INSERT INTO rate_windows (subject, window, start, count, blocked) VALUES (?, ?, ?, 1, 0) "
+                    "ON CONFLICT(subject, window) DO UPDATE SET "
+                    "count = CASE WHEN start = excluded.start THEN count + 1 ELSE 1 END, "
+                    "blocked = CASE WHEN start = excluded.start THEN blocked ELSE 0 END, "
+                    "start = excluded.start",
+                    (subject, w.kind, w.start),
+                )
+                counts[w.kind] += 1
+            if usage_key_id is not None:
+                conn.execute(
+                    "UPDATE api_keys SET total_requests = total_requests + 1, last_used_us = ? WHERE id = ?",
+                    (now_us, usage_key_id),
+                )
+        return Consumption(True, counts, None, False)
+
+
+def _insert_event(conn: sqlite3.Connection, event: KeyEvent) -> None:
+    conn.execute(
+        "INSERT INTO key_events (id, user_id, key_id, type, key_name, key_preview, request_id, "
+        "occurred_us, details) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (event.id, event.user_id, event.key_id, event.type, event.key_name, event.key_preview,
+         event.request_id, event.occurred_us, json.dumps(event.details)),
+    )
+
+
+def _create_v1(db: sqlite_utils.Database) -> None:
+    db["accounts"].create({"user_id": str, "tier": str, "created_us": int}, pk="user_id", not_null={"tier", "created_us"})
+    db["api_keys"].create(
+        {
+            "id": str, "user_id": str, "name": str, "digest": str, "preview": str,
+            "created_us": int, "expires_us": int, "revoked_us": int,
+            "total_requests": int, "last_used_us": int,
+        },
+        pk="id",
+        not_null={"user_id", "name", "digest", "preview", "created_us", "total_requests"},
+        defaults={"total_requests": 0},
+        foreign_keys=[("user_id", "accounts", "user_id")],
+    )
+    db["api_keys"].create_index(["digest"], unique=True)
+    db["api_keys"].create_index(["user_id", "created_us", "id"])
+    db["key_events"].create(
+        {
+            "id": str, "user_id": str, "key_id": str, "type": str, "key_name": str,
+            "key_preview": str, "request_id": str, "occurred_us": int, "details": str,
+        },
+        pk="id",
+        not_null={"user_id", "key_id", "type", "key_name", "key_preview", "request_id", "occurred_us", "details"},
+    )
+    db["key_events"].create_index(["user_id", "occurred_us", "id"])
+    db["rate_windows"].create(
+        {"subject": str, "window": str, "start": int, "count": int, "blocked": int},
+        pk=("subject", "window"),
+        not_null={"start", "count", "blocked"},
+    )

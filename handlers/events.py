@@ -1,0 +1,13 @@
+"""The key audit trail (session cookie)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.keys import event_info
+from handlers.context import services
+
+
+def list_key_events(user: str, limit: int = 20, cursor: str | None = None) -> dict[str, Any]:
+    page = services().keys.events(user, limit, cursor)
+    return {"data": [event_info(e) for e in page.items], "meta": {"limit": limit, "next_cursor": page.next_cursor}}

@@ -1,0 +1,34 @@
+"""Key management: mint, list, read and revoke (session cookie)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.keys import MINT_WARNING
+from handlers.context import request_id, services
+
+
+def create_api_key(body: dict[str, Any], user: str) -> tuple[dict[str, Any], int]:
+    keys = services().keys
+    minted = keys.mint(user, body["name"], body.get("expires_in_days"), request_id())
+    data = {**keys.key_info(minted.record), "key": minted.secret, "full_key": minted.secret}
+    meta = {"warning": MINT_WARNING}
+    if minted.name_hint:
+        meta["name_hint"] = minted.name_hint
+    return {"data": data, "meta": meta}, 201
+
+
+def list_api_keys(user: str, limit: int = 20, cursor: str | None = None) -> dict[str, Any]:
+    keys = services().keys
+    page = keys.list(user, limit, cursor)
+    return {"data": [keys.key_info(r) for r in page.items], "meta": {"limit": limit, "next_cursor": page.next_cursor}}
+
+
+def get_api_key(key_id: str, user: str) -> dict[str, Any]:
+    keys = services().keys
+    return {"data": keys.key_info(keys.get(user, key_id))}
+
+
+def revoke_api_key(key_id: str, user: str) -> tuple[None, int]:
+    services().keys.revoke(user, key_id, request_id())
+    return None, 204

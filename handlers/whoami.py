@@ -1,0 +1,18 @@
+"""The calling key, authenticated by the key itself."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from handlers.context import services
+
+
+def get_current_key(user: str, token_info: dict[str, Any]) -> dict[str, Any]:
+    keys = services().keys
+    decision = token_info["rate_limit"]
+    info = keys.key_info(keys.get(user, token_info["key_id"]))
+    info["rate_limit"] = {
+        window: {"limit": state.limit, "remaining": state.remaining, "reset": state.reset}
+        for window, state in (("minute", decision.minute), ("day", decision.day))
+    }
+    return {"data": info}
