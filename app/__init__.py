@@ -18,7 +18,7 @@ from starlette.middleware.cors import CORSMiddleware
 from app.config import Settings
 from app.http_errors import ErrorHandlers
 from app.keys import Clock, KeyService
-from app.middleware import RequestContextMiddleware, ResponseHeadersMiddleware
+from app.middleware import RequestContextMiddleware, OperationBoundaryMiddleware
 from app.ratelimit import Limits, RateLimiter
 from app.security import SECURITY_MAP
 from app.sessions import SessionVerifier
@@ -79,7 +79,7 @@ def create_app(
         spec = json.loads(spec.read_text())
     app = FlaskApp(__name__, jsonifier=Jsonifier(json))
     app.add_middleware(RequestContextMiddleware, position=MiddlewarePosition.BEFORE_EXCEPTION, services=services)
-    app.add_middleware(ResponseHeadersMiddleware, position=MiddlewarePosition.BEFORE_CONTEXT)
+    app.add_middleware(OperationBoundaryMiddleware, position=MiddlewarePosition.BEFORE_CONTEXT)
     if settings.cors_origin_regex:
         app.add_middleware(
             CORSMiddleware,

@@ -9,6 +9,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 from starlette.datastructures import MutableHeaders
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 access_log = logging.getLogger("app.access")
@@ -59,12 +60,14 @@ class RequestContextMiddleware:
                 )
 
 
-class ResponseHeadersMiddleware:
-    """Stamp the request's headers on responses before Connexion validates them.
+class OperationBoundaryMiddleware:
+    """The last stop before Flask: only routed operations pass, and their responses get headers.
 
-    Sits inside response validation, so successful responses carry the headers the
-    contract requires when they are checked; errors raised further out are stamped by
-    `RequestContextMiddleware`.
+    A path Connexion's router did not match (say `/api/v1/keys/%0A`) would otherwise fall
+    through to Flask's own, more lenient router and reach a handler with no operation
+    context; here it is a 404. It sits inside response validation, so successful responses
+    carry the headers the contract requires when they are checked; errors raised further
+    out are stamped by `RequestContextMiddleware`.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -74,6 +77,8 @@ class ResponseHeadersMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if not scope.get("extensions", {}).get("connexion_routing", {}).get("operation_id"):
+            raise HTTPException(404)
         state = scope["state"]
 
         async def send_with_headers(message: Message) -> None:

@@ -8,6 +8,7 @@ build each JSON Schema validator once instead of once per request.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from connexion.json_schema import Draft4RequestValidator
@@ -18,6 +19,7 @@ from jsonschema.exceptions import best_match
 
 from app.errors import InvalidJSON, InvalidParameter
 
+LONE_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]", re.ASCII)
 _VALIDATORS: dict[int, tuple[dict, Draft4Validator]] = {}
 
 
@@ -82,7 +84,7 @@ class RequestBodyValidator(JSONRequestBodyValidator):
         if not text:
             return None
         try:
-            return json.loads(text)
+            body = json.loads(text)
         except json.JSONDecodeError as exc:
             raise InvalidJSON(
                 f"The request body is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno}).",
@@ -90,6 +92,10 @@ class RequestBodyValidator(JSONRequestBodyValidator):
             ) from None
         except RecursionError:
             raise InvalidJSON("The request body is nested too deeply.") from None
+        if LONE_SURROGATE.search(text) and _has_lone_surrogate(body):
+            # `"\ud800"` parses, but is no Unicode text: nothing could store or return it.
+            raise InvalidJSON("The request body contains an unpaired UTF-16 surrogate escape.")
+        return body
 
     def _validate(self, body: Any) -> None:
         if body is None:
@@ -98,6 +104,20 @@ class RequestBodyValidator(JSONRequestBodyValidator):
         if error is not None:
             path = ".".join(str(p) for p in error.absolute_path)
             raise describe(error, path or "body", "body")
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, dict):
+        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_lone_surrogate(v) for v in value)
+    return False
 
 
 class RequestParameterValidator(ParameterValidator):
