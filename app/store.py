@@ -264,9 +264,10 @@ class SQLiteStore:
         sql = f"SELECT {_KEY_COLUMNS} FROM {_KEY_FROM} WHERE k.user_id = ? AND k.revoked_us IS NULL"
         params: list[Any] = [user_id]
         if before is not None:
-            sql += " AND (k.created_us, k.id) < (?, ?)"
+            # Ties in time fall back to insertion order (rowid); a cursor naming no key ends the list.
+            sql += " AND (k.created_us, k.rowid) < (?, (SELECT rowid FROM api_keys WHERE id = ?))"
             params += list(before)
-        sql += " ORDER BY k.created_us DESC, k.id DESC LIMIT ?"
+        sql += " ORDER BY k.created_us DESC, k.rowid DESC LIMIT ?"
         params.append(limit)
         with self._conn() as conn:
             return [KeyRecord(*row) for row in conn.execute(sql, params)]
@@ -306,9 +307,9 @@ class SQLiteStore:
         )
         params: list[Any] = [user_id]
         if before is not None:
-            sql += " AND (occurred_us, id) < (?, ?)"
+            sql += " AND (occurred_us, rowid) < (?, (SELECT rowid FROM key_events WHERE id = ?))"
             params += list(before)
-        sql += " ORDER BY occurred_us DESC, id DESC LIMIT ?"
+        sql += " ORDER BY occurred_us DESC, rowid DESC LIMIT ?"
         params.append(limit)
         with self._conn() as conn:
             return [KeyEvent(*row[:-1], details=json.loads(row[-1])) for row in conn.execute(sql, params)]
@@ -400,7 +401,7 @@ def _create_v1(db: sqlite_utils.Database) -> None:
         foreign_keys=[("user_id", "accounts", "user_id")],
     )
     db["api_keys"].create_index(["digest"], unique=True)
-    db["api_keys"].create_index(["user_id", "created_us", "id"])
+    db["api_keys"].create_index(["user_id", "created_us"])
     db["key_events"].create(
         {
             "id": str, "user_id": str, "key_id": str, "type": str, "key_name": str,
@@ -409,7 +410,7 @@ def _create_v1(db: sqlite_utils.Database) -> None:
         pk="id",
         not_null={"user_id", "key_id", "type", "key_name", "key_preview", "request_id", "occurred_us", "details"},
     )
-    db["key_events"].create_index(["user_id", "occurred_us", "id"])
+    db["key_events"].create_index(["user_id", "occurred_us"])
     db["rate_windows"].create(
         {"subject": str, "window": str, "start": int, "count": int, "blocked": int},
         pk=("subject", "window"),

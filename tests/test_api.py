@@ -1,0 +1,434 @@
+"""The HTTP API through Connexion's test client: what a REST client sees."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import datetime, timedelta
+
+import pytest
+
+from app import keymaterial
+
+KEYS = "/api/v1/keys"
+UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+
+
+def parse_time(value: str) -> datetime:
+    assert value.endswith("Z")
+    return datetime.fromisoformat(value[:-1] + "+00:00")
+
+
+def assert_error(response, status: int, code: str) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    error = response.json()["error"]
+    assert error["code"] == code
+    assert error["message"]
+    assert isinstance(error["details"], dict)
+    assert error["request_id"] == response.headers["x-request-id"]
+    assert re.match(r"^req_[0-9a-f]+$", error["request_id"])
+    return error
+
+
+# -- minting -------------------------------------------------------------------------------
+
+
+def test_mint_returns_the_secret_once_with_the_contract_shape(client, session, clock):
+    response = client.post(KEYS, json={"name": "prod-splunk-2026q2", "expires_in_days": 90}, cookies=session())
+    assert response.status_code == 201
+    body = response.json()
+    data = body["data"]
+    assert keymaterial.is_well_formed(data["key"])
+    assert data["full_key"] == data["key"]
+    assert data["key_preview"].startswith("sk_live_" + data["key"][8:12])
+    assert data["key"][12:] not in data["key_preview"]
+    assert UUID_RE.match(data["id"])
+    assert data["name"] == "prod-splunk-2026q2"
+    assert data["tier"] == "free"
+    assert "iocs:read" in data["scopes"] and "taxii:read" not in data["scopes"]
+    assert (data["rate_limit_per_minute"], data["rate_limit_per_day"]) == (10, 1000)
+    assert data["total_requests"] == 0 and data["last_used_at"] is None
+    assert data["status"] == "active"
+    created = parse_time(data["created_at"])
+    assert created.timestamp() == pytest.approx(clock())
+    assert parse_time(data["expires_at"]) - created == timedelta(days=90)
+    assert body["meta"]["warning"] == "Store this API key securely. It will not be shown again."
+    assert "name_hint" not in body["meta"]
+    assert response.headers["x-ratelimit-limit"] == "120"
+
+
+def test_mint_without_expiry_never_expires(mint):
+    assert mint(name="staging-sentinel")["expires_at"] is None
+
+
+@pytest.mark.parametrize("name", ["key1", "my key", "test", "Test2", "api-key"])
+def test_mint_hints_at_the_naming_convention_for_useless_names(client, session, name):
+    response = client.post(KEYS, json={"name": name}, cookies=session())
+    assert response.status_code == 201
+    assert "prod-splunk-2026q2" in response.json()["meta"]["name_hint"]
+
+
+def test_mint_refuses_a_duplicate_active_name_but_allows_it_after_revocation(client, session, mint):
+    first = mint(name="staging-sentinel")
+    error = assert_error(client.post(KEYS, json={"name": "staging-sentinel"}, cookies=session()), 409, "duplicate_name")
+    assert error["details"] == {"field": "name"}
+    assert client.delete(f"{KEYS}/{first['id']}", cookies=session()).status_code == 204
+    assert client.post(KEYS, json={"name": "staging-sentinel"}, cookies=session()).status_code == 201
+
+
+def test_same_name_is_fine_for_another_user(mint):
+    mint(name="shared-name", user_id="alice")
+    mint(name="shared-name", user_id="bob")
+
+
+def test_mint_stops_at_the_active_key_cap(make_app, session):
+    with make_app(max_active_keys=2).test_client() as client:
+        for n in range(2):
+            assert client.post(KEYS, json={"name": f"ci-{n}"}, cookies=session()).status_code == 201
+        error = assert_error(client.post(KEYS, json={"name": "ci-2"}, cookies=session()), 409, "key_limit_reached")
+        assert error["details"] == {"limit": 2}
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "constraint"),
+    [
+        ({"name": ""}, "name", "minLength"),
+        ({"name": "x" * 101}, "name", "maxLength"),
+        ({"name": "tab\there"}, "name", "pattern"),
+        ({"name": "   "}, "name", "pattern"),
+        ({"name": 5}, "name", "type"),
+        ({}, "name", "required"),
+        ({"name": "ok-name", "expires_in_days": 0}, "expires_in_days", "minimum"),
+        ({"name": "ok-name", "expires_in_days": 366}, "expires_in_days", "maximum"),
+        ({"name": "ok-name", "expires_in_days": "90"}, "expires_in_days", "type"),
+        ({"name": "ok-name", "expires_in_day": 90}, "body", "additionalProperties"),
+        (["name"], "body", "type"),
+    ],
+)
+def test_mint_rejects_invalid_bodies_naming_the_field_and_rule(client, session, body, field, constraint):
+    error = assert_error(client.post(KEYS, json=body, cookies=session()), 400, "invalid_parameter")
+    assert error["details"]["field"] == field
+    assert error["details"]["constraint"] == constraint
+
+
+@pytest.mark.parametrize(
+    "raw", [b"{not json", b'{"name": "\\ud800"}', b"\xff\xfe\x00", b"null"]
+)
+def test_mint_rejects_bodies_that_are_not_json_objects(client, session, raw):
+    response = client.post(KEYS, content=raw, headers={"Content-Type": "application/json"}, cookies=session())
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] in ("invalid_json", "invalid_parameter")
+
+
+def test_mint_requires_a_json_content_type(client, session):
+    response = client.post(KEYS, content=b"name=x", headers={"Content-Type": "text/plain"}, cookies=session())
+    assert_error(response, 415, "unsupported_media_type")
+
+
+def test_mint_is_refused_without_a_session(client):
+    assert_error(client.post(KEYS, json={"name": "prod"}), 401, "missing_session")
+
+
+def test_nothing_is_stored_when_a_mint_is_refused(client, session):
+    client.post(KEYS, json={"name": "x" * 101}, cookies=session())
+    assert client.get(KEYS, cookies=session()).json()["data"] == []
+
+
+# -- errors in general --------------------------------------------------------------------
+
+
+def test_unknown_path_is_a_404_envelope(client):
+    assert_error(client.get("/api/v1/nothing-here"), 404, "not_found")
+
+
+def test_wrong_method_is_a_405_envelope_listing_every_allowed_method(client, session):
+    response = client.put(KEYS, cookies=session())
+    assert_error(response, 405, "method_not_allowed")
+    assert response.headers["allow"] == "GET, POST"
+    assert client.patch(f"{KEYS}/{uuid.uuid4()}").headers["allow"] == "DELETE, GET"
+
+
+def test_every_response_has_a_fresh_request_id(client):
+    first, second = client.get("/healthz"), client.get("/healthz")
+    assert first.headers["x-request-id"] != second.headers["x-request-id"]
+
+
+def test_a_response_that_breaks_the_contract_is_a_bare_500(client, session, mint, monkeypatch):
+    from app.keys import KeyService
+
+    key = mint()
+    original = KeyService.key_info
+    monkeypatch.setattr(KeyService, "key_info", lambda self, r: {**original(self, r), "tier": "platinum"})
+    error = assert_error(client.get(f"{KEYS}/{key['id']}", cookies=session()), 500, "internal_error")
+    assert "platinum" not in error["message"] and error["details"] == {}
+
+
+def test_an_unexpected_exception_is_a_500_envelope_without_a_traceback(client, session, monkeypatch):
+    from app.keys import KeyService
+
+    def explode(*args, **kwargs):
+        raise RuntimeError("database password is hunter2")
+
+    monkeypatch.setattr(KeyService, "list", explode)
+    response = client.get(KEYS, cookies=session())
+    assert_error(response, 500, "internal_error")
+    assert "hunter2" not in response.text and "Traceback" not in response.text
+
+
+# -- reading, listing, revoking -----------------------------------------------------------
+
+
+def test_read_returns_only_the_prefix(client, session, mint):
+    key = mint()
+    response = client.get(f"{KEYS}/{key['id']}", cookies=session())
+    assert response.status_code == 200
+    data = response.json()["data"]
+    assert "key" not in data and "full_key" not in data
+    assert key["key"] not in response.text
+    assert data["key_preview"] == key["key_preview"]
+
+
+def test_another_users_key_and_an_unknown_id_are_both_404(client, session, mint):
+    key = mint(user_id="alice")
+    for key_id in (key["id"], str(uuid.uuid4())):
+        error = assert_error(client.get(f"{KEYS}/{key_id}", cookies=session("mallory")), 404, "key_not_found")
+        assert client.delete(f"{KEYS}/{key_id}", cookies=session("mallory")).status_code == 404
+    assert "alice" not in error["message"]
+    assert client.get(f"{KEYS}/{key['id']}", cookies=session("alice")).status_code == 200
+
+
+def test_malformed_key_id_is_400(client, session):
+    error = assert_error(client.get(f"{KEYS}/not-a-uuid", cookies=session()), 400, "invalid_parameter")
+    assert error["details"]["field"] == "key_id"
+
+
+def test_list_is_newest_first_without_secrets_and_marks_expired_keys(client, session, mint, clock):
+    old = mint(name="old-key", expires_in_days=1)
+    clock.advance(2 * 86400)
+    new = mint(name="new-key")
+    response = client.get(KEYS, cookies=session())
+    data = response.json()["data"]
+    assert [k["id"] for k in data] == [new["id"], old["id"]]
+    assert [k["status"] for k in data] == ["active", "expired"]
+    assert old["key"] not in response.text and new["key"] not in response.text
+    assert all("key" not in k and "full_key" not in k for k in data)
+
+
+def test_list_paginates_with_a_cursor(client, session, mint, clock):
+    ids = []
+    for n in range(5):
+        ids.append(mint(name=f"ci-runner-{n}")["id"])
+        clock.advance(1)
+    seen, cursor = [], None
+    while True:
+        params = {"limit": 2, **({"cursor": cursor} if cursor else {})}
+        page = client.get(KEYS, params=params, cookies=session()).json()
+        assert len(page["data"]) <= 2 and page["meta"]["limit"] == 2
+        seen += [k["id"] for k in page["data"]]
+        cursor = page["meta"]["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == list(reversed(ids))
+
+
+@pytest.mark.parametrize("params", [{"limit": 0}, {"limit": 101}, {"limit": "ten"}, {"cursor": "bogus"}])
+def test_list_rejects_bad_paging_parameters(client, session, params):
+    error = assert_error(client.get(KEYS, params=params, cookies=session()), 400, "invalid_parameter")
+    assert error["details"]["field"] == next(iter(params))
+
+
+def test_revoke_takes_effect_at_once(client, session, mint):
+    key = mint()
+    headers = {"X-API-Key": key["key"]}
+    assert client.get("/api/v1/whoami", headers=headers).status_code == 200
+    response = client.delete(f"{KEYS}/{key['id']}", cookies=session())
+    assert response.status_code == 204 and response.content == b""
+    assert_error(client.get("/api/v1/whoami", headers=headers), 401, "revoked_api_key")
+    assert_error(client.get(f"{KEYS}/{key['id']}", cookies=session()), 404, "key_not_found")
+    assert_error(client.delete(f"{KEYS}/{key['id']}", cookies=session()), 404, "key_not_found")
+    assert client.get(KEYS, cookies=session()).json()["data"] == []
+
+
+# -- using a key --------------------------------------------------------------------------
+
+
+def test_whoami_accepts_all_three_ways_of_sending_a_key(client, mint):
+    key = mint()
+    for kwargs in (
+        {"headers": {"Authorization": f"Bearer {key['key']}"}},
+        {"headers": {"X-API-Key": key["key"]}},
+        {"params": {"api_key": key["key"]}},
+    ):
+        response = client.get("/api/v1/whoami", **kwargs)
+        assert response.status_code == 200, response.text
+        data = response.json()["data"]
+        assert data["id"] == key["id"] and data["name"] == key["name"]
+        assert "key" not in data
+    assert data["total_requests"] == 3
+    assert data["rate_limit"]["minute"] == {"limit": 10, "remaining": 7, "reset": data["rate_limit"]["minute"]["reset"]}
+
+
+def test_whoami_without_a_key_is_missing_api_key(client):
+    error = assert_error(client.get("/api/v1/whoami"), 401, "missing_api_key")
+    assert "Bearer sk_live_" in error["message"]
+
+
+def test_whoami_with_a_mistyped_key_is_invalid_without_echoing_it(client, mint):
+    key = mint()["key"]
+    typo = key[:20] + ("A" if key[20] != "A" else "B") + key[21:]
+    response = client.get("/api/v1/whoami", headers={"X-API-Key": typo})
+    assert_error(response, 401, "invalid_api_key")
+    assert typo not in response.text
+
+
+def test_whoami_with_an_unknown_well_formed_key_is_invalid(client):
+    assert_error(client.get("/api/v1/whoami", headers={"X-API-Key": keymaterial.generate()}), 401, "invalid_api_key")
+
+
+def test_whoami_with_a_malformed_authorization_header_is_invalid(client):
+    assert_error(client.get("/api/v1/whoami", headers={"Authorization": "Bearer"}), 401, "invalid_api_key")
+
+
+def test_expired_key_is_refused_as_expired(client, mint, clock):
+    key = mint(expires_in_days=1)
+    clock.advance(86400)
+    error = assert_error(client.get("/api/v1/whoami", headers={"X-API-Key": key["key"]}), 401, "expired_api_key")
+    assert error["details"]["key_id"] == key["id"]
+
+
+def test_usage_counts_are_exact_when_a_key_is_read(client, session, mint, clock):
+    key = mint()
+    for _ in range(4):
+        clock.advance(1)
+        client.get("/api/v1/whoami", headers={"X-API-Key": key["key"]})
+    for data in (
+        client.get(f"{KEYS}/{key['id']}", cookies=session()).json()["data"],
+        client.get(KEYS, cookies=session()).json()["data"][0],
+    ):
+        assert data["total_requests"] == 4
+        assert parse_time(data["last_used_at"]).timestamp() == pytest.approx(clock())
+
+
+def test_a_tier_change_applies_to_existing_keys_at_once(client, app, mint):
+    key = mint()
+    app.app.extensions["services"].keys.set_tier("user-1", "pro")
+    response = client.get("/api/v1/whoami", headers={"X-API-Key": key["key"]})
+    data = response.json()["data"]
+    assert data["tier"] == "pro" and data["rate_limit_per_minute"] == 1000 and "taxii:read" in data["scopes"]
+    assert response.headers["x-ratelimit-limit"] == "1000"
+
+
+# -- rate limits --------------------------------------------------------------------------
+
+
+def test_free_key_gets_ten_requests_a_minute_then_429(client, mint, clock):
+    key = mint()
+    headers = {"X-API-Key": key["key"]}
+    reset = (int(clock()) // 60 + 1) * 60
+    for n in range(10):
+        response = client.get("/api/v1/whoami", headers=headers)
+        assert response.status_code == 200
+        assert response.headers["x-ratelimit-limit"] == "10"
+        assert response.headers["x-ratelimit-remaining"] == str(9 - n)
+        assert response.headers["x-ratelimit-reset"] == str(reset)
+    refused = client.get("/api/v1/whoami", headers=headers)
+    error = assert_error(refused, 429, "rate_limit_exceeded")
+    assert error["details"]["window"] == "minute" and error["details"]["reset"] == reset
+    assert refused.headers["x-ratelimit-remaining"] == "0"
+    assert int(refused.headers["retry-after"]) == reset - int(clock())
+    clock.advance(reset - clock())
+    assert client.get("/api/v1/whoami", headers=headers).status_code == 200
+
+
+def test_refused_requests_are_not_counted_as_usage(client, session, mint):
+    key = mint()
+    for _ in range(13):
+        client.get("/api/v1/whoami", headers={"X-API-Key": key["key"]})
+    assert client.get(f"{KEYS}/{key['id']}", cookies=session()).json()["data"]["total_requests"] == 10
+
+
+def test_key_management_has_its_own_per_account_limit(make_app, session):
+    with make_app(management_limit_per_minute=3).test_client() as client:
+        for n in range(3):
+            response = client.get(KEYS, cookies=session())
+            assert response.headers["x-ratelimit-remaining"] == str(2 - n)
+        assert_error(client.get(KEYS, cookies=session()), 429, "rate_limit_exceeded")
+        assert client.get(KEYS, cookies=session("someone-else")).status_code == 200
+
+
+# -- audit trail --------------------------------------------------------------------------
+
+
+def test_key_events_record_mint_revoke_and_one_block_per_window(client, session, mint):
+    created = client.post(KEYS, json={"name": "partner-feed"}, cookies=session())
+    key = created.json()["data"]
+    for _ in range(12):  # two refusals in one window: one event
+        client.get("/api/v1/whoami", headers={"X-API-Key": key["key"]})
+    revoked = client.delete(f"{KEYS}/{key['id']}", cookies=session())
+    events = client.get("/api/v1/key-events", cookies=session()).json()["data"]
+    assert [e["type"] for e in events] == ["revoked", "rate_limited", "minted"]
+    assert {e["key_id"] for e in events} == {key["id"]}
+    assert {e["key_name"] for e in events} == {"partner-feed"}
+    assert events[0]["request_id"] == revoked.headers["x-request-id"]
+    assert events[2]["request_id"] == created.headers["x-request-id"]
+    assert events[1]["details"] == {"window": "minute", "limit": 10}
+    assert key["key"] not in str(events)
+
+
+def test_key_events_are_private_to_their_account(client, session, mint):
+    mint(user_id="alice")
+    assert client.get("/api/v1/key-events", cookies=session("bob")).json()["data"] == []
+
+
+# -- serving --------------------------------------------------------------------------------
+
+
+def test_health_spec_and_docs_are_served(client):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/openapi.json").json()["paths"]["/api/v1/keys"]["post"]["operationId"] == "createAPIKey"
+    assert client.get("/ui/").status_code == 200
+
+
+def test_browser_on_another_localhost_port_may_call_with_cookies(make_app, session):
+    from app.config import LOCALHOST_ORIGINS
+
+    with make_app(cors_origin_regex=LOCALHOST_ORIGINS).test_client() as client:
+        preflight = client.options(
+            KEYS,
+            headers={"Origin": "http://localhost:5173", "Access-Control-Request-Method": "POST",
+                     "Access-Control-Request-Headers": "content-type"},
+        )
+        assert preflight.status_code == 200
+        assert preflight.headers["access-control-allow-origin"] == "http://localhost:5173"
+        assert preflight.headers["access-control-allow-credentials"] == "true"
+        response = client.get(KEYS, headers={"Origin": "http://127.0.0.1:3000"}, cookies=session())
+        assert response.headers["access-control-allow-origin"] == "http://127.0.0.1:3000"
+        assert "x-ratelimit-remaining" in response.headers["access-control-expose-headers"].lower()
+        other = client.get(KEYS, headers={"Origin": "https://evil.example"}, cookies=session())
+        assert "access-control-allow-origin" not in other.headers
+
+
+def test_access_log_never_contains_the_key(client, mint, caplog):
+    key = mint()["key"]
+    with caplog.at_level("INFO", logger="app.access"):
+        client.get("/api/v1/whoami", params={"api_key": key})
+        client.get("/api/v1/whoami", headers={"Authorization": f"Bearer {key}"})
+    lines = [r.getMessage() for r in caplog.records if r.name == "app.access"]
+    assert len(lines) == 2
+    assert "api_key=%5BREDACTED%5D" in lines[0]
+    assert all(key not in line for line in lines)
+
+
+def test_list_pages_keys_minted_in_the_same_instant_once_each_in_minting_order(client, session, mint):
+    ids = [mint(name=f"same-instant-{n}")["id"] for n in range(5)]
+    first = client.get(KEYS, params={"limit": 3}, cookies=session()).json()
+    rest = client.get(KEYS, params={"limit": 3, "cursor": first["meta"]["next_cursor"]}, cookies=session()).json()
+    assert [k["id"] for k in first["data"] + rest["data"]] == list(reversed(ids))
+    assert rest["meta"]["next_cursor"] is None
+
+
+def test_a_cursor_naming_no_key_ends_the_list(client, session, mint):
+    mint()
+    response = client.get(KEYS, params={"cursor": "9" * 16 + "0" * 32}, cookies=session())
+    assert response.status_code == 200 and response.json()["data"] == []

@@ -1,0 +1,172 @@
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from app.config import DEV_SECRET_FILE, LOCALHOST_ORIGINS, ConfigError, Settings, parse_database_url
+
+SECRET = "config-test-secret-0123456789-0123456789"
+
+
+def env(tmp_path: Path, **values: str) -> dict[str, str]:
+    """An environment whose database lives under tmp_path, so no file lands in the checkout."""
+    return {"DATABASE_URL": f"sqlite:///{tmp_path}/data/keys.db", "SUPABASE_JWT_SECRET": SECRET, **values}
+
+
+def test_defaults():
+    settings = Settings.from_env({"SUPABASE_JWT_SECRET": SECRET})
+    assert settings.host == "127.0.0.1"
+    assert settings.port == 8000
+    assert settings.env == "development" and not settings.production
+    assert settings.validate_responses is True
+    assert settings.database_path == Path("data/keys.db")
+    assert settings.cors_origin_regex == LOCALHOST_ORIGINS
+    assert settings.jwt_secret == SECRET and not settings.jwt_secret_generated
+    assert (settings.management_limit_per_minute, settings.management_limit_per_day) == (120, 10_000)
+    assert settings.max_active_keys == 50
+    assert settings.log_level == "INFO"
+
+
+def test_values_are_read_from_environment(tmp_path):
+    settings = Settings.from_env(env(
+        tmp_path, HOST="0.0.0.0", PORT="9000", KEY_MANAGEMENT_LIMIT_PER_MINUTE="5",
+        KEY_MANAGEMENT_LIMIT_PER_DAY="50", MAX_ACTIVE_KEYS="3", LOG_LEVEL="debug", VALIDATE_RESPONSES="no",
+    ))
+    assert (settings.host, settings.port) == ("0.0.0.0", 9000)
+    assert (settings.management_limit_per_minute, settings.management_limit_per_day) == (5, 50)
+    assert settings.max_active_keys == 3
+    assert settings.log_level == "DEBUG"
+    assert settings.validate_responses is False
+
+
+def test_production_without_secret_raises(tmp_path):
+    environ = env(tmp_path, APP_ENV="production")
+    del environ["SUPABASE_JWT_SECRET"]
+    with pytest.raises(ConfigError, match="SUPABASE_JWT_SECRET"):
+        Settings.from_env(environ)
+    assert not (tmp_path / "data" / DEV_SECRET_FILE).exists()
+
+
+def test_production_with_empty_secret_raises(tmp_path):
+    with pytest.raises(ConfigError, match="SUPABASE_JWT_SECRET"):
+        Settings.from_env(env(tmp_path, APP_ENV="production", SUPABASE_JWT_SECRET=""))
+
+
+def test_production_turns_off_response_validation_and_cors_by_default(tmp_path):
+    settings = Settings.from_env(env(tmp_path, APP_ENV="production"))
+    assert settings.production
+    assert settings.validate_responses is False
+    assert settings.cors_origin_regex == ""
+
+
+def test_production_can_opt_back_in_to_validation_and_cors(tmp_path):
+    settings = Settings.from_env(env(
+        tmp_path, APP_ENV="production", VALIDATE_RESPONSES="true", CORS_ORIGIN_REGEX=r"^https://app\.example$"
+    ))
+    assert settings.validate_responses is True
+    assert settings.cors_origin_regex == r"^https://app\.example$"
+
+
+def test_app_env_is_case_and_space_insensitive(tmp_path):
+    assert Settings.from_env(env(tmp_path, APP_ENV=" Production ")).production
+
+
+def test_unknown_app_env_raises(tmp_path):
+    with pytest.raises(ConfigError, match="APP_ENV"):
+        Settings.from_env(env(tmp_path, APP_ENV="staging"))
+
+
+def test_development_without_secret_generates_one_beside_database(tmp_path):
+    environ = env(tmp_path)
+    del environ["SUPABASE_JWT_SECRET"]
+    first = Settings.from_env(environ)
+    path = tmp_path / "data" / DEV_SECRET_FILE
+    assert first.jwt_secret_generated
+    assert len(first.jwt_secret) >= 32
+    assert path.read_text().strip() == first.jwt_secret
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_development_secret_is_kept_across_calls(tmp_path):
+    environ = env(tmp_path)
+    del environ["SUPABASE_JWT_SECRET"]
+    assert Settings.from_env(environ).jwt_secret == Settings.from_env(environ).jwt_secret
+    leftovers = [p.name for p in (tmp_path / "data").iterdir() if p.name != DEV_SECRET_FILE]
+    assert leftovers == []
+
+
+def test_development_secrets_differ_per_database_directory(tmp_path):
+    a = Settings.from_env({"DATABASE_URL": f"sqlite:///{tmp_path}/a/keys.db"})
+    b = Settings.from_env({"DATABASE_URL": f"sqlite:///{tmp_path}/b/keys.db"})
+    assert a.jwt_secret != b.jwt_secret
+
+
+def test_explicit_secret_writes_no_file(tmp_path):
+    Settings.from_env(env(tmp_path))
+    assert not (tmp_path / "data" / DEV_SECRET_FILE).exists()
+
+
+def test_database_url_relative_path():
+    assert parse_database_url("sqlite:///data/keys.db") == Path("data/keys.db")
+
+
+def test_database_url_absolute_path():
+    assert parse_database_url("sqlite:////var/lib/keys/keys.db") == Path("/var/lib/keys/keys.db")
+
+
+@pytest.mark.parametrize("url", [
+    "postgres://localhost/keys",
+    "mysql:///keys.db",
+    "sqlite://keys.db",
+    "sqlite:///",
+    "",
+    "data/keys.db",
+])
+def test_database_url_bad_form_raises(url):
+    with pytest.raises(ConfigError, match="DATABASE_URL"):
+        parse_database_url(url)
+
+
+def test_database_url_in_memory_is_rejected():
+    with pytest.raises(ConfigError, match="in-memory"):
+        parse_database_url("sqlite:///:memory:")
+
+
+def test_from_env_reports_bad_database_url(tmp_path):
+    with pytest.raises(ConfigError, match="DATABASE_URL"):
+        Settings.from_env({"DATABASE_URL": "sqlite:///:memory:", "SUPABASE_JWT_SECRET": SECRET})
+
+
+@pytest.mark.parametrize("name", ["PORT", "KEY_MANAGEMENT_LIMIT_PER_MINUTE", "KEY_MANAGEMENT_LIMIT_PER_DAY",
+                                  "MAX_ACTIVE_KEYS"])
+@pytest.mark.parametrize("value", ["abc", "1.5", "ten", "0x10"])
+def test_non_integer_values_raise_config_error_naming_the_variable(tmp_path, name, value):
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env(env(tmp_path, **{name: value}))
+    assert name in str(caught.value) and value in str(caught.value)
+
+
+@pytest.mark.parametrize("name", ["KEY_MANAGEMENT_LIMIT_PER_MINUTE", "KEY_MANAGEMENT_LIMIT_PER_DAY", "MAX_ACTIVE_KEYS"])
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_limits_below_one_raise_config_error(tmp_path, name, value):
+    with pytest.raises(ConfigError, match=name):
+        Settings.from_env(env(tmp_path, **{name: value}))
+
+
+@pytest.mark.xfail(reason="PORT is exempt from every range check: negative ports and ports above 65535 "
+                          "are accepted", strict=True)
+@pytest.mark.parametrize("value", ["-1", "65536"])
+def test_out_of_range_port_raises_config_error(tmp_path, value):
+    with pytest.raises(ConfigError, match="PORT"):
+        Settings.from_env(env(tmp_path, PORT=value))
+
+
+def test_empty_integer_variable_means_default(tmp_path):
+    assert Settings.from_env(env(tmp_path, PORT="", MAX_ACTIVE_KEYS="")).port == 8000
+
+
+def test_bad_boolean_raises_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="VALIDATE_RESPONSES"):
+        Settings.from_env(env(tmp_path, VALIDATE_RESPONSES="maybe"))

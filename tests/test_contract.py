@@ -1,0 +1,100 @@
+"""The contract: a valid document, the vendor's operation kept, every operationId bound."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import re
+from pathlib import Path
+
+import yaml
+from openapi_spec_validator import validate
+
+import handlers
+from app import SPEC_PATH, resolve_handler
+
+ROOT = Path(__file__).resolve().parent.parent
+VENDOR = ROOT.parent / "shared" / "seed" / "mint-api-key.md"
+HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
+
+
+def spec() -> dict:
+    return json.loads(SPEC_PATH.read_text())
+
+
+def operations(document: dict) -> list[dict]:
+    return [op for item in document["paths"].values() for m, op in item.items() if m in HTTP_METHODS]
+
+
+def test_openapi_document_is_valid():
+    validate(spec())
+
+
+def test_every_operation_id_resolves_to_a_handler():
+    for operation in operations(spec()):
+        function = resolve_handler(operation["operationId"])
+        assert inspect.getmodule(function).__name__.startswith("handlers."), operation["operationId"]
+
+
+def test_every_public_handler_is_referenced_by_the_contract():
+    bound = {resolve_handler(op["operationId"]) for op in operations(spec())}
+    public = {getattr(handlers, name) for name in handlers.__all__}
+    assert public == bound
+
+
+def test_vendor_operation_id_is_kept_as_published():
+    post = spec()["paths"]["/api/v1/keys"]["post"]
+    assert post["operationId"] == "createAPIKey"
+
+
+def test_every_operation_documents_its_errors_with_the_error_schema():
+    document = spec()
+    for operation in operations(document):
+        codes = set(operation["responses"])
+        assert "500" in codes and "503" in codes, operation["operationId"]
+        if operation.get("security"):
+            assert {"401", "429"} <= codes, operation["operationId"]
+        for code, response in operation["responses"].items():
+            if code.startswith(("4", "5")):
+                name = response["$ref"].rsplit("/", 1)[-1]
+                schema = document["components"]["responses"][name]["content"]["application/json"]["schema"]
+                assert schema == {"$ref": "#/components/schemas/Error"}
+
+
+def test_changelog_lists_each_change_to_the_vendor_document():
+    description = spec()["info"]["description"]
+    assert "## Changes to the vendor's document" in description
+    for change in ("minLength", "additionalProperties", "full_key", "status", "listAPIKeys", "getAPIKey",
+                   "revokeAPIKey", "listKeyEvents", "getCurrentKey", "BearerAuth", "ApiKeyHeader", "ApiKeyQuery"):
+        assert change in description, change
+
+
+def test_vendor_descriptions_are_kept_word_for_word():
+    if not VENDOR.exists():  # the vendor's file sits beside the checkout, as in CI
+        import pytest
+
+        pytest.skip("vendor document not available")
+    text = VENDOR.read_text()
+    vendor = yaml.safe_load(re.search(r"````yaml [^\n]*\n(.*?)````", text, re.S).group(1))
+    kept(vendor, spec(), ())
+
+
+def kept(vendor: object, ours: object, path: tuple) -> None:
+    """Assert everything the vendor wrote is in ours: fields added, `required` lists widened,
+    list items appended and the changelog appended to info.description are the only changes."""
+    if isinstance(vendor, dict):
+        assert isinstance(ours, dict), path
+        for key, value in vendor.items():
+            assert key in ours, path + (key,)
+            if key == "required" and isinstance(value, list):
+                assert set(value) <= set(ours[key]), path
+            else:
+                kept(value, ours[key], path + (key,))
+    elif isinstance(vendor, list):
+        assert isinstance(ours, list) and len(ours) >= len(vendor), path
+        for index, item in enumerate(vendor):
+            kept(item, ours[index], path + (index,))
+    elif path == ("info", "description"):
+        assert isinstance(ours, str) and ours.startswith(vendor), path
+    else:
+        assert ours == vendor, path

@@ -1,0 +1,115 @@
+"""The real server in subprocesses: `make run`'s development server and `make serve`'s workers."""
+
+from __future__ import annotations
+
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from app.sessions import issue_token
+from tests.live import ROOT, LiveServer
+
+SECRET = "live-test-secret-0123456789-0123456789-abc"
+
+
+def test_development_server_prints_a_curl_command_that_mints(tmp_path):
+    with LiveServer("run", tmp_path) as server:
+        output = server.output()
+        assert "curl -s -X POST" in output
+        token = re.search(r"sb-access-token=([A-Za-z0-9_.-]+)", output).group(1)
+        status, headers, body = server.request(
+            "POST", "/api/v1/keys", {"name": "tom-laptop-dev", "expires_in_days": 90},
+            {"Cookie": f"sb-access-token={token}"},
+        )
+        assert status == 201, body
+        assert body["data"]["key"].startswith("sk_live_")
+        assert headers["x-request-id"] == headers["x-request-id"].strip()
+        assert (tmp_path / "live" / ".supabase-jwt-secret").exists()
+        key = body["data"]["key"]
+    assert key not in server.output()
+
+
+def test_production_refuses_to_start_without_a_jwt_secret(tmp_path):
+    import subprocess
+    import sys
+
+    for command in ("run", "serve"):
+        result = subprocess.run(
+            [sys.executable, "-m", "app", command], capture_output=True, text=True, timeout=60,
+            env={"APP_ENV": "production", "PATH": "/usr/bin:/bin", "DATABASE_URL": f"sqlite:///{tmp_path}/k.db"},
+            cwd=ROOT,
+        )
+        assert result.returncode == 2
+        assert "SUPABASE_JWT_SECRET is required" in result.stderr
+        assert "eyJ" not in result.stdout
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("serve")
+    env = {"APP_ENV": "production", "SUPABASE_JWT_SECRET": SECRET, "WEB_CONCURRENCY": "2"}
+    with LiveServer("serve", tmp, env) as server:
+        yield server
+
+
+def cookie(user: str) -> dict[str, str]:
+    return {"Cookie": f"sb-access-token={issue_token(SECRET, user, time.time(), 3600)}"}
+
+
+def test_production_server_runs_two_workers_and_prints_no_token(served):
+    output = served.output()
+    assert len(set(re.findall(r"Booting worker with pid: (\d+)", output))) == 2
+    assert "eyJ" not in output
+
+
+def test_free_key_is_admitted_exactly_ten_times_across_workers(served):
+    for _attempt in range(3):
+        status, _, body = served.request("POST", "/api/v1/keys", {"name": f"burst-{time.time_ns()}"}, cookie("burst-user"))
+        assert status == 201
+        key, key_id = body["data"]["key"], body["data"]["id"]
+        minute = int(time.time()) // 60
+
+        def call(_: int) -> int:
+            return served.request("GET", "/api/v1/whoami", headers={"X-API-Key": key})[0]
+
+        with ThreadPoolExecutor(max_workers=32) as pool:
+            statuses = list(pool.map(call, range(64)))
+        if int(time.time()) // 60 != minute:
+            continue  # the burst straddled a minute boundary: two windows; try again
+        assert statuses.count(200) == 10, statuses
+        assert statuses.count(429) == 54
+        _, _, stored = served.request("GET", f"/api/v1/keys/{key_id}", headers=cookie("burst-user"))
+        assert stored["data"]["total_requests"] == 10
+        return
+    pytest.fail("every attempt straddled a minute boundary")
+
+
+def test_revocation_is_seen_by_every_worker_at_once(served):
+    _, _, body = served.request("POST", "/api/v1/keys", {"name": "revoke-me"}, cookie("revoker"))
+    served.request("POST", "/api/v1/keys", {"name": "pro-later"}, cookie("revoker"))
+    key, key_id = body["data"]["key"], body["data"]["id"]
+    assert served.request("GET", "/api/v1/whoami", headers={"Authorization": f"Bearer {key}"})[0] == 200
+    assert served.request("DELETE", f"/api/v1/keys/{key_id}", headers=cookie("revoker"))[0] == 204
+
+    def call(_: int) -> str:
+        return served.request("GET", "/api/v1/whoami", headers={"Authorization": f"Bearer {key}"})[2]["error"]["code"]
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        codes = list(pool.map(call, range(16)))
+    assert codes == ["revoked_api_key"] * 16
+
+
+def test_logs_never_contain_keys_or_session_tokens(served):
+    session = cookie("logger")
+    _, _, body = served.request("POST", "/api/v1/keys", {"name": "log-check"}, session)
+    key = body["data"]["key"]
+    served.request("GET", f"/api/v1/whoami?api_key={key}")
+    served.request("GET", "/api/v1/whoami", headers={"X-API-Key": key[:-1] + "x"})
+    deadline = time.monotonic() + 10
+    while "api_key=%5BREDACTED%5D" not in (output := served.output()) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the access line is written as the response completes
+    assert "api_key=%5BREDACTED%5D" in output
+    assert key not in output and key[8:30] not in output
+    assert session["Cookie"].split("=", 1)[1] not in output

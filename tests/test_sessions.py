@@ -1,0 +1,149 @@
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import jwt
+import pytest
+
+from app.errors import InvalidSession, MissingSession
+from app.sessions import SessionVerifier, issue_token
+from tests.conftest import SECRET, START
+
+NOW = START
+COOKIE = "sb-access-token"
+
+# HS384/HS512 tokens signed with the (short for them) test secret are built on purpose.
+pytestmark = pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def claims(**changes: Any) -> dict[str, Any]:
+    base = {"sub": "user-1", "aud": "authenticated", "role": "authenticated", "iat": int(NOW), "exp": int(NOW) + 3600}
+    base.update(changes)
+    return {k: v for k, v in base.items() if v is not None}
+
+
+def hs256(payload: dict[str, Any], secret: str = SECRET) -> str:
+    return jwt.encode(payload, secret, algorithm="HS256")
+
+
+def unsigned(header: dict[str, Any], payload: dict[str, Any], signature: str = "") -> str:
+    return f"{b64(json.dumps(header).encode())}.{b64(json.dumps(payload).encode())}.{signature}"
+
+
+# name -> token, built lazily so each stays self-describing.
+BAD_TOKENS = {
+    "wrong_secret": lambda: hs256(claims(), "another-secret-0123456789-0123456789-xyz"),
+    "expired": lambda: hs256(claims(exp=int(NOW) - 1)),
+    "expires_exactly_now": lambda: hs256(claims(exp=int(NOW))),
+    "wrong_aud": lambda: hs256(claims(aud="anon")),
+    "missing_aud": lambda: hs256(claims(aud=None)),
+    "no_sub": lambda: hs256(claims(sub=None)),
+    "empty_sub": lambda: hs256(claims(sub="")),
+    "non_string_sub": lambda: hs256(claims(sub=42)),
+    "overlong_sub": lambda: hs256(claims(sub="u" * 201)),
+    "missing_exp": lambda: hs256(claims(exp=None)),
+    "string_exp": lambda: hs256(claims(exp=str(int(NOW) + 3600))),
+    "not_yet_valid": lambda: hs256(claims(nbf=int(NOW) + 60)),
+    "alg_none": lambda: unsigned({"alg": "none", "typ": "JWT"}, claims()),
+    "alg_none_with_hs256_signature": lambda: unsigned(
+        {"alg": "none", "typ": "JWT"}, claims(), hs256(claims()).rsplit(".", 1)[1]
+    ),
+    "hs512_right_secret": lambda: jwt.encode(claims(), SECRET, algorithm="HS512"),
+    "hs384_right_secret": lambda: jwt.encode(claims(), SECRET, algorithm="HS384"),
+    "rs256_header": lambda: unsigned({"alg": "RS256", "typ": "JWT"}, claims(), b64(b"not-a-real-signature")),
+    "tampered_payload": lambda: ".".join(
+        [hs256(claims()).split(".")[0], b64(json.dumps(claims(sub="admin")).encode()), hs256(claims()).split(".")[2]]
+    ),
+    "garbage": lambda: "this-is-not-a-token",
+    "two_segments": lambda: "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1In0",
+    "non_json_segments": lambda: f"{b64(b'not json')}.{b64(b'also not json')}.{b64(b'sig')}",
+    "json_array_payload": lambda: unsigned({"alg": "HS256", "typ": "JWT"}, ["sub"], "c2ln"),
+    "bad_base64": lambda: "%%%.###.!!!",
+}
+
+
+@pytest.fixture
+def verifier() -> SessionVerifier:
+    return SessionVerifier(SECRET)
+
+
+def test_valid_token_gives_its_sub(verifier):
+    assert verifier.user_id(issue_token(SECRET, "user-42", NOW), NOW) == "user-42"
+
+
+def test_token_is_valid_until_just_before_exp(verifier):
+    token = issue_token(SECRET, "user-42", NOW, ttl_seconds=60)
+    assert verifier.user_id(token, NOW + 59.9) == "user-42"
+    with pytest.raises(InvalidSession):
+        verifier.user_id(token, NOW + 60)
+
+
+def test_expiry_uses_injected_now_not_wall_clock(verifier):
+    # Issued and expired long ago by the wall clock, valid at the injected time.
+    token = issue_token(SECRET, "user-1", 1_000_000_000, ttl_seconds=60)
+    assert verifier.user_id(token, 1_000_000_030) == "user-1"
+
+
+def test_leeway_accepts_recently_expired_token():
+    token = issue_token(SECRET, "user-1", NOW, ttl_seconds=60)
+    assert SessionVerifier(SECRET, leeway_seconds=30).user_id(token, NOW + 70) == "user-1"
+    with pytest.raises(InvalidSession):
+        SessionVerifier(SECRET, leeway_seconds=30).user_id(token, NOW + 90)
+
+
+@pytest.mark.parametrize("token", [None, ""])
+def test_missing_or_empty_token_raises_missing_session(verifier, token):
+    with pytest.raises(MissingSession):
+        verifier.user_id(token, NOW)
+
+
+@pytest.mark.parametrize("name", BAD_TOKENS)
+def test_bad_token_raises_invalid_session(verifier, name):
+    with pytest.raises(InvalidSession):
+        verifier.user_id(BAD_TOKENS[name](), NOW)
+
+
+# -- through HTTP -------------------------------------------------------------------------
+
+
+def assert_error_envelope(response, code: str) -> dict[str, Any]:
+    assert response.status_code == 401
+    error = response.json()["error"]
+    assert error["code"] == code
+    assert isinstance(error["message"], str) and error["message"]
+    assert isinstance(error["details"], dict)
+    assert error["request_id"].startswith("req_")
+    assert response.headers["X-Request-ID"] == error["request_id"]
+    return error
+
+
+def test_http_without_cookie_is_missing_session(client):
+    assert_error_envelope(client.get("/api/v1/keys"), "missing_session")
+
+
+@pytest.mark.parametrize("name", BAD_TOKENS)
+def test_http_bad_token_is_invalid_session(client, name):
+    token = BAD_TOKENS[name]()
+    response = client.get("/api/v1/keys", cookies={COOKIE: token})
+    assert_error_envelope(response, "invalid_session")
+    assert token not in response.text
+
+
+def test_http_valid_token_is_accepted(client, session):
+    response = client.get("/api/v1/keys", cookies=session("user-1"))
+    assert response.status_code == 200, response.text
+
+
+def test_http_token_expired_by_fake_clock_is_invalid_session(client, session, clock):
+    cookies = session("user-1", ttl=60)
+    assert client.get("/api/v1/keys", cookies=cookies).status_code == 200
+    clock.advance(60)
+    response = client.get("/api/v1/keys", cookies=cookies)
+    assert_error_envelope(response, "invalid_session")
+    assert cookies[COOKIE] not in response.text

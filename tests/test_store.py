@@ -1,0 +1,404 @@
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from pathlib import Path
+
+import pytest
+
+from app import keymaterial
+from app.errors import DuplicateName, KeyLimitReached
+from app.keys import KeyService
+from app.store import KeyEvent, KeyRecord, NewEvent, SQLiteStore, Window
+
+T0 = 1_795_000_000_000_000  # microseconds
+SECOND = 1_000_000
+USER = "user-1"
+
+
+def make_record(name: str = "prod-splunk", user: str = USER, created_us: int = T0,
+                expires_us: int | None = None) -> KeyRecord:
+    return KeyRecord(
+        id=str(uuid.uuid4()), user_id=user, name=name, preview="sk_live_Ab12••••••••", tier="free",
+        created_us=created_us, expires_us=expires_us, revoked_us=None, total_requests=0, last_used_us=None,
+    )
+
+
+def make_event(record: KeyRecord, kind: str, at: int | None = None) -> KeyEvent:
+    return KeyEvent(
+        id=str(uuid.uuid4()), user_id=record.user_id, key_id=record.id, type=kind, key_name=record.name,
+        key_preview=record.preview, request_id="req_test", occurred_us=record.created_us if at is None else at,
+        details={},
+    )
+
+
+def insert(store: SQLiteStore, name: str = "prod-splunk", created_us: int = T0, max_active: int = 50,
+           user: str = USER, expires_us: int | None = None) -> KeyRecord:
+    store.ensure_account(user, created_us)
+    record = make_record(name, user, created_us, expires_us)
+    store.insert_key(record, uuid.uuid4().hex + uuid.uuid4().hex, max_active, make_event(record, "minted"))
+    return record
+
+
+def raw(path: Path, sql: str, params: tuple = ()) -> list[tuple]:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
+
+# -- schema -------------------------------------------------------------------------------
+
+
+def test_migrate_sets_user_version_and_creates_tables(tmp_path):
+    path = tmp_path / "keys.db"
+    SQLiteStore(path)
+    assert raw(path, "PRAGMA user_version") == [(1,)]
+    tables = {name for (name,) in raw(path, "SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"accounts", "api_keys", "key_events", "rate_windows"} <= tables
+
+
+def test_migrate_is_idempotent_and_keeps_data(tmp_path):
+    path = tmp_path / "keys.db"
+    first = SQLiteStore(path)
+    record = insert(first)
+    first.close()
+    second = SQLiteStore(path)
+    second.migrate()
+    assert second.get_key(USER, record.id) == record
+    assert raw(path, "PRAGMA user_version") == [(1,)]
+
+
+def test_store_creates_missing_parent_directory(tmp_path):
+    path = tmp_path / "a" / "b" / "keys.db"
+    SQLiteStore(path).ping()
+    assert path.exists()
+
+
+def test_store_works_on_an_open_connection(tmp_path):
+    path = tmp_path / "keys.db"
+    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    store = SQLiteStore(conn)
+    store.ping()
+    record = insert(store)
+    assert store.get_key(USER, record.id) == record
+    assert conn.execute("PRAGMA user_version").fetchone() == (1,)
+    # Migrating again on the same connection is harmless.
+    SQLiteStore(conn)
+    assert store.get_key(USER, record.id) == record
+
+
+# -- accounts -----------------------------------------------------------------------------
+
+
+def test_ensure_account_creates_free_tier_once(store):
+    created = store.ensure_account(USER, T0)
+    assert (created.user_id, created.tier, created.created_us) == (USER, "free", T0)
+    again = store.ensure_account(USER, T0 + 10 * SECOND)
+    assert again == created
+
+
+def test_ensure_account_keeps_an_upgraded_tier(store):
+    store.ensure_account(USER, T0)
+    store.set_tier(USER, "pro", T0 + SECOND)
+    assert store.ensure_account(USER, T0 + 2 * SECOND).tier == "pro"
+
+
+def test_set_tier_creates_missing_account(store):
+    account = store.set_tier("new-user", "pro", T0)
+    assert (account.user_id, account.tier, account.created_us) == ("new-user", "pro", T0)
+
+
+def test_set_tier_updates_existing_account_and_keeps_created_time(store):
+    store.ensure_account(USER, T0)
+    account = store.set_tier(USER, "pro", T0 + SECOND)
+    assert (account.tier, account.created_us) == ("pro", T0)
+    assert store.set_tier(USER, "free", T0 + 2 * SECOND).tier == "free"
+
+
+def test_key_tier_follows_account_tier(store):
+    record = insert(store)
+    store.set_tier(USER, "pro", T0 + SECOND)
+    assert store.get_key(USER, record.id).tier == "pro"
+
+
+# -- keys ---------------------------------------------------------------------------------
+
+
+def test_insert_then_get_key_round_trips(store):
+    record = insert(store, expires_us=T0 + 86_400 * SECOND)
+    assert store.get_key(USER, record.id) == record
+
+
+def test_get_key_of_another_user_is_none(store):
+    record = insert(store)
+    store.ensure_account("user-2", T0)
+    assert store.get_key("user-2", record.id) is None
+
+
+def test_get_unknown_key_is_none(store):
+    store.ensure_account(USER, T0)
+    assert store.get_key(USER, str(uuid.uuid4())) is None
+
+
+def test_insert_key_records_minted_event(store):
+    record = insert(store)
+    (event,) = store.list_events(USER, 10, None)
+    assert (event.type, event.key_id, event.key_name, event.occurred_us) == ("minted", record.id, record.name, T0)
+
+
+def test_insert_key_rejects_active_duplicate_name(store):
+    insert(store, "prod-splunk")
+    with pytest.raises(DuplicateName):
+        insert(store, "prod-splunk", T0 + SECOND)
+    assert len(store.list_keys(USER, 10, None)) == 1
+    assert len(store.list_events(USER, 10, None)) == 1
+
+
+def test_duplicate_name_is_per_user(store):
+    insert(store, "prod-splunk")
+    insert(store, "prod-splunk", user="user-2")
+    assert len(store.list_keys("user-2", 10, None)) == 1
+
+
+def test_insert_key_allows_name_again_after_revocation(store):
+    first = insert(store, "prod-splunk")
+    store.revoke_key(USER, first.id, T0 + SECOND, make_event(first, "revoked", T0 + SECOND))
+    second = insert(store, "prod-splunk", T0 + 2 * SECOND)
+    assert store.get_key(USER, second.id) == second
+
+
+def test_insert_key_allows_name_again_after_expiry(store):
+    insert(store, "prod-splunk", expires_us=T0 + 10 * SECOND)
+    with pytest.raises(DuplicateName):
+        insert(store, "prod-splunk", T0 + 9 * SECOND)
+    second = insert(store, "prod-splunk", T0 + 10 * SECOND)
+    assert store.get_key(USER, second.id) == second
+
+
+def test_insert_key_raises_key_limit_reached_at_max_active(store):
+    for i in range(3):
+        insert(store, f"key-{i}", T0 + i, max_active=3)
+    with pytest.raises(KeyLimitReached) as caught:
+        insert(store, "one-too-many", T0 + 10, max_active=3)
+    assert caught.value.details == {"limit": 3}
+    assert len(store.list_keys(USER, 10, None)) == 3
+
+
+def test_key_limit_ignores_revoked_and_expired_keys(store):
+    revoked = insert(store, "revoked", T0, max_active=2)
+    store.revoke_key(USER, revoked.id, T0 + 1, make_event(revoked, "revoked", T0 + 1))
+    insert(store, "expiring", T0 + 2, max_active=2, expires_us=T0 + 5)
+    insert(store, "live", T0 + 3, max_active=2)
+    insert(store, "another", T0 + 10, max_active=2)  # the expiring key no longer counts
+    with pytest.raises(KeyLimitReached):
+        insert(store, "too-many", T0 + 11, max_active=2)
+
+
+def test_list_keys_newest_first(store):
+    records = [insert(store, f"key-{i}", T0 + i * SECOND) for i in range(3)]
+    assert [r.id for r in store.list_keys(USER, 10, None)] == [r.id for r in reversed(records)]
+
+
+def test_list_keys_respects_limit_and_before_cursor(store):
+    records = [insert(store, f"key-{i}", T0 + i * SECOND) for i in range(5)]
+    newest_first = list(reversed(records))
+    page = store.list_keys(USER, 2, None)
+    assert page == newest_first[:2]
+    page = store.list_keys(USER, 2, (page[-1].created_us, page[-1].id))
+    assert page == newest_first[2:4]
+    page = store.list_keys(USER, 2, (page[-1].created_us, page[-1].id))
+    assert page == newest_first[4:]
+
+
+def test_list_keys_breaks_time_ties_by_id(store):
+    records = [insert(store, f"key-{i}", T0) for i in range(4)]
+    expected = sorted(records, key=lambda r: r.id, reverse=True)
+    first = store.list_keys(USER, 2, None)
+    rest = store.list_keys(USER, 10, (first[-1].created_us, first[-1].id))
+    assert first + rest == expected
+
+
+def test_list_keys_excludes_revoked_and_other_users(store):
+    kept = insert(store, "kept", T0)
+    gone = insert(store, "gone", T0 + 1)
+    insert(store, "theirs", T0 + 2, user="user-2")
+    store.revoke_key(USER, gone.id, T0 + 3, make_event(gone, "revoked", T0 + 3))
+    assert store.list_keys(USER, 10, None) == [kept]
+
+
+def test_revoke_key_hides_key_and_records_event(store):
+    record = insert(store)
+    revoked = store.revoke_key(USER, record.id, T0 + SECOND, make_event(record, "revoked", T0 + SECOND))
+    assert revoked is not None and revoked.id == record.id
+    assert store.get_key(USER, record.id) is None
+    types = [e.type for e in store.list_events(USER, 10, None)]
+    assert types == ["revoked", "minted"]
+
+
+def test_revoke_key_twice_returns_none_and_records_no_second_event(store):
+    record = insert(store)
+    store.revoke_key(USER, record.id, T0 + SECOND, make_event(record, "revoked", T0 + SECOND))
+    assert store.revoke_key(USER, record.id, T0 + 2 * SECOND, make_event(record, "revoked", T0 + 2 * SECOND)) is None
+    assert len(store.list_events(USER, 10, None)) == 2
+
+
+def test_revoke_key_of_another_user_returns_none(store):
+    record = insert(store)
+    store.ensure_account("user-2", T0)
+    assert store.revoke_key("user-2", record.id, T0 + 1, make_event(record, "revoked", T0 + 1)) is None
+    assert store.get_key(USER, record.id) == record
+
+
+def test_find_by_digest_returns_revoked_keys_too(store):
+    store.ensure_account(USER, T0)
+    record = make_record()
+    digest = keymaterial.digest(keymaterial.generate())
+    store.insert_key(record, digest, 50, make_event(record, "minted"))
+    found, stored = store.find_by_digest(digest)
+    assert (found, stored) == (record, digest)
+    store.revoke_key(USER, record.id, T0 + SECOND, make_event(record, "revoked", T0 + SECOND))
+    found, _ = store.find_by_digest(digest)
+    assert found.id == record.id and found.revoked_us == T0 + SECOND
+
+
+def test_find_by_unknown_digest_is_none(store):
+    assert store.find_by_digest(keymaterial.digest(keymaterial.generate())) is None
+
+
+def test_database_never_contains_the_raw_key(settings, clock):
+    store = SQLiteStore(settings.database_path)
+    minted = KeyService(store, clock).mint(USER, "prod-splunk", 30, "req_test")
+    secret = minted.secret
+    assert keymaterial.is_well_formed(secret)
+
+    def assert_files_clean() -> None:
+        files = [p for p in settings.database_path.parent.iterdir() if p.name.startswith("keys.db")]
+        assert settings.database_path in files
+        for path in files:  # the database and, while open, its WAL
+            data = path.read_bytes()
+            assert secret.encode() not in data, path
+            assert secret[len("sk_live_"):].encode() not in data, path
+
+    assert_files_clean()
+    store.close()
+    assert_files_clean()
+
+    conn = sqlite3.connect(settings.database_path)
+    texts = []
+    for (table,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'"):
+        for row in conn.execute(f'SELECT * FROM "{table}"'):
+            texts += [v for v in row if isinstance(v, str)]
+    conn.close()
+    assert keymaterial.digest(secret) in texts  # the rows were really read
+    assert not any(secret[len("sk_live_"):len("sk_live_") + 8] in t for t in texts)
+
+
+# -- rate windows -------------------------------------------------------------------------
+
+
+def windows(minute_start: int, day_start: int = 0, per_minute: int = 3, per_day: int = 100) -> list[Window]:
+    return [Window("minute", minute_start, per_minute), Window("day", day_start, per_day)]
+
+
+def block_event(record: KeyRecord, request_id: str = "req_block") -> NewEvent:
+    return NewEvent(str(uuid.uuid4()), record.id, record.user_id, record.name, record.preview, request_id)
+
+
+def test_consume_counts_per_window(store):
+    results = [store.consume("acct", windows(60), T0) for _ in range(3)]
+    assert [r.allowed for r in results] == [True, True, True]
+    assert [r.counts for r in results] == [
+        {"minute": 1, "day": 1}, {"minute": 2, "day": 2}, {"minute": 3, "day": 3}
+    ]
+
+
+def test_consume_refuses_at_limit_without_incrementing(store):
+    for _ in range(3):
+        store.consume("acct", windows(60), T0)
+    refused = store.consume("acct", windows(60), T0)
+    assert (refused.allowed, refused.blocked_by, refused.counts) == (False, "minute", {"minute": 3, "day": 3})
+    again = store.consume("acct", windows(60), T0)
+    assert again.counts == {"minute": 3, "day": 3}
+    assert raw(store._path, "SELECT window, count FROM rate_windows WHERE subject = 'acct' ORDER BY window") == [
+        ("day", 3), ("minute", 3)
+    ]
+
+
+def test_consume_resets_count_when_window_starts_anew(store):
+    for _ in range(3):
+        store.consume("acct", windows(60), T0)
+    assert not store.consume("acct", windows(60), T0).allowed
+    admitted = store.consume("acct", windows(120), T0 + 60 * SECOND)
+    assert admitted.allowed
+    assert admitted.counts == {"minute": 1, "day": 4}
+
+
+def test_consume_keeps_one_row_per_subject_and_window_kind(store):
+    for minute in range(5):
+        store.consume("acct", windows(60 * minute, day_start=86_400 * (minute // 2)), T0)
+    rows = raw(store._path, "SELECT window, start, count FROM rate_windows WHERE subject = 'acct' ORDER BY window")
+    assert rows == [("day", 86_400 * 2, 1), ("minute", 240, 1)]
+
+
+def test_consume_subjects_are_counted_separately(store):
+    for _ in range(3):
+        store.consume("a", windows(60), T0)
+    assert store.consume("b", windows(60), T0).counts == {"minute": 1, "day": 1}
+
+
+def test_consume_blocked_by_day_when_minute_has_room(store):
+    ws = windows(0, per_minute=10, per_day=2)
+    store.consume("acct", ws, T0)
+    store.consume("acct", ws, T0)
+    refused = store.consume("acct", windows(60, per_minute=10, per_day=2), T0)
+    assert (refused.allowed, refused.blocked_by) == (False, "day")
+
+
+def test_consume_records_rate_limited_event_once_per_window(store):
+    record = insert(store)
+    for _ in range(3):
+        store.consume(f"key:{record.id}", windows(60), T0, record.id, block_event(record))
+    first = store.consume(f"key:{record.id}", windows(60), T0 + 1, record.id, block_event(record, "req_1"))
+    second = store.consume(f"key:{record.id}", windows(60), T0 + 2, record.id, block_event(record, "req_2"))
+    assert (first.first_block, second.first_block) == (True, False)
+    limited = [e for e in store.list_events(USER, 10, None) if e.type == "rate_limited"]
+    assert len(limited) == 1
+    assert (limited[0].request_id, limited[0].key_id, limited[0].occurred_us) == ("req_1", record.id, T0 + 1)
+    assert limited[0].details == {"window": "minute", "limit": 3}
+
+
+def test_consume_records_a_new_rate_limited_event_in_the_next_window(store):
+    record = insert(store)
+    subject = f"key:{record.id}"
+    for minute_start in (60, 120):
+        for _ in range(4):
+            store.consume(subject, windows(minute_start), T0, record.id, block_event(record))
+    limited = [e for e in store.list_events(USER, 10, None) if e.type == "rate_limited"]
+    assert len(limited) == 2
+
+
+def test_consume_bumps_key_usage_only_when_admitted(store):
+    record = insert(store)
+    subject = f"key:{record.id}"
+    for i in range(3):
+        store.consume(subject, windows(60), T0 + i * SECOND, record.id)
+    used = store.get_key(USER, record.id)
+    assert (used.total_requests, used.last_used_us) == (3, T0 + 2 * SECOND)
+    store.consume(subject, windows(60), T0 + 9 * SECOND, record.id)
+    refused = store.get_key(USER, record.id)
+    assert (refused.total_requests, refused.last_used_us) == (3, T0 + 2 * SECOND)
+
+
+def test_consume_without_usage_key_leaves_keys_untouched(store):
+    record = insert(store)
+    store.consume("account:user-1", windows(60), T0)
+    assert store.get_key(USER, record.id).total_requests == 0
+
+
+def test_revoke_key_drops_its_rate_windows(store):
+    record = insert(store)
+    store.consume(f"key:{record.id}", windows(60), T0, record.id)
+    store.revoke_key(USER, record.id, T0 + 1, make_event(record, "revoked", T0 + 1))
+    assert raw(store._path, "SELECT count(*) FROM rate_windows WHERE subject = ?", (f"key:{record.id}",)) == [(0,)]
