@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from connexion.lifecycle import ConnexionRequest
-from connexion.security import NO_VALUE, BearerSecurityHandler
+from connexion.security import NO_VALUE, ApiKeySecurityHandler, BearerSecurityHandler
 
 from app.errors import RateLimited
 from app.keys import new_event_id
@@ -82,4 +82,23 @@ class ScopedBearerHandler(BearerSecurityHandler):
         return wrapper
 
 
-SECURITY_MAP = {"bearer": ScopedBearerHandler}
+class LenientCookieHandler(ApiKeySecurityHandler):
+    """apiKey handler that reads cookies the way browsers write them.
+
+    Connexion parses the Cookie header with `http.cookies.SimpleCookie`, which raises on
+    headers browsers send happily (an empty attribute, a stray `;`) and turns them into 500s.
+    """
+
+    @staticmethod
+    def get_cookie_value(cookies: str | None, name: str) -> str | None:
+        for part in (cookies or "").split(";"):
+            key, sep, value = part.strip().partition("=")
+            if sep and key == name:
+                value = value.strip()
+                if len(value) >= 2 and value[0] == value[-1] == '"':
+                    value = value[1:-1]
+                return value
+        return None
+
+
+SECURITY_MAP = {"bearer": ScopedBearerHandler, "apiKey": LenientCookieHandler}

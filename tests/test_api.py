@@ -428,7 +428,14 @@ def test_list_pages_keys_minted_in_the_same_instant_once_each_in_minting_order(c
     assert rest["meta"]["next_cursor"] is None
 
 
-def test_a_cursor_naming_no_key_ends_the_list(client, session, mint):
-    mint()
-    response = client.get(KEYS, params={"cursor": "9" * 16 + "0" * 32}, cookies=session())
-    assert response.status_code == 200 and response.json()["data"] == []
+def test_a_cursor_is_a_position_in_time(client, session, mint):
+    key = mint()
+    later = client.get(KEYS, params={"cursor": "9" * 16 + "0" * 32}, cookies=session()).json()["data"]
+    earlier = client.get(KEYS, params={"cursor": "0" * 48}, cookies=session()).json()["data"]
+    assert [k["id"] for k in later] == [key["id"]] and earlier == []
+
+
+def test_an_odd_cookie_header_is_read_as_browsers_do(client, session):
+    token = session()["sb-access-token"]
+    response = client.get(KEYS, headers={"Cookie": f"; =; theme=dark; sb-access-token={token}; ;"})
+    assert response.status_code == 200
