@@ -25,12 +25,9 @@ log = logging.getLogger("app.errors")
 # Connexion's codes for its own errors, by status.
 STATUS_CODES = {
     400: "invalid_parameter",
-    401: "unauthorized",
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
-    406: "not_acceptable",
-    413: "payload_too_large",
     415: "unsupported_media_type",
     500: "internal_error",
 }
