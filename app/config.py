@@ -111,8 +111,8 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         value = int(raw)
     except ValueError:
         raise ConfigError(f"{name} must be a whole number, not {raw!r}") from None
-    if value < 1 and name != "PORT":
-        raise ConfigError(f"{name} must be at least 1")
+    if value < 1 or (name == "PORT" and value > 65535):
+        raise ConfigError(f"{name} must be {'a port from 1 to 65535' if name == 'PORT' else 'at least 1'}, not {raw!r}")
     return value
 
 

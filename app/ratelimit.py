@@ -38,16 +38,17 @@ class Decision:
 
     @property
     def headers(self) -> dict[str, str]:
-        """Return the X-RateLimit-* headers (plus Retry-After when refused)."""
-        # The vendor defines Limit as the per-minute figure; Remaining and Reset follow the
-        # window that binds first, so a client that waits until Reset is let in again.
-        binding = self.day if (self.blocked_by == "day" or self.day.remaining < self.minute.remaining) else self.minute
-        headers = {
+        """Return the X-RateLimit-* headers."""
+        # The vendor defines Limit as the per-minute figure. Remaining and Reset describe the
+        # window that binds: the day once it has no more room left than the minute (then the
+        # minute's reset would not give any back), else the minute. So a client that waits
+        # until Reset is let in again.
+        binding = self.day if self.blocked_by == "day" or self.day.remaining <= self.minute.remaining else self.minute
+        return {
             "X-RateLimit-Limit": str(self.minute.limit),
             "X-RateLimit-Remaining": str(binding.remaining),
             "X-RateLimit-Reset": str(binding.reset),
         }
-        return headers
 
     def retry_after(self, now: float) -> int:
         """Return whole seconds until the refusing window resets."""

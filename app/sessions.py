@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import jwt
 
 from app.errors import InvalidSession, MissingSession
@@ -43,10 +45,11 @@ def _decode(token: str, secret: str, now: float, leeway: int) -> dict:
         options={"require": ["exp", "sub", "aud"], "verify_exp": False, "verify_iat": False, "verify_nbf": False},
     )
     exp = claims["exp"]
-    if not isinstance(exp, (int, float)) or isinstance(exp, bool) or exp + leeway <= now:
+    # JSON admits NaN and Infinity as numbers: neither is a time, and Infinity never expires.
+    if not isinstance(exp, (int, float)) or isinstance(exp, bool) or not math.isfinite(exp) or exp + leeway <= now:
         raise jwt.ExpiredSignatureError("expired")
     nbf = claims.get("nbf")
-    if nbf is not None and (not isinstance(nbf, (int, float)) or nbf - leeway > now):
+    if nbf is not None and (not isinstance(nbf, (int, float)) or not math.isfinite(nbf) or nbf - leeway > now):
         raise jwt.ImmatureSignatureError("not yet valid")
     return claims
 

@@ -326,6 +326,7 @@ class SQLiteStore:
     ) -> Consumption:
         """Count one request against every window of `subject` if all have room, atomically.
 
+        `windows` are ordered shortest first.
         An admitted request also bumps the key's `total_requests` and `last_used`; a refused
         one is recorded once per window as a `rate_limited` event.
         """
@@ -341,7 +342,9 @@ class SQLiteStore:
             for w in windows:
                 start, count, _ = stored.get(w.kind, (w.start, 0, 0))
                 counts[w.kind] = count if start == w.start else 0
-                if blocked_by is None and counts[w.kind] >= w.limit:
+                if counts[w.kind] >= w.limit:
+                    # Windows come shortest first: the longest exhausted one decides when a
+                    # retry can succeed, so it is the one that refuses.
                     blocked_by = w.kind
             if blocked_by is not None:
                 w = next(w for w in windows if w.kind == blocked_by)

@@ -113,9 +113,6 @@ def test_retry_after_is_seconds_to_day_reset_when_day_binds(limiter):
     assert retry == DAY_END - int(NOW + 60) == int(refused.headers["X-RateLimit-Reset"]) - int(NOW + 60)
 
 
-@pytest.mark.xfail(reason="when the minute and day windows are both exhausted, blocked_by is 'minute', so "
-                          "Reset and Retry-After point at the end of the minute although the day still binds",
-                   strict=True)
 def test_waiting_until_reset_admits_again_when_both_windows_are_exhausted(limiter):
     limits = Limits(per_minute=5, per_day=10)
     for t in (NOW,) * 5 + (NOW + 60,) * 5:

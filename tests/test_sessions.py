@@ -49,6 +49,8 @@ BAD_TOKENS = {
     "overlong_sub": lambda: hs256(claims(sub="u" * 201)),
     "missing_exp": lambda: hs256(claims(exp=None)),
     "string_exp": lambda: hs256(claims(exp=str(int(NOW) + 3600))),
+    "infinite_exp": lambda: hs256(claims(exp=float("inf"))),
+    "nan_exp": lambda: hs256(claims(exp=float("nan"))),
     "not_yet_valid": lambda: hs256(claims(nbf=int(NOW) + 60)),
     "alg_none": lambda: unsigned({"alg": "none", "typ": "JWT"}, claims()),
     "alg_none_with_hs256_signature": lambda: unsigned(

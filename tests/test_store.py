@@ -212,12 +212,17 @@ def test_list_keys_respects_limit_and_before_cursor(store):
     assert page == newest_first[4:]
 
 
-def test_list_keys_breaks_time_ties_by_id(store):
-    records = [insert(store, f"key-{i}", T0) for i in range(4)]
-    expected = sorted(records, key=lambda r: r.id, reverse=True)
-    first = store.list_keys(USER, 2, None)
-    rest = store.list_keys(USER, 10, (first[-1].created_us, first[-1].id))
-    assert first + rest == expected
+def test_list_keys_pages_through_time_ties_without_gaps_or_repeats(store):
+    records = [insert(store, f"key-{i}", T0) for i in range(5)]
+    insert(store, "newer", T0 + SECOND)
+    whole = store.list_keys(USER, 10, None)
+    assert whole[0].name == "newer"
+    assert sorted(r.id for r in whole[1:]) == sorted(r.id for r in records)
+    paged, before = [], None
+    while page := store.list_keys(USER, 2, before):
+        paged += page
+        before = (page[-1].created_us, page[-1].id)
+    assert paged == whole
 
 
 def test_list_keys_excludes_revoked_and_other_users(store):
@@ -314,16 +319,15 @@ def test_consume_counts_per_window(store):
     ]
 
 
-def test_consume_refuses_at_limit_without_incrementing(store):
+def test_consume_refuses_at_limit_without_incrementing(store, settings):
     for _ in range(3):
         store.consume("acct", windows(60), T0)
     refused = store.consume("acct", windows(60), T0)
     assert (refused.allowed, refused.blocked_by, refused.counts) == (False, "minute", {"minute": 3, "day": 3})
     again = store.consume("acct", windows(60), T0)
     assert again.counts == {"minute": 3, "day": 3}
-    assert raw(store._path, "SELECT window, count FROM rate_windows WHERE subject = 'acct' ORDER BY window") == [
-        ("day", 3), ("minute", 3)
-    ]
+    rows = raw(settings.database_path, "SELECT window, count FROM rate_windows WHERE subject = 'acct' ORDER BY window")
+    assert rows == [("day", 3), ("minute", 3)]
 
 
 def test_consume_resets_count_when_window_starts_anew(store):
@@ -335,10 +339,11 @@ def test_consume_resets_count_when_window_starts_anew(store):
     assert admitted.counts == {"minute": 1, "day": 4}
 
 
-def test_consume_keeps_one_row_per_subject_and_window_kind(store):
+def test_consume_keeps_one_row_per_subject_and_window_kind(store, settings):
     for minute in range(5):
         store.consume("acct", windows(60 * minute, day_start=86_400 * (minute // 2)), T0)
-    rows = raw(store._path, "SELECT window, start, count FROM rate_windows WHERE subject = 'acct' ORDER BY window")
+    sql = "SELECT window, start, count FROM rate_windows WHERE subject = 'acct' ORDER BY window"
+    rows = raw(settings.database_path, sql)
     assert rows == [("day", 86_400 * 2, 1), ("minute", 240, 1)]
 
 
@@ -397,8 +402,9 @@ def test_consume_without_usage_key_leaves_keys_untouched(store):
     assert store.get_key(USER, record.id).total_requests == 0
 
 
-def test_revoke_key_drops_its_rate_windows(store):
+def test_revoke_key_drops_its_rate_windows(store, settings):
     record = insert(store)
     store.consume(f"key:{record.id}", windows(60), T0, record.id)
     store.revoke_key(USER, record.id, T0 + 1, make_event(record, "revoked", T0 + 1))
-    assert raw(store._path, "SELECT count(*) FROM rate_windows WHERE subject = ?", (f"key:{record.id}",)) == [(0,)]
+    sql = "SELECT count(*) FROM rate_windows WHERE subject = ?"
+    assert raw(settings.database_path, sql, (f"key:{record.id}",)) == [(0,)]
