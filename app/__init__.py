@@ -17,6 +17,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from app.config import Settings
 from app.http_errors import ErrorHandlers
+from app.fastpath import tune as tune_connexion
 from app.keys import Clock, KeyService
 from app.middleware import RequestContextMiddleware, OperationBoundaryMiddleware
 from app.ratelimit import Limits, RateLimiter
@@ -99,5 +100,6 @@ def create_app(
         security_map=SECURITY_MAP,
     )
     ErrorHandlers(spec).install(app)
+    tune_connexion(app)
     app.app.extensions["services"] = services
     return app

@@ -7,8 +7,10 @@ the request against its rate limit; the outcome's headers go back through the sc
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Sequence
 
+from connexion.exceptions import OAuthResponseProblem
 from connexion.lifecycle import ConnexionRequest
 from connexion.security import NO_VALUE, ApiKeySecurityHandler, BearerSecurityHandler
 
@@ -67,7 +69,32 @@ def _apply(request: ConnexionRequest, decision: Decision, now: float, subject: s
     raise error
 
 
-class ScopedBearerHandler(BearerSecurityHandler):
+class _SignatureOnce:
+    """Inspect the security function's signature once, not on every request as Connexion does."""
+
+    def _generic_check(self, func: Any, exception_msg: str) -> Any:
+        takes_scopes = self._accepts_kwarg(func, self.required_scopes_kw)  # type: ignore[attr-defined]
+        takes_request = self._accepts_kwarg(func, self.request_kw)  # type: ignore[attr-defined]
+
+        async def wrapper(request: ConnexionRequest, *args: Any, required_scopes: Any = None) -> Any:
+            kwargs = {}
+            if takes_scopes:
+                kwargs["required_scopes"] = required_scopes
+            if takes_request:
+                kwargs["request"] = request
+            token_info = func(*args, **kwargs)
+            while asyncio.iscoroutine(token_info):
+                token_info = await token_info
+            if token_info is NO_VALUE:
+                return NO_VALUE
+            if token_info is None:
+                raise OAuthResponseProblem(detail=exception_msg)
+            return token_info
+
+        return wrapper
+
+
+class ScopedBearerHandler(_SignatureOnce, BearerSecurityHandler):
     """Bearer handler that, like Connexion's apiKey handler, passes the required scopes on."""
 
     def get_fn(self, security_scheme: dict, required_scopes: list[str]) -> Any:
@@ -82,7 +109,7 @@ class ScopedBearerHandler(BearerSecurityHandler):
         return wrapper
 
 
-class LenientCookieHandler(ApiKeySecurityHandler):
+class LenientCookieHandler(_SignatureOnce, ApiKeySecurityHandler):
     """apiKey handler that reads cookies the way browsers write them.
 
     Connexion parses the Cookie header with `http.cookies.SimpleCookie`, which raises on
