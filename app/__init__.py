@@ -79,7 +79,13 @@ def create_app(
     if isinstance(spec, Path):
         spec = json.loads(spec.read_text())
     app = FlaskApp(__name__, jsonifier=Jsonifier(json))
-    app.add_middleware(RequestContextMiddleware, position=MiddlewarePosition.BEFORE_EXCEPTION, services=services)
+    errors = ErrorHandlers(spec)
+    app.add_middleware(
+        RequestContextMiddleware,
+        position=MiddlewarePosition.BEFORE_EXCEPTION,
+        services=services,
+        allowed_methods=errors.allowed_methods,
+    )
     app.add_middleware(OperationBoundaryMiddleware, position=MiddlewarePosition.BEFORE_CONTEXT)
     if settings.cors_origin_regex:
         app.add_middleware(
@@ -99,7 +105,7 @@ def create_app(
         validator_map=validator_map(),
         security_map=SECURITY_MAP,
     )
-    ErrorHandlers(spec).install(app)
+    errors.install(app)
     tune_connexion(app)
     app.app.extensions["services"] = services
     return app

@@ -5,7 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 from typing import Sequence
+
+# Connexion imports Starlette's test client, which warns about httpx on every start.
+warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
 
 from app.config import ConfigError, Settings
 from app.sessions import issue_token
@@ -58,10 +62,10 @@ def run(settings: Settings) -> int:
     """Start a development server (uvicorn, one process) and say how to call it."""
     import uvicorn
 
-    from app import create_app
-    from app import logs
+    from app import create_app, logs
 
     logs.configure(settings.log_level)
+    logs.warn_weak_secret(settings)
     app = create_app(settings)
     base = f"http://{settings.host}:{settings.port}"
     if not settings.production:
@@ -95,6 +99,8 @@ def serve(settings: Settings) -> int:
         "--workers", workers,
         "--bind", f"{settings.host}:{settings.port}",
         "--graceful-timeout", "10",
+        # Several servers on one machine would otherwise share ~/.gunicorn/gunicorn.ctl.
+        "--no-control-socket",
         "app.asgi:from_env()",
     ]
     os.execv(sys.executable, argv)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
+
+warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
 
 from connexion import FlaskApp
 from uvicorn_worker import UvicornWorker
@@ -15,6 +18,7 @@ def from_env() -> FlaskApp:
     """Build the app from the environment (called once in each worker)."""
     settings = Settings.from_env()
     logs.configure(settings.log_level)
+    logs.warn_weak_secret(settings)
     return create_app(settings)
 
 

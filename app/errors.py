@@ -33,6 +33,13 @@ class InvalidJSON(ServiceError):
     code = "invalid_json"
 
 
+class PayloadTooLarge(ServiceError):
+    """The request body is larger than the service accepts."""
+
+    status_code = 413
+    code = "payload_too_large"
+
+
 class MissingSession(ServiceError):
     """No session cookie was sent."""
 

@@ -58,6 +58,13 @@ def request_id_of(request: ConnexionRequest) -> str:
     return request.scope.get("state", {}).get("request_id", "req_unknown")
 
 
+def envelope(code: str, message: str, details: dict[str, Any] | None, request_id: str) -> bytes:
+    """Serialise the contract's `Error` envelope."""
+    return json.dumps(
+        {"error": {"code": code, "message": message, "details": details or {}, "request_id": request_id}}
+    ).encode()
+
+
 def error_response(
     request: ConnexionRequest,
     status: int,
@@ -67,12 +74,9 @@ def error_response(
     headers: dict[str, str] | None = None,
 ) -> ConnexionResponse:
     """Build an `Error` envelope response."""
-    body = {
-        "error": {"code": code, "message": message, "details": details or {}, "request_id": request_id_of(request)}
-    }
     return ConnexionResponse(
         status_code=status,
-        body=json.dumps(body),
+        body=envelope(code, message, details, request_id_of(request)),
         mimetype="application/json",
         content_type="application/json",
         headers=headers or {},
@@ -110,7 +114,10 @@ class ErrorHandlers:
             return error_response(request, 500, "internal_error", MESSAGES[500])
         code = STATUS_CODES.get(status, "bad_request")
         message = MESSAGES.get(status) or str(exc.detail or exc.title or "Bad request.")
-        return error_response(request, status, code, message, headers=dict(exc.headers or {}))
+        details = {}
+        if message == "RequestBody is required":
+            message, details = "A JSON request body is required.", {"field": "body", "constraint": "required"}
+        return error_response(request, status, code, message, details, headers=dict(exc.headers or {}))
 
     async def http_exception(self, request: ConnexionRequest, exc: HTTPException) -> ConnexionResponse:
         status = exc.status_code

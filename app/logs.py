@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from typing import Any
 
 SECRET_PATTERNS = (
     re.compile(r"sk_live_[0-9A-Za-z]+"),
@@ -42,3 +43,12 @@ def configure(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+
+
+def warn_weak_secret(settings: Any) -> None:
+    """Warn when a production JWT secret is too short to resist guessing."""
+    if settings.production and len(settings.jwt_secret) < 32:
+        logging.getLogger("app").warning(
+            "SUPABASE_JWT_SECRET is %d characters long; HS256 wants at least 32 random ones",
+            len(settings.jwt_secret),
+        )

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 import time
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import parse_qsl, urlencode
 
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.errors import PayloadTooLarge
+from app.http_errors import envelope
+
 access_log = logging.getLogger("app.access")
 SECRET_QUERY_PARAMS = frozenset({"api_key"})
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+MAX_BODY_BYTES = 64 * 1024
 
 
 def new_request_id() -> str:
@@ -21,15 +27,24 @@ def new_request_id() -> str:
 
 
 class RequestContextMiddleware:
-    """Give each request an id and the services, and stamp its response headers.
+    """Set each request up and stamp its response: the first and last thing every request meets.
 
-    Security functions run outside Flask, so they find the services in `scope["state"]`;
-    what they learn about rate limits comes back the same way and becomes headers here.
+    - gives it an id and the services (security functions run outside Flask, so they find
+      the services in `scope["state"]`; what they learn about rate limits comes back the
+      same way and becomes headers here);
+    - makes its Content-Type unambiguous, so that only a body declared as JSON is read as
+      JSON (a missing one is not guessed: a cross-site form or Blob post has none);
+    - caps the body at `max_body_bytes` (413);
+    - answers HEAD, which the contract does not define, with 405 before any work is done;
+    - writes one access-log line with secrets redacted and control characters escaped.
     """
 
-    def __init__(self, app: ASGIApp, services: Any) -> None:
+    def __init__(self, app: ASGIApp, services: Any, allowed_methods: Callable[[str], str | None],
+                 max_body_bytes: int = MAX_BODY_BYTES) -> None:
         self.app = app
         self.services = services
+        self.allowed_methods = allowed_methods
+        self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -39,6 +54,9 @@ class RequestContextMiddleware:
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         state["services"] = self.services
+        # Shared by every copy of the scope made further in, so routing facts reach the
+        # error handlers (Starlette's test client adds it; uvicorn does not).
+        scope.setdefault("extensions", {})
         started = time.perf_counter()
         status = 500
 
@@ -50,7 +68,22 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_headers)
+            if scope["method"] == "HEAD":
+                status = 405
+                await self._refuse_head(scope, send_with_headers)
+                return
+            if CONTROL_CHARACTERS.search(scope["path"]):
+                # No route has one, and Starlette's `$` matches before a final newline,
+                # which would route `/api/v1/keys/%0A` past security to a handler.
+                status = 404
+                body = envelope("not_found", "No such endpoint.", None, request_id)
+                await send_with_headers({"type": "http.response.start", "status": 404, "headers": [
+                    (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+                await send_with_headers({"type": "http.response.body", "body": body})
+                return
+            if scope["method"] in ("POST", "PUT", "PATCH"):
+                _normalise_content_type(scope)
+            await self.app(scope, self._capped(receive), send_with_headers)
         finally:
             if access_log.isEnabledFor(logging.INFO):
                 access_log.info(
@@ -58,6 +91,45 @@ class RequestContextMiddleware:
                     _client(scope), scope["method"], redacted_target(scope), status,
                     (time.perf_counter() - started) * 1000, request_id,
                 )
+
+    def _capped(self, receive: Receive) -> Receive:
+        limit, seen = self.max_body_bytes, 0
+
+        async def capped_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise PayloadTooLarge(f"The request body is larger than {limit} bytes.", {"limit_bytes": limit})
+            return message
+
+        return capped_receive
+
+    async def _refuse_head(self, scope: Scope, send: Send) -> None:
+        allow = self.allowed_methods(scope["path"])
+        headers = [(b"content-type", b"application/json"), (b"content-length", b"0")]
+        if allow:
+            headers.append((b"allow", allow.encode()))
+        await send({"type": "http.response.start", "status": 405 if allow else 404, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
+
+
+def _normalise_content_type(scope: Scope) -> None:
+    """Lower-case the media type, and mark a missing or contradictory Content-Type as such."""
+    values = [v for k, v in scope["headers"] if k == b"content-type"]
+    distinct = {_media_type(v) for v in values}
+    if len(distinct) == 1:
+        value = _media_type(values[0])
+    else:
+        # None, or two that disagree: neither is guessed at; Connexion answers 415.
+        value = b"application/x-missing-or-conflicting-content-type"
+    scope["headers"] = [(k, v) for k, v in scope["headers"] if k != b"content-type"] + [(b"content-type", value)]
+
+
+def _media_type(value: bytes) -> bytes:
+    media, _, params = value.partition(b";")
+    params = b";".join(p.strip() for p in params.split(b";") if p.strip())
+    return media.strip().lower() + (b"; " + params if params else b"")
 
 
 class OperationBoundaryMiddleware:
@@ -90,23 +162,28 @@ class OperationBoundaryMiddleware:
 
 
 def stamp(message: Message, state: dict[str, Any]) -> None:
-    """Add X-Request-ID and any rate-limit headers to a response-start message."""
+    """Add X-Request-ID, any rate-limit headers and `Cache-Control: no-store` to a response start."""
     headers = MutableHeaders(scope=message)
     headers["X-Request-ID"] = state["request_id"]
+    # Responses carry secrets (a new key) or per-account data: no cache may keep them.
+    headers["Cache-Control"] = "no-store"
     for name, value in state.get("rate_limit_headers", {}).items():
         headers[name] = value
+    if message["status"] == 204 and "content-type" in headers:
+        del headers["content-type"]
 
 
 def redacted_target(scope: Scope) -> str:
-    """Return the request path and query with secret query parameters masked."""
-    path = scope.get("path", "")
+    """Return the request path and query with secret query parameters masked, safe to log."""
+    path = CONTROL_CHARACTERS.sub(lambda m: f"\\x{ord(m.group()):02x}", scope.get("path", ""))
     query = scope.get("query_string", b"").decode("latin-1")
     if not query:
         return path
     pairs = parse_qsl(query, keep_blank_values=True)
     if any(name in SECRET_QUERY_PARAMS for name, _ in pairs):
         query = urlencode([(n, "[REDACTED]" if n in SECRET_QUERY_PARAMS else v) for n, v in pairs])
-    return f"{path}?{query}"
+    # Escaped so a crafted request cannot start a forged line of its own.
+    return f"{path}?{CONTROL_CHARACTERS.sub(lambda m: f'%{ord(m.group()):02X}', query)}"
 
 
 def _client(scope: Scope) -> str:

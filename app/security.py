@@ -14,7 +14,7 @@ from connexion.exceptions import OAuthResponseProblem
 from connexion.lifecycle import ConnexionRequest
 from connexion.security import NO_VALUE, ApiKeySecurityHandler, BearerSecurityHandler
 
-from app.errors import RateLimited
+from app.errors import InvalidAPIKey, RateLimited
 from app.keys import new_event_id
 from app.ratelimit import Decision, Limits
 from app.store import NewEvent
@@ -37,6 +37,9 @@ def verify_api_key(
     """Authenticate an API key, check its scopes and count it against its tier's limits."""
     state = request.scope["state"]
     services = state["services"]
+    if len(presented_keys(request)) > 1:
+        # Which one is meant? Guessing would let a stale or stolen key hide behind a good one.
+        raise InvalidAPIKey("Send one API key, one way: this request carries more than one.")
     record = services.keys.authenticate(token)
     services.keys.authorize(record, required_scopes)
     tier = get_tier(record.tier)
@@ -50,6 +53,17 @@ def verify_api_key(
     )
     _apply(request, decision, now, "this API key")
     return {"sub": record.user_id, "key_id": record.id, "rate_limit": decision}
+
+
+def presented_keys(request: ConnexionRequest) -> set[str]:
+    """Return every distinct API key the request carries, in any of the three places."""
+    keys = set(request.query_params.getlist("api_key"))
+    keys.update(value.strip() for value in request.headers.getlist("x-api-key"))
+    for value in request.headers.getlist("authorization"):
+        scheme, _, token = value.strip().partition(" ")
+        if scheme.lower() == "bearer":
+            keys.add(token.strip())
+    return keys
 
 
 def _apply(request: ConnexionRequest, decision: Decision, now: float, subject: str) -> None:
@@ -115,6 +129,20 @@ class LenientCookieHandler(_SignatureOnce, ApiKeySecurityHandler):
     Connexion parses the Cookie header with `http.cookies.SimpleCookie`, which raises on
     headers browsers send happily (an empty attribute, a stray `;`) and turns them into 500s.
     """
+
+    def _get_verify_func(self, api_key_info_func: Any, loc: str, name: str, required_scopes: Any) -> Any:
+        if loc != "cookie":
+            return super()._get_verify_func(api_key_info_func, loc, name, required_scopes)
+        check = self.check_api_key(api_key_info_func)
+
+        def wrapper(request: ConnexionRequest) -> Any:
+            # HTTP/2 clients may split cookies over several Cookie headers.
+            value = self.get_cookie_value("; ".join(request.headers.getlist("cookie")), name)
+            if value is None:
+                return NO_VALUE
+            return check(request, value, required_scopes=required_scopes)
+
+        return wrapper
 
     @staticmethod
     def get_cookie_value(cookies: str | None, name: str) -> str | None:

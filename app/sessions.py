@@ -29,7 +29,7 @@ class SessionVerifier:
         except jwt.PyJWTError:
             raise InvalidSession("The session token is invalid or has expired; sign in again.") from None
         sub = claims.get("sub")
-        if not isinstance(sub, str) or not sub or len(sub) > MAX_USER_ID_LENGTH:
+        if not isinstance(sub, str) or not sub or len(sub) > MAX_USER_ID_LENGTH or not sub.isprintable():
             raise InvalidSession("The session token names no user; sign in again.")
         return sub
 

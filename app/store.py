@@ -124,6 +124,9 @@ class SQLiteStore:
         else:
             self._path = Path(database)
             self._path.parent.mkdir(parents=True, exist_ok=True)
+            if not self._path.exists():
+                # Key digests and account data: readable by the service's user only.
+                self._path.touch(mode=0o600)
         self.migrate()
 
     # -- connections ----------------------------------------------------------------------

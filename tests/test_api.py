@@ -439,3 +439,107 @@ def test_an_odd_cookie_header_is_read_as_browsers_do(client, session):
     token = session()["sb-access-token"]
     response = client.get(KEYS, headers={"Cookie": f"; =; theme=dark; sb-access-token={token}; ;"})
     assert response.status_code == 200
+
+
+# -- hardening ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("content_type", "status"),
+    [
+        (None, 415),  # never guessed: a cross-site form or Blob post carries none
+        ("text/plain", 415),
+        ("APPLICATION/JSON", 201),
+        ("application/json ;charset=utf-8", 201),
+        ("application/json; charset=utf-8", 201),
+    ],
+)
+def test_mint_reads_a_body_only_when_it_is_declared_json(client, session, content_type, status):
+    headers = {"Content-Type": content_type} if content_type else {}
+    response = client.post(KEYS, content=b'{"name": "ci-runner"}', headers=headers, cookies=session())
+    assert response.status_code == status, response.text
+    if status == 415:
+        assert_error(response, 415, "unsupported_media_type")
+
+
+def test_mint_refuses_two_contradictory_content_types(client, session):
+    response = client.post(
+        KEYS, content=b'{"name": "ci-runner"}', cookies=session(),
+        headers=[("Content-Type", "application/json"), ("Content-Type", "text/plain")],
+    )
+    assert_error(response, 415, "unsupported_media_type")
+
+
+def test_mint_refuses_a_body_over_64_kib(client, session):
+    body = b'{"name": "' + b"x" * 70_000 + b'"}'
+    response = client.post(KEYS, content=body, headers={"Content-Type": "application/json"}, cookies=session())
+    error = assert_error(response, 413, "payload_too_large")
+    assert error["details"] == {"limit_bytes": 65536}
+
+
+def test_empty_mint_body_names_the_missing_body(client, session):
+    response = client.post(KEYS, content=b"", headers={"Content-Type": "application/json"}, cookies=session())
+    error = assert_error(response, 400, "invalid_parameter")
+    assert error["details"]["field"] == "body"
+
+
+@pytest.mark.parametrize("name", ["\u200b", "\u00a0", "\ufeff", "\u2028", "\u202eevil", "prod\u200bsplunk", "\u3000 \u2003"])
+def test_mint_refuses_names_that_are_invisible_or_spoof_direction(client, session, name):
+    error = assert_error(client.post(KEYS, json={"name": name}, cookies=session()), 400, "invalid_parameter")
+    assert error["details"]["constraint"] == "pattern"
+
+
+def test_every_response_forbids_caching(client, session, mint):
+    key = mint()
+    for response in (
+        client.post(KEYS, json={"name": "another-one"}, cookies=session()),
+        client.get("/api/v1/whoami", headers={"X-API-Key": key["key"]}),
+        client.get("/api/v1/whoami"),
+    ):
+        assert response.headers["cache-control"] == "no-store"
+
+
+def test_revoke_answers_204_without_a_content_type(client, session, mint):
+    response = client.delete(f"{KEYS}/{mint()['id']}", cookies=session())
+    assert response.status_code == 204 and "content-type" not in response.headers
+
+
+def test_head_is_refused_before_any_work(client, session, mint):
+    key = mint()
+    response = client.head("/api/v1/whoami", headers={"X-API-Key": key["key"]})
+    assert response.status_code == 405 and response.headers["allow"] == "GET"
+    assert client.head("/healthz").status_code == 405
+    assert client.get(f"{KEYS}/{key['id']}", cookies=session()).json()["data"]["total_requests"] == 0
+
+
+def test_two_different_keys_in_one_request_are_refused(client, session, mint):
+    good, other = mint(name="good-key"), mint(name="other-key")
+    for headers, params in (
+        ({"Authorization": "Bearer sk_live_garbage", "X-API-Key": good["key"]}, {}),
+        ({"X-API-Key": good["key"]}, {"api_key": other["key"]}),
+    ):
+        response = client.get("/api/v1/whoami", headers=headers, params=params)
+        assert_error(response, 401, "invalid_api_key")
+    same = client.get("/api/v1/whoami", headers={"Authorization": f"Bearer {good['key']}", "X-API-Key": good["key"]})
+    assert same.status_code == 200
+
+
+def test_cookies_split_over_two_headers_are_read(client, session):
+    token = session()["sb-access-token"]
+    response = client.get(KEYS, headers=[("Cookie", "theme=dark"), ("Cookie", f"sb-access-token={token}")])
+    assert response.status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/api/v1/keys/%0A", "/api/v1/keys/abc%0A", f"/api/v1/keys/{uuid.uuid4()}%0A"])
+def test_paths_with_control_characters_are_client_errors(client, session, path):
+    for method in ("GET", "DELETE"):
+        response = client.request(method, path, cookies=session())
+        assert response.status_code in (400, 404), response.text
+        assert response.json()["error"]["request_id"] == response.headers["x-request-id"]
+
+
+def test_access_log_escapes_control_characters(client, caplog):
+    with caplog.at_level("INFO", logger="app.access"):
+        client.get("/api/v1/nothing%0A2026-11-28 INFO forged line")
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "app.access"]
+    assert "\n" not in line and "\\x0a" in line

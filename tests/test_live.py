@@ -113,3 +113,19 @@ def test_logs_never_contain_keys_or_session_tokens(served):
     assert "api_key=%5BREDACTED%5D" in output
     assert key not in output and key[8:30] not in output
     assert session["Cookie"].split("=", 1)[1] not in output
+
+
+def test_development_server_speaks_the_contract_over_real_http(tmp_path):
+    with LiveServer("run", tmp_path) as server:
+        status, headers, body = server.request("GET", "/api/v1/whoami")
+        assert status == 401 and body["error"]["code"] == "missing_api_key"
+        assert body["error"]["request_id"] == headers["x-request-id"]
+        status, _, body = server.request("GET", "/api/v1/whoami", headers={"Authorization": "Bearer"})
+        assert status == 401 and body["error"]["code"] == "invalid_api_key"
+        for path in ("/api/v1/keys/%0A", "/api/v1/whoami%0A"):
+            status, _, body = server.request("GET", path)
+            assert status == 404 and body["error"]["code"] == "not_found"
+        status, _, body = server.request("POST", "/api/v1/keys", {"name": "x"})
+        assert status == 401 and body["error"]["code"] == "missing_session"
+        assert oct((tmp_path / "live" / "keys.db").stat().st_mode & 0o777) == "0o600"
+    assert "Traceback" not in server.output()

@@ -47,6 +47,7 @@ BAD_TOKENS = {
     "empty_sub": lambda: hs256(claims(sub="")),
     "non_string_sub": lambda: hs256(claims(sub=42)),
     "overlong_sub": lambda: hs256(claims(sub="u" * 201)),
+    "sub_with_newline": lambda: hs256(claims(sub="user-1\nINFO forged")),
     "missing_exp": lambda: hs256(claims(exp=None)),
     "string_exp": lambda: hs256(claims(exp=str(int(NOW) + 3600))),
     "infinite_exp": lambda: hs256(claims(exp=float("inf"))),

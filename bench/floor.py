@@ -1,0 +1,90 @@
+"""The bare reference server: the same work as ours with no Connexion.
+
+Starlette routes three endpoints by hand and does exactly what the real service does on
+them, with the same modules: the session check (HS256 JWT) and per-account rate limit,
+key minting with the same SQLite transactions, and key verification with the per-key
+rate-limit transaction. No contract validation, no middleware stack. It is the floor the
+real server is measured against: `uvicorn bench.floor:app`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from app import build_services
+from app.config import Settings
+from app.errors import ServiceError
+from app.keys import MINT_WARNING
+from app.ratelimit import Limits
+from app.tiers import get_tier
+
+settings = Settings(
+    jwt_secret=os.environ["SUPABASE_JWT_SECRET"],
+    database_path=Path(os.environ.get("DATABASE_PATH", "bench/out/floor.db")),
+    env="production",
+)
+services = build_services(settings)
+
+
+def reply(body: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(json.dumps(body), status, headers, media_type="application/json")
+
+
+def refuse(exc: ServiceError) -> Response:
+    return reply({"error": {"code": exc.code, "message": exc.message, "details": exc.details, "request_id": "req_floor"}},
+                 exc.status_code, exc.headers)
+
+
+async def healthz(request: Request) -> Response:
+    services.store.ping()
+    return reply({"status": "ok"})
+
+
+async def mint(request: Request) -> Response:
+    try:
+        now = time.time()
+        user = services.sessions.user_id(request.cookies.get("sb-access-token"), now)
+        decision = services.limiter.admit(f"account:{user}", services.management_limits, now)
+        if not decision.allowed:
+            return reply({"error": {"code": "rate_limit_exceeded"}}, 429, decision.headers)
+        body = json.loads(await request.body())
+        minted = services.keys.mint(user, body["name"], body.get("expires_in_days"), "req_floor")
+    except ServiceError as exc:
+        return refuse(exc)
+    data = {**services.keys.key_info(minted.record), "key": minted.secret, "full_key": minted.secret}
+    return reply({"data": data, "meta": {"warning": MINT_WARNING}}, 201, decision.headers)
+
+
+async def whoami(request: Request) -> Response:
+    token = request.headers.get("x-api-key") or request.query_params.get("api_key")
+    authorization = request.headers.get("authorization", "")
+    if authorization.lower().startswith("bearer "):
+        token = authorization[7:]
+    try:
+        record = services.keys.authenticate(token or "")
+        tier = get_tier(record.tier)
+        decision = services.limiter.admit(f"key:{record.id}", Limits(tier.per_minute, tier.per_day), time.time(),
+                                          usage_key_id=record.id)
+        if not decision.allowed:
+            return reply({"error": {"code": "rate_limit_exceeded"}}, 429, decision.headers)
+        info = services.keys.key_info(services.keys.get(record.user_id, record.id))
+    except ServiceError as exc:
+        return refuse(exc)
+    info["rate_limit"] = {w: {"limit": s.limit, "remaining": s.remaining, "reset": s.reset}
+                          for w, s in (("minute", decision.minute), ("day", decision.day))}
+    return reply({"data": info}, 200, decision.headers)
+
+
+app = Starlette(routes=[
+    Route("/healthz", healthz),
+    Route("/api/v1/keys", mint, methods=["POST"]),
+    Route("/api/v1/whoami", whoami),
+])

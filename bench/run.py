@@ -1,0 +1,389 @@
+"""`make bench`: our server beside Prism's mock and a bare Starlette floor, under wrk.
+
+One run: start every target, prepare users and keys, warm up, then alternate the targets
+workload by workload for ROUNDS rounds; report medians and the issue's ratios. The load
+generator is pinned to CPU 0 and single-worker servers to CPU 1. Results are printed and
+written to bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import ExitStack
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "bench" / "out"
+PRISM = ROOT / "bench" / ".prism" / "node_modules" / ".bin" / "prism"
+SECRET = "bench-secret-0123456789-0123456789-0123456789"
+DURATION = int(os.environ.get("BENCH_SECONDS", "10"))
+WARMUP = 3
+CONNECTIONS = 16
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2"))
+USERS = 1500  # mint rotates users: at most ~15 keys each per run, far below the cap of 50
+PRO_KEYS = 400  # whoami rotates pro keys: far below 1,000 requests/min each
+WORKLOADS = ("mint", "whoami", "healthz")
+
+sys.path.insert(0, str(ROOT))
+from app.keys import KeyService  # noqa: E402
+from app.sessions import issue_token  # noqa: E402
+from app.store import SQLiteStore  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def get(url: str, headers: dict[str, str] | None = None) -> int:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=5) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except OSError:
+        return 0
+
+
+def post_json(url: str, body: dict, cookie: str) -> dict:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json", "Cookie": cookie})
+    with urllib.request.urlopen(request, timeout=10) as r:
+        return json.loads(r.read())
+
+
+class Target:
+    """One server under test."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], db: Path | None, cpus: str | None) -> None:
+        self.name, self.argv, self.db, self.cpus = name, argv, db, cpus
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.env = {**os.environ, **env, "PORT": str(self.port), "HOST": "127.0.0.1"}
+        self.process: subprocess.Popen | None = None
+        self.keys: list[str] = []
+
+    def start(self) -> float:
+        argv = (["taskset", "-c", self.cpus] if self.cpus else []) + [a.replace("{port}", str(self.port)) for a in self.argv]
+        log = open(OUT / f"{self.name}.log", "wb")
+        started = time.perf_counter()
+        self.process = subprocess.Popen(argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+        while get(self.base + "/healthz") != 200:
+            if self.process.poll() is not None:
+                raise SystemExit(f"{self.name} exited; see {OUT / (self.name + '.log')}")
+            if time.perf_counter() - started > 60:
+                raise SystemExit(f"{self.name} did not start")
+            time.sleep(0.005)
+        return time.perf_counter() - started
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+
+    def tree(self) -> list[int]:
+        """The server's process and all its descendants."""
+        assert self.process is not None
+        parents: dict[int, int] = {}
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                except (OSError, IndexError, ValueError):
+                    pass
+        found, frontier = [self.process.pid], [self.process.pid]
+        while frontier:
+            frontier = [p for p, pp in parents.items() if pp in frontier]
+            found += frontier
+        return found
+
+    def cpu_seconds(self) -> float:
+        total = 0
+        for pid in self.tree():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])
+            except OSError:
+                pass
+        return total / os.sysconf("SC_CLK_TCK")
+
+    def worker_rss_mb(self) -> float:
+        """Resident memory of the largest process that serves requests (a worker, or the only one)."""
+        pids = self.tree()
+        workers = pids[1:] if len(pids) > 1 else pids
+        sizes = []
+        for pid in workers:
+            try:
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        sizes.append(int(line.split()[1]) / 1024)
+            except OSError:
+                pass
+        return max(sizes) if sizes else 0.0
+
+
+def prepare(target: Target, tag: str) -> None:
+    """Users' session tokens for mint, pro keys for whoami (real ones where the target stores keys)."""
+    now = time.time()
+    tokens = [issue_token(SECRET, f"bench-{tag}-{target.name}-{i}", now, 7200) for i in range(USERS)]
+    (OUT / f"tokens-{target.name}.lua").write_text("tokens = {" + ",".join(f'"{t}"' for t in tokens) + "}\n")
+    if target.db is not None and not target.keys:
+        keys = KeyService(SQLiteStore(target.db), time.time)
+        owners = [f"bench-owner-{target.name}-{i}" for i in range(PRO_KEYS // 40)]
+        for owner in owners:
+            keys.set_tier(owner, "pro")
+        for i in range(PRO_KEYS):
+            owner = owners[i % len(owners)]
+            cookie = "sb-access-token=" + issue_token(SECRET, owner, now, 7200)
+            target.keys.append(post_json(target.base + "/api/v1/keys", {"name": f"bench-{i}"}, cookie)["data"]["key"])
+    elif not target.keys:
+        # Prism checks only that a key is present; any well-formed key will do.
+        from app.keymaterial import generate
+
+        target.keys = [generate() for _ in range(PRO_KEYS)]
+    (OUT / f"keys-{target.name}.lua").write_text("keys = {" + ",".join(f'"{k}"' for k in target.keys) + "}\n")
+
+
+LUA_DONE = """
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('RESULT {"requests": %d, "duration_us": %d, "p50_us": %d, "p99_us": %d, '
+    .. '"errors": %d, "status_errors": %d}\\n', summary.requests, summary.duration,
+    latency:percentile(50), latency:percentile(99), e.connect + e.read + e.write + e.timeout, e.status))
+end
+"""
+
+LUA = {
+    "mint": """
+dofile("{out}/tokens-{name}.lua")
+local i = 0
+local tid = tostring(math.random(1, 1000000000))
+request = function()
+  i = i + 1
+  return wrk.format("POST", "/api/v1/keys", {{["Content-Type"] = "application/json",
+    ["Cookie"] = "sb-access-token=" .. tokens[(i % #tokens) + 1]}},
+    '{{"name":"bench-' .. tid .. '-' .. i .. '","expires_in_days":90}}')
+end
+""",
+    "whoami": """
+dofile("{out}/keys-{name}.lua")
+local i = 0
+request = function()
+  i = i + 1
+  return wrk.format("GET", "/api/v1/whoami", {{["X-API-Key"] = keys[(i % #keys) + 1]}})
+end
+{delay}
+""",
+    "healthz": """
+request = function() return wrk.format("GET", "/healthz") end
+""",
+}
+
+
+def wrk(target: Target, workload: str, seconds: int, rate: float | None = None) -> dict:
+    delay = ""
+    if rate:  # a fixed offered load: each connection waits so that all together send `rate` req/s
+        delay = f"delay = function() return {CONNECTIONS * 1000.0 / rate:.3f} end"
+    script = OUT / f"{workload}-{target.name}.lua"
+    script.write_text(LUA[workload].format(out=OUT, name=target.name, delay=delay) + LUA_DONE)
+    cpu_before = target.cpu_seconds()
+    result = subprocess.run(
+        ["taskset", "-c", "0", "wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency", "-s", str(script),
+         target.base + ("/healthz" if workload == "healthz" else "/")],
+        capture_output=True, text=True, check=True,
+    )
+    cpu = target.cpu_seconds() - cpu_before
+    line = next(l for l in result.stdout.splitlines() if l.startswith("RESULT "))
+    data = json.loads(line[len("RESULT "):])
+    data["rps"] = data["requests"] / (data["duration_us"] / 1e6)
+    data["cpu_ms_per_req"] = 1000 * cpu / max(1, data["requests"])
+    data["rss_mb"] = target.worker_rss_mb()
+    return data
+
+
+def fill_keys(db: Path, count: int) -> None:
+    """Store `count` keys (random digests) across accounts of 40 keys, as minting would."""
+    import hashlib
+    import sqlite3
+    import uuid
+
+    SQLiteStore(db)  # create the schema
+    conn = sqlite3.connect(db, isolation_level=None)
+    now = int(time.time() * 1e6)
+    conn.execute("BEGIN")
+    conn.executemany("INSERT INTO accounts (user_id, tier, created_us) VALUES (?, 'free', ?)",
+                     ((f"filler-{i}", now) for i in range(count // 40 + 1)))
+    conn.executemany(
+        "INSERT INTO api_keys (id, user_id, name, digest, preview, created_us, total_requests) VALUES (?, ?, ?, ?, ?, ?, 0)",
+        ((str(uuid.UUID(int=i)), f"filler-{i // 40}", f"filler-{i}", hashlib.sha256(str(i).encode()).hexdigest(),
+          "sk_live_0000••••••••", now + i) for i in range(count)),
+    )
+    conn.execute("COMMIT")
+    conn.close()
+
+
+def ours(name: str, workers: int, db: Path, cpus: str | None) -> Target:
+    env = {"APP_ENV": "production", "SUPABASE_JWT_SECRET": SECRET, "WEB_CONCURRENCY": str(workers),
+           "DATABASE_URL": f"sqlite:///{db}", "LOG_LEVEL": "WARNING"}
+    return Target(name, [sys.executable, "-m", "app", "serve"], env, db, cpus)
+
+
+def main() -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    for old in OUT.glob("*.db*"):
+        old.unlink()
+    floor_db = OUT / "floor.db"
+    targets = [
+        ours("ours-1w", 1, OUT / "ours-1w.db", "1"),
+        ours("ours-2w", 2, OUT / "ours-2w.db", None),
+        Target("prism", [str(PRISM), "mock", str(ROOT / "openapi.json"), "-h", "127.0.0.1", "-p", "{port}"],
+               {}, None, "1"),
+        Target("floor", [sys.executable, "-m", "uvicorn", "bench.floor:app", "--port", "{port}", "--no-access-log",
+                         "--log-level", "warning"], {"SUPABASE_JWT_SECRET": SECRET, "DATABASE_PATH": str(floor_db)},
+               floor_db, "1"),
+    ]
+    results: dict[tuple[str, str], list[dict]] = {}
+    extra: dict[str, object] = {}
+    with ExitStack() as stack:
+        for target in targets:
+            target.start()
+            stack.callback(target.stop)
+            prepare(target, "warm")
+            print(f"{target.name}: up on {target.base}", flush=True)
+        for round_ in range(ROUNDS):
+            for workload in WORKLOADS:
+                order = targets if round_ % 2 == 0 else list(reversed(targets))
+                for target in order:
+                    prepare(target, f"r{round_}-{workload}")
+                    wrk(target, workload, WARMUP)
+                    run = wrk(target, workload, DURATION)
+                    results.setdefault((target.name, workload), []).append(run)
+                    print(f"round {round_ + 1} {workload:8} {target.name:8} {run['rps']:8.0f} req/s  "
+                          f"p50 {run['p50_us'] / 1000:6.2f} ms  p99 {run['p99_us'] / 1000:6.2f} ms  "
+                          f"errors {run['errors'] + run['status_errors']}", flush=True)
+
+        # whoami p99 at half its measured max, one worker.
+        ours1 = targets[0]
+        max_rps = statistics.median(r["rps"] for r in results[("ours-1w", "whoami")])
+        prepare(ours1, "half")
+        extra["half"] = wrk(ours1, "whoami", DURATION, rate=max_rps / 2)
+        extra["half_offered"] = max_rps / 2
+
+        # Rate-limit and usage state stays bounded: one row per subject and window kind.
+        import sqlite3
+
+        conn = sqlite3.connect(ours1.db)
+        extra["windows"] = conn.execute("SELECT count(*), count(DISTINCT subject) FROM rate_windows").fetchone()
+        conn.close()
+
+    # whoami p50 with 1,000,000 keys stored vs 1,000, at the same offered load.
+    big, small = OUT / "keys-1m.db", OUT / "keys-1k.db"
+    started = time.perf_counter()
+    fill_keys(big, 1_000_000)
+    fill_keys(small, 1_000)
+    extra["fill_seconds"] = time.perf_counter() - started
+    sizes = {}
+    for label, db in (("1k", small), ("1m", big)):
+        target = ours(f"ours-{label}", 1, db, "1")
+        target.start()
+        try:
+            prepare(target, "size")
+            wrk(target, "whoami", WARMUP)
+            sizes[label] = [wrk(target, "whoami", DURATION, rate=max_rps / 2) for _ in range(ROUNDS)]
+        finally:
+            target.stop()
+    extra["sizes"] = sizes
+
+    # Cold start: process start to the first 200 on /healthz, three times each.
+    cold = {}
+    for name, make in (("ours-1w", lambda: ours("cold", 1, OUT / "cold.db", "1")), ):
+        times = []
+        for _ in range(3):
+            target = make()
+            times.append(target.start())
+            target.stop()
+        cold[name] = times
+    extra["cold"] = cold
+    report(results, extra)
+
+
+def median(runs: list[dict], key: str) -> float:
+    return statistics.median(r[key] for r in runs)
+
+
+def report(results: dict[tuple[str, str], list[dict]], extra: dict) -> None:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    cpu_model = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
+                      if l.startswith("model name")), platform.processor())
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Commit `{commit}`, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {os.cpu_count()} × {cpu_model}; "
+        f"Python {platform.python_version()}. wrk, 1 thread on CPU 0, {CONNECTIONS} connections, {DURATION} s runs after "
+        f"a {WARMUP} s warm-up, targets alternated, {ROUNDS} rounds: medians. Single-worker servers on CPU 1; "
+        "`ours-2w` (two gunicorn workers) may use both CPUs, sharing CPU 0 with wrk.",
+        "",
+        "| workload | server | req/s | p50 ms | p99 ms | errors | CPU ms/req | RSS/worker MB |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for workload in WORKLOADS:
+        for name in ("ours-1w", "ours-2w", "prism", "floor"):
+            runs = results[(name, workload)]
+            errors = sum(r["errors"] + r["status_errors"] for r in runs)
+            lines.append(
+                f"| {workload} | {name} | {median(runs, 'rps'):,.0f} | {median(runs, 'p50_us') / 1000:.2f} | "
+                f"{median(runs, 'p99_us') / 1000:.2f} | {errors} | {median(runs, 'cpu_ms_per_req'):.2f} | "
+                f"{median(runs, 'rss_mb'):.0f} |"
+            )
+
+    def rps(name: str, workload: str) -> float:
+        return median(results[(name, workload)], "rps")
+
+    half = extra["half"]
+    sizes = extra["sizes"]
+    p50_1k = statistics.median(r["p50_us"] for r in sizes["1k"])
+    p50_1m = statistics.median(r["p50_us"] for r in sizes["1m"])
+    cold = statistics.median(extra["cold"]["ours-1w"])
+    windows, subjects = extra["windows"]
+    checks = [
+        ("mint req/s vs Prism, 1 worker each", rps("ours-1w", "mint") / rps("prism", "mint"), "≥ 1.2×", 1.2, True),
+        ("whoami req/s vs Prism, 1 worker each", rps("ours-1w", "whoami") / rps("prism", "whoami"), "≥ 1.2×", 1.2, True),
+        ("mint req/s vs bare floor", rps("ours-1w", "mint") / rps("floor", "mint"), "≥ 0.6×", 0.6, True),
+        ("whoami req/s vs bare floor", rps("ours-1w", "whoami") / rps("floor", "whoami"), "≥ 0.6×", 0.6, True),
+        (f"whoami p99 at half max ({half['rps']:,.0f} req/s achieved of {extra['half_offered']:,.0f} offered), ms",
+         half["p99_us"] / 1000, "< 5 ms", 5, False),
+        (f"whoami p50, 1,000,000 keys vs 1,000 ({p50_1m / 1000:.2f} vs {p50_1k / 1000:.2f} ms)", p50_1m / p50_1k,
+         "≤ 1.2×", 1.2, False),
+        ("cold start, process start to first 200 on /healthz, s", cold, "< 1.5 s", 1.5, False),
+    ]
+    lines += ["", "| figure | measured | target | met |", "|---|---:|---|---|"]
+    for label, value, target, bound, higher in checks:
+        met = value >= bound if higher else value < bound if "<" in target and "≤" not in target else value <= bound
+        lines.append(f"| {label} | {value:.2f} | {target} | {'yes' if met else 'no'} |")
+    lines += [
+        "",
+        f"Rate-limit and usage state: {windows} rows in `rate_windows` for {subjects} subjects after the run "
+        "(one row per subject and window kind, overwritten when a new window starts; a revoked key's rows are deleted).",
+        f"Filling the 1,000,000-key database took {extra['fill_seconds']:.0f} s.",
+    ]
+    text = "\n".join(lines) + "\n"
+    (ROOT / "bench" / "RESULTS.md").write_text(text)
+    print("\n" + text)
+
+
+if __name__ == "__main__":
+    main()
