@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import math
+from types import MappingProxyType
+from typing import Any, Mapping
 
 import jwt
 
@@ -16,16 +19,21 @@ MAX_USER_ID_LENGTH = 200
 class SessionVerifier:
     """Check session tokens signed with the project's JWT secret."""
 
-    def __init__(self, secret: str, leeway_seconds: int = 0) -> None:
+    def __init__(self, secret: str, leeway_seconds: int = 0, cache_size: int = 4096) -> None:
         self._secret = secret
         self._leeway = leeway_seconds
+        # A browser sends the same token with every request until it expires: check its
+        # signature once. Only tokens that verified are kept, and their time claims are
+        # still checked against the clock on every request.
+        self._verified = functools.lru_cache(maxsize=cache_size)(self._verify_signature)
 
     def user_id(self, token: str | None, now: float) -> str:
         """Return the user id (`sub`) of a valid token; raise MissingSession or InvalidSession."""
         if not token:
             raise MissingSession("Sign in: the sb-access-token session cookie is missing.")
         try:
-            claims = _decode(token, self._secret, now, self._leeway)
+            claims = self._verified(token)
+            _check_times(claims, now, self._leeway)
         except jwt.PyJWTError:
             raise InvalidSession("The session token is invalid or has expired; sign in again.") from None
         sub = claims.get("sub")
@@ -33,17 +41,20 @@ class SessionVerifier:
             raise InvalidSession("The session token names no user; sign in again.")
         return sub
 
+    def _verify_signature(self, token: str) -> MappingProxyType:
+        # `algorithms` pins HS256, so `alg: none` and every other algorithm are refused. Time
+        # claims are checked against the injected clock rather than PyJWT's own.
+        claims = jwt.decode(
+            token,
+            self._secret,
+            algorithms=[ALGORITHM],
+            audience=AUDIENCE,
+            options={"require": ["exp", "sub", "aud"], "verify_exp": False, "verify_iat": False, "verify_nbf": False},
+        )
+        return MappingProxyType(claims)
 
-def _decode(token: str, secret: str, now: float, leeway: int) -> dict:
-    # `algorithms` pins HS256, so `alg: none` and every other algorithm are refused. Time
-    # claims are checked against the injected clock rather than PyJWT's own.
-    claims = jwt.decode(
-        token,
-        secret,
-        algorithms=[ALGORITHM],
-        audience=AUDIENCE,
-        options={"require": ["exp", "sub", "aud"], "verify_exp": False, "verify_iat": False, "verify_nbf": False},
-    )
+
+def _check_times(claims: Mapping[str, Any], now: float, leeway: int) -> None:
     exp = claims["exp"]
     # JSON admits NaN and Infinity as numbers: neither is a time, and Infinity never expires.
     if not isinstance(exp, (int, float)) or isinstance(exp, bool) or not math.isfinite(exp) or exp + leeway <= now:
@@ -51,7 +62,6 @@ def _decode(token: str, secret: str, now: float, leeway: int) -> dict:
     nbf = claims.get("nbf")
     if nbf is not None and (not isinstance(nbf, (int, float)) or not math.isfinite(nbf) or nbf - leeway > now):
         raise jwt.ImmatureSignatureError("not yet valid")
-    return claims
 
 
 def issue_token(secret: str, user_id: str, now: float, ttl_seconds: int = 3600) -> str:

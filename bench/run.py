@@ -171,12 +171,11 @@ LUA = {
     "mint": """
 dofile("{out}/tokens-{name}.lua")
 local i = 0
-local tid = tostring(math.random(1, 1000000000))
 request = function()
   i = i + 1
   return wrk.format("POST", "/api/v1/keys", {{["Content-Type"] = "application/json",
     ["Cookie"] = "sb-access-token=" .. tokens[(i % #tokens) + 1]}},
-    '{{"name":"bench-' .. tid .. '-' .. i .. '","expires_in_days":90}}')
+    '{{"name":"bench-{run}-' .. i .. '","expires_in_days":90}}')
 end
 """,
     "whoami": """
@@ -196,10 +195,16 @@ request = function() return wrk.format("GET", "/healthz") end
 
 def wrk(target: Target, workload: str, seconds: int, rate: float | None = None) -> dict:
     delay = ""
-    if rate:  # a fixed offered load: each connection waits so that all together send `rate` req/s
-        delay = f"delay = function() return {CONNECTIONS * 1000.0 / rate:.3f} end"
+    if rate:
+        # A fixed offered load: each connection waits a random (exponential) time between
+        # requests so that together they send `rate` req/s as independent arrivals, not
+        # in lock-step bursts of CONNECTIONS that would queue behind each other.
+        mean_ms = CONNECTIONS * 1000.0 / rate
+        delay = ("math.randomseed(os.time())\n"
+                 f"delay = function() return -{mean_ms:.4f} * math.log(1 - math.random()) end")
     script = OUT / f"{workload}-{target.name}.lua"
-    script.write_text(LUA[workload].format(out=OUT, name=target.name, delay=delay) + LUA_DONE)
+    run_id = f"{target.name}-{time.time_ns()}"
+    script.write_text(LUA[workload].format(out=OUT, name=target.name, delay=delay, run=run_id) + LUA_DONE)
     cpu_before = target.cpu_seconds()
     result = subprocess.run(
         ["taskset", "-c", "0", "wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency", "-s", str(script),

@@ -150,3 +150,18 @@ def test_http_token_expired_by_fake_clock_is_invalid_session(client, session, cl
     response = client.get("/api/v1/keys", cookies=cookies)
     assert_error_envelope(response, "invalid_session")
     assert cookies[COOKIE] not in response.text
+
+
+def test_a_token_verified_once_still_expires(verifier):
+    token = issue_token(SECRET, "user-1", NOW, 60)
+    assert verifier.user_id(token, NOW) == "user-1"
+    assert verifier.user_id(token, NOW + 59) == "user-1"
+    with pytest.raises(InvalidSession):
+        verifier.user_id(token, NOW + 60)
+
+
+def test_a_bad_token_stays_bad_when_asked_again(verifier):
+    token = hs256(claims(), "another-secret-0123456789-0123456789-xyz")
+    for _ in range(2):
+        with pytest.raises(InvalidSession):
+            verifier.user_id(token, NOW)
