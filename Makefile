@@ -29,5 +29,14 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check app handlers tests
 	$(VENV)/bin/mypy app handlers
 
+## Our server (1 and 2 workers) beside Prism's mock and a bare Starlette floor; writes bench/RESULTS.md.
+PRISM := bench/.prism/node_modules/.bin/prism
+bench: $(STAMP) $(PRISM)
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(PY) bench/run.py
+
+$(PRISM):
+	npm install --prefix bench/.prism --no-audit --no-fund --loglevel=error @stoplight/prism-cli@5.16.0
+
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .hypothesis bench/out bench/.prism
