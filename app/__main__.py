@@ -62,7 +62,8 @@ def run(settings: Settings) -> int:
     """Start a development server (uvicorn, one process) and say how to call it."""
     import uvicorn
 
-    from app import create_app, logs
+    from app import logs
+    from app.factory import create_app
 
     logs.configure(settings.log_level)
     logs.warn_weak_secret(settings)

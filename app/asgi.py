@@ -10,7 +10,8 @@ warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testcli
 from connexion import FlaskApp
 from uvicorn_worker import UvicornWorker
 
-from app import create_app, logs
+from app import logs
+from app.factory import create_app
 from app.config import Settings
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from connexion import context
 
-from app import Services
+from app.factory import Services
 
 
 def services() -> Services:

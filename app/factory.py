@@ -1,0 +1,111 @@
+"""The application factory: wires settings, services and the contract into a Connexion app."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import inflection
+from connexion import FlaskApp
+from connexion.jsonifier import Jsonifier
+from connexion.middleware import MiddlewarePosition
+from connexion.resolver import Resolver
+from starlette.middleware.cors import CORSMiddleware
+
+from app.config import Settings
+from app.http_errors import ErrorHandlers
+from app.fastpath import tune as tune_connexion
+from app.keys import Clock, KeyService
+from app.middleware import RequestContextMiddleware, OperationBoundaryMiddleware
+from app.ratelimit import Limits, RateLimiter
+from app.security import SECURITY_MAP
+from app.sessions import SessionVerifier
+from app.store import SQLiteStore, Store
+from app.validation import validator_map
+
+SPEC_PATH = Path(__file__).resolve().parent.parent / "openapi.json"
+RATE_LIMIT_HEADERS = ["X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset", "Retry-After"]
+
+
+@dataclass(frozen=True)
+class Services:
+    """What handlers and security functions work with, wired once per app."""
+
+    settings: Settings
+    store: Store
+    keys: KeyService
+    sessions: SessionVerifier
+    limiter: RateLimiter
+    clock: Clock
+    management_limits: Limits
+
+
+def build_services(settings: Settings, clock: Clock = time.time, store: Store | None = None) -> Services:
+    """Wire the domain services for `settings`."""
+    store = store if store is not None else SQLiteStore(settings.database_path)
+    return Services(
+        settings=settings,
+        store=store,
+        keys=KeyService(store, clock, settings.max_active_keys),
+        sessions=SessionVerifier(settings.jwt_secret),
+        limiter=RateLimiter(store),
+        clock=clock,
+        management_limits=Limits(settings.management_limit_per_minute, settings.management_limit_per_day),
+    )
+
+
+def resolve_handler(operation_id: str) -> Callable[..., Any]:
+    """Return the function in `handlers` for an operationId (`createAPIKey` -> `create_api_key`)."""
+    import handlers
+
+    name = inflection.underscore(operation_id)
+    function = getattr(handlers, name, None)
+    if function is None:
+        raise AttributeError(f"operationId {operation_id!r} has no handler handlers.{name}")
+    return function
+
+
+def create_app(
+    settings: Settings,
+    clock: Clock = time.time,
+    store: Store | None = None,
+    spec: dict | Path = SPEC_PATH,
+) -> FlaskApp:
+    """Build the ASGI application serving `openapi.json` for `settings`."""
+    services = build_services(settings, clock, store)
+    if isinstance(spec, Path):
+        spec = json.loads(spec.read_text())
+    app = FlaskApp(__name__, jsonifier=Jsonifier(json))
+    errors = ErrorHandlers(spec)
+    app.add_middleware(
+        RequestContextMiddleware,
+        position=MiddlewarePosition.BEFORE_EXCEPTION,
+        services=services,
+        allowed_methods=errors.allowed_methods,
+    )
+    app.add_middleware(OperationBoundaryMiddleware, position=MiddlewarePosition.BEFORE_CONTEXT)
+    if settings.cors_origin_regex:
+        app.add_middleware(
+            CORSMiddleware,
+            position=MiddlewarePosition.BEFORE_EXCEPTION,
+            allow_origin_regex=settings.cors_origin_regex,
+            allow_credentials=True,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Content-Type", "Authorization", "X-API-Key"],
+            expose_headers=["X-Request-ID", *RATE_LIMIT_HEADERS],
+            max_age=600,
+        )
+    app.add_api(
+        spec,
+        resolver=Resolver(function_resolver=resolve_handler),
+        validate_responses=settings.validate_responses,
+        validator_map=validator_map(),
+        security_map=SECURITY_MAP,
+    )
+    errors.install(app)
+    tune_connexion(app)
+    app.app.extensions["services"] = services
+    return app
