@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import warnings
 from typing import Any
 
@@ -20,7 +21,12 @@ def from_env() -> FlaskApp:
     settings = Settings.from_env()
     logs.configure(settings.log_level)
     logs.warn_weak_secret(settings)
-    return create_app(settings)
+    app = create_app(settings)
+    # Everything built so far lives as long as the worker: keep it out of the garbage
+    # collector's scans, which otherwise show as latency spikes under load.
+    gc.collect()
+    gc.freeze()
+    return app
 
 
 class Worker(UvicornWorker):
