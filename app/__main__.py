@@ -6,7 +6,7 @@ import argparse
 import sys
 import time
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 # Connexion imports Starlette's test client, which warns about httpx on every start.
 warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")

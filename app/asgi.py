@@ -12,8 +12,8 @@ from connexion import FlaskApp
 from uvicorn_worker import UvicornWorker
 
 from app import logs
-from app.factory import create_app
 from app.config import Settings
+from app.factory import create_app
 
 
 def from_env() -> FlaskApp:

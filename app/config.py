@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 DEFAULT_DATABASE_URL = "sqlite:///data/keys.db"
 DEV_SECRET_FILE = ".supabase-jwt-secret"
@@ -39,7 +39,7 @@ class Settings:
         return self.env == "production"
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Build Settings from environment variables (see the README's table)."""
         env = os.environ if environ is None else environ
         app_env = env.get("APP_ENV", "development").strip().lower()

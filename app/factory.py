@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import inflection
 from connexion import FlaskApp
@@ -16,10 +17,10 @@ from connexion.resolver import Resolver
 from starlette.middleware.cors import CORSMiddleware
 
 from app.config import Settings
-from app.http_errors import ErrorHandlers
 from app.fastpath import tune as tune_connexion
+from app.http_errors import ErrorHandlers
 from app.keys import Clock, KeyService
-from app.middleware import RequestContextMiddleware, OperationBoundaryMiddleware
+from app.middleware import OperationBoundaryMiddleware, RequestContextMiddleware
 from app.ratelimit import Limits, RateLimiter
 from app.security import SECURITY_MAP
 from app.sessions import SessionVerifier
@@ -76,10 +77,9 @@ def create_app(
 ) -> FlaskApp:
     """Build the ASGI application serving `openapi.json` for `settings`."""
     services = build_services(settings, clock, store)
-    if isinstance(spec, Path):
-        spec = json.loads(spec.read_text())
+    document: dict = json.loads(spec.read_text()) if isinstance(spec, Path) else spec
     app = FlaskApp(__name__, jsonifier=Jsonifier(json))
-    errors = ErrorHandlers(spec)
+    errors = ErrorHandlers(document)
     app.add_middleware(
         RequestContextMiddleware,
         position=MiddlewarePosition.BEFORE_EXCEPTION,
@@ -99,7 +99,7 @@ def create_app(
             max_age=600,
         )
     app.add_api(
-        spec,
+        document,
         resolver=Resolver(function_resolver=resolve_handler),
         validate_responses=settings.validate_responses,
         validator_map=validator_map(),

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import functools
 import io
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from a2wsgi.wsgi import build_environ
 from connexion.apps.flask import FlaskApi, FlaskASGIApp, FlaskOperation
@@ -44,7 +45,7 @@ class InlineWSGIMiddleware:
             body += message.get("body", b"")
             more = message.get("more_body", False)
 
-        environ = build_environ(scope, io.BytesIO(bytes(body)))  # type: ignore[arg-type]
+        environ: dict[str, Any] = dict(build_environ(scope, io.BytesIO(bytes(body))))  # type: ignore[arg-type]
         environ["wsgi.multithread"] = False
         started: dict[str, Any] = {}
         chunks: list[bytes] = []

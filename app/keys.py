@@ -6,8 +6,9 @@ import hmac
 import re
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from app import keymaterial
 from app.errors import (
@@ -26,7 +27,7 @@ DAY_US = 86_400 * 1_000_000
 CURSOR = re.compile(r"^([0-9]{16})([0-9a-f]{32})$")
 
 # Names the vendor's naming convention calls useless for audit trails, and their kin.
-USELESS_NAME = re.compile(r"^(my[ _-]?)?(api[ _-]?)?(key|test|token|temp|tmp|default|new)[ _-]?[0-9]*$", re.I)
+USELESS_NAME = re.compile(r"^(my[ _-]?)?(api[ _-]?)?(key|test|token|temp|tmp|default|new)[ _-]?[0-9]*$", re.IGNORECASE)
 NAME_HINT = (
     "Names like 'key1', 'my key' or 'test' make audit trails useless. Prefer descriptive, "
     "deployment-aware names such as 'prod-splunk-2026q2', 'staging-sentinel' or 'tom-laptop-dev'."

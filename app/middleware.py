@@ -6,7 +6,8 @@ import logging
 import re
 import secrets
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 from starlette.datastructures import MutableHeaders

@@ -8,7 +8,8 @@ the request against its rate limit; the outcome's headers go back through the sc
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from connexion.exceptions import OAuthResponseProblem
 from connexion.lifecycle import ConnexionRequest

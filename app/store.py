@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Protocol, Sequence
+from typing import Any, Protocol
 
 import sqlite_utils
 
@@ -315,7 +316,13 @@ class SQLiteStore:
         sql += " ORDER BY occurred_us DESC, rowid DESC LIMIT ?"
         params.append(limit)
         with self._conn() as conn:
-            return [KeyEvent(*row[:-1], details=json.loads(row[-1])) for row in conn.execute(sql, params)]
+            return [
+                KeyEvent(
+                    id=row[0], user_id=row[1], key_id=row[2], type=row[3], key_name=row[4],
+                    key_preview=row[5], request_id=row[6], occurred_us=row[7], details=json.loads(row[8]),
+                )
+                for row in conn.execute(sql, params)
+            ]
 
     # -- rate limits ----------------------------------------------------------------------
 
@@ -394,8 +401,8 @@ def _insert_event(conn: sqlite3.Connection, event: KeyEvent) -> None:
 
 
 def _create_v1(db: sqlite_utils.Database) -> None:
-    db["accounts"].create({"user_id": str, "tier": str, "created_us": int}, pk="user_id", not_null={"tier", "created_us"})
-    db["api_keys"].create(
+    db.table("accounts").create({"user_id": str, "tier": str, "created_us": int}, pk="user_id", not_null={"tier", "created_us"})
+    db.table("api_keys").create(
         {
             "id": str, "user_id": str, "name": str, "digest": str, "preview": str,
             "created_us": int, "expires_us": int, "revoked_us": int,
@@ -406,9 +413,9 @@ def _create_v1(db: sqlite_utils.Database) -> None:
         defaults={"total_requests": 0},
         foreign_keys=[("user_id", "accounts", "user_id")],
     )
-    db["api_keys"].create_index(["digest"], unique=True)
-    db["api_keys"].create_index(["user_id", "created_us"])
-    db["key_events"].create(
+    db.table("api_keys").create_index(["digest"], unique=True)
+    db.table("api_keys").create_index(["user_id", "created_us"])
+    db.table("key_events").create(
         {
             "id": str, "user_id": str, "key_id": str, "type": str, "key_name": str,
             "key_preview": str, "request_id": str, "occurred_us": int, "details": str,
@@ -416,8 +423,8 @@ def _create_v1(db: sqlite_utils.Database) -> None:
         pk="id",
         not_null={"user_id", "key_id", "type", "key_name", "key_preview", "request_id", "occurred_us", "details"},
     )
-    db["key_events"].create_index(["user_id", "occurred_us"])
-    db["rate_windows"].create(
+    db.table("key_events").create_index(["user_id", "occurred_us"])
+    db.table("rate_windows").create(
         {"subject": str, "window": str, "start": int, "count": int, "blocked": int},
         pk=("subject", "window"),
         not_null={"start", "count", "blocked"},

@@ -11,9 +11,9 @@ import json
 import re
 from typing import Any
 
+from connexion.datastructures import MediaTypeDict
 from connexion.json_schema import Draft4RequestValidator
 from connexion.validators import VALIDATOR_MAP, JSONRequestBodyValidator, ParameterValidator
-from connexion.datastructures import MediaTypeDict
 from jsonschema import Draft4Validator, ValidationError
 from jsonschema.exceptions import best_match
 

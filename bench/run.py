@@ -34,9 +34,9 @@ PRO_KEYS = 400  # whoami rotates pro keys: far below 1,000 requests/min each
 WORKLOADS = ("mint", "whoami", "healthz")
 
 sys.path.insert(0, str(ROOT))
-from app.keys import KeyService  # noqa: E402
-from app.sessions import issue_token  # noqa: E402
-from app.store import SQLiteStore  # noqa: E402
+from app.keys import KeyService
+from app.sessions import issue_token
+from app.store import SQLiteStore
 
 
 def free_port() -> int:
@@ -212,7 +212,7 @@ def wrk(target: Target, workload: str, seconds: int, rate: float | None = None) 
         capture_output=True, text=True, check=True,
     )
     cpu = target.cpu_seconds() - cpu_before
-    line = next(l for l in result.stdout.splitlines() if l.startswith("RESULT "))
+    line = next(x for x in result.stdout.splitlines() if x.startswith("RESULT "))
     data = json.loads(line[len("RESULT "):])
     data["rps"] = data["requests"] / (data["duration_us"] / 1e6)
     data["cpu_ms_per_req"] = 1000 * cpu / max(1, data["requests"])
@@ -332,8 +332,8 @@ def median(runs: list[dict], key: str) -> float:
 
 def report(results: dict[tuple[str, str], list[dict]], extra: dict) -> None:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    cpu_model = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
-                      if l.startswith("model name")), platform.processor())
+    cpu_model = next((x.split(":", 1)[1].strip() for x in Path("/proc/cpuinfo").read_text().splitlines()
+                      if x.startswith("model name")), platform.processor())
     lines = [
         "# Benchmark results",
         "",

@@ -41,7 +41,7 @@ class LiveServer:
         self.command = command
         self.process: subprocess.Popen | None = None
 
-    def __enter__(self) -> "LiveServer":
+    def __enter__(self) -> LiveServer:
         self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "app", self.command], cwd=ROOT, env=self.env,
@@ -58,7 +58,7 @@ class LiveServer:
                 time.sleep(0.1)
         raise RuntimeError(f"server did not start:\n{self.output()}")
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         assert self.process is not None
         os.killpg(self.process.pid, signal.SIGTERM)
         try:

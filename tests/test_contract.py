@@ -75,7 +75,7 @@ def test_vendor_descriptions_are_kept_word_for_word():
 
         pytest.skip("vendor document not available")
     text = VENDOR.read_text()
-    vendor = yaml.safe_load(re.search(r"````yaml [^\n]*\n(.*?)````", text, re.S).group(1))
+    vendor = yaml.safe_load(re.search(r"````yaml [^\n]*\n(.*?)````", text, re.DOTALL).group(1))
     kept(vendor, spec(), ())
 
 

@@ -1,8 +1,8 @@
 from __future__ import annotations
 
 import hashlib
-import zlib
 import re
+import zlib
 
 import pytest
 

@@ -71,7 +71,7 @@ def test_free_key_is_admitted_exactly_ten_times_across_workers(served):
         key, key_id = body["data"]["key"], body["data"]["id"]
         minute = int(time.time()) // 60
 
-        def call(_: int) -> int:
+        def call(_: int, key: str = key) -> int:
             return served.request("GET", "/api/v1/whoami", headers={"X-API-Key": key})[0]
 
         with ThreadPoolExecutor(max_workers=32) as pool:

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -22,9 +22,9 @@ def limiter(store: SQLiteStore) -> RateLimiter:
 
 
 def test_constants_are_what_they_claim():
-    assert datetime.fromtimestamp(DAY_START, timezone.utc) == datetime(2026, 11, 18, tzinfo=timezone.utc)
-    assert datetime.fromtimestamp(MINUTE_END, timezone.utc).strftime("%H:%M:%S") == "10:31:00"
-    assert FREE == Limits(10, 1000)
+    assert datetime.fromtimestamp(DAY_START, UTC) == datetime(2026, 11, 18, tzinfo=UTC)
+    assert datetime.fromtimestamp(MINUTE_END, UTC).strftime("%H:%M:%S") == "10:31:00"
+    assert Limits(10, 1000) == FREE
 
 
 def test_free_tier_admits_ten_a_minute_then_refuses(limiter):

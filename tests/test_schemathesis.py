@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import replace
 
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, settings as hypothesis_settings
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
+from schemathesis import GenerationMode
 
 from app import create_app
 from app.config import Settings
 from app.sessions import issue_token
-from schemathesis import GenerationMode
 
 EXAMPLES = 200
 
@@ -84,7 +84,6 @@ def test_every_operation_conforms(case):
 
 def _record_checks(ctx, response, case):
     CHECKS_RUN.update(check.__name__ for check in ctx.internals.checks) if hasattr(ctx, "internals") else None
-    return None
 
 
 def test_every_check_ran_on_enough_examples(contract):

@@ -7,6 +7,7 @@ whoami require `taxii:read`, a pro-only scope, through the same verification fun
 from __future__ import annotations
 
 import json
+
 import pytest
 
 from app import SPEC_PATH, create_app
