@@ -266,15 +266,8 @@ class SQLiteStore:
     def list_keys(self, user_id: str, limit: int, before: tuple[int, str] | None) -> list[KeyRecord]:
         """Return up to `limit` unrevoked keys, newest first, older than the `before` position."""
         sql = f"SELECT {_KEY_COLUMNS} FROM {_KEY_FROM} WHERE k.user_id = ? AND k.revoked_us IS NULL"
-        params: list[Any] = [user_id]
-        if before is not None:
-            # Ties in time fall back to insertion order (rowid); a cursor naming no key ends the list.
-            sql += " AND (k.created_us, k.rowid) < (?, (SELECT rowid FROM api_keys WHERE id = ?))"
-            params += list(before)
-        sql += " ORDER BY k.created_us DESC, k.rowid DESC LIMIT ?"
-        params.append(limit)
         with self._conn() as conn:
-            return [KeyRecord(*row) for row in conn.execute(sql, params)]
+            return [KeyRecord(*row) for row in _newest_first(conn, sql, [user_id], "k", "api_keys", "created_us", before, limit)]
 
     def revoke_key(self, user_id: str, key_id: str, now_us: int, event: KeyEvent) -> KeyRecord | None:
         """Revoke the user's key and record the event; None if there is no such unrevoked key."""
@@ -306,22 +299,16 @@ class SQLiteStore:
     def list_events(self, user_id: str, limit: int, before: tuple[int, str] | None) -> list[KeyEvent]:
         """Return up to `limit` of the user's key events, newest first, older than `before`."""
         sql = (
-            "SELECT id, user_id, key_id, type, key_name, key_preview, request_id, occurred_us, details "
-            "FROM key_events WHERE user_id = ?"
+            "SELECT e.id, e.user_id, e.key_id, e.type, e.key_name, e.key_preview, e.request_id, e.occurred_us, "
+            "e.details FROM key_events e WHERE e.user_id = ?"
         )
-        params: list[Any] = [user_id]
-        if before is not None:
-            sql += " AND (occurred_us, rowid) < (?, (SELECT rowid FROM key_events WHERE id = ?))"
-            params += list(before)
-        sql += " ORDER BY occurred_us DESC, rowid DESC LIMIT ?"
-        params.append(limit)
         with self._conn() as conn:
             return [
                 KeyEvent(
                     id=row[0], user_id=row[1], key_id=row[2], type=row[3], key_name=row[4],
                     key_preview=row[5], request_id=row[6], occurred_us=row[7], details=json.loads(row[8]),
                 )
-                for row in conn.execute(sql, params)
+                for row in _newest_first(conn, sql, [user_id], "e", "key_events", "occurred_us", before, limit)
             ]
 
     # -- rate limits ----------------------------------------------------------------------
@@ -389,6 +376,19 @@ class SQLiteStore:
                     (now_us, usage_key_id),
                 )
         return Consumption(True, counts, None, False)
+
+
+def _newest_first(
+    conn: sqlite3.Connection, sql: str, params: list[Any], alias: str, table: str, time_column: str,
+    before: tuple[int, str] | None, limit: int,
+) -> sqlite3.Cursor:
+    """Run `sql` as one page of a newest-first listing, after the `before` (time, id) position."""
+    if before is not None:
+        # Ties in time fall back to insertion order (rowid); a cursor naming no row ends at its time.
+        sql += f" AND ({alias}.{time_column}, {alias}.rowid) < (?, (SELECT rowid FROM {table} WHERE id = ?))"
+        params = params + list(before)
+    sql += f" ORDER BY {alias}.{time_column} DESC, {alias}.rowid DESC LIMIT ?"
+    return conn.execute(sql, params + [limit])
 
 
 def _insert_event(conn: sqlite3.Connection, event: KeyEvent) -> None:
