@@ -86,7 +86,11 @@ def create_app(
         services=services,
         allowed_methods=errors.allowed_methods,
     )
-    app.add_middleware(OperationBoundaryMiddleware, position=MiddlewarePosition.BEFORE_CONTEXT)
+    app.add_middleware(
+        OperationBoundaryMiddleware,
+        position=MiddlewarePosition.BEFORE_CONTEXT,
+        stamp_headers=settings.validate_responses,
+    )
     if settings.cors_origin_regex:
         app.add_middleware(
             CORSMiddleware,

@@ -134,17 +134,19 @@ def _media_type(value: bytes) -> bytes:
 
 
 class OperationBoundaryMiddleware:
-    """The last stop before Flask: only routed operations pass, and their responses get headers.
+    """The last stop before Flask: only routed operations pass, and (when responses are
+    validated) their responses get their headers in time.
 
-    A path Connexion's router did not match (say `/api/v1/keys/%0A`) would otherwise fall
-    through to Flask's own, more lenient router and reach a handler with no operation
-    context; here it is a 404. It sits inside response validation, so successful responses
-    carry the headers the contract requires when they are checked; errors raised further
-    out are stamped by `RequestContextMiddleware`.
+    A request Connexion's router did not match would otherwise fall through to Flask's own,
+    more lenient router and reach a handler with no operation context; here it is a 404.
+    This sits inside response validation, so when that is on, successful responses must
+    carry the headers the contract requires before they are checked; otherwise
+    `RequestContextMiddleware` stamps every response once, on its way out.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, stamp_headers: bool = True) -> None:
         self.app = app
+        self.stamp_headers = stamp_headers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -152,6 +154,9 @@ class OperationBoundaryMiddleware:
             return
         if not scope.get("extensions", {}).get("connexion_routing", {}).get("operation_id"):
             raise HTTPException(404)
+        if not self.stamp_headers:
+            await self.app(scope, receive, send)
+            return
         state = scope["state"]
 
         async def send_with_headers(message: Message) -> None:

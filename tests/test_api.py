@@ -543,3 +543,13 @@ def test_access_log_escapes_control_characters(client, caplog):
         client.get("/api/v1/nothing%0A2026-11-28 INFO forged line")
     (line,) = [r.getMessage() for r in caplog.records if r.name == "app.access"]
     assert "\n" not in line and "\\x0a" in line
+
+
+@pytest.mark.parametrize("validate_responses", [True, False])
+def test_headers_are_stamped_once_whether_or_not_responses_are_validated(make_app, session, validate_responses):
+    with make_app(validate_responses=validate_responses).test_client() as client:
+        created = client.post(KEYS, json={"name": "stamp-check"}, cookies=session())
+        response = client.get("/api/v1/whoami", headers={"X-API-Key": created.json()["data"]["key"]})
+    for name in ("x-request-id", "x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset", "cache-control"):
+        assert len(response.headers.get_list(name)) == 1, name
+    assert response.headers["x-ratelimit-remaining"] == "9"
