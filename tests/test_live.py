@@ -129,3 +129,43 @@ def test_development_server_speaks_the_contract_over_real_http(tmp_path):
         assert status == 401 and body["error"]["code"] == "missing_session"
         assert oct((tmp_path / "live" / "keys.db").stat().st_mode & 0o777) == "0o600"
     assert "Traceback" not in server.output()
+
+
+def test_scripted_client_walks_a_key_through_its_life_on_two_workers(served):
+    """Mint -> use three ways -> exhaust the free limit -> revoke -> rejected, with the counts,
+    headers, envelope and logs a client and an operator would check."""
+    for _attempt in range(3):
+        owner = cookie(f"walker-{time.time_ns()}")
+        status, headers, body = served.request("POST", "/api/v1/keys", {"name": "partner-feed"}, owner)
+        assert status == 201 and headers["cache-control"] == "no-store"
+        key, key_id = body["data"]["key"], body["data"]["id"]
+        minute = int(time.time()) // 60
+        ways = [
+            ("GET", "/api/v1/whoami", {"Authorization": f"Bearer {key}"}),
+            ("GET", "/api/v1/whoami", {"X-API-Key": key}),
+            ("GET", f"/api/v1/whoami?api_key={key}", {}),
+        ]
+        seen = [served.request(method, path, headers=h) for method, path, h in ways]
+        seen += [served.request("GET", "/api/v1/whoami", headers={"X-API-Key": key}) for _ in range(7)]
+        refused = served.request("GET", "/api/v1/whoami", headers={"X-API-Key": key})
+        if int(time.time()) // 60 != minute:
+            continue  # crossed into a new window mid-walk; walk again
+        assert [s for s, _, _ in seen] == [200] * 10
+        assert [h["x-ratelimit-remaining"] for _, h, _ in seen] == [str(9 - n) for n in range(10)]
+        status, headers, body = refused
+        assert status == 429 and body["error"]["code"] == "rate_limit_exceeded"
+        assert body["error"]["request_id"] == headers["x-request-id"]
+        assert int(headers["retry-after"]) >= 1 and headers["x-ratelimit-remaining"] == "0"
+        _, _, stored = served.request("GET", f"/api/v1/keys/{key_id}", headers=owner)
+        assert stored["data"]["total_requests"] == 10 and stored["data"]["last_used_at"]
+        assert served.request("DELETE", f"/api/v1/keys/{key_id}", headers=owner)[0] == 204
+        status, _, body = served.request("GET", "/api/v1/whoami", headers={"X-API-Key": key})
+        assert status == 401 and body["error"]["code"] == "revoked_api_key"
+        _, _, events = served.request("GET", "/api/v1/key-events", headers=owner)
+        assert [e["type"] for e in events["data"]] == ["revoked", "rate_limited", "minted"]
+        deadline = time.monotonic() + 10
+        while refused[1]["x-request-id"] not in (output := served.output()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert refused[1]["x-request-id"] in output and key not in output
+        return
+    pytest.fail("every walk straddled a minute boundary")
