@@ -14,13 +14,12 @@ from connexion import FlaskApp
 from connexion.jsonifier import Jsonifier
 from connexion.middleware import MiddlewarePosition
 from connexion.resolver import Resolver
-from starlette.middleware.cors import CORSMiddleware
 
 from app.config import Settings
 from app.fastpath import tune as tune_connexion
 from app.http_errors import ErrorHandlers
 from app.keys import Clock, KeyService
-from app.middleware import OperationBoundaryMiddleware, RequestContextMiddleware
+from app.middleware import EnvelopeCORSMiddleware, OperationBoundaryMiddleware, RequestContextMiddleware
 from app.ratelimit import Limits, RateLimiter
 from app.security import SECURITY_MAP
 from app.sessions import SessionVerifier
@@ -93,7 +92,7 @@ def create_app(
     )
     if settings.cors_origin_regex:
         app.add_middleware(
-            CORSMiddleware,
+            EnvelopeCORSMiddleware,
             position=MiddlewarePosition.BEFORE_EXCEPTION,
             allow_origin_regex=settings.cors_origin_regex,
             allow_credentials=True,

@@ -10,7 +10,8 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
-from starlette.datastructures import MutableHeaders
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.middleware.cors import CORSMiddleware
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -73,14 +74,14 @@ class RequestContextMiddleware:
                 status = 405
                 await self._refuse_head(scope, send_with_headers)
                 return
-            if CONTROL_CHARACTERS.search(scope["path"]):
-                # No route has one, and Starlette's `$` matches before a final newline,
-                # which would route `/api/v1/keys/%0A` past security to a handler.
+            path = scope["path"]
+            if CONTROL_CHARACTERS.search(path) or (path.endswith("/") and path != "/" and not path.startswith("/ui")):
+                # No route has a control character (and Starlette's `$` matches before a
+                # final newline, which would route `/api/v1/keys/%0A` past security to a
+                # handler), nor a trailing slash (which the router would answer with a 307
+                # redirect the contract does not describe).
                 status = 404
-                body = envelope("not_found", "No such endpoint.", None, request_id)
-                await send_with_headers({"type": "http.response.start", "status": 404, "headers": [
-                    (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-                await send_with_headers({"type": "http.response.body", "body": body})
+                await send_json(send_with_headers, 404, envelope("not_found", "No such endpoint.", None, request_id))
                 return
             if scope["method"] in ("POST", "PUT", "PATCH"):
                 _normalise_content_type(scope)
@@ -113,6 +114,30 @@ class RequestContextMiddleware:
             headers.append((b"allow", allow.encode()))
         await send({"type": "http.response.start", "status": 405 if allow else 404, "headers": headers})
         await send({"type": "http.response.body", "body": b""})
+
+
+async def send_json(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    """Send a complete JSON response."""
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *(headers or [])]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class EnvelopeCORSMiddleware(CORSMiddleware):
+    """Starlette's CORS handling, with refused preflights in the contract's error envelope."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = Headers(scope=scope) if scope["type"] == "http" else None
+        if (headers is not None and scope["method"] == "OPTIONS" and "origin" in headers
+                and "access-control-request-method" in headers):
+            response = self.preflight_response(request_headers=headers)
+            if response.status_code == 400:
+                message = bytes(response.body).decode() + "."
+                body = envelope("cors_not_allowed", message, None, scope["state"]["request_id"])
+                kept = [(k, v) for k, v in response.raw_headers if k not in (b"content-type", b"content-length")]
+                await send_json(send, 400, body, kept)
+                return
+        await super().__call__(scope, receive, send)
 
 
 def _normalise_content_type(scope: Scope) -> None:

@@ -553,3 +553,19 @@ def test_headers_are_stamped_once_whether_or_not_responses_are_validated(make_ap
     for name in ("x-request-id", "x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset", "cache-control"):
         assert len(response.headers.get_list(name)) == 1, name
     assert response.headers["x-ratelimit-remaining"] == "9"
+
+
+def test_a_refused_cors_preflight_is_an_envelope(make_app):
+    from app.config import LOCALHOST_ORIGINS
+
+    with make_app(cors_origin_regex=LOCALHOST_ORIGINS).test_client() as client:
+        response = client.options(
+            KEYS, headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}
+        )
+    error = assert_error(response, 400, "cors_not_allowed")
+    assert "origin" in error["message"]
+
+
+@pytest.mark.parametrize("path", ["/api/v1/keys/", f"/api/v1/keys/{uuid.uuid4()}/", "/healthz/"])
+def test_a_trailing_slash_is_not_found_rather_than_redirected(client, session, path):
+    assert_error(client.get(path, cookies=session(), follow_redirects=False), 404, "not_found")
