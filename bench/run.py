@@ -281,12 +281,16 @@ def main() -> None:
                           f"p50 {run['p50_us'] / 1000:6.2f} ms  p99 {run['p99_us'] / 1000:6.2f} ms  "
                           f"errors {run['errors'] + run['status_errors']}", flush=True)
 
-        # whoami p99 at half its measured max, one worker.
+        # whoami p99 at half its measured max: one worker, and the production default of two.
         ours1 = targets[0]
         max_rps = statistics.median(r["rps"] for r in results[("ours-1w", "whoami")])
         prepare(ours1, "half")
         extra["half"] = wrk(ours1, "whoami", DURATION, rate=max_rps / 2)
         extra["half_offered"] = max_rps / 2
+        max_rps_2w = statistics.median(r["rps"] for r in results[("ours-2w", "whoami")])
+        prepare(targets[1], "half")
+        extra["half_2w"] = wrk(targets[1], "whoami", DURATION, rate=max_rps_2w / 2)
+        extra["half_offered_2w"] = max_rps_2w / 2
 
         # Rate-limit and usage state stays bounded: one row per subject and window kind.
         import sqlite3
@@ -369,8 +373,10 @@ def report(results: dict[tuple[str, str], list[dict]], extra: dict) -> None:
         ("whoami req/s vs Prism, 1 worker each", rps("ours-1w", "whoami") / rps("prism", "whoami"), "≥ 1.2×", 1.2, True),
         ("mint req/s vs bare floor", rps("ours-1w", "mint") / rps("floor", "mint"), "≥ 0.6×", 0.6, True),
         ("whoami req/s vs bare floor", rps("ours-1w", "whoami") / rps("floor", "whoami"), "≥ 0.6×", 0.6, True),
-        (f"whoami p99 at half max ({half['rps']:,.0f} req/s achieved of {extra['half_offered']:,.0f} offered), ms",
-         half["p99_us"] / 1000, "< 5 ms", 5, False),
+        (f"whoami p99 at half max, 1 worker ({half['rps']:,.0f} req/s achieved of {extra['half_offered']:,.0f} "
+         "offered), ms", half["p99_us"] / 1000, "< 5 ms", 5, False),
+        (f"whoami p99 at half max, 2 workers as `make serve` runs ({extra['half_2w']['rps']:,.0f} req/s achieved of "
+         f"{extra['half_offered_2w']:,.0f} offered), ms", extra["half_2w"]["p99_us"] / 1000, "< 5 ms", 5, False),
         (f"whoami p50, 1,000,000 keys vs 1,000 ({p50_1m / 1000:.2f} vs {p50_1k / 1000:.2f} ms)", p50_1m / p50_1k,
          "≤ 1.2×", 1.2, False),
         ("cold start, process start to first 200 on /healthz, s", cold, "< 1.5 s", 1.5, False),
