@@ -408,3 +408,25 @@ def test_revoke_key_drops_its_rate_windows(store, settings):
     store.revoke_key(USER, record.id, T0 + 1, make_event(record, "revoked", T0 + 1))
     sql = "SELECT count(*) FROM rate_windows WHERE subject = ?"
     assert raw(settings.database_path, sql, (f"key:{record.id}",)) == [(0,)]
+
+
+def test_writers_on_two_stores_of_one_file_take_turns_and_lose_nothing(tmp_path):
+    """Two stores stand for two worker processes: each has its own write-lock file handle."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from app.store import SQLiteStore as Store
+    from app.store import Window as W
+
+    stores = [Store(tmp_path / "k.db"), Store(tmp_path / "k.db")]
+    window = (W("minute", 0, 10_000), W("day", 0, 100_000))
+
+    def hammer(n: int) -> int:
+        store = stores[n % 2]
+        return sum(store.consume("key:shared", window, n).allowed for _ in range(50))
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        admitted = sum(pool.map(hammer, range(8)))
+    assert admitted == 400
+    final = stores[0].consume("key:shared", window, 0)
+    assert final.counts == {"minute": 401, "day": 401}
+    assert oct((tmp_path / "k.db.write-lock").stat().st_mode & 0o777) == "0o600"
