@@ -328,6 +328,8 @@ def main() -> None:
         cold[name] = times
     extra["cold"] = cold
     report(results, extra)
+    for script in OUT.glob("*.lua"):
+        script.unlink()  # they hold the run's session tokens and API keys
 
 
 def median(runs: list[dict], key: str) -> float:
