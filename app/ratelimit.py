@@ -35,6 +35,7 @@ class Decision:
     minute: WindowState
     day: WindowState
     blocked_by: str | None
+    usage: tuple[int, int] | None = None  # the key's total_requests and last_used_us, counted with it
 
     @property
     def headers(self) -> dict[str, str]:
@@ -82,6 +83,7 @@ class RateLimiter:
             minute=_state(minute, result.counts["minute"], MINUTE),
             day=_state(day, result.counts["day"], DAY),
             blocked_by=result.blocked_by,
+            usage=result.usage,
         )
 
 

@@ -8,6 +8,7 @@ the request against its rate limit; the outcome's headers go back through the sc
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from collections.abc import Sequence
 from typing import Any
 
@@ -53,7 +54,10 @@ def verify_api_key(
         block_event=NewEvent(new_event_id(), record.id, record.user_id, record.name, record.preview, state["request_id"]),
     )
     _apply(request, decision, now, "this API key")
-    return {"sub": record.user_id, "key_id": record.id, "rate_limit": decision}
+    if decision.usage is not None:
+        # The usage this request's own transaction counted: exact, and no second read.
+        record = replace(record, total_requests=decision.usage[0], last_used_us=decision.usage[1])
+    return {"sub": record.user_id, "key": record, "rate_limit": decision}
 
 
 def presented_keys(request: ConnexionRequest) -> set[str]:

@@ -77,6 +77,7 @@ class Consumption:
     counts: dict[str, int]  # requests counted in each window, this one included if allowed
     blocked_by: str | None  # the window that refused the request
     first_block: bool  # the first refusal in that window
+    usage: tuple[int, int] | None = None  # the key's total_requests and last_used_us after this one
 
 
 @dataclass(frozen=True)
@@ -397,12 +398,14 @@ class SQLiteStore:
                     (subject, w.kind, w.start),
                 )
                 counts[w.kind] += 1
+            usage = None
             if usage_key_id is not None:
-                conn.execute(
-                    "UPDATE api_keys SET total_requests = total_requests + 1, last_used_us = ? WHERE id = ?",
+                usage = conn.execute(
+                    "UPDATE api_keys SET total_requests = total_requests + 1, last_used_us = ? WHERE id = ? "
+                    "RETURNING total_requests, last_used_us",
                     (now_us, usage_key_id),
-                )
-        return Consumption(True, counts, None, False)
+                ).fetchone()
+        return Consumption(True, counts, None, False, usage)
 
 
 def _newest_first(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -75,7 +76,8 @@ async def whoami(request: Request) -> Response:
                                           usage_key_id=record.id)
         if not decision.allowed:
             return reply({"error": {"code": "rate_limit_exceeded"}}, 429, decision.headers)
-        info = services.keys.key_info(services.keys.get(record.user_id, record.id))
+        assert decision.usage is not None
+        info = services.keys.key_info(replace(record, total_requests=decision.usage[0], last_used_us=decision.usage[1]))
     except ServiceError as exc:
         return refuse(exc)
     info["rate_limit"] = {w: {"limit": s.limit, "remaining": s.remaining, "reset": s.reset}

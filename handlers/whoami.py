@@ -7,10 +7,9 @@ from typing import Any
 from handlers.context import services
 
 
-def get_current_key(user: str, token_info: dict[str, Any]) -> dict[str, Any]:
-    keys = services().keys
+def get_current_key(token_info: dict[str, Any]) -> dict[str, Any]:
     decision = token_info["rate_limit"]
-    info = keys.key_info(keys.get(user, token_info["key_id"]))
+    info = services().keys.key_info(token_info["key"])
     info["rate_limit"] = {
         window: {"limit": state.limit, "remaining": state.remaining, "reset": state.reset}
         for window, state in (("minute", decision.minute), ("day", decision.day))
