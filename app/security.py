@@ -8,8 +8,8 @@ the request against its rate limit; the outcome's headers go back through the sc
 from __future__ import annotations
 
 import asyncio
-from dataclasses import replace
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from connexion.exceptions import OAuthResponseProblem
