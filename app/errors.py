@@ -1,6 +1,6 @@
 """Domain errors: flat classes carrying their data, one HTTP status and code each.
 
-They are turned into the contract's `Error` envelope in one place, `app.http_errors`.
+`app.http_errors.ErrorHandlers` turns them into the contract's `Error` envelope.
 """
 
 from __future__ import annotations

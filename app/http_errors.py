@@ -1,8 +1,9 @@
-"""The one place where every error becomes the contract's `Error` envelope.
+"""Every error in the contract's `Error` envelope.
 
-Covers our domain errors and everything Connexion and Starlette raise (validation,
-security, 404, 405, 415, response validation) plus anything unexpected, which is logged
-with its traceback and answered with a bare 500.
+`envelope` serialises it (the request-context middleware uses it too, for the few answers
+it gives before routing); `ErrorHandlers` maps our domain errors and everything Connexion
+and Starlette raise (validation, security, 404, 405, 415, response validation) to it, plus
+anything unexpected, which is logged with its traceback and answered with a bare 500.
 """
 
 from __future__ import annotations
@@ -137,6 +138,8 @@ class ErrorHandlers:
         return None
 
     async def store_unavailable(self, request: ConnexionRequest, exc: sqlite3.OperationalError) -> ConnexionResponse:
+        if getattr(exc, "sqlite_errorcode", None) not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+            return await self.unexpected(request, exc)  # a fault, not a busy moment: no retry will help
         log.error("request %s: key store unavailable: %s", request_id_of(request), exc)
         return error_response(
             request, 503, "service_unavailable", "The service is temporarily unavailable; retry shortly.",

@@ -43,6 +43,11 @@ def configure(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # Servers may give their own loggers handlers that bypass the root one (gunicorn's
+    # uvicorn worker does): filter those too.
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "gunicorn.error", "gunicorn.access"):
+        for own in logging.getLogger(name).handlers:
+            own.addFilter(RedactingFilter())
 
 
 def warn_weak_secret(settings: Any) -> None:

@@ -16,7 +16,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import PayloadTooLarge
-from app.http_errors import envelope
+from app.http_errors import MESSAGES, envelope
 
 access_log = logging.getLogger("app.access")
 SECRET_QUERY_PARAMS = frozenset({"api_key"})
@@ -81,7 +81,7 @@ class RequestContextMiddleware:
                 # handler), nor a trailing slash (which the router would answer with a 307
                 # redirect the contract does not describe).
                 status = 404
-                await send_json(send_with_headers, 404, envelope("not_found", "No such endpoint.", None, request_id))
+                await send_json(send_with_headers, 404, envelope("not_found", MESSAGES[404], None, request_id))
                 return
             if scope["method"] in ("POST", "PUT", "PATCH"):
                 _normalise_content_type(scope)
@@ -166,7 +166,8 @@ class OperationBoundaryMiddleware:
     more lenient router and reach a handler with no operation context; here it is a 404.
     This sits inside response validation, so when that is on, successful responses must
     carry the headers the contract requires before they are checked; otherwise
-    `RequestContextMiddleware` stamps every response once, on its way out.
+    `RequestContextMiddleware` stamps them on their way out. Either way once: `stamp`
+    marks the message.
     """
 
     def __init__(self, app: ASGIApp, stamp_headers: bool = True) -> None:
@@ -194,6 +195,9 @@ class OperationBoundaryMiddleware:
 
 def stamp(message: Message, state: dict[str, Any]) -> None:
     """Add X-Request-ID, any rate-limit headers and `Cache-Control: no-store` to a response start."""
+    if message.get("stamped"):
+        return
+    message["stamped"] = True  # a response passing both middlewares is stamped once
     headers = MutableHeaders(scope=message)
     headers["X-Request-ID"] = state["request_id"]
     # Responses carry secrets (a new key) or per-account data: no cache may keep them.

@@ -1,7 +1,7 @@
 """Rate limiting: fixed per-minute and per-day windows counted in the shared store.
 
-Fail-closed: if the store cannot count a request (for example it stays locked past the
-busy timeout), the request is refused with 503 rather than admitted uncounted.
+Fail-closed: if the store cannot count a request (its write lock stays taken past the
+5 s busy timeout), the request is refused with 503 rather than admitted uncounted.
 """
 
 from __future__ import annotations
@@ -78,6 +78,9 @@ class RateLimiter:
         result: Consumption = self._store.consume(
             subject, (minute, day), int(now * 1_000_000), usage_key_id, block_event
         )
+        starts = result.starts or {}
+        minute = Window("minute", starts.get("minute", minute.start), minute.limit)
+        day = Window("day", starts.get("day", day.start), day.limit)
         return Decision(
             allowed=result.allowed,
             minute=_state(minute, result.counts["minute"], MINUTE),

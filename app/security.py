@@ -16,7 +16,7 @@ from connexion.exceptions import OAuthResponseProblem
 from connexion.lifecycle import ConnexionRequest
 from connexion.security import NO_VALUE, ApiKeySecurityHandler, BearerSecurityHandler
 
-from app.errors import InvalidAPIKey, RateLimited
+from app.errors import InvalidAPIKey, RateLimited, ServiceError
 from app.keys import new_event_id
 from app.ratelimit import Decision, Limits
 from app.store import NewEvent
@@ -37,6 +37,19 @@ def verify_api_key(
     token: str, request: ConnexionRequest, required_scopes: Sequence[str] | None = None
 ) -> dict[str, Any]:
     """Authenticate an API key, check its scopes and count it against its tier's limits."""
+    state = request.scope["state"]
+    if "key_refusal" in state:
+        # The same key sent two ways is tried once per way; it was refused (403, 429, ...)
+        # already: say so again rather than look it up and count it a second time.
+        raise state["key_refusal"]
+    try:
+        return _verify_api_key(token, request, required_scopes)
+    except ServiceError as refusal:
+        state["key_refusal"] = refusal
+        raise
+
+
+def _verify_api_key(token: str, request: ConnexionRequest, required_scopes: Sequence[str] | None) -> dict[str, Any]:
     state = request.scope["state"]
     services = state["services"]
     if len(presented_keys(request)) > 1:

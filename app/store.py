@@ -12,6 +12,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,7 +21,8 @@ from typing import Any, Protocol
 
 import sqlite_utils
 
-from app.errors import DuplicateName, KeyLimitReached
+from app.errors import DuplicateName, ExpiredAPIKey, KeyLimitReached, RevokedAPIKey, ServiceUnavailable
+from app.tiers import DEFAULT_TIER
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 5000
@@ -78,6 +80,7 @@ class Consumption:
     blocked_by: str | None  # the window that refused the request
     first_block: bool  # the first refusal in that window
     usage: tuple[int, int] | None = None  # the key's total_requests and last_used_us after this one
+    starts: dict[str, int] | None = None  # the window each count belongs to (see consume)
 
 
 @dataclass(frozen=True)
@@ -160,40 +163,58 @@ class SQLiteStore:
 
     @contextmanager
     def _writer_turn(self) -> Iterator[None]:
-        """Wait, in the kernel, for this process's turn to write.
+        """Wait for this process's turn to write.
 
-        SQLite alone makes a writer that finds the database locked sleep and poll (1, 2, 5,
-        10 ms and more) even when the holder is done in a tenth of a millisecond; with several
-        workers that polling, not the writes, set the latency. An flock on a file beside the
-        database wakes the next writer the moment the lock is released. SQLite's own locking
-        and busy timeout stay underneath, for any writer that does not take this lock.
+        SQLite alone makes a writer that finds the database locked sleep between polls (1, 2,
+        5, 10 ms and more) even when the holder is done in a tenth of a millisecond; with
+        several workers that sleeping, not the writes, set the latency. Writers here queue on
+        an flock beside the database, checked every 0.2 ms. SQLite's own locking and busy
+        timeout stay underneath, for any writer that does not take this lock.
         """
         if self._lock_file is None:
             with self._lock:
                 yield
             return
         with self._lock:  # flock is per open file: threads of one process queue here
-            fcntl.flock(self._lock_file, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self._wait_for_lock()
             try:
                 yield
             finally:
                 fcntl.flock(self._lock_file, fcntl.LOCK_UN)
 
+    def _wait_for_lock(self) -> None:
+        # Polled finely (0.2 ms), and no longer than SQLite's own busy timeout: a writer stuck
+        # behind a lock that is not released fails closed (503) instead of stalling for good.
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        while True:
+            time.sleep(0.0002)
+            try:
+                fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    error = ServiceUnavailable("The key store is busy; retry shortly.")
+                    error.headers = {"Retry-After": "1"}
+                    raise error from None
+
     @contextmanager
     def _write(self, durable: bool = False) -> Iterator[sqlite3.Connection]:
         """Run a write transaction that takes the database's write lock up front."""
         with self._conn() as conn, self._writer_turn():
-            if durable:
-                # Sync this commit (and any before it) to disk before the client hears of it.
-                conn.execute("PRAGMA synchronous = FULL")
-            conn.execute("BEGIN IMMEDIATE")
             try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            else:
-                conn.execute("COMMIT")
+                if durable:
+                    # Sync this commit (and any before it) to disk before the client hears of it.
+                    conn.execute("PRAGMA synchronous = FULL")
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                    conn.execute("COMMIT")
+                finally:
+                    if conn.in_transaction:  # an error, or a COMMIT that failed
+                        conn.execute("ROLLBACK")
             finally:
                 if durable:
                     conn.execute("PRAGMA synchronous = NORMAL")
@@ -233,8 +254,8 @@ class SQLiteStore:
         if row is None:
             with self._write() as conn:
                 conn.execute(
-                    "INSERT OR IGNORE INTO accounts (user_id, tier, created_us) VALUES (?, 'free', ?)",
-                    (user_id, now_us),
+                    "INSERT OR IGNORE INTO accounts (user_id, tier, created_us) VALUES (?, ?, ?)",
+                    (user_id, DEFAULT_TIER, now_us),
                 )
                 row = conn.execute(
                     "SELECT user_id, tier, created_us FROM accounts WHERE user_id = ?", (user_id,)
@@ -362,6 +383,14 @@ class SQLiteStore:
                     "SELECT window, start, count, blocked FROM rate_windows WHERE subject = ?", (subject,)
                 )
             }
+            if usage_key_id is not None:
+                _require_live_key(conn, usage_key_id, now_us)
+            # A request that read the clock just before a boundary may get the lock after one
+            # that read it just after: it counts in the newer window, never drags it back.
+            windows = [
+                w if stored.get(w.kind, (w.start,))[0] <= w.start else Window(w.kind, stored[w.kind][0], w.limit)
+                for w in windows
+            ]
             counts: dict[str, int] = {}
             blocked_by = None
             for w in windows:
@@ -371,6 +400,7 @@ class SQLiteStore:
                     # Windows come shortest first: the longest exhausted one decides when a
                     # retry can succeed, so it is the one that refuses.
                     blocked_by = w.kind
+            starts = {w.kind: w.start for w in windows}
             if blocked_by is not None:
                 w = next(w for w in windows if w.kind == blocked_by)
                 first = conn.execute(
@@ -385,7 +415,7 @@ class SQLiteStore:
                         key_preview=block_event.key_preview, request_id=block_event.request_id,
                         occurred_us=now_us, details={"window": w.kind, "limit": w.limit},
                     ))
-                return Consumption(False, counts, blocked_by, first)
+                return Consumption(False, counts, blocked_by, first, starts=starts)
             for w in windows:
                 # One row per subject and window kind, overwritten when a new window starts:
                 # old windows never pile up.
@@ -405,7 +435,16 @@ class SQLiteStore:
                     "RETURNING total_requests, last_used_us",
                     (now_us, usage_key_id),
                 ).fetchone()
-        return Consumption(True, counts, None, False, usage)
+        return Consumption(True, counts, None, False, usage, starts)
+
+
+def _require_live_key(conn: sqlite3.Connection, key_id: str, now_us: int) -> None:
+    """Refuse, inside the counting transaction, a key revoked or expired since it was verified."""
+    row = conn.execute("SELECT revoked_us, expires_us FROM api_keys WHERE id = ?", (key_id,)).fetchone()
+    if row is None or row[0] is not None:
+        raise RevokedAPIKey("This API key has been revoked.", {"key_id": key_id})
+    if row[1] is not None and row[1] <= now_us:
+        raise ExpiredAPIKey("This API key has expired.", {"key_id": key_id})
 
 
 def _newest_first(

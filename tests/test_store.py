@@ -430,3 +430,48 @@ def test_writers_on_two_stores_of_one_file_take_turns_and_lose_nothing(tmp_path)
     final = stores[0].consume("key:shared", window, 0)
     assert final.counts == {"minute": 401, "day": 401}
     assert oct((tmp_path / "k.db.write-lock").stat().st_mode & 0o777) == "0o600"
+
+
+def test_a_writer_stuck_behind_a_held_lock_fails_closed(tmp_path, monkeypatch):
+    import fcntl
+
+    import app.store as store_module
+    from app.errors import ServiceUnavailable
+    from app.store import SQLiteStore as Store
+    from app.store import Window as W
+
+    store = Store(tmp_path / "k.db")
+    monkeypatch.setattr(store_module, "BUSY_TIMEOUT_MS", 50)
+    with open(tmp_path / "k.db.write-lock", "rb") as other_process:
+        fcntl.flock(other_process, fcntl.LOCK_EX)
+        with pytest.raises(ServiceUnavailable):
+            store.consume("key:x", (W("minute", 0, 10), W("day", 0, 100)), 0)
+    # Released: the next writer goes through, and nothing was counted while refused.
+    assert store.consume("key:x", (W("minute", 0, 10), W("day", 0, 100)), 0).counts == {"minute": 1, "day": 1}
+
+
+def test_a_request_that_read_the_clock_before_a_boundary_counts_in_the_newer_window(store):
+    from app.store import Window as W
+
+    newer = (W("minute", 120, 3), W("day", 0, 100))
+    late = (W("minute", 60, 3), W("day", 0, 100))
+    for _ in range(3):
+        assert store.consume("key:x", newer, 0).allowed
+    refused = store.consume("key:x", late, 0)
+    assert not refused.allowed and refused.starts["minute"] == 120
+    assert not store.consume("key:x", newer, 0).allowed  # the newer window was not dragged back
+
+
+def test_a_key_revoked_after_it_was_verified_is_not_counted(store):
+    from app.errors import RevokedAPIKey
+    from app.store import Window as W
+
+    store.ensure_account("user-1", 0)
+    record = KeyRecord(str(uuid.uuid4()), "user-1", "racy", "sk_live_Ab12••••••••", "free", 1, None, None, 0, None)
+    store.insert_key(record, "e" * 64, 50, KeyEvent(str(uuid.uuid4()), "user-1", record.id, "minted",
+                                                    record.name, record.preview, "req_0", 1, {}))
+    store.revoke_key("user-1", record.id, 2, KeyEvent(str(uuid.uuid4()), "user-1", record.id, "revoked",
+                                                      record.name, record.preview, "req_1", 2, {}))
+    with pytest.raises(RevokedAPIKey):
+        store.consume(f"key:{record.id}", (W("minute", 0, 10), W("day", 0, 100)), 3, usage_key_id=record.id)
+    assert store.find_by_digest("e" * 64)[0].total_requests == 0
