@@ -71,8 +71,7 @@ class RequestContextMiddleware:
 
         try:
             if scope["method"] == "HEAD":
-                status = 405
-                await self._refuse_head(scope, send_with_headers)
+                status = await self._refuse_head(scope, send_with_headers)
                 return
             path = scope["path"]
             if CONTROL_CHARACTERS.search(path) or (path.endswith("/") and path != "/" and not path.startswith("/ui")):
@@ -107,13 +106,12 @@ class RequestContextMiddleware:
 
         return capped_receive
 
-    async def _refuse_head(self, scope: Scope, send: Send) -> None:
+    async def _refuse_head(self, scope: Scope, send: Send) -> int:
+        """Answer HEAD without a body (as HEAD must): 405 on our paths, 404 elsewhere."""
         allow = self.allowed_methods(scope["path"])
-        headers = [(b"content-type", b"application/json"), (b"content-length", b"0")]
-        if allow:
-            headers.append((b"allow", allow.encode()))
-        await send({"type": "http.response.start", "status": 405 if allow else 404, "headers": headers})
-        await send({"type": "http.response.body", "body": b""})
+        status = 405 if allow else 404
+        await send_json(send, status, b"", [(b"allow", allow.encode())] if allow else None)
+        return status
 
 
 async def send_json(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:

@@ -414,11 +414,9 @@ def test_writers_on_two_stores_of_one_file_take_turns_and_lose_nothing(tmp_path)
     """Two stores stand for two worker processes: each has its own write-lock file handle."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from app.store import SQLiteStore as Store
-    from app.store import Window as W
 
-    stores = [Store(tmp_path / "k.db"), Store(tmp_path / "k.db")]
-    window = (W("minute", 0, 10_000), W("day", 0, 100_000))
+    stores = [SQLiteStore(tmp_path / "k.db"), SQLiteStore(tmp_path / "k.db")]
+    window = (Window("minute", 0, 10_000), Window("day", 0, 100_000))
 
     def hammer(n: int) -> int:
         store = stores[n % 2]
@@ -437,24 +435,21 @@ def test_a_writer_stuck_behind_a_held_lock_fails_closed(tmp_path, monkeypatch):
 
     import app.store as store_module
     from app.errors import ServiceUnavailable
-    from app.store import SQLiteStore as Store
-    from app.store import Window as W
 
-    store = Store(tmp_path / "k.db")
+    store = SQLiteStore(tmp_path / "k.db")
     monkeypatch.setattr(store_module, "BUSY_TIMEOUT_MS", 50)
     with open(tmp_path / "k.db.write-lock", "rb") as other_process:
         fcntl.flock(other_process, fcntl.LOCK_EX)
         with pytest.raises(ServiceUnavailable):
-            store.consume("key:x", (W("minute", 0, 10), W("day", 0, 100)), 0)
+            store.consume("key:x", (Window("minute", 0, 10), Window("day", 0, 100)), 0)
     # Released: the next writer goes through, and nothing was counted while refused.
-    assert store.consume("key:x", (W("minute", 0, 10), W("day", 0, 100)), 0).counts == {"minute": 1, "day": 1}
+    assert store.consume("key:x", (Window("minute", 0, 10), Window("day", 0, 100)), 0).counts == {"minute": 1, "day": 1}
 
 
 def test_a_request_that_read_the_clock_before_a_boundary_counts_in_the_newer_window(store):
-    from app.store import Window as W
 
-    newer = (W("minute", 120, 3), W("day", 0, 100))
-    late = (W("minute", 60, 3), W("day", 0, 100))
+    newer = (Window("minute", 120, 3), Window("day", 0, 100))
+    late = (Window("minute", 60, 3), Window("day", 0, 100))
     for _ in range(3):
         assert store.consume("key:x", newer, 0).allowed
     refused = store.consume("key:x", late, 0)
@@ -464,7 +459,6 @@ def test_a_request_that_read_the_clock_before_a_boundary_counts_in_the_newer_win
 
 def test_a_key_revoked_after_it_was_verified_is_not_counted(store):
     from app.errors import RevokedAPIKey
-    from app.store import Window as W
 
     store.ensure_account("user-1", 0)
     record = KeyRecord(str(uuid.uuid4()), "user-1", "racy", "sk_live_Ab12••••••••", "free", 1, None, None, 0, None)
@@ -473,5 +467,5 @@ def test_a_key_revoked_after_it_was_verified_is_not_counted(store):
     store.revoke_key("user-1", record.id, 2, KeyEvent(str(uuid.uuid4()), "user-1", record.id, "revoked",
                                                       record.name, record.preview, "req_1", 2, {}))
     with pytest.raises(RevokedAPIKey):
-        store.consume(f"key:{record.id}", (W("minute", 0, 10), W("day", 0, 100)), 3, usage_key_id=record.id)
+        store.consume(f"key:{record.id}", (Window("minute", 0, 10), Window("day", 0, 100)), 3, usage_key_id=record.id)
     assert store.find_by_digest("e" * 64)[0].total_requests == 0
