@@ -7,9 +7,11 @@ Profiling a worker under load showed two costs larger than the service's own wor
    handlers do only CPU work and local SQLite calls of well under a millisecond, which a
    thread cannot overlap anyway (the GIL), so they run inline on the loop's thread here.
    Concurrency comes from worker processes (`WEB_CONCURRENCY`).
-2. Re-decorating on every request. `FlaskOperation.fn` builds a new decorator chain per
-   call, inspecting the handler's signature and building a URI parser each time. Here each
-   operation builds it once, on its first request (the chain depends only on the operation).
+2. Re-deciding on every request. `FlaskOperation.fn` builds a new decorator chain per call,
+   inspecting the handler's signature and building a URI parser each time, and the chain's
+   parameter and response decorators then re-derive from the operation, per request, what
+   never changes (which parameters it has and their defaults, the body's name, the response
+   media type). Here each operation works that out once, on its first request (`_Binding`).
 """
 
 from __future__ import annotations
@@ -17,12 +19,29 @@ from __future__ import annotations
 import functools
 import io
 from collections.abc import Callable, Iterable
+from copy import deepcopy
 from typing import Any
 
+import flask
 from a2wsgi.wsgi import build_environ
 from connexion.apps.flask import FlaskApi, FlaskASGIApp, FlaskOperation
+from connexion.context import context, operation
+from connexion.datastructures import NoContent
 from connexion.decorators import FlaskDecorator
+from connexion.decorators.parameter import (
+    CONTEXT_NAME,
+    _get_query_defaults,
+    _get_val_from_param,
+    pythonic,
+    sanitized,
+    unwrap_decorators,
+)
+from connexion.decorators.response import BaseResponseDecorator, SyncResponseDecorator
+from connexion.frameworks.flask import Flask as FlaskFramework
+from connexion.lifecycle import ConnexionResponse
+from connexion.utils import inspect_function_arguments, is_json_mimetype, is_nullable
 from starlette.types import Receive, Scope, Send
+from werkzeug.wrappers import Response as WerkzeugResponse
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -69,17 +88,123 @@ class InlineWSGIMiddleware:
         await send({"type": "http.response.body", "body": b"".join(chunks), "more_body": False})
 
 
-class _DecorateOnce(FlaskDecorator):
+class _Binding:
+    """One operation's request-to-handler-to-response path, worked out once.
+
+    Connexion's parameter and response decorators re-derive, on every request, what depends
+    only on the operation: which parameters exist and their defaults, the handler's
+    arguments, the body's name and default, the response media type. Here that is computed
+    on the operation's first request; each request then only reads its own values and casts
+    them with Connexion's own converters. Operations using what this does not cover (form
+    bodies, object-valued query parameters, several response media types) return None from
+    `compile` and keep Connexion's generic decorators.
+    """
+
+    def __init__(self, operation: Any, function: Callable[..., Any], decorator: FlaskDecorator) -> None:
+        self.function = function
+        self.arguments, self.has_kwargs = inspect_function_arguments(unwrap_decorators(function))
+        self.sanitize = pythonic if decorator.pythonic_params else sanitized
+        self.jsonifier = decorator.jsonifier
+        self.uri_parser = decorator.uri_parser
+        self.is_trace = operation.method.upper() == "TRACE"
+        wanted = self._wanted
+        self.path = {p["name"]: p for p in operation.parameters if p["in"] == "path"}
+        self.query = {p["name"]: p for p in operation.parameters if p["in"] == "query" and wanted(p["name"])}
+        self.query_defaults = {name: value for name, value in _get_query_defaults(self.query).items()}
+        self.body_name: str | None = None
+        if operation.is_request_body_defined and not self.is_trace:
+            name = self.sanitize(operation.body_name(None))
+            if wanted(name, sanitize=False):
+                self.body_name = name
+                schema = operation.body_schema()
+                self.body_nullable = is_nullable(schema)
+                self.body_default = schema.get("default", {})
+        produces = list(set(operation.produces))
+        self.content_type = produces[0] if produces else None
+        self.produces_json = self.content_type is not None and is_json_mimetype(self.content_type)
+        self.default_content_type = self.content_type or "application/json"
+
+    @classmethod
+    def compile(cls, operation: Any, function: Callable[..., Any], decorator: FlaskDecorator) -> _Binding | None:
+        consumes = operation.consumes
+        if len(set(operation.produces)) > 1 or len(consumes) > 1 or any(not is_json_mimetype(c) for c in consumes):
+            return None
+        if any(
+            p["in"] == "query" and p.get("schema", p).get("type") == "object" for p in operation.parameters
+        ):
+            return None
+        return cls(operation, function, decorator)
+
+    def _wanted(self, name: str, sanitize: bool = True) -> bool:
+        return self.has_kwargs or (self.sanitize(name) if sanitize else name) in self.arguments
+
+    def __call__(self) -> Any:
+        request = flask.request
+        kwargs: dict[str, Any] = {}
+        view_args = request.view_args
+        if view_args:
+            for name, value in self.uri_parser.resolve_path(view_args).items():
+                definition = self.path.get(name)
+                kwargs[self.sanitize(name)] = value if definition is None else _get_val_from_param(value, definition)
+        if self.query:
+            args = request.args
+            given = self.uri_parser.resolve_query({k: args.getlist(k) for k in args}) if args else {}
+            for name, definition in self.query.items():
+                if name in given:
+                    kwargs[self.sanitize(name)] = _get_val_from_param(given[name], definition)
+                elif name in self.query_defaults:
+                    value = deepcopy(self.query_defaults[name])
+                    kwargs[self.sanitize(name)] = _get_val_from_param(value, definition)
+        if self.body_name is not None:
+            body = request.get_json(silent=True) if is_json_mimetype(request.content_type or "") else None
+            if body is None and not self.body_nullable:
+                body = deepcopy(self.body_default)
+            kwargs[self.body_name] = body
+        for key, value in context.items():
+            if self.has_kwargs or key in self.arguments:
+                kwargs[key] = value
+        if CONTEXT_NAME in self.arguments:
+            kwargs[CONTEXT_NAME] = context
+        return self.respond(self.function(**kwargs))
+
+    def respond(self, result: Any) -> Any:
+        if isinstance(result, (flask.Response, WerkzeugResponse)):
+            return result
+        if isinstance(result, ConnexionResponse):
+            return FlaskFramework.connexion_to_framework_response(result)
+        data, status, headers = BaseResponseDecorator._unpack_handler_response(result)
+        if any(key.lower() == "content-type" for key in headers):
+            # The handler chose a media type: let Connexion check it against the contract.
+            return SyncResponseDecorator(framework=FlaskFramework, jsonifier=self.jsonifier).build_framework_response(result)
+        content_type = self.content_type if data is not None or self.content_type else None
+        if data is None or data is NoContent:
+            body = None
+        elif content_type is None:
+            content_type = "application/json"  # what Connexion assumes when the contract names none
+            body = self.jsonifier.dumps(data)
+        else:
+            body = self.jsonifier.dumps(data) if self.produces_json else data
+        if content_type:
+            headers["Content-Type"] = content_type
+        response_class = flask.current_app.response_class
+        return response_class(response=body, status=status or (204 if body is None else 200), headers=headers)
+
+
+class _CompiledDecorator(FlaskDecorator):
     def __call__(self, function: Callable[..., Any]) -> Callable[..., Any]:
-        built: list[Any] = []
+        built: list[Callable[[], Any]] = []
 
         @functools.wraps(function)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             if not built:
                 # Needs the operation context, so it is built inside the first request.
-                built[:] = [self.uri_parser, self.decorate(function)]
-            uri_parser, decorated = built
-            return decorated(self.framework.get_request(uri_parser=uri_parser))
+                binding = _Binding.compile(operation._get_current_object(), function, self)
+                if binding is None:
+                    uri_parser, decorated = self.uri_parser, self.decorate(function)
+                    built.append(lambda: decorated(self.framework.get_request(uri_parser=uri_parser)))
+                else:
+                    built.append(binding)
+            return built[0]()
 
         return wrapper
 
@@ -87,7 +212,7 @@ class _DecorateOnce(FlaskDecorator):
 class _Operation(FlaskOperation):
     @functools.cached_property
     def fn(self) -> Callable[..., Any]:  # type: ignore[override]
-        return _DecorateOnce(pythonic_params=self.pythonic_params, jsonifier=self.jsonifier)(self._fn)
+        return _CompiledDecorator(pythonic_params=self.pythonic_params, jsonifier=self.jsonifier)(self._fn)
 
 
 class _Api(FlaskApi):

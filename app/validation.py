@@ -123,15 +123,23 @@ def _has_lone_surrogate(value: Any) -> bool:
 class RequestParameterValidator(ParameterValidator):
     """Parameter validator with structured errors."""
 
+    def validate(self, scope: Any) -> None:
+        if self.parameters or self.strict_validation:  # else there is nothing to parse or check
+            super().validate(scope)
+
     def validate_request(self, request: Any) -> None:
         sources = {
-            "query": request.query_params,
-            "path": request.path_params,
-            "header": request.headers,
-            "cookie": request.cookies,
+            "query": lambda: request.query_params,
+            "path": lambda: request.path_params,
+            "header": lambda: request.headers,
+            "cookie": lambda: request.cookies,
         }
-        for location, values in sources.items():
-            for param in self.parameters.get(location, []):
+        for location, source in sources.items():
+            params = self.parameters.get(location)
+            if not params:
+                continue
+            values = source()
+            for param in params:
                 name = param["name"]
                 value = values.get(name.replace("-", "_") if location == "path" else name)
                 if value is None:
