@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import hmac
 import re
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from app import keymaterial
@@ -19,7 +18,8 @@ from app.errors import (
     KeyNotFound,
     RevokedAPIKey,
 )
-from app.store import Account, KeyEvent, KeyRecord, Store
+from app.ratelimit import Decision, Limits, RateLimiter
+from app.store import Account, KeyEvent, KeyRecord, Store, Window
 from app.tiers import get_tier
 
 Clock = Callable[[], float]
@@ -117,23 +117,42 @@ class KeyService:
         events = self._store.list_events(user_id, limit + 1, decode_cursor(cursor))
         return _page(events, limit, lambda e: (e.occurred_us, e.id))
 
-    def authenticate(self, presented: str) -> KeyRecord:
-        """Return the live key matching `presented`; raise the precise 401 otherwise."""
+    def use(
+        self, presented: str, required_scopes: Sequence[str] | None, limiter: RateLimiter, now: float, request_id: str
+    ) -> tuple[KeyRecord, Decision]:
+        """Authenticate `presented`, check its scopes and count it against its tier's limits.
+
+        Raises the precise 401 (invalid, revoked, expired), 403 (scope) or 429, in that order.
+        The lookup and the count are one transaction, so a key revoked or moved to another
+        tier in any worker is treated as such from the next request on.
+        """
         if not keymaterial.is_well_formed(presented):
-            # Caught by the checksum: no database read for a mistyped or made-up key.
+            # Caught by the checksum: no database access for a mistyped or made-up key.
             raise InvalidAPIKey("The API key is malformed or mistyped.")
-        digest = keymaterial.digest(presented)
-        found = self._store.find_by_digest(digest)
-        if found is None or not hmac.compare_digest(found[1], digest):
+        now_us = int(now * 1_000_000)
+        counted_in: list[tuple[Window, Window]] = []
+
+        def admit(record: KeyRecord) -> tuple[Window, Window]:
+            if record.revoked_us is not None:
+                raise RevokedAPIKey("This API key has been revoked.", {"key_id": record.id})
+            if record.expires_us is not None and record.expires_us <= now_us:
+                raise ExpiredAPIKey(
+                    "This API key has expired.", {"key_id": record.id, "expired_at": rfc3339(record.expires_us)}
+                )
+            self.authorize(record, required_scopes)
+            tier = get_tier(record.tier)
+            counted_in.append(limiter.windows(Limits(tier.per_minute, tier.per_day), now))
+            return counted_in[0]
+
+        used = self._store.use_key(keymaterial.digest(presented), now_us, admit, request_id)
+        if used is None:
             raise InvalidAPIKey("The API key is not recognised.")
-        record = found[0]
-        if record.revoked_us is not None:
-            raise RevokedAPIKey("This API key has been revoked.", {"key_id": record.id})
-        if record.expires_us is not None and record.expires_us <= self.now_us():
-            raise ExpiredAPIKey(
-                "This API key has expired.", {"key_id": record.id, "expired_at": rfc3339(record.expires_us)}
-            )
-        return record
+        record, result = used
+        decision = limiter.decide(counted_in[0], result)
+        if decision.usage is not None:
+            # The usage this request's own transaction counted: exact, and no second read.
+            record = replace(record, total_requests=decision.usage[0], last_used_us=decision.usage[1])
+        return record, decision
 
     @staticmethod
     def authorize(record: KeyRecord, required_scopes: Sequence[str] | None) -> None:

@@ -72,12 +72,23 @@ class RateLimiter:
         block_event: NewEvent | None = None,
     ) -> Decision:
         """Count a request for `subject` if both its windows have room."""
+        windows = self.windows(limits, now)
+        result = self._store.consume(subject, windows, int(now * 1_000_000), usage_key_id, block_event)
+        return self.decide(windows, result)
+
+    @staticmethod
+    def windows(limits: Limits, now: float) -> tuple[Window, Window]:
+        """The minute and day windows that a request made at `now` counts in, shortest first."""
         second = int(now)
-        minute = Window("minute", second - second % MINUTE, limits.per_minute)
-        day = Window("day", second - second % DAY, limits.per_day)
-        result: Consumption = self._store.consume(
-            subject, (minute, day), int(now * 1_000_000), usage_key_id, block_event
+        return (
+            Window("minute", second - second % MINUTE, limits.per_minute),
+            Window("day", second - second % DAY, limits.per_day),
         )
+
+    @staticmethod
+    def decide(windows: tuple[Window, Window], result: Consumption) -> Decision:
+        """The decision, and its headers, from what counting in `windows` did."""
+        minute, day = windows
         starts = result.starts or {}
         minute = Window("minute", starts.get("minute", minute.start), minute.limit)
         day = Window("day", starts.get("day", day.start), day.limit)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Any
 
 from connexion.exceptions import OAuthResponseProblem
@@ -17,10 +16,7 @@ from connexion.lifecycle import ConnexionRequest
 from connexion.security import NO_VALUE, ApiKeySecurityHandler, BearerSecurityHandler
 
 from app.errors import InvalidAPIKey, RateLimited, ServiceError
-from app.keys import new_event_id
-from app.ratelimit import Decision, Limits
-from app.store import NewEvent
-from app.tiers import get_tier
+from app.ratelimit import Decision
 
 
 def verify_session(token: str, request: ConnexionRequest) -> dict[str, Any]:
@@ -55,21 +51,9 @@ def _verify_api_key(token: str, request: ConnexionRequest, required_scopes: Sequ
     if len(presented_keys(request)) > 1:
         # Which one is meant? Guessing would let a stale or stolen key hide behind a good one.
         raise InvalidAPIKey("Send one API key, one way: this request carries more than one.")
-    record = services.keys.authenticate(token)
-    services.keys.authorize(record, required_scopes)
-    tier = get_tier(record.tier)
     now = services.clock()
-    decision = services.limiter.admit(
-        f"key:{record.id}",
-        Limits(tier.per_minute, tier.per_day),
-        now,
-        usage_key_id=record.id,
-        block_event=NewEvent(new_event_id(), record.id, record.user_id, record.name, record.preview, state["request_id"]),
-    )
+    record, decision = services.keys.use(token, required_scopes, services.limiter, now, state["request_id"])
     _apply(request, decision, now, "this API key")
-    if decision.usage is not None:
-        # The usage this request's own transaction counted: exact, and no second read.
-        record = replace(record, total_requests=decision.usage[0], last_used_us=decision.usage[1])
     return {"sub": record.user_id, "key": record, "rate_limit": decision}
 
 

@@ -8,12 +8,14 @@ transactions; key lifecycle writes are synced to disk before they return.
 from __future__ import annotations
 
 import fcntl
+import hmac
 import json
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+import uuid
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,10 +106,11 @@ class Store(Protocol):
     def get_key(self, user_id: str, key_id: str) -> KeyRecord | None: ...
     def list_keys(self, user_id: str, limit: int, before: tuple[int, str] | None) -> list[KeyRecord]: ...
     def revoke_key(self, user_id: str, key_id: str, now_us: int, event: KeyEvent) -> KeyRecord | None: ...
-    def find_by_digest(self, digest: str) -> tuple[KeyRecord, str] | None: ...
     def list_events(self, user_id: str, limit: int, before: tuple[int, str] | None) -> list[KeyEvent]: ...
     def consume(self, subject: str, windows: Sequence[Window], now_us: int,
                 usage_key_id: str | None = None, block_event: NewEvent | None = None) -> Consumption: ...
+    def use_key(self, digest: str, now_us: int, admit: Callable[[KeyRecord], Sequence[Window]],
+                request_id: str) -> tuple[KeyRecord, Consumption] | None: ...
     def ping(self) -> None: ...
 
 
@@ -335,14 +338,6 @@ class SQLiteStore:
             _insert_event(conn, event)
         return record
 
-    def find_by_digest(self, digest: str) -> tuple[KeyRecord, str] | None:
-        """Return the key stored under this digest, revoked or not, with the digest stored."""
-        with self._conn() as conn:
-            row = conn.execute(
-                f"SELECT {_KEY_COLUMNS}, k.digest FROM {_KEY_FROM} WHERE k.digest = ?", (digest,)
-            ).fetchone()
-        return (KeyRecord(*row[:-1]), row[-1]) if row else None
-
     # -- events ---------------------------------------------------------------------------
 
     def list_events(self, user_id: str, limit: int, before: tuple[int, str] | None) -> list[KeyEvent]:
@@ -377,65 +372,100 @@ class SQLiteStore:
         one is recorded once per window as a `rate_limited` event.
         """
         with self._write() as conn:
-            stored = {
-                kind: (start, count, blocked)
-                for kind, start, count, blocked in conn.execute(
-                    "SELECT window, start, count, blocked FROM rate_windows WHERE subject = ?", (subject,)
-                )
-            }
             if usage_key_id is not None:
                 _require_live_key(conn, usage_key_id, now_us)
-            # A request that read the clock just before a boundary may get the lock after one
-            # that read it just after: it counts in the newer window, never drags it back.
-            windows = [
-                w if stored.get(w.kind, (w.start,))[0] <= w.start else Window(w.kind, stored[w.kind][0], w.limit)
-                for w in windows
-            ]
-            counts: dict[str, int] = {}
-            blocked_by = None
-            for w in windows:
-                start, count, _ = stored.get(w.kind, (w.start, 0, 0))
-                counts[w.kind] = count if start == w.start else 0
-                if counts[w.kind] >= w.limit:
-                    # Windows come shortest first: the longest exhausted one decides when a
-                    # retry can succeed, so it is the one that refuses.
-                    blocked_by = w.kind
-            starts = {w.kind: w.start for w in windows}
-            if blocked_by is not None:
-                w = next(w for w in windows if w.kind == blocked_by)
-                first = conn.execute(
-                    "UPDATE rate_windows SET blocked = 1 WHERE subject = ? AND window = ? AND start = ? "
-                    "AND blocked = 0",
-                    (subject, w.kind, w.start),
-                ).rowcount == 1
-                if first and block_event is not None:
-                    _insert_event(conn, KeyEvent(
-                        id=block_event.event_id, user_id=block_event.user_id, key_id=block_event.key_id,
-                        type="rate_limited", key_name=block_event.key_name,
-                        key_preview=block_event.key_preview, request_id=block_event.request_id,
-                        occurred_us=now_us, details={"window": w.kind, "limit": w.limit},
-                    ))
-                return Consumption(False, counts, blocked_by, first, starts=starts)
-            for w in windows:
-                # One row per subject and window kind, overwritten when a new window starts:
-                # old windows never pile up.
-                conn.execute(
-                    "INSERT INTO rate_windows (subject, window, start, count, blocked) VALUES (?, ?, ?, 1, 0) "
-                    "ON CONFLICT(subject, window) DO UPDATE SET "
-                    "count = CASE WHEN start = excluded.start THEN count + 1 ELSE 1 END, "
-                    "blocked = CASE WHEN start = excluded.start THEN blocked ELSE 0 END, "
-                    "start = excluded.start",
-                    (subject, w.kind, w.start),
-                )
-                counts[w.kind] += 1
-            usage = None
-            if usage_key_id is not None:
-                usage = conn.execute(
-                    "UPDATE api_keys SET total_requests = total_requests + 1, last_used_us = ? WHERE id = ? "
-                    "RETURNING total_requests, last_used_us",
-                    (now_us, usage_key_id),
-                ).fetchone()
-        return Consumption(True, counts, None, False, usage, starts)
+            return _count(conn, subject, windows, now_us, usage_key_id, None if block_event is None else lambda: block_event)
+
+    def use_key(
+        self, digest: str, now_us: int, admit: Callable[[KeyRecord], Sequence[Window]], request_id: str
+    ) -> tuple[KeyRecord, Consumption] | None:
+        """Look up the key stored under `digest` and count one request of it, in one transaction.
+
+        `admit` sees the key as stored at this moment (revoked, expired, its account's tier) and
+        either raises to refuse it, writing nothing, or returns the windows to count it in.
+        None if no key has this digest. One transaction per request, and a key revoked or
+        re-tiered in another worker is seen at once.
+        """
+        with self._write() as conn:
+            row = conn.execute(f"SELECT {_KEY_COLUMNS}, k.digest FROM {_KEY_FROM} WHERE k.digest = ?", (digest,)).fetchone()
+            if row is None or not hmac.compare_digest(row[-1], digest):
+                return None
+            record = KeyRecord(*row[:-1])
+            windows = admit(record)
+
+            def block_event() -> NewEvent:
+                return NewEvent(str(uuid.uuid4()), record.id, record.user_id, record.name, record.preview, request_id)
+
+            return record, _count(conn, f"key:{record.id}", windows, now_us, record.id, block_event)
+
+
+def _count(
+    conn: sqlite3.Connection,
+    subject: str,
+    windows: Sequence[Window],
+    now_us: int,
+    usage_key_id: str | None,
+    block_event: Callable[[], NewEvent] | None,
+) -> Consumption:
+    """Count a request in `subject`'s windows inside the caller's write transaction."""
+    stored = {
+        kind: (start, count, blocked)
+        for kind, start, count, blocked in conn.execute(
+            "SELECT window, start, count, blocked FROM rate_windows WHERE subject = ?", (subject,)
+        )
+    }
+    # A request that read the clock just before a boundary may get the lock after one
+    # that read it just after: it counts in the newer window, never drags it back.
+    windows = [
+        w if stored.get(w.kind, (w.start,))[0] <= w.start else Window(w.kind, stored[w.kind][0], w.limit)
+        for w in windows
+    ]
+    counts: dict[str, int] = {}
+    blocked_by = None
+    for w in windows:
+        start, count, _ = stored.get(w.kind, (w.start, 0, 0))
+        counts[w.kind] = count if start == w.start else 0
+        if counts[w.kind] >= w.limit:
+            # Windows come shortest first: the longest exhausted one decides when a
+            # retry can succeed, so it is the one that refuses.
+            blocked_by = w.kind
+    starts = {w.kind: w.start for w in windows}
+    if blocked_by is not None:
+        w = next(w for w in windows if w.kind == blocked_by)
+        first = conn.execute(
+            "UPDATE rate_windows SET blocked = 1 WHERE subject = ? AND window = ? AND start = ? "
+            "AND blocked = 0",
+            (subject, w.kind, w.start),
+        ).rowcount == 1
+        if first and block_event is not None:
+            event = block_event()
+            _insert_event(conn, KeyEvent(
+                id=event.event_id, user_id=event.user_id, key_id=event.key_id,
+                type="rate_limited", key_name=event.key_name,
+                key_preview=event.key_preview, request_id=event.request_id,
+                occurred_us=now_us, details={"window": w.kind, "limit": w.limit},
+            ))
+        return Consumption(False, counts, blocked_by, first, starts=starts)
+    for w in windows:
+        # One row per subject and window kind, overwritten when a new window starts:
+        # old windows never pile up.
+        conn.execute(
+            "INSERT INTO rate_windows (subject, window, start, count, blocked) VALUES (?, ?, ?, 1, 0) "
+            "ON CONFLICT(subject, window) DO UPDATE SET "
+            "count = CASE WHEN start = excluded.start THEN count + 1 ELSE 1 END, "
+            "blocked = CASE WHEN start = excluded.start THEN blocked ELSE 0 END, "
+            "start = excluded.start",
+            (subject, w.kind, w.start),
+        )
+        counts[w.kind] += 1
+    usage = None
+    if usage_key_id is not None:
+        usage = conn.execute(
+            "UPDATE api_keys SET total_requests = total_requests + 1, last_used_us = ? WHERE id = ? "
+            "RETURNING total_requests, last_used_us",
+            (now_us, usage_key_id),
+        ).fetchone()
+    return Consumption(True, counts, None, False, usage, starts)
 
 
 def _require_live_key(conn: sqlite3.Connection, key_id: str, now_us: int) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -24,8 +23,6 @@ from app import build_services
 from app.config import Settings
 from app.errors import ServiceError
 from app.keys import MINT_WARNING
-from app.ratelimit import Limits
-from app.tiers import get_tier
 
 settings = Settings(
     jwt_secret=os.environ["SUPABASE_JWT_SECRET"],
@@ -70,14 +67,10 @@ async def whoami(request: Request) -> Response:
     if authorization.lower().startswith("bearer "):
         token = authorization[7:]
     try:
-        record = services.keys.authenticate(token or "")
-        tier = get_tier(record.tier)
-        decision = services.limiter.admit(f"key:{record.id}", Limits(tier.per_minute, tier.per_day), time.time(),
-                                          usage_key_id=record.id)
+        record, decision = services.keys.use(token or "", None, services.limiter, time.time(), "req_floor")
         if not decision.allowed:
             return reply({"error": {"code": "rate_limit_exceeded"}}, 429, decision.headers)
-        assert decision.usage is not None
-        info = services.keys.key_info(replace(record, total_requests=decision.usage[0], last_used_us=decision.usage[1]))
+        info = services.keys.key_info(record)
     except ServiceError as exc:
         return refuse(exc)
     info["rate_limit"] = {w: {"limit": s.limit, "remaining": s.remaining, "reset": s.reset}

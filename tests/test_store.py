@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from app import keymaterial
-from app.errors import DuplicateName, KeyLimitReached
+from app.errors import DuplicateName, KeyLimitReached, RevokedAPIKey
 from app.keys import KeyService
 from app.store import KeyEvent, KeyRecord, NewEvent, SQLiteStore, Window
 
@@ -256,20 +256,64 @@ def test_revoke_key_of_another_user_returns_none(store):
     assert store.get_key(USER, record.id) == record
 
 
-def test_find_by_digest_returns_revoked_keys_too(store):
+def admit_all(record: KeyRecord) -> list[Window]:
+    return windows(60)
+
+
+def test_use_key_sees_the_key_as_stored_revoked_or_not(store):
     store.ensure_account(USER, T0)
     record = make_record()
     digest = keymaterial.digest(keymaterial.generate())
     store.insert_key(record, digest, 50, make_event(record, "minted"))
-    found, stored = store.find_by_digest(digest)
-    assert (found, stored) == (record, digest)
+    seen: list[KeyRecord] = []
+    found, counted = store.use_key(digest, T0, lambda r: seen.append(r) or windows(60), "req_1")
+    assert seen == [record] and found == record
+    assert counted.allowed and counted.usage == (1, T0)
     store.revoke_key(USER, record.id, T0 + SECOND, make_event(record, "revoked", T0 + SECOND))
-    found, _ = store.find_by_digest(digest)
-    assert found.id == record.id and found.revoked_us == T0 + SECOND
+    store.use_key(digest, T0 + 2 * SECOND, lambda r: seen.append(r) or windows(60), "req_2")
+    assert seen[-1].id == record.id and seen[-1].revoked_us == T0 + SECOND
 
 
-def test_find_by_unknown_digest_is_none(store):
-    assert store.find_by_digest(keymaterial.digest(keymaterial.generate())) is None
+def test_use_key_refused_by_admit_writes_nothing(store, settings):
+    store.ensure_account(USER, T0)
+    record = make_record()
+    digest = keymaterial.digest(keymaterial.generate())
+    store.insert_key(record, digest, 50, make_event(record, "minted"))
+
+    def refuse(_: KeyRecord) -> list[Window]:
+        raise RevokedAPIKey("no")
+
+    with pytest.raises(RevokedAPIKey):
+        store.use_key(digest, T0, refuse, "req_1")
+    assert store.get_key(USER, record.id).total_requests == 0
+    assert raw(settings.database_path, "SELECT count(*) FROM rate_windows") == [(0,)]
+
+
+def test_use_key_sees_a_tier_change_at_once(store):
+    store.ensure_account(USER, T0)
+    record = make_record()
+    digest = keymaterial.digest(keymaterial.generate())
+    store.insert_key(record, digest, 50, make_event(record, "minted"))
+    tiers: list[str] = []
+    store.use_key(digest, T0, lambda r: tiers.append(r.tier) or windows(60), "req_1")
+    store.set_tier(USER, "pro", T0)
+    store.use_key(digest, T0, lambda r: tiers.append(r.tier) or windows(60), "req_2")
+    assert tiers == ["free", "pro"]
+
+
+def test_use_key_records_one_rate_limited_event_with_the_request_id(store):
+    store.ensure_account(USER, T0)
+    record = make_record()
+    digest = keymaterial.digest(keymaterial.generate())
+    store.insert_key(record, digest, 50, make_event(record, "minted"))
+    results = [store.use_key(digest, T0, admit_all, f"req_{i}")[1] for i in range(5)]
+    assert [r.allowed for r in results] == [True, True, True, False, False]
+    limited = [e for e in store.list_events(USER, 10, None) if e.type == "rate_limited"]
+    assert [(e.request_id, e.key_id) for e in limited] == [("req_3", record.id)]
+
+
+def test_use_key_with_unknown_digest_is_none(store):
+    assert store.use_key(keymaterial.digest(keymaterial.generate()), T0, admit_all, "req_1") is None
 
 
 def test_database_never_contains_the_raw_key(settings, clock):
@@ -457,9 +501,7 @@ def test_a_request_that_read_the_clock_before_a_boundary_counts_in_the_newer_win
     assert not store.consume("key:x", newer, 0).allowed  # the newer window was not dragged back
 
 
-def test_a_key_revoked_after_it_was_verified_is_not_counted(store):
-    from app.errors import RevokedAPIKey
-
+def test_a_key_revoked_after_it_was_verified_is_not_counted(store, settings):
     store.ensure_account("user-1", 0)
     record = KeyRecord(str(uuid.uuid4()), "user-1", "racy", "sk_live_Ab12••••••••", "free", 1, None, None, 0, None)
     store.insert_key(record, "e" * 64, 50, KeyEvent(str(uuid.uuid4()), "user-1", record.id, "minted",
@@ -468,4 +510,4 @@ def test_a_key_revoked_after_it_was_verified_is_not_counted(store):
                                                       record.name, record.preview, "req_1", 2, {}))
     with pytest.raises(RevokedAPIKey):
         store.consume(f"key:{record.id}", (Window("minute", 0, 10), Window("day", 0, 100)), 3, usage_key_id=record.id)
-    assert store.find_by_digest("e" * 64)[0].total_requests == 0
+    assert raw(settings.database_path, "SELECT total_requests FROM api_keys WHERE id = ?", (record.id,)) == [(0,)]
