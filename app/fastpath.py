@@ -43,6 +43,8 @@ from connexion.utils import inspect_function_arguments, is_json_mimetype, is_nul
 from starlette.types import Receive, Scope, Send
 from werkzeug.wrappers import Response as WerkzeugResponse
 
+from app.validation import PARSED_BODY
+
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
@@ -156,7 +158,11 @@ class _Binding:
                     value = deepcopy(self.query_defaults[name])
                     kwargs[self.sanitize(name)] = _get_val_from_param(value, definition)
         if self.body_name is not None:
-            body = request.get_json(silent=True) if is_json_mimetype(request.content_type or "") else None
+            state = request.environ["asgi.scope"].get("state", {})
+            if PARSED_BODY in state:  # parsed, and validated, by the request validation layer
+                body = state[PARSED_BODY]
+            else:
+                body = request.get_json(silent=True) if is_json_mimetype(request.content_type or "") else None
             if body is None and not self.body_nullable:
                 body = deepcopy(self.body_default)
             kwargs[self.body_name] = body

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import parse_qsl
 
 from connexion.exceptions import OAuthResponseProblem
 from connexion.lifecycle import ConnexionRequest
@@ -59,12 +60,17 @@ def _verify_api_key(token: str, request: ConnexionRequest, required_scopes: Sequ
 
 def presented_keys(request: ConnexionRequest) -> set[str]:
     """Return every distinct API key the request carries, in any of the three places."""
-    keys = set(request.query_params.getlist("api_key"))
-    keys.update(value.strip() for value in request.headers.getlist("x-api-key"))
-    for value in request.headers.getlist("authorization"):
-        scheme, _, token = value.strip().partition(" ")
-        if scheme.lower() == "bearer":
-            keys.add(token.strip())
+    scope = request.scope
+    query = scope.get("query_string", b"")
+    # Read as Starlette reads them (the security handlers see the same values).
+    keys = {v for k, v in parse_qsl(query.decode("latin-1"), keep_blank_values=True) if k == "api_key"} if query else set()
+    for name, raw in scope["headers"]:
+        if name == b"x-api-key":
+            keys.add(raw.decode("latin-1").strip())
+        elif name == b"authorization":
+            scheme, _, token = raw.decode("latin-1").strip().partition(" ")
+            if scheme.lower() == "bearer":
+                keys.add(token.strip())
     return keys
 
 

@@ -21,6 +21,7 @@ from app.errors import InvalidJSON, InvalidParameter
 
 LONE_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]", re.ASCII)
 _VALIDATORS: dict[int, tuple[dict, Draft4Validator]] = {}
+PARSED_BODY = "parsed_json_body"  # key in scope["state"]
 
 
 def _validator_for(schema: dict, cls: Any = Draft4RequestValidator) -> Draft4Validator:
@@ -95,6 +96,8 @@ class RequestBodyValidator(JSONRequestBodyValidator):
         if LONE_SURROGATE.search(text) and _has_lone_surrogate(body):
             # `"\ud800"` parses, but is no Unicode text: nothing could store or return it.
             raise InvalidJSON("The request body contains an unpaired UTF-16 surrogate escape.")
+        # The handler's `body` argument is this value, validated, instead of a second parse.
+        scope.setdefault("state", {})[PARSED_BODY] = body
         return body
 
     def _validate(self, body: Any) -> None:

@@ -522,6 +522,9 @@ def test_two_different_keys_in_one_request_are_refused(client, session, mint):
     ):
         response = client.get("/api/v1/whoami", headers=headers, params=params)
         assert_error(response, 401, "invalid_api_key")
+    # The query parameter's name percent-encoded is still the same parameter.
+    encoded = client.get(f"/api/v1/whoami?api%5Fkey={other['key']}", headers={"X-API-Key": good["key"]})
+    assert_error(encoded, 401, "invalid_api_key")
     same = client.get("/api/v1/whoami", headers={"Authorization": f"Bearer {good['key']}", "X-API-Key": good["key"]})
     assert same.status_code == 200
 
