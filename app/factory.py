@@ -23,7 +23,7 @@ from app.middleware import EnvelopeCORSMiddleware, OperationBoundaryMiddleware, 
 from app.ratelimit import Limits, RateLimiter
 from app.security import SECURITY_MAP
 from app.sessions import SessionVerifier
-from app.stack import MIDDLEWARES
+from app.stack import middlewares
 from app.store import SQLiteStore, Store
 from app.validation import validator_map
 
@@ -78,7 +78,7 @@ def create_app(
     """Build the ASGI application serving `openapi.json` for `settings`."""
     services = build_services(settings, clock, store)
     document: dict = json.loads(spec.read_text()) if isinstance(spec, Path) else spec
-    app = FlaskApp(__name__, jsonifier=Jsonifier(json), middlewares=list(MIDDLEWARES))
+    app = FlaskApp(__name__, jsonifier=Jsonifier(json), middlewares=middlewares(settings.validate_responses))
     errors = ErrorHandlers(document)
     app.add_middleware(
         RequestContextMiddleware,

@@ -6,6 +6,9 @@
 2. The request validation layer builds a URI parser, a parameter validator and a body
    validator for every request, though they depend only on the operation (and the body's
    media type). Here each is built once and reused; validating is unchanged.
+
+When responses are not validated (production's default), the response validation layer,
+which would only pass requests on, is left out.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from connexion.middleware.request_validation import (
     RequestValidationMiddleware,
     RequestValidationOperation,
 )
+from connexion.middleware.response_validation import ResponseValidationMiddleware
 from connexion.middleware.swagger_ui import SwaggerUIAPI, SwaggerUIMiddleware
 from starlette.types import Receive, Scope, Send
 
@@ -124,4 +128,16 @@ class ValidatorsOnceMiddleware(RequestValidationMiddleware):
 
 
 _REPLACEMENTS = {SwaggerUIMiddleware: SpecPathsSwaggerUIMiddleware, RequestValidationMiddleware: ValidatorsOnceMiddleware}
-MIDDLEWARES = [_REPLACEMENTS.get(m, m) for m in ConnexionMiddleware.default_middlewares]
+
+
+def middlewares(validate_responses: bool) -> list[Any]:
+    """Connexion's default middleware list with the replacements above.
+
+    Without response validation its layer would only look each request's operation up and
+    pass it on, so it is left out.
+    """
+    return [
+        _REPLACEMENTS.get(m, m)
+        for m in ConnexionMiddleware.default_middlewares
+        if validate_responses or m is not ResponseValidationMiddleware
+    ]

@@ -75,10 +75,13 @@ def conversation(client: Any, clock: FakeClock) -> list[tuple[Any, ...]]:
     return answers
 
 
-def test_tuned_stack_answers_as_connexion_does(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("validate_responses", [True, False])
+def test_tuned_stack_answers_as_connexion_does(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               validate_responses: bool) -> None:
     def run(name: str) -> list[tuple[Any, ...]]:
         clock = FakeClock()
-        settings = Settings(jwt_secret=SECRET, database_path=tmp_path / name / "keys.db", cors_origin_regex="")
+        settings = Settings(jwt_secret=SECRET, database_path=tmp_path / name / "keys.db", cors_origin_regex="",
+                            validate_responses=validate_responses)
         with create_app(settings, clock=clock).test_client() as client:
             return conversation(client, clock)
 
