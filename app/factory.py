@@ -78,7 +78,10 @@ def create_app(
     """Build the ASGI application serving `openapi.json` for `settings`."""
     services = build_services(settings, clock, store)
     document: dict = json.loads(spec.read_text()) if isinstance(spec, Path) else spec
-    app = FlaskApp(__name__, jsonifier=Jsonifier(json), middlewares=middlewares(settings.validate_responses))
+    # No `static_folder`: nothing is served from Flask's static route, which every request
+    # would otherwise be matched against.
+    app = FlaskApp(__name__, jsonifier=Jsonifier(json), middlewares=middlewares(settings.validate_responses),
+                   server_args={"static_folder": None})
     errors = ErrorHandlers(document)
     app.add_middleware(
         RequestContextMiddleware,

@@ -6,7 +6,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from app import keymaterial
@@ -147,12 +147,8 @@ class KeyService:
         used = self._store.use_key(keymaterial.digest(presented), now_us, admit, request_id)
         if used is None:
             raise InvalidAPIKey("The API key is not recognised.")
-        record, result = used
-        decision = limiter.decide(counted_in[0], result)
-        if decision.usage is not None:
-            # The usage this request's own transaction counted: exact, and no second read.
-            record = replace(record, total_requests=decision.usage[0], last_used_us=decision.usage[1])
-        return record, decision
+        record, result = used  # its usage as this request's own transaction counted it
+        return record, limiter.decide(counted_in[0], result)
 
     @staticmethod
     def authorize(record: KeyRecord, required_scopes: Sequence[str] | None) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
-from starlette.datastructures import Headers, MutableHeaders
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -196,14 +196,15 @@ def stamp(message: Message, state: dict[str, Any]) -> None:
     if message.get("stamped"):
         return
     message["stamped"] = True  # a response passing both middlewares is stamped once
-    headers = MutableHeaders(scope=message)
-    headers["X-Request-ID"] = state["request_id"]
     # Responses carry secrets (a new key) or per-account data: no cache may keep them.
-    headers["Cache-Control"] = "no-store"
+    added = {b"x-request-id": state["request_id"].encode("latin-1"), b"cache-control": b"no-store"}
     for name, value in state.get("rate_limit_headers", {}).items():
-        headers[name] = value
-    if message["status"] == 204 and "content-type" in headers:
-        del headers["content-type"]
+        added[name.lower().encode("latin-1")] = value.encode("latin-1")
+    replaced = set(added)
+    if message["status"] == 204:
+        replaced.add(b"content-type")
+    kept = [(k, v) for k, v in message.get("headers", ()) if k.lower() not in replaced]
+    message["headers"] = kept + list(added.items())
 
 
 def redacted_target(scope: Scope) -> str:

@@ -22,11 +22,12 @@ from app.ratelimit import Decision
 
 def verify_session(token: str, request: ConnexionRequest) -> dict[str, Any]:
     """Authenticate a session cookie and count it against the account's management limit."""
-    services = request.scope["state"]["services"]
+    state = request.scope["state"]
+    services = state["services"]
     now = services.clock()
     user_id = services.sessions.user_id(token, now)
     decision = services.limiter.admit(f"account:{user_id}", services.management_limits, now)
-    _apply(request, decision, now, "key management for this account")
+    _apply(state, decision, now, "key management for this account")
     return {"sub": user_id}
 
 
@@ -40,27 +41,26 @@ def verify_api_key(
         # already: say so again rather than look it up and count it a second time.
         raise state["key_refusal"]
     try:
-        return _verify_api_key(token, request, required_scopes)
+        return _verify_api_key(token, request.scope, required_scopes)
     except ServiceError as refusal:
         state["key_refusal"] = refusal
         raise
 
 
-def _verify_api_key(token: str, request: ConnexionRequest, required_scopes: Sequence[str] | None) -> dict[str, Any]:
-    state = request.scope["state"]
+def _verify_api_key(token: str, scope: dict[str, Any], required_scopes: Sequence[str] | None) -> dict[str, Any]:
+    state = scope["state"]
     services = state["services"]
-    if len(presented_keys(request)) > 1:
+    if len(presented_keys(scope)) > 1:
         # Which one is meant? Guessing would let a stale or stolen key hide behind a good one.
         raise InvalidAPIKey("Send one API key, one way: this request carries more than one.")
     now = services.clock()
     record, decision = services.keys.use(token, required_scopes, services.limiter, now, state["request_id"])
-    _apply(request, decision, now, "this API key")
+    _apply(state, decision, now, "this API key")
     return {"sub": record.user_id, "key": record, "rate_limit": decision}
 
 
-def presented_keys(request: ConnexionRequest) -> set[str]:
+def presented_keys(scope: dict[str, Any]) -> set[str]:
     """Return every distinct API key the request carries, in any of the three places."""
-    scope = request.scope
     query = scope.get("query_string", b"")
     # Read as Starlette reads them (the security handlers see the same values).
     keys = {v for k, v in parse_qsl(query.decode("latin-1"), keep_blank_values=True) if k == "api_key"} if query else set()
@@ -74,9 +74,9 @@ def presented_keys(request: ConnexionRequest) -> set[str]:
     return keys
 
 
-def _apply(request: ConnexionRequest, decision: Decision, now: float, subject: str) -> None:
+def _apply(state: dict[str, Any], decision: Decision, now: float, subject: str) -> None:
     headers = decision.headers
-    request.scope["state"]["rate_limit_headers"] = headers
+    state["rate_limit_headers"] = headers
     if decision.allowed:
         return
     window = decision.blocked_by or "minute"

@@ -396,7 +396,11 @@ class SQLiteStore:
             def block_event() -> NewEvent:
                 return NewEvent(str(uuid.uuid4()), record.id, record.user_id, record.name, record.preview, request_id)
 
-            return record, _count(conn, f"key:{record.id}", windows, now_us, record.id, block_event)
+            counted = _count(conn, f"key:{record.id}", windows, now_us, record.id, block_event)
+        if counted.usage is not None:
+            # As the key stands after this request: its usage counted with it.
+            record = KeyRecord(*(row[:8] + counted.usage))
+        return record, counted
 
 
 def _count(

@@ -267,8 +267,9 @@ def test_use_key_sees_the_key_as_stored_revoked_or_not(store):
     store.insert_key(record, digest, 50, make_event(record, "minted"))
     seen: list[KeyRecord] = []
     found, counted = store.use_key(digest, T0, lambda r: seen.append(r) or windows(60), "req_1")
-    assert seen == [record] and found == record
+    assert seen == [record]  # as stored, before this request
     assert counted.allowed and counted.usage == (1, T0)
+    assert (found.id, found.total_requests, found.last_used_us) == (record.id, 1, T0)  # counted with it
     store.revoke_key(USER, record.id, T0 + SECOND, make_event(record, "revoked", T0 + SECOND))
     store.use_key(digest, T0 + 2 * SECOND, lambda r: seen.append(r) or windows(60), "req_2")
     assert seen[-1].id == record.id and seen[-1].revoked_us == T0 + SECOND
