@@ -260,11 +260,17 @@ def admit_all(record: KeyRecord) -> list[Window]:
     return windows(60)
 
 
-def test_use_key_sees_the_key_as_stored_revoked_or_not(store):
+def stored_key(store: SQLiteStore) -> tuple[KeyRecord, str]:
+    """A new key of USER's, and the digest it is stored under."""
     store.ensure_account(USER, T0)
     record = make_record()
     digest = keymaterial.digest(keymaterial.generate())
     store.insert_key(record, digest, 50, make_event(record, "minted"))
+    return record, digest
+
+
+def test_use_key_sees_the_key_as_stored_revoked_or_not(store):
+    record, digest = stored_key(store)
     seen: list[KeyRecord] = []
     found, counted = store.use_key(digest, T0, lambda r: seen.append(r) or windows(60), "req_1")
     assert seen == [record]  # as stored, before this request
@@ -276,10 +282,7 @@ def test_use_key_sees_the_key_as_stored_revoked_or_not(store):
 
 
 def test_use_key_refused_by_admit_writes_nothing(store, settings):
-    store.ensure_account(USER, T0)
-    record = make_record()
-    digest = keymaterial.digest(keymaterial.generate())
-    store.insert_key(record, digest, 50, make_event(record, "minted"))
+    record, digest = stored_key(store)
 
     def refuse(_: KeyRecord) -> list[Window]:
         raise RevokedAPIKey("no")
@@ -291,10 +294,7 @@ def test_use_key_refused_by_admit_writes_nothing(store, settings):
 
 
 def test_use_key_sees_a_tier_change_at_once(store):
-    store.ensure_account(USER, T0)
-    record = make_record()
-    digest = keymaterial.digest(keymaterial.generate())
-    store.insert_key(record, digest, 50, make_event(record, "minted"))
+    record, digest = stored_key(store)
     tiers: list[str] = []
     store.use_key(digest, T0, lambda r: tiers.append(r.tier) or windows(60), "req_1")
     store.set_tier(USER, "pro", T0)
@@ -303,10 +303,7 @@ def test_use_key_sees_a_tier_change_at_once(store):
 
 
 def test_use_key_records_one_rate_limited_event_with_the_request_id(store):
-    store.ensure_account(USER, T0)
-    record = make_record()
-    digest = keymaterial.digest(keymaterial.generate())
-    store.insert_key(record, digest, 50, make_event(record, "minted"))
+    record, digest = stored_key(store)
     results = [store.use_key(digest, T0, admit_all, f"req_{i}")[1] for i in range(5)]
     assert [r.allowed for r in results] == [True, True, True, False, False]
     limited = [e for e in store.list_events(USER, 10, None) if e.type == "rate_limited"]
