@@ -108,13 +108,12 @@ class _Binding:
         self.sanitize = pythonic if decorator.pythonic_params else sanitized
         self.jsonifier = decorator.jsonifier
         self.uri_parser = decorator.uri_parser
-        self.is_trace = operation.method.upper() == "TRACE"
         wanted = self._wanted
         self.path = {p["name"]: p for p in operation.parameters if p["in"] == "path"}
         self.query = {p["name"]: p for p in operation.parameters if p["in"] == "query" and wanted(p["name"])}
-        self.query_defaults = {name: value for name, value in _get_query_defaults(self.query).items()}
+        self.query_defaults = _get_query_defaults(self.query)
         self.body_name: str | None = None
-        if operation.is_request_body_defined and not self.is_trace:
+        if operation.is_request_body_defined and operation.method.upper() != "TRACE":
             name = self.sanitize(operation.body_name(None))
             if wanted(name, sanitize=False):
                 self.body_name = name
@@ -124,7 +123,6 @@ class _Binding:
         produces = list(set(operation.produces))
         self.content_type = produces[0] if produces else None
         self.produces_json = self.content_type is not None and is_json_mimetype(self.content_type)
-        self.default_content_type = self.content_type or "application/json"
 
     @classmethod
     def compile(cls, operation: Any, function: Callable[..., Any], decorator: FlaskDecorator) -> _Binding | None:
@@ -182,7 +180,7 @@ class _Binding:
         if any(key.lower() == "content-type" for key in headers):
             # The handler chose a media type: let Connexion check it against the contract.
             return SyncResponseDecorator(framework=FlaskFramework, jsonifier=self.jsonifier).build_framework_response(result)
-        content_type = self.content_type if data is not None or self.content_type else None
+        content_type = self.content_type
         if data is None or data is NoContent:
             body = None
         elif content_type is None:

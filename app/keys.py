@@ -122,9 +122,10 @@ class KeyService:
     ) -> tuple[KeyRecord, Decision]:
         """Authenticate `presented`, check its scopes and count it against its tier's limits.
 
-        Raises the precise 401 (invalid, revoked, expired), 403 (scope) or 429, in that order.
-        The lookup and the count are one transaction, so a key revoked or moved to another
-        tier in any worker is treated as such from the next request on.
+        Raises the precise 401 (invalid, revoked, expired) or 403 (scope), in that order; the
+        decision says whether the rate limit admitted the request. The lookup and the count
+        are one transaction, so a key revoked or moved to another tier in any worker is
+        treated as such from the next request on.
         """
         if not keymaterial.is_well_formed(presented):
             # Caught by the checksum: no database access for a mistyped or made-up key.

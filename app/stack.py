@@ -1,4 +1,4 @@
-"""Connexion's middleware list, the same layers in the same order, with two per-request costs cut.
+"""Connexion's middleware list, in its order, with two per-request costs cut.
 
 1. The Swagger UI layer routes every request through a Starlette router of its own (a mount
    per API, a route per file it serves) before the API's router sees it. Here it looks only
