@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from app.store import Consumption, NewEvent, Store, Window
+from app.store import Consumption, Store, Window
 
 MINUTE = 60
 DAY = 86_400
@@ -63,18 +63,10 @@ class RateLimiter:
     def __init__(self, store: Store) -> None:
         self._store = store
 
-    def admit(
-        self,
-        subject: str,
-        limits: Limits,
-        now: float,
-        usage_key_id: str | None = None,
-        block_event: NewEvent | None = None,
-    ) -> Decision:
+    def admit(self, subject: str, limits: Limits, now: float) -> Decision:
         """Count a request for `subject` if both its windows have room."""
         windows = self.windows(limits, now)
-        result = self._store.consume(subject, windows, int(now * 1_000_000), usage_key_id, block_event)
-        return self.decide(windows, result)
+        return self.decide(windows, self._store.consume(subject, windows, int(now * 1_000_000)))
 
     @staticmethod
     def windows(limits: Limits, now: float) -> tuple[Window, Window]:

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 import sqlite_utils
 
-from app.errors import DuplicateName, ExpiredAPIKey, KeyLimitReached, RevokedAPIKey, ServiceUnavailable
+from app.errors import DuplicateName, KeyLimitReached, ServiceUnavailable
 from app.tiers import DEFAULT_TIER
 
 SCHEMA_VERSION = 1
@@ -107,8 +107,7 @@ class Store(Protocol):
     def list_keys(self, user_id: str, limit: int, before: tuple[int, str] | None) -> list[KeyRecord]: ...
     def revoke_key(self, user_id: str, key_id: str, now_us: int, event: KeyEvent) -> KeyRecord | None: ...
     def list_events(self, user_id: str, limit: int, before: tuple[int, str] | None) -> list[KeyEvent]: ...
-    def consume(self, subject: str, windows: Sequence[Window], now_us: int,
-                usage_key_id: str | None = None, block_event: NewEvent | None = None) -> Consumption: ...
+    def consume(self, subject: str, windows: Sequence[Window], now_us: int) -> Consumption: ...
     def use_key(self, digest: str, now_us: int, admit: Callable[[KeyRecord], Sequence[Window]],
                 request_id: str) -> tuple[KeyRecord, Consumption] | None: ...
     def ping(self) -> None: ...
@@ -357,24 +356,14 @@ class SQLiteStore:
 
     # -- rate limits ----------------------------------------------------------------------
 
-    def consume(
-        self,
-        subject: str,
-        windows: Sequence[Window],
-        now_us: int,
-        usage_key_id: str | None = None,
-        block_event: NewEvent | None = None,
-    ) -> Consumption:
+    def consume(self, subject: str, windows: Sequence[Window], now_us: int) -> Consumption:
         """Count one request against every window of `subject` if all have room, atomically.
 
-        `windows` are ordered shortest first.
-        An admitted request also bumps the key's `total_requests` and `last_used`; a refused
-        one is recorded once per window as a `rate_limited` event.
+        `windows` are ordered shortest first. (Keys are counted by `use_key`, which also
+        bumps their usage and records refusals.)
         """
         with self._write() as conn:
-            if usage_key_id is not None:
-                _require_live_key(conn, usage_key_id, now_us)
-            return _count(conn, subject, windows, now_us, usage_key_id, None if block_event is None else lambda: block_event)
+            return _count(conn, subject, windows, now_us, None, None)
 
     def use_key(
         self, digest: str, now_us: int, admit: Callable[[KeyRecord], Sequence[Window]], request_id: str
@@ -470,15 +459,6 @@ def _count(
             (now_us, usage_key_id),
         ).fetchone()
     return Consumption(True, counts, None, False, usage, starts)
-
-
-def _require_live_key(conn: sqlite3.Connection, key_id: str, now_us: int) -> None:
-    """Refuse, inside the counting transaction, a key revoked or expired since it was verified."""
-    row = conn.execute("SELECT revoked_us, expires_us FROM api_keys WHERE id = ?", (key_id,)).fetchone()
-    if row is None or row[0] is not None:
-        raise RevokedAPIKey("This API key has been revoked.", {"key_id": key_id})
-    if row[1] is not None and row[1] <= now_us:
-        raise ExpiredAPIKey("This API key has expired.", {"key_id": key_id})
 
 
 def _newest_first(

@@ -1,12 +1,12 @@
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime
 
 import pytest
 
+from app.keys import KeyService
 from app.ratelimit import Limits, RateLimiter
-from app.store import KeyEvent, KeyRecord, NewEvent, SQLiteStore
+from app.store import SQLiteStore
 from app.tiers import TIERS
 
 DAY_START = 1_794_960_000  # 2026-11-18T00:00:00Z
@@ -125,18 +125,13 @@ def test_waiting_until_reset_admits_again_when_both_windows_are_exhausted(limite
 
 
 def test_refusal_records_one_rate_limited_event_and_usage_only_for_admitted(store, limiter):
-    store.ensure_account("user-1", int(NOW * 1e6))
-    record = KeyRecord(str(uuid.uuid4()), "user-1", "prod-splunk", "sk_live_Ab12••••••••", "free",
-                       int(NOW * 1e6), None, None, 0, None)
-    store.insert_key(record, "d" * 64, 50, KeyEvent(str(uuid.uuid4()), "user-1", record.id, "minted",
-                                                    record.name, record.preview, "req_0", int(NOW * 1e6), {}))
-    limits = Limits(per_minute=2, per_day=100)
+    keys = KeyService(store, lambda: NOW)
+    minted = keys.mint("user-1", "prod-splunk", None, "req_0")  # free tier: 10 a minute
 
-    def admit():
-        event = NewEvent(str(uuid.uuid4()), record.id, "user-1", record.name, record.preview, "req_x")
-        return limiter.admit(f"key:{record.id}", limits, NOW, usage_key_id=record.id, block_event=event)
+    def use() -> bool:
+        return keys.use(minted.secret, None, limiter, NOW, "req_x")[1].allowed
 
-    assert [admit().allowed for _ in range(4)] == [True, True, False, False]
-    assert store.get_key("user-1", record.id).total_requests == 2
+    assert [use() for _ in range(12)] == [True] * 10 + [False] * 2
+    assert store.get_key("user-1", minted.record.id).total_requests == 10
     types = [e.type for e in store.list_events("user-1", 10, None)]
     assert types.count("rate_limited") == 1

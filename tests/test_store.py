@@ -9,7 +9,7 @@ import pytest
 from app import keymaterial
 from app.errors import DuplicateName, KeyLimitReached, RevokedAPIKey
 from app.keys import KeyService
-from app.store import KeyEvent, KeyRecord, NewEvent, SQLiteStore, Window
+from app.store import KeyEvent, KeyRecord, SQLiteStore, Window
 
 T0 = 1_795_000_000_000_000  # microseconds
 SECOND = 1_000_000
@@ -349,10 +349,6 @@ def windows(minute_start: int, day_start: int = 0, per_minute: int = 3, per_day:
     return [Window("minute", minute_start, per_minute), Window("day", day_start, per_day)]
 
 
-def block_event(record: KeyRecord, request_id: str = "req_block") -> NewEvent:
-    return NewEvent(str(uuid.uuid4()), record.id, record.user_id, record.name, record.preview, request_id)
-
-
 def test_consume_counts_per_window(store):
     results = [store.consume("acct", windows(60), T0) for _ in range(3)]
     assert [r.allowed for r in results] == [True, True, True]
@@ -403,12 +399,12 @@ def test_consume_blocked_by_day_when_minute_has_room(store):
     assert (refused.allowed, refused.blocked_by) == (False, "day")
 
 
-def test_consume_records_rate_limited_event_once_per_window(store):
-    record = insert(store)
+def test_use_key_records_rate_limited_event_once_per_window(store):
+    record, digest = stored_key(store)
     for _ in range(3):
-        store.consume(f"key:{record.id}", windows(60), T0, record.id, block_event(record))
-    first = store.consume(f"key:{record.id}", windows(60), T0 + 1, record.id, block_event(record, "req_1"))
-    second = store.consume(f"key:{record.id}", windows(60), T0 + 2, record.id, block_event(record, "req_2"))
+        store.use_key(digest, T0, admit_all, "req_ok")
+    first = store.use_key(digest, T0 + 1, admit_all, "req_1")[1]
+    second = store.use_key(digest, T0 + 2, admit_all, "req_2")[1]
     assert (first.first_block, second.first_block) == (True, False)
     limited = [e for e in store.list_events(USER, 10, None) if e.type == "rate_limited"]
     assert len(limited) == 1
@@ -416,24 +412,22 @@ def test_consume_records_rate_limited_event_once_per_window(store):
     assert limited[0].details == {"window": "minute", "limit": 3}
 
 
-def test_consume_records_a_new_rate_limited_event_in_the_next_window(store):
-    record = insert(store)
-    subject = f"key:{record.id}"
+def test_use_key_records_a_new_rate_limited_event_in_the_next_window(store):
+    record, digest = stored_key(store)
     for minute_start in (60, 120):
         for _ in range(4):
-            store.consume(subject, windows(minute_start), T0, record.id, block_event(record))
+            store.use_key(digest, T0, lambda r, start=minute_start: windows(start), "req_x")
     limited = [e for e in store.list_events(USER, 10, None) if e.type == "rate_limited"]
     assert len(limited) == 2
 
 
-def test_consume_bumps_key_usage_only_when_admitted(store):
-    record = insert(store)
-    subject = f"key:{record.id}"
+def test_use_key_bumps_key_usage_only_when_admitted(store):
+    record, digest = stored_key(store)
     for i in range(3):
-        store.consume(subject, windows(60), T0 + i * SECOND, record.id)
+        store.use_key(digest, T0 + i * SECOND, admit_all, "req_ok")
     used = store.get_key(USER, record.id)
     assert (used.total_requests, used.last_used_us) == (3, T0 + 2 * SECOND)
-    store.consume(subject, windows(60), T0 + 9 * SECOND, record.id)
+    store.use_key(digest, T0 + 9 * SECOND, admit_all, "req_refused")
     refused = store.get_key(USER, record.id)
     assert (refused.total_requests, refused.last_used_us) == (3, T0 + 2 * SECOND)
 
@@ -445,8 +439,8 @@ def test_consume_without_usage_key_leaves_keys_untouched(store):
 
 
 def test_revoke_key_drops_its_rate_windows(store, settings):
-    record = insert(store)
-    store.consume(f"key:{record.id}", windows(60), T0, record.id)
+    record, digest = stored_key(store)
+    store.use_key(digest, T0, admit_all, "req_ok")
     store.revoke_key(USER, record.id, T0 + 1, make_event(record, "revoked", T0 + 1))
     sql = "SELECT count(*) FROM rate_windows WHERE subject = ?"
     assert raw(settings.database_path, sql, (f"key:{record.id}",)) == [(0,)]
@@ -499,13 +493,17 @@ def test_a_request_that_read_the_clock_before_a_boundary_counts_in_the_newer_win
     assert not store.consume("key:x", newer, 0).allowed  # the newer window was not dragged back
 
 
-def test_a_key_revoked_after_it_was_verified_is_not_counted(store, settings):
-    store.ensure_account("user-1", 0)
-    record = KeyRecord(str(uuid.uuid4()), "user-1", "racy", "sk_live_Ab12••••••••", "free", 1, None, None, 0, None)
-    store.insert_key(record, "e" * 64, 50, KeyEvent(str(uuid.uuid4()), "user-1", record.id, "minted",
-                                                    record.name, record.preview, "req_0", 1, {}))
-    store.revoke_key("user-1", record.id, 2, KeyEvent(str(uuid.uuid4()), "user-1", record.id, "revoked",
-                                                      record.name, record.preview, "req_1", 2, {}))
+def test_a_key_revoked_in_another_worker_is_refused_and_not_counted(settings, clock):
+    """Two stores stand for two workers: a revocation through one is seen by the next use in the other."""
+    from app.keys import KeyService
+    from app.ratelimit import RateLimiter
+
+    first, second = SQLiteStore(settings.database_path), SQLiteStore(settings.database_path)
+    minted = KeyService(first, clock).mint(USER, "racy", None, "req_0")
+    other = KeyService(second, clock)
+    other.use(minted.secret, None, RateLimiter(second), clock(), "req_1")
+    first.revoke_key(USER, minted.record.id, T0, make_event(minted.record, "revoked"))
     with pytest.raises(RevokedAPIKey):
-        store.consume(f"key:{record.id}", (Window("minute", 0, 10), Window("day", 0, 100)), 3, usage_key_id=record.id)
-    assert raw(settings.database_path, "SELECT total_requests FROM api_keys WHERE id = ?", (record.id,)) == [(0,)]
+        other.use(minted.secret, None, RateLimiter(second), clock(), "req_2")
+    sql = "SELECT total_requests FROM api_keys WHERE id = ?"
+    assert raw(settings.database_path, sql, (minted.record.id,)) == [(1,)]
