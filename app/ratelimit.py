@@ -51,6 +51,13 @@ class Decision:
             "X-RateLimit-Reset": str(binding.reset),
         }
 
+    def windows_info(self) -> dict[str, dict[str, int]]:
+        """Describe both windows as the contract's `rate_limit` object (whoami)."""
+        return {
+            window: {"limit": state.limit, "remaining": state.remaining, "reset": state.reset}
+            for window, state in (("minute", self.minute), ("day", self.day))
+        }
+
     def retry_after(self, now: float) -> int:
         """Return whole seconds until the refusing window resets."""
         window = self.day if self.blocked_by == "day" else self.minute

@@ -73,8 +73,7 @@ async def whoami(request: Request) -> Response:
         info = services.keys.key_info(record)
     except ServiceError as exc:
         return refuse(exc)
-    info["rate_limit"] = {w: {"limit": s.limit, "remaining": s.remaining, "reset": s.reset}
-                          for w, s in (("minute", decision.minute), ("day", decision.day))}
+    info["rate_limit"] = decision.windows_info()
     return reply({"data": info}, 200, decision.headers)
 
 
