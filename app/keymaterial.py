@@ -22,15 +22,21 @@ PREVIEW_SECRET_CHARS = 4
 
 def generate() -> str:
     """Return a new random key with its checksum."""
-    body = PREFIX + "".join(secrets.choice(BASE62) for _ in range(RANDOM_LENGTH))
+    # One draw from the OS's CSPRNG, uniform over every possible 32-character secret (one
+    # read of randomness, not one per character).
+    body = PREFIX + _base62(secrets.randbelow(62**RANDOM_LENGTH), RANDOM_LENGTH)
     return body + checksum(body)
 
 
 def checksum(body: str) -> str:
     """Return the 6-character base62 CRC32 of `body`."""
-    value = zlib.crc32(body.encode("ascii"))
+    return _base62(zlib.crc32(body.encode("ascii")), CHECKSUM_LENGTH)
+
+
+def _base62(value: int, width: int) -> str:
+    """Write `value` (below 62**width) as exactly `width` base62 digits, most significant first."""
     chars = []
-    for _ in range(CHECKSUM_LENGTH):
+    for _ in range(width):
         value, rem = divmod(value, 62)
         chars.append(BASE62[rem])
     return "".join(reversed(chars))

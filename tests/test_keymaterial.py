@@ -31,6 +31,14 @@ def test_generated_keys_are_unique():
     assert len(keys) == 1000
 
 
+def test_every_position_of_the_secret_takes_every_base62_character():
+    # 3,000 keys: a character missing from a position by chance has odds of about e^-48.
+    # A draw too small for 32 characters, or a lopsided encoding, leaves some out.
+    secrets_ = [keymaterial.generate()[len(PREFIX) : BODY_LENGTH] for _ in range(3000)]
+    for position in range(32):
+        assert {s[position] for s in secrets_} == set(BASE62), position
+
+
 def test_checksum_is_deterministic_and_six_base62_chars():
     body = keymaterial.generate()[:BODY_LENGTH]
     first = keymaterial.checksum(body)
