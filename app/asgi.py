@@ -14,6 +14,7 @@ from uvicorn_worker import UvicornWorker
 from app import logs
 from app.config import Settings
 from app.factory import create_app
+from app.store import SQLiteStore
 
 
 def from_env() -> FlaskApp:
@@ -21,7 +22,9 @@ def from_env() -> FlaskApp:
     settings = Settings.from_env()
     logs.configure(settings.log_level)
     logs.warn_weak_secret(settings)
-    app = create_app(settings)
+    store = SQLiteStore(settings.database_path)
+    store.checkpoint_in_background()  # here, after gunicorn has forked this worker
+    app = create_app(settings, store=store)
     # Everything built so far lives as long as the worker: keep it out of the garbage
     # collector's scans, which otherwise show as latency spikes under load.
     gc.collect()

@@ -23,13 +23,16 @@ from app import build_services
 from app.config import Settings
 from app.errors import ServiceError
 from app.keys import MINT_WARNING
+from app.store import SQLiteStore
 
 settings = Settings(
     jwt_secret=os.environ["SUPABASE_JWT_SECRET"],
     database_path=Path(os.environ.get("DATABASE_PATH", "bench/out/floor.db")),
     env="production",
 )
-services = build_services(settings)
+store = SQLiteStore(settings.database_path)
+store.checkpoint_in_background()  # as each production worker does (app.asgi.from_env)
+services = build_services(settings, store=store)
 
 
 def reply(body: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:

@@ -30,11 +30,12 @@ class LiveServer:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = tmp / f"{command}-{self.port}.log"
+        self.database_path = tmp / "live" / "keys.db"
         self.env = {
             **{k: v for k, v in os.environ.items() if k not in ("APP_ENV", "SUPABASE_JWT_SECRET")},
             "HOST": "127.0.0.1",
             "PORT": str(self.port),
-            "DATABASE_URL": f"sqlite:///{tmp / 'live' / 'keys.db'}",
+            "DATABASE_URL": f"sqlite:///{self.database_path}",
             "PYTHONUNBUFFERED": "1",
             **(env or {}),
         }

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -90,6 +92,53 @@ def test_store_works_on_an_open_connection(tmp_path):
 
 
 # -- accounts -----------------------------------------------------------------------------
+
+
+def main_file_holds_account(path: Path, user: str) -> bool:
+    """Whether the database file alone, without its write-ahead log, already holds `user`."""
+    copy = path.with_name("main-only.db")
+    copy.write_bytes(path.read_bytes())
+    conn = sqlite3.connect(copy)
+    try:
+        return conn.execute("SELECT 1 FROM accounts WHERE user_id = ?", (user,)).fetchone() is not None
+    except sqlite3.DatabaseError:  # no tables yet: the schema itself is still only in the log
+        return False
+    finally:
+        conn.close()
+
+
+def wait_for(condition, seconds: float = 5.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_background_checkpointer_copies_commits_into_the_database_file(tmp_path):
+    path = tmp_path / "keys.db"
+    store = SQLiteStore(path)
+    store.ensure_account("before", T0)
+    # A few pages, far below SQLite's own 1,000-page checkpoint: they stay in the log.
+    assert not main_file_holds_account(path, "before")
+    store.checkpoint_in_background(interval=0.01)
+    try:
+        store.ensure_account("after", T0)
+        assert wait_for(lambda: main_file_holds_account(path, "after"))
+        assert main_file_holds_account(path, "before")
+    finally:
+        store.close()
+
+
+def test_closing_the_store_stops_its_checkpointer(tmp_path):
+    store = SQLiteStore(tmp_path / "keys.db")
+    store.checkpoint_in_background(interval=0.01)
+    store.checkpoint_in_background(interval=0.01)  # once per store, however often asked
+    running = [t for t in threading.enumerate() if t.name == "sqlite-checkpointer"]
+    assert len(running) == 1
+    store.close()
+    assert not running[0].is_alive()
 
 
 def test_ensure_account_creates_free_tier_once(store):
