@@ -235,9 +235,10 @@ class SQLiteStore:
         pages: that request waits while the whole log is flushed to disk and copied back,
         once every few hundred key checks (measured: 4-5 ms on a 2-core VM's disk; longer
         on slower disks). Here a thread with its own connection checkpoints every `interval`
-        seconds instead. The sqlite3 module lets go of the GIL while it
-        works, so requests go on meanwhile; the commit-time checkpoint stays as a backstop,
-        with little left to do. Call once per process, after any fork; `close` stops it.
+        seconds instead, less often while nothing is written. The sqlite3 module lets go of
+        the GIL while it works, so requests go on meanwhile; the commit-time checkpoint stays
+        as a backstop, with little left to do. Call once per process, after any fork; `close`
+        stops it.
         """
         if self._path is None or self._checkpointer is not None:
             return
@@ -258,7 +259,8 @@ class SQLiteStore:
                     # already running in another worker makes this one a no-op.
                     _, size, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                     # An idle log is looked at less and less often (waking costs CPU too),
-                    # but often enough that a burst cannot outgrow SQLite's own threshold.
+                    # but at least every IDLE_CHECKPOINT_INTERVAL_S, so new writes are
+                    # picked up within a quarter of a second.
                     wait = interval if size != last_size else min(wait * 2, IDLE_CHECKPOINT_INTERVAL_S)
                     last_size = size
                     failing = False
