@@ -87,7 +87,7 @@ class KeyService:
             total_requests=0,
             last_used_us=None,
         )
-        self._store.insert_key(record, keymaterial.digest(secret), self._max_active, _event(record, "minted", request_id, now))
+        self._store.insert_key(record, keymaterial.digest(secret), self._max_active, KeyEvent.about(record, "minted", request_id, now))
         hint = NAME_HINT if USELESS_NAME.match(name.strip()) else None
         return MintedKey(record, secret, hint)
 
@@ -107,7 +107,7 @@ class KeyService:
         """Revoke the user's key at once; KeyNotFound if there is no such unrevoked key."""
         now = self.now_us()
         existing = self.get(user_id, key_id)
-        revoked = self._store.revoke_key(user_id, existing.id, now, _event(existing, "revoked", request_id, now))
+        revoked = self._store.revoke_key(user_id, existing.id, now, KeyEvent.about(existing, "revoked", request_id, now))
         if revoked is None:  # revoked by a concurrent request in between
             raise KeyNotFound("No API key with this id exists for this account.", {"key_id": key_id})
         return revoked
@@ -216,17 +216,6 @@ def decode_cursor(cursor: str | None) -> tuple[int, str] | None:
     if match is None:
         raise InvalidParameter("cursor is not a cursor this server issued.", {"field": "cursor"})
     return int(match.group(1)), str(uuid.UUID(match.group(2)))
-
-
-def new_event_id() -> str:
-    return str(uuid.uuid4())
-
-
-def _event(record: KeyRecord, kind: str, request_id: str, now: int) -> KeyEvent:
-    return KeyEvent(
-        id=new_event_id(), user_id=record.user_id, key_id=record.id, type=kind, key_name=record.name,
-        key_preview=record.preview, request_id=request_id, occurred_us=now, details={},
-    )
 
 
 def _page(items: list[Any], limit: int, position: Callable[[Any], tuple[int, str]]) -> Page:

@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -68,6 +68,16 @@ class KeyEvent:
     occurred_us: int
     details: dict[str, Any]
 
+    @classmethod
+    def about(
+        cls, key: KeyRecord, kind: str, request_id: str, occurred_us: int, details: dict[str, Any] | None = None
+    ) -> KeyEvent:
+        """A new event of `kind` about `key`, naming it as it is now."""
+        return cls(
+            id=str(uuid.uuid4()), user_id=key.user_id, key_id=key.id, type=kind, key_name=key.name,
+            key_preview=key.preview, request_id=request_id, occurred_us=occurred_us, details=details or {},
+        )
+
 
 @dataclass(frozen=True)
 class Window:
@@ -88,18 +98,6 @@ class Consumption:
     first_block: bool  # the first refusal in that window
     usage: tuple[int, int] | None = None  # the key's total_requests and last_used_us after this one
     starts: dict[str, int] | None = None  # the window each count belongs to (see consume)
-
-
-@dataclass(frozen=True)
-class NewEvent:
-    """An event to record with a rate-limit refusal."""
-
-    event_id: str
-    key_id: str
-    user_id: str
-    key_name: str
-    key_preview: str
-    request_id: str
 
 
 class Store(Protocol):
@@ -417,7 +415,7 @@ class SQLiteStore:
         bumps their usage and records refusals.)
         """
         with self._write() as conn:
-            return _count(conn, subject, windows, now_us, None, None)
+            return _count(conn, subject, windows, now_us)
 
     def use_key(
         self, digest: str, now_us: int, admit: Callable[[KeyRecord], Sequence[Window]], request_id: str
@@ -434,15 +432,11 @@ class SQLiteStore:
             if row is None or not hmac.compare_digest(row[-1], digest):
                 return None
             record = KeyRecord(*row[:-1])
-            windows = admit(record)
-
-            def block_event() -> NewEvent:
-                return NewEvent(str(uuid.uuid4()), record.id, record.user_id, record.name, record.preview, request_id)
-
-            counted = _count(conn, f"key:{record.id}", windows, now_us, record.id, block_event)
+            counted = _count(conn, f"key:{record.id}", admit(record), now_us, record, request_id)
         if counted.usage is not None:
             # As the key stands after this request: its usage counted with it.
-            record = KeyRecord(*(row[:8] + counted.usage))
+            total_requests, last_used_us = counted.usage
+            record = replace(record, total_requests=total_requests, last_used_us=last_used_us)
         return record, counted
 
 
@@ -451,10 +445,14 @@ def _count(
     subject: str,
     windows: Sequence[Window],
     now_us: int,
-    usage_key_id: str | None,
-    block_event: Callable[[], NewEvent] | None,
+    key: KeyRecord | None = None,
+    request_id: str = "",
 ) -> Consumption:
-    """Count a request in `subject`'s windows inside the caller's write transaction."""
+    """Count a request in `subject`'s windows inside the caller's write transaction.
+
+    For a `key`, an admitted request also bumps its usage, and the first refusal in a window
+    is recorded as a `rate_limited` event.
+    """
     stored = {
         kind: (start, count, blocked)
         for kind, start, count, blocked in conn.execute(
@@ -484,14 +482,8 @@ def _count(
             "AND blocked = 0",
             (subject, w.kind, w.start),
         ).rowcount == 1
-        if first and block_event is not None:
-            event = block_event()
-            _insert_event(conn, KeyEvent(
-                id=event.event_id, user_id=event.user_id, key_id=event.key_id,
-                type="rate_limited", key_name=event.key_name,
-                key_preview=event.key_preview, request_id=event.request_id,
-                occurred_us=now_us, details={"window": w.kind, "limit": w.limit},
-            ))
+        if first and key is not None:
+            _insert_event(conn, KeyEvent.about(key, "rate_limited", request_id, now_us, {"window": w.kind, "limit": w.limit}))
         return Consumption(False, counts, blocked_by, first, starts=starts)
     for w in windows:
         # One row per subject and window kind, overwritten when a new window starts:
@@ -506,11 +498,11 @@ def _count(
         )
         counts[w.kind] += 1
     usage = None
-    if usage_key_id is not None:
+    if key is not None:
         usage = conn.execute(
             "UPDATE api_keys SET total_requests = total_requests + 1, last_used_us = ? WHERE id = ? "
             "RETURNING total_requests, last_used_us",
-            (now_us, usage_key_id),
+            (now_us, key.id),
         ).fetchone()
     return Consumption(True, counts, None, False, usage, starts)
 
