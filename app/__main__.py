@@ -40,6 +40,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run(settings)
     if args.command == "serve":
         return serve(settings)
+    from app.keys import MAX_USER_ID_LENGTH, valid_user_id
+
+    if args.command in ("dev-token", "set-tier") and not valid_user_id(args.user_id):
+        parser.error(f"USER_ID must be 1 to {MAX_USER_ID_LENGTH} printable characters with no surrounding space")
     if args.command == "dev-token":
         if args.ttl < 1:
             parser.error("--ttl must be at least 1 second")

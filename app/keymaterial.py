@@ -16,6 +16,7 @@ PREFIX = "sk_live_"
 BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 RANDOM_LENGTH = 32
 CHECKSUM_LENGTH = 6
+KEY_LENGTH = len(PREFIX) + RANDOM_LENGTH + CHECKSUM_LENGTH
 KEY_PATTERN = re.compile(rf"^{PREFIX}[0-9A-Za-z]{{{RANDOM_LENGTH + CHECKSUM_LENGTH}}}$")
 PREVIEW_SECRET_CHARS = 4
 
@@ -44,7 +45,7 @@ def _base62(value: int, width: int) -> str:
 
 def is_well_formed(key: str) -> bool:
     """Tell whether `key` has the right shape and a matching checksum."""
-    if not KEY_PATTERN.match(key):
+    if len(key) != KEY_LENGTH or not KEY_PATTERN.match(key):
         return False
     return checksum(key[:-CHECKSUM_LENGTH]) == key[-CHECKSUM_LENGTH:]
 

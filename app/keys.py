@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+import unicodedata
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -33,6 +34,35 @@ NAME_HINT = (
     "deployment-aware names such as 'prod-splunk-2026q2', 'staging-sentinel' or 'tom-laptop-dev'."
 )
 MINT_WARNING = "Store this API key securely. It will not be shown again."
+MAX_USER_ID_LENGTH = 200
+# Format characters beyond the Basic Multilingual Plane: invisible, and out of reach of the
+# contract's pattern (JSON Schema tools differ on astral characters in a regex), so removed
+# from a name before it is stored or compared.
+INVISIBLE_BEYOND_BMP = re.compile(
+    "[\U000110BD\U000110CD\U00013430-\U0001343F\U0001BCA0-\U0001BCA3\U0001D173-\U0001D17A\U000E0000-\U000E0FFF]"
+)
+
+
+def canonical_name(name: str) -> str:
+    """Return the form a key name is stored and compared in; InvalidParameter if none is left.
+
+    One spelling per name: `é` typed as one code point or as `e` and a combining accent looks
+    the same, so names are kept in NFC, without invisible format characters (and without the
+    spaces that removing them would leave doubled or at an end).
+    """
+    if INVISIBLE_BEYOND_BMP.search(name):
+        name = " ".join(word for word in INVISIBLE_BEYOND_BMP.sub("", name).split(" ") if word)
+        if not name:
+            raise InvalidParameter(
+                "name is invalid: it must contain a visible character.",
+                {"field": "name", "in": "body", "constraint": "pattern"},
+            )
+    return unicodedata.normalize("NFC", name)
+
+
+def valid_user_id(user_id: str) -> bool:
+    """Tell whether `user_id` can name an account: printable, not blank, no surrounding space."""
+    return 0 < len(user_id) <= MAX_USER_ID_LENGTH and user_id.isprintable() and user_id.strip() == user_id
 
 
 @dataclass(frozen=True)
@@ -67,11 +97,17 @@ class KeyService:
 
     def set_tier(self, user_id: str, tier: str) -> Account:
         """Move the user's account, and with it every key it holds, to `tier`."""
+        if not valid_user_id(user_id):
+            raise InvalidParameter(
+                f"A user id is 1 to {MAX_USER_ID_LENGTH} printable characters with no surrounding space.",
+                {"field": "user_id"},
+            )
         get_tier(tier)
         return self._store.set_tier(user_id, tier, self.now_us())
 
     def mint(self, user_id: str, name: str, expires_in_days: int | None, request_id: str) -> MintedKey:
         """Mint a key for the user; the secret is returned here and never again."""
+        name = canonical_name(name)
         account = self.account(user_id)
         now = self.now_us()
         secret = keymaterial.generate()

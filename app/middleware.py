@@ -22,6 +22,20 @@ access_log = logging.getLogger("app.access")
 SECRET_QUERY_PARAMS = frozenset({"api_key"})
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 MAX_BODY_BYTES = 64 * 1024
+# On every response: the API's answers are JSON for programs, never a page to frame, sniff
+# as HTML or follow links from.
+PROTECTIVE_HEADERS = {
+    b"x-content-type-options": b"nosniff",
+    b"x-frame-options": b"DENY",
+    b"referrer-policy": b"no-referrer",
+    b"content-security-policy": b"default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+}
+# Swagger UI's page loads its own scripts, styles and icons and runs one inline script.
+DOCS_PAGE_POLICY = (
+    b"default-src 'none'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    b"img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+)
+DOCS_PREFIX = "/ui"
 
 
 def new_request_id() -> str:
@@ -56,6 +70,8 @@ class RequestContextMiddleware:
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         state["services"] = self.services
+        if scope["path"].startswith(DOCS_PREFIX):
+            state["docs_page"] = True
         # Shared by every copy of the scope made further in, so routing facts reach the
         # error handlers (Starlette's test client adds it; uvicorn does not).
         scope.setdefault("extensions", {})
@@ -192,12 +208,16 @@ class OperationBoundaryMiddleware:
 
 
 def stamp(message: Message, state: dict[str, Any]) -> None:
-    """Add X-Request-ID, any rate-limit headers and `Cache-Control: no-store` to a response start."""
+    """Add X-Request-ID, any rate-limit headers, `Cache-Control: no-store` and the protective
+    headers to a response start."""
     if message.get("stamped"):
         return
     message["stamped"] = True  # a response passing both middlewares is stamped once
     # Responses carry secrets (a new key) or per-account data: no cache may keep them.
-    added = {b"x-request-id": state["request_id"].encode("latin-1"), b"cache-control": b"no-store"}
+    added = {b"x-request-id": state["request_id"].encode("latin-1"), b"cache-control": b"no-store",
+             **PROTECTIVE_HEADERS}
+    if state.get("docs_page"):
+        added[b"content-security-policy"] = DOCS_PAGE_POLICY
     for name, value in state.get("rate_limit_headers", {}).items():
         added[name.lower().encode("latin-1")] = value.encode("latin-1")
     replaced = set(added)

@@ -16,7 +16,7 @@ from connexion.exceptions import OAuthResponseProblem
 from connexion.lifecycle import ConnexionRequest
 from connexion.security import NO_VALUE, ApiKeySecurityHandler, BearerSecurityHandler
 
-from app.errors import InvalidAPIKey, RateLimited, ServiceError
+from app.errors import InvalidAPIKey, InvalidSession, RateLimited, ServiceError
 from app.ratelimit import Decision
 
 
@@ -68,9 +68,11 @@ def presented_keys(scope: dict[str, Any]) -> set[str]:
         if name == b"x-api-key":
             keys.add(raw.decode("latin-1").strip())
         elif name == b"authorization":
-            scheme, _, token = raw.decode("latin-1").strip().partition(" ")
-            if scheme.lower() == "bearer":
-                keys.add(token.strip())
+            # Split as Connexion's bearer handler splits it (on any whitespace), so that the
+            # key it checks is one of those counted here.
+            parts = raw.decode("latin-1").split(maxsplit=1)
+            if len(parts) == 2 and parts[0].lower() == "bearer":
+                keys.add(parts[1].strip())
     return keys
 
 
@@ -145,23 +147,29 @@ class LenientCookieHandler(_SignatureOnce, ApiKeySecurityHandler):
 
         def wrapper(request: ConnexionRequest) -> Any:
             # HTTP/2 clients may split cookies over several Cookie headers.
-            value = self.get_cookie_value("; ".join(request.headers.getlist("cookie")), name)
-            if value is None:
+            values = self.get_cookie_values("; ".join(request.headers.getlist("cookie")), name)
+            if not values:
                 return NO_VALUE
-            return check(request, value, required_scopes=required_scopes)
+            if len(values) > 1:
+                # Which session is meant? Two cookies of one name come from two paths or
+                # domains, or from a cookie planted beside the real one: guess neither.
+                raise InvalidSession(f"Send one session: this request carries {len(values)} different {name} cookies.")
+            return check(request, values.pop(), required_scopes=required_scopes)
 
         return wrapper
 
     @staticmethod
-    def get_cookie_value(cookies: str | None, name: str) -> str | None:
+    def get_cookie_values(cookies: str | None, name: str) -> set[str]:
+        """Return the distinct values of every cookie called `name`."""
+        values = set()
         for part in (cookies or "").split(";"):
             key, sep, value = part.strip().partition("=")
             if sep and key == name:
                 value = value.strip()
                 if len(value) >= 2 and value[0] == value[-1] == '"':
                     value = value[1:-1]
-                return value
-        return None
+                values.add(value)
+        return values
 
 
 SECURITY_MAP = {"bearer": ScopedBearerHandler, "apiKey": LenientCookieHandler}

@@ -11,10 +11,14 @@ from typing import Any
 import jwt
 
 from app.errors import InvalidSession, MissingSession
+from app.keys import valid_user_id
 
 AUDIENCE = "authenticated"
 ALGORITHM = "HS256"
-MAX_USER_ID_LENGTH = 200
+# Checked before any parsing or HMAC. Supabase's access tokens are 1-2 KB, user metadata included.
+MAX_TOKEN_LENGTH = 8192
+# Supabase's clock and ours may disagree a little; a token issued further ahead is refused.
+IAT_SKEW_SECONDS = 60
 
 
 class SessionVerifier:
@@ -32,13 +36,18 @@ class SessionVerifier:
         """Return the user id (`sub`) of a valid token; raise MissingSession or InvalidSession."""
         if not token:
             raise MissingSession("Sign in: the sb-access-token session cookie is missing.")
+        if len(token) > MAX_TOKEN_LENGTH:
+            raise InvalidSession(
+                f"The session token is longer than {MAX_TOKEN_LENGTH} characters; sign in again.",
+                {"limit_length": MAX_TOKEN_LENGTH},
+            )
         try:
             claims = self._verified(token)
             _check_times(claims, now, self._leeway)
         except jwt.PyJWTError:
             raise InvalidSession("The session token is invalid or has expired; sign in again.") from None
         sub = claims.get("sub")
-        if not isinstance(sub, str) or not sub or len(sub) > MAX_USER_ID_LENGTH or not sub.isprintable():
+        if not isinstance(sub, str) or not valid_user_id(sub):
             raise InvalidSession("The session token names no user; sign in again.")
         return sub
 
@@ -56,13 +65,32 @@ class SessionVerifier:
 
 
 def _check_times(claims: Mapping[str, Any], now: float, leeway: int) -> None:
-    exp = claims["exp"]
-    # JSON admits NaN and Infinity as numbers: neither is a time, and Infinity never expires.
-    if not isinstance(exp, (int, float)) or isinstance(exp, bool) or not math.isfinite(exp) or exp + leeway <= now:
+    exp = _seconds(claims, "exp")
+    if exp is None or exp + leeway <= now:
         raise jwt.ExpiredSignatureError("expired")
-    nbf = claims.get("nbf")
-    if nbf is not None and (not isinstance(nbf, (int, float)) or not math.isfinite(nbf) or nbf - leeway > now):
+    nbf = _seconds(claims, "nbf")
+    if nbf is not None and nbf - leeway > now:
         raise jwt.ImmatureSignatureError("not yet valid")
+    iat = _seconds(claims, "iat")
+    if iat is not None and iat - max(leeway, IAT_SKEW_SECONDS) > now:
+        raise jwt.ImmatureSignatureError("issued in the future")
+
+
+def _seconds(claims: Mapping[str, Any], name: str) -> float | None:
+    """Return a time claim as finite seconds, None if absent; raise if it is no time at all."""
+    value = claims.get(name)
+    if value is None:
+        return None
+    # JSON admits NaN, Infinity and integers of any length as numbers: none of them is a time.
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise jwt.InvalidTokenError(f"{name} is not a number")
+    try:
+        seconds = float(value)
+    except OverflowError:
+        raise jwt.InvalidTokenError(f"{name} is out of range") from None
+    if not math.isfinite(seconds):
+        raise jwt.InvalidTokenError(f"{name} is out of range")
+    return seconds
 
 
 def issue_token(secret: str, user_id: str, now: float, ttl_seconds: int = 3600) -> str:

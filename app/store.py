@@ -513,8 +513,10 @@ def _newest_first(
 ) -> sqlite3.Cursor:
     """Run `sql` as one page of a newest-first listing, after the `before` (time, id) position."""
     if before is not None:
-        # Ties in time fall back to insertion order (rowid); a cursor naming no row ends at its time.
-        sql += f" AND ({alias}.{time_column}, {alias}.rowid) < (?, (SELECT rowid FROM {table} WHERE id = ?))"
+        # Ties in time fall back to insertion order (rowid); a cursor naming no row of this
+        # account's ends at its time, so another account's id reads as one that does not exist.
+        sql += (f" AND ({alias}.{time_column}, {alias}.rowid) < "
+                f"(?, (SELECT rowid FROM {table} WHERE id = ? AND user_id = {alias}.user_id))")
         params = params + list(before)
     sql += f" ORDER BY {alias}.{time_column} DESC, {alias}.rowid DESC LIMIT ?"
     return conn.execute(sql, params + [limit])

@@ -15,16 +15,32 @@ from connexion.datastructures import MediaTypeDict
 from connexion.json_schema import Draft4RequestValidator
 from connexion.validators import VALIDATOR_MAP, JSONRequestBodyValidator, ParameterValidator
 from jsonschema import Draft4Validator, ValidationError
+from jsonschema import _keywords as keywords
 from jsonschema.exceptions import best_match
+from jsonschema.validators import extend
 
 from app.errors import InvalidJSON, InvalidParameter
 
 LONE_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]", re.ASCII)
 _VALIDATORS: dict[int, tuple[dict, Draft4Validator]] = {}
 PARSED_BODY = "parsed_json_body"  # key in scope["state"]
+MAX_JSON_DEPTH = 32  # arrays and objects nested in one another
+MAX_INTEGER_DIGITS = 100  # far beyond any field's range; Python refuses 4,300 with a ValueError
 
 
-def _validator_for(schema: dict, cls: Any = Draft4RequestValidator) -> Draft4Validator:
+def _pattern_within_length(validator: Any, pattern: str, instance: Any, schema: dict) -> Any:
+    # jsonschema checks every keyword, `pattern` even once `maxLength` has failed: a pattern is
+    # never run over more text than the schema admits, whatever its cost per character.
+    if validator.is_type(instance, "string") and len(instance) > schema.get("maxLength", len(instance)):
+        return
+    yield from keywords.pattern(validator, pattern, instance, schema)
+
+
+BodyValidator = extend(Draft4RequestValidator, {"pattern": _pattern_within_length})
+ParameterSchemaValidator = extend(Draft4Validator, {"pattern": _pattern_within_length})
+
+
+def _validator_for(schema: dict, cls: Any = BodyValidator) -> Draft4Validator:
     cached = _VALIDATORS.get(id(schema))
     if cached is None or cached[0] is not schema:
         cached = (schema, cls(schema, format_checker=Draft4Validator.FORMAT_CHECKER))
@@ -85,14 +101,18 @@ class RequestBodyValidator(JSONRequestBodyValidator):
         if not text:
             return None
         try:
-            body = json.loads(text)
+            body = json.loads(
+                text, parse_int=_bounded_int, parse_constant=_no_constant, object_pairs_hook=_unique_keys
+            )
         except json.JSONDecodeError as exc:
             raise InvalidJSON(
                 f"The request body is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno}).",
                 {"line": exc.lineno, "column": exc.colno},
             ) from None
         except RecursionError:
-            raise InvalidJSON("The request body is nested too deeply.") from None
+            raise _too_deep() from None
+        if text.count("[") + text.count("{") > MAX_JSON_DEPTH and _depth(body) > MAX_JSON_DEPTH:
+            raise _too_deep()
         if LONE_SURROGATE.search(text) and _has_lone_surrogate(body):
             # `"\ud800"` parses, but is no Unicode text: nothing could store or return it.
             raise InvalidJSON("The request body contains an unpaired UTF-16 surrogate escape.")
@@ -107,6 +127,51 @@ class RequestBodyValidator(JSONRequestBodyValidator):
         if error is not None:
             path = ".".join(str(p) for p in error.absolute_path)
             raise describe(error, path or "body", "body")
+
+
+def _bounded_int(digits: str) -> int:
+    # Checked before conversion: Python's own limit raises a ValueError deep in the parser.
+    if len(digits.lstrip("-")) > MAX_INTEGER_DIGITS:
+        raise InvalidJSON(
+            f"The request body holds a number longer than {MAX_INTEGER_DIGITS} digits.",
+            {"limit_digits": MAX_INTEGER_DIGITS},
+        )
+    return int(digits)
+
+
+def _no_constant(name: str) -> Any:
+    # Python's parser accepts NaN and Infinity; JSON has neither.
+    raise InvalidJSON(f"The request body is not valid JSON: {name} is not a JSON value.")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # `{"name": "a", "name": "b"}` means one thing to one parser and another to the next.
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen: set[str] = set()
+        duplicate = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        raise InvalidJSON(f"The request body names the field {duplicate!r} twice.", {"field": duplicate})
+    return result
+
+
+def _depth(value: Any) -> int:
+    """Return how deeply arrays and objects nest in `value` (a scalar is 0), without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, level)
+        if level <= MAX_JSON_DEPTH:
+            stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
+def _too_deep() -> InvalidJSON:
+    return InvalidJSON(
+        f"The request body nests arrays and objects more than {MAX_JSON_DEPTH} deep.", {"limit_depth": MAX_JSON_DEPTH}
+    )
 
 
 def _has_lone_surrogate(value: Any) -> bool:
@@ -153,7 +218,7 @@ class RequestParameterValidator(ParameterValidator):
                     continue
                 value = self._coerce(param, value, location)
                 schema = param.get("schema", param)
-                error = best_match(_validator_for(schema, Draft4Validator).iter_errors(value))
+                error = best_match(_validator_for(schema, ParameterSchemaValidator).iter_errors(value))
                 if error is not None:
                     raise describe(error, name, location)
 

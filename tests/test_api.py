@@ -602,3 +602,127 @@ def test_a_refused_cors_preflight_is_an_envelope(make_app):
 @pytest.mark.parametrize("path", ["/api/v1/keys/", f"/api/v1/keys/{uuid.uuid4()}/", "/healthz/"])
 def test_a_trailing_slash_is_not_found_rather_than_redirected(client, session, path):
     assert_error(client.get(path, cookies=session(), follow_redirects=False), 404, "not_found")
+
+
+# -- hostile input -------------------------------------------------------------------------
+
+INVISIBLE = {
+    "zero_width_joiner": "prod\u200dsplunk",
+    "zero_width_non_joiner": "prod\u200csplunk",
+    "word_joiner": "prod\u2060splunk",
+    "invisible_separator": "prod\u2063splunk",
+    "left_to_right_mark": "prod\u200esplunk",
+    "soft_hyphen": "prod\u00adsplunk",
+    "mongolian_vowel_separator": "prod\u180esplunk",
+    "combining_grapheme_joiner": "prod\u034fsplunk",
+    "variation_selector": "prod\ufe0fsplunk",
+    "byte_order_mark": "\ufeffprod-splunk",
+    "only_hangul_filler": "\u3164\u3164",
+    "only_braille_blank": "\u2800",
+    "no_break_space": "prod\u00a0splunk",
+    "ideographic_space": "prod\u3000splunk",
+    "leading_space": " prod-splunk",
+    "trailing_space": "prod-splunk ",
+    "two_spaces": "prod  splunk",
+    "newline": "prod\nsplunk",
+    "only_spaces": "   ",
+}
+
+
+@pytest.mark.parametrize("name", INVISIBLE.values(), ids=INVISIBLE.keys())
+def test_mint_refuses_invisible_and_look_alike_names(client, session, name):
+    error = assert_error(client.post(KEYS, json={"name": name}, cookies=session()), 400, "invalid_parameter")
+    assert error["details"] == {"field": "name", "in": "body", "constraint": "pattern",
+                                "expected": error["details"]["expected"]}
+    assert client.get(KEYS, cookies=session()).json()["data"] == []
+
+
+def test_names_are_stored_in_nfc_and_two_spellings_collide(client, session):
+    composed, decomposed = "caf\u00e9-prod", "cafe\u0301-prod"
+    first = client.post(KEYS, json={"name": decomposed}, cookies=session())
+    assert first.status_code == 201
+    assert first.json()["data"]["name"] == composed
+    assert_error(client.post(KEYS, json={"name": composed}, cookies=session()), 409, "duplicate_name")
+
+
+def test_invisible_tag_characters_are_removed_so_the_name_collides(client, session):
+    assert client.post(KEYS, json={"name": "prod-splunk"}, cookies=session()).status_code == 201
+    tagged = "prod-splunk\U000e0041\U000e007f"
+    assert_error(client.post(KEYS, json={"name": tagged}, cookies=session()), 409, "duplicate_name")
+    assert_error(client.post(KEYS, json={"name": "prod-splunk \U000e0041"}, cookies=session()), 409, "duplicate_name")
+    assert_error(client.post(KEYS, json={"name": "\U000e0041"}, cookies=session()), 400, "invalid_parameter")
+
+
+def test_an_overlong_name_is_refused_by_its_length_not_its_pattern(client, session):
+    response = client.post(KEYS, json={"name": "a" * 65_000 + "\u0000"}, cookies=session())
+    error = assert_error(response, 400, "invalid_parameter")
+    assert error["details"]["constraint"] == "maxLength"
+
+
+BAD_JSON = {
+    "five_thousand_digit_integer": '{"name": "prod-splunk", "expires_in_days": ' + "9" * 5000 + "}",
+    "nan": '{"name": "prod-splunk", "expires_in_days": NaN}',
+    "infinity": '{"name": "prod-splunk", "expires_in_days": -Infinity}',
+    "duplicate_field": '{"name": "prod-splunk", "name": "prod-other"}',
+    "nested_33_deep": '{"name": "prod-splunk", "x": ' + "[" * 33 + "]" * 33 + "}",
+    "nested_10000_deep": '{"name": "prod-splunk", "x": ' + "[" * 10_000 + "]" * 10_000 + "}",
+    "trailing_garbage": '{"name": "prod-splunk"} x',
+    "byte_order_mark": '\ufeff{"name": "prod-splunk"}',
+}
+
+
+@pytest.mark.parametrize("body", BAD_JSON.values(), ids=BAD_JSON.keys())
+def test_malformed_json_is_a_400_and_writes_nothing(client, session, body):
+    response = client.post(KEYS, content=body.encode(), headers={"Content-Type": "application/json"},
+                           cookies=session())
+    assert_error(response, 400, "invalid_json")
+    assert client.get(KEYS, cookies=session()).json()["data"] == []
+
+
+def test_json_nested_to_the_limit_reaches_schema_validation(client, session):
+    body = '{"name": "prod-splunk", "x": ' + "[" * 31 + "]" * 31 + "}"
+    response = client.post(KEYS, content=body.encode(), headers={"Content-Type": "application/json"},
+                           cookies=session())
+    assert assert_error(response, 400, "invalid_parameter")["details"]["constraint"] == "additionalProperties"
+
+
+def test_a_bearer_key_split_by_a_tab_and_another_key_are_two_keys(client, mint):
+    first, second = mint("first-key")["key"], mint("second-key")["key"]
+    for auth in (f"Bearer\t{first}", f"Bearer \t {first}", f"bearer  {first}"):
+        response = client.get("/api/v1/whoami", headers={"Authorization": auth, "X-API-Key": second})
+        assert_error(response, 401, "invalid_api_key")
+    assert client.get("/api/v1/whoami", headers={"Authorization": f"Bearer\t{first}"}).status_code == 200
+
+
+def test_a_cursor_naming_another_accounts_key_reveals_nothing(client, session, mint, clock):
+    for i in range(3):
+        mint(f"alice-{i}", user_id="alice")
+    foreign = mint("bob-key", user_id="bob")
+    created_us = int(parse_time(foreign["created_at"]).timestamp() * 1_000_000)
+    with_foreign = f"{created_us:016d}{uuid.UUID(foreign['id']).hex}"
+    with_unknown = f"{created_us:016d}{uuid.uuid4().hex}"
+    pages = [client.get(KEYS, params={"cursor": c}, cookies=session("alice")).json() for c in (with_foreign, with_unknown)]
+    assert pages[0] == pages[1]
+    events = [client.get("/api/v1/key-events", params={"cursor": c}, cookies=session("alice")).json()
+              for c in (with_foreign, with_unknown)]
+    assert [e["id"] for e in events[0]["data"]] == [e["id"] for e in events[1]["data"]]
+
+
+PROTECTIVE = {"x-content-type-options": "nosniff", "x-frame-options": "DENY", "referrer-policy": "no-referrer"}
+
+
+@pytest.mark.parametrize("path", ["/healthz", KEYS, "/no/such/path", "/openapi.json"])
+def test_every_response_carries_the_protective_headers(client, path):
+    response = client.get(path)
+    for name, value in PROTECTIVE.items():
+        assert response.headers[name] == value
+    assert response.headers["content-security-policy"].startswith("default-src 'none'")
+    assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
+
+
+def test_the_docs_page_may_run_its_own_scripts_and_nobody_elses(client):
+    response = client.get("/ui/")
+    assert response.status_code == 200
+    policy = response.headers["content-security-policy"]
+    assert "script-src 'self' 'unsafe-inline'" in policy and "frame-ancestors 'none'" in policy
+    assert response.headers["x-content-type-options"] == "nosniff"

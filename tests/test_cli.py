@@ -54,3 +54,15 @@ def test_a_configuration_error_is_a_clear_message_not_a_traceback(tmp_path):
     assert result.returncode == 2
     assert result.stderr.startswith("configuration error: DATABASE_URL")
     assert "Traceback" not in result.stderr
+
+
+def test_set_tier_and_dev_token_refuse_a_user_id_that_names_no_account(tmp_path):
+    for user_id in ("", " alice", "alice ", "line\nbreak", "u" * 201):
+        for command in (("set-tier", user_id, "pro"), ("dev-token", user_id)):
+            result = run(tmp_path, *command)
+            assert result.returncode == 2, (command, result.stdout)
+            assert "USER_ID must be" in result.stderr
+    if (tmp_path / "keys.db").exists():
+        store = SQLiteStore(tmp_path / "keys.db")
+        with store._conn() as conn:
+            assert conn.execute("SELECT count(*) FROM accounts").fetchone()[0] == 0

@@ -53,6 +53,15 @@ BAD_TOKENS = {
     "infinite_exp": lambda: hs256(claims(exp=float("inf"))),
     "nan_exp": lambda: hs256(claims(exp=float("nan"))),
     "not_yet_valid": lambda: hs256(claims(nbf=int(NOW) + 60)),
+    # Integers too large for a float once raised OverflowError: a 500, not a 401.
+    "huge_exp": lambda: hs256(claims(exp=10**400)),
+    "huge_negative_exp": lambda: hs256(claims(exp=-(10**400))),
+    "huge_nbf": lambda: hs256(claims(nbf=10**400)),
+    "huge_negative_nbf": lambda: hs256(claims(nbf=-(10**400))),
+    "huge_iat": lambda: hs256(claims(iat=10**400)),
+    "issued_in_the_future": lambda: hs256(claims(iat=int(NOW) + 3600)),
+    "string_iat": lambda: hs256(claims(iat="yesterday")),
+    "boolean_iat": lambda: hs256(claims(iat=True)),
     "alg_none": lambda: unsigned({"alg": "none", "typ": "JWT"}, claims()),
     "alg_none_with_hs256_signature": lambda: unsigned(
         {"alg": "none", "typ": "JWT"}, claims(), hs256(claims()).rsplit(".", 1)[1]
@@ -165,3 +174,34 @@ def test_a_bad_token_stays_bad_when_asked_again(verifier):
     for _ in range(2):
         with pytest.raises(InvalidSession):
             verifier.user_id(token, NOW)
+
+
+def test_iat_within_a_minute_of_clock_skew_is_accepted(verifier):
+    assert verifier.user_id(hs256(claims(iat=int(NOW) + 59)), NOW) == "user-1"
+
+
+def test_an_overlong_token_is_refused_before_its_signature_is_checked(monkeypatch):
+    from app.sessions import MAX_TOKEN_LENGTH
+
+    verifier = SessionVerifier(SECRET)
+    signed = hs256(claims(padding="x" * MAX_TOKEN_LENGTH))  # validly signed, but far too long
+    checked: list[str] = []
+    monkeypatch.setattr(jwt, "decode", lambda *a, **k: checked.append("decoded"))
+    with pytest.raises(InvalidSession) as refusal:
+        verifier.user_id(signed, NOW)
+    assert refusal.value.details == {"limit_length": MAX_TOKEN_LENGTH}
+    assert checked == []
+
+
+def test_two_different_session_cookies_are_refused(client, session):
+    alice, bob = session("alice")["sb-access-token"], session("bob")["sb-access-token"]
+    response = client.get("/api/v1/keys", headers={"Cookie": f"{COOKIE}={alice}; {COOKIE}={bob}"})
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "invalid_session"
+    assert "2 different" in response.json()["error"]["message"]
+
+
+def test_the_same_session_cookie_twice_is_one_session(client, session):
+    alice = session("alice")["sb-access-token"]
+    response = client.get("/api/v1/keys", headers={"Cookie": f"{COOKIE}={alice}; {COOKIE}={alice}"})
+    assert response.status_code == 200, response.text
