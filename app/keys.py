@@ -156,12 +156,14 @@ class KeyService:
     def use(
         self, presented: str, required_scopes: Sequence[str] | None, limiter: RateLimiter, now: float, request_id: str
     ) -> tuple[KeyRecord, Decision]:
-        """Authenticate `presented`, check its scopes and count it against its tier's limits.
+        """Authenticate `presented`, check its scopes and count it against its account's tier limits.
 
         Raises the precise 401 (invalid, revoked, expired) or 403 (scope), in that order; the
-        decision says whether the rate limit admitted the request. The lookup and the count
-        are one transaction, so a key revoked or moved to another tier in any worker is
-        treated as such from the next request on.
+        decision says whether the rate limit admitted the request. The limits are the account's:
+        all its keys count in one minute and one day window, which a new tier's limits apply
+        to from the next request on, counts kept. The lookup and the count are one
+        transaction, so a key revoked or moved to another tier in any worker is treated as
+        such from the next request on.
         """
         if not keymaterial.is_well_formed(presented):
             # Caught by the checksum: no database access for a mistyped or made-up key.

@@ -34,7 +34,7 @@ def verify_session(token: str, request: ConnexionRequest) -> dict[str, Any]:
 def verify_api_key(
     token: str, request: ConnexionRequest, required_scopes: Sequence[str] | None = None
 ) -> dict[str, Any]:
-    """Authenticate an API key, check its scopes and count it against its tier's limits."""
+    """Authenticate an API key, check its scopes and count it against its account's tier limits."""
     state = request.scope["state"]
     if "key_refusal" in state:
         # The same key sent two ways is tried once per way; it was refused (403, 429, ...)
@@ -55,7 +55,7 @@ def _verify_api_key(token: str, scope: dict[str, Any], required_scopes: Sequence
         raise InvalidAPIKey("Send one API key, one way: this request carries more than one.")
     now = services.clock()
     record, decision = services.keys.use(token, required_scopes, services.limiter, now, state["request_id"])
-    _apply(state, decision, now, "this API key")
+    _apply(state, decision, now, "this account's API keys, which share its tier's limits")
     return {"sub": record.user_id, "key": record, "rate_limit": decision}
 
 

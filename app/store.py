@@ -27,7 +27,7 @@ import sqlite_utils
 from app.errors import DuplicateName, KeyLimitReached, ServiceUnavailable
 from app.tiers import DEFAULT_TIER
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 5000
 CHECKPOINT_INTERVAL_S = 0.05
 IDLE_CHECKPOINT_INTERVAL_S = 0.25
@@ -290,6 +290,8 @@ class SQLiteStore:
                 version = conn.execute("PRAGMA user_version").fetchone()[0]
                 if version < 1:
                     _create_v1(db)
+                if version < 2:
+                    _account_windows_v2(conn)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def ping(self) -> None:
@@ -382,9 +384,8 @@ class SQLiteStore:
             ).fetchone()
             if row is None:
                 return None
+            # The account's rate windows stay: its other keys, and any minted next, share them.
             conn.execute("UPDATE api_keys SET revoked_us = ? WHERE id = ?", (now_us, key_id))
-            # Its counters will never be read again.
-            conn.execute("DELETE FROM rate_windows WHERE subject = ?", (f"key:{key_id}",))
             record = KeyRecord(*row)
             _insert_event(conn, event)
         return record
@@ -423,21 +424,30 @@ class SQLiteStore:
         """Look up the key stored under `digest` and count one request of it, in one transaction.
 
         `admit` sees the key as stored at this moment (revoked, expired, its account's tier) and
-        either raises to refuse it, writing nothing, or returns the windows to count it in.
-        None if no key has this digest. One transaction per request, and a key revoked or
-        re-tiered in another worker is seen at once.
+        either raises to refuse it, writing nothing, or returns the windows to count it in. The
+        windows are its account's (`tier_subject`), shared by all the account's keys; the usage
+        counted is the key's own. None if no key has this digest. One transaction per request,
+        and a key revoked or re-tiered in another worker is seen at once.
         """
         with self._write() as conn:
             row = conn.execute(f"SELECT {_KEY_COLUMNS}, k.digest FROM {_KEY_FROM} WHERE k.digest = ?", (digest,)).fetchone()
             if row is None or not hmac.compare_digest(row[-1], digest):
                 return None
             record = KeyRecord(*row[:-1])
-            counted = _count(conn, f"key:{record.id}", admit(record), now_us, record, request_id)
+            counted = _count(conn, tier_subject(record.user_id), admit(record), now_us, record, request_id)
         if counted.usage is not None:
             # As the key stands after this request: its usage counted with it.
             total_requests, last_used_us = counted.usage
             record = replace(record, total_requests=total_requests, last_used_us=last_used_us)
         return record, counted
+
+
+def tier_subject(user_id: str) -> str:
+    """Return the subject an account's API-key requests are counted under, whichever key made them.
+
+    Not `account:{user_id}`: key management has its own budget under that subject.
+    """
+    return f"tier:{user_id}"
 
 
 def _count(
@@ -451,7 +461,7 @@ def _count(
     """Count a request in `subject`'s windows inside the caller's write transaction.
 
     For a `key`, an admitted request also bumps its usage, and the first refusal in a window
-    is recorded as a `rate_limited` event.
+    is recorded as a `rate_limited` event about that key (the windows are its account's).
     """
     stored = {
         kind: (start, count, blocked)
@@ -483,7 +493,8 @@ def _count(
             (subject, w.kind, w.start),
         ).rowcount == 1
         if first and key is not None:
-            _insert_event(conn, KeyEvent.about(key, "rate_limited", request_id, now_us, {"window": w.kind, "limit": w.limit}))
+            details = {"window": w.kind, "limit": w.limit, "applies_to": "account"}
+            _insert_event(conn, KeyEvent.about(key, "rate_limited", request_id, now_us, details))
         return Consumption(False, counts, blocked_by, first, starts=starts)
     for w in windows:
         # One row per subject and window kind, overwritten when a new window starts:
@@ -560,3 +571,26 @@ def _create_v1(db: sqlite_utils.Database) -> None:
         pk=("subject", "window"),
         not_null={"start", "count", "blocked"},
     )
+
+
+def _account_windows_v2(conn: sqlite3.Connection) -> None:
+    """Move each key's rate windows to its account, so an upgrade resets no one's limits.
+
+    Version 1 counted every key on its own (`key:{id}`). Each account now gets the current
+    window of each kind with the counts of all its keys in it, and the per-key rows go.
+    """
+    merged: dict[tuple[str, str], tuple[int, int, int]] = {}
+    for user_id, kind, start, count, blocked in conn.execute(
+        "SELECT k.user_id, w.window, w.start, w.count, w.blocked FROM rate_windows w "
+        "JOIN api_keys k ON k.id = substr(w.subject, 5) WHERE w.subject >= 'key:' AND w.subject < 'key;'"
+    ):
+        latest = merged.get((user_id, kind))
+        if latest is None or start > latest[0]:
+            merged[(user_id, kind)] = (start, count, blocked)
+        elif start == latest[0]:
+            merged[(user_id, kind)] = (start, latest[1] + count, max(latest[2], blocked))
+    conn.executemany(
+        "INSERT OR REPLACE INTO rate_windows (subject, window, start, count, blocked) VALUES (?, ?, ?, ?, ?)",
+        [(tier_subject(user_id), kind, *window) for (user_id, kind), window in merged.items()],
+    )
+    conn.execute("DELETE FROM rate_windows WHERE subject >= 'key:' AND subject < 'key;'")

@@ -2,9 +2,10 @@
 
 Starlette routes three endpoints by hand and does exactly what the real service does on
 them, with the same modules: the session check (HS256 JWT) and per-account rate limit,
-key minting with the same SQLite transactions, and key verification with the per-key
-rate-limit transaction. No contract validation, no middleware stack. It is the floor the
-real server is measured against: `uvicorn bench.floor:app`.
+key minting with the same SQLite transactions, and key verification with the same
+transaction (`KeyService.use`: the key's lookup, its account's rate windows, its usage).
+No contract validation, no middleware stack. It is the floor the real server is measured
+against: `uvicorn bench.floor:app`.
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ WARMUP = 3
 CONNECTIONS = 16
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))  # three alternated rounds: a true median
 USERS = 1500  # mint rotates users: at most ~15 keys each per run, far below the cap of 50
-PRO_KEYS = 400  # whoami rotates pro keys: far below 1,000 requests/min each
+PRO_KEYS = 400  # whoami rotates pro keys, one per account (limits are the account's): far below 1,000/min each
 WORKLOADS = ("mint", "whoami", "healthz")
 
 sys.path.insert(0, str(ROOT))
@@ -143,7 +143,7 @@ def prepare(target: Target, tag: str) -> None:
     (OUT / f"tokens-{target.name}.lua").write_text("tokens = {" + ",".join(f'"{t}"' for t in tokens) + "}\n")
     if target.db is not None and not target.keys:
         keys = KeyService(SQLiteStore(target.db), time.time)
-        owners = [f"bench-owner-{target.name}-{i}" for i in range(PRO_KEYS // 40)]
+        owners = [f"bench-owner-{target.name}-{i}" for i in range(PRO_KEYS)]
         for owner in owners:
             keys.set_tier(owner, "pro")
         for i in range(PRO_KEYS):
@@ -396,7 +396,8 @@ def report(results: dict[tuple[str, str], list[dict]], extra: dict) -> None:
     lines += [
         "",
         f"Rate-limit and usage state: {windows} rows in `rate_windows` for {subjects} subjects after the run "
-        "(one row per subject and window kind, overwritten when a new window starts; a revoked key's rows are deleted).",
+        "(one row per subject, an account's API use or its key management, and window kind, overwritten when a "
+        "new window starts).",
         f"Filling the 1,000,000-key database took {extra['fill_seconds']:.0f} s.",
     ]
     text = "\n".join(lines) + "\n"

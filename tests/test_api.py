@@ -359,6 +359,84 @@ def test_key_management_has_its_own_per_account_limit(make_app, session):
         assert client.get(KEYS, cookies=session("someone-else")).status_code == 200
 
 
+def whoami(client, key: dict):
+    return client.get("/api/v1/whoami", headers={"X-API-Key": key["key"]})
+
+
+def test_a_free_account_gets_ten_requests_a_minute_across_all_its_keys(client, session, mint, clock):
+    keys = [mint(name) for name in ("prod-splunk", "prod-sentinel", "tom-laptop-dev")]
+    reset = (int(clock()) // 60 + 1) * 60
+    for n in range(10):
+        response = whoami(client, keys[n % 3])
+        assert response.status_code == 200
+        assert (response.headers["x-ratelimit-limit"], response.headers["x-ratelimit-remaining"]) == ("10", str(9 - n))
+        assert response.headers["x-ratelimit-reset"] == str(reset)
+    assert response.json()["data"]["rate_limit"] == {
+        "minute": {"limit": 10, "remaining": 0, "reset": reset},
+        "day": {"limit": 1000, "remaining": 990, "reset": (int(clock()) // 86400 + 1) * 86400},
+    }
+    for key in keys:  # the 11th is refused whichever key sends it
+        error = assert_error(whoami(client, key), 429, "rate_limit_exceeded")
+        assert error["details"]["window"] == "minute" and "account" in error["message"]
+    usage = {k["id"]: k["total_requests"] for k in client.get(KEYS, cookies=session()).json()["data"]}
+    assert usage == {keys[0]["id"]: 4, keys[1]["id"]: 3, keys[2]["id"]: 3}  # usage stays per key
+    limited = [e for e in client.get("/api/v1/key-events", cookies=session()).json()["data"] if e["type"] == "rate_limited"]
+    assert [(e["key_id"], e["details"]) for e in limited] == [(keys[0]["id"], {"window": "minute", "limit": 10, "applies_to": "account"})]
+    clock.advance(reset - clock())
+    assert whoami(client, keys[2]).headers["x-ratelimit-remaining"] == "9"
+
+
+def test_revoking_a_key_and_minting_another_does_not_reset_the_accounts_limit(client, session, mint, clock):
+    old = mint("rotating")
+    for _ in range(10):
+        assert whoami(client, old).status_code == 200
+    assert client.delete(f"{KEYS}/{old['id']}", cookies=session()).status_code == 204
+    new = mint("rotated")
+    refused = whoami(client, new)
+    assert_error(refused, 429, "rate_limit_exceeded")
+    assert refused.headers["x-ratelimit-remaining"] == "0"
+    clock.advance(60)
+    assert whoami(client, new).json()["data"]["rate_limit"]["day"]["remaining"] == 1000 - 11
+
+
+def test_two_accounts_do_not_share_a_limit(client, mint):
+    alice, bob = mint(user_id="alice"), mint(user_id="bob")
+    for _ in range(10):
+        whoami(client, alice)
+    assert_error(whoami(client, alice), 429, "rate_limit_exceeded")
+    response = whoami(client, bob)
+    assert response.status_code == 200 and response.headers["x-ratelimit-remaining"] == "9"
+
+
+def test_key_management_and_key_use_count_against_separate_limits(make_app, session, clock):
+    with make_app(management_limit_per_minute=5).test_client() as client:
+        key = client.post(KEYS, json={"name": "prod-splunk"}, cookies=session()).json()["data"]
+        for _ in range(4):
+            listed = client.get(KEYS, cookies=session())
+        assert (listed.headers["x-ratelimit-limit"], listed.headers["x-ratelimit-remaining"]) == ("5", "0")
+        assert_error(client.get(KEYS, cookies=session()), 429, "rate_limit_exceeded")
+        # Management exhausted: the account's keys still have all of the tier's minute.
+        assert [whoami(client, key).headers["x-ratelimit-remaining"] for _ in range(10)] == [str(9 - n) for n in range(10)]
+        clock.advance(60)
+        for _ in range(10):
+            assert whoami(client, key).status_code == 200
+        assert_error(whoami(client, key), 429, "rate_limit_exceeded")
+        # API use exhausted: key management still has all of its own.
+        listed = client.get(KEYS, cookies=session())
+        assert (listed.status_code, listed.headers["x-ratelimit-remaining"]) == (200, "4")
+
+
+def test_a_tier_change_keeps_the_windows_count_and_applies_the_new_limit_next(client, app, mint):
+    key = mint()
+    for _ in range(10):
+        whoami(client, key)
+    assert_error(whoami(client, key), 429, "rate_limit_exceeded")
+    app.app.extensions["services"].keys.set_tier("user-1", "pro")
+    response = whoami(client, key)
+    assert response.status_code == 200
+    assert (response.headers["x-ratelimit-limit"], response.headers["x-ratelimit-remaining"]) == ("1000", "989")
+
+
 # -- audit trail --------------------------------------------------------------------------
 
 
@@ -374,7 +452,7 @@ def test_key_events_record_mint_revoke_and_one_block_per_window(client, session,
     assert {e["key_name"] for e in events} == {"partner-feed"}
     assert events[0]["request_id"] == revoked.headers["x-request-id"]
     assert events[2]["request_id"] == created.headers["x-request-id"]
-    assert events[1]["details"] == {"window": "minute", "limit": 10}
+    assert events[1]["details"] == {"window": "minute", "limit": 10, "applies_to": "account"}
     assert key["key"] not in str(events)
 
 

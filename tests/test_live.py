@@ -90,7 +90,8 @@ def test_production_workers_checkpoint_the_log_in_the_background(served):
 
 def test_free_key_is_admitted_exactly_ten_times_across_workers(served):
     for _attempt in range(3):
-        status, _, body = served.request("POST", "/api/v1/keys", {"name": f"burst-{time.time_ns()}"}, cookie("burst-user"))
+        owner = cookie(f"burst-user-{time.time_ns()}")  # an account of its own: its limit is per account
+        status, _, body = served.request("POST", "/api/v1/keys", {"name": "burst"}, owner)
         assert status == 201
         key, key_id = body["data"]["key"], body["data"]["id"]
         minute = int(time.time()) // 60
@@ -104,8 +105,34 @@ def test_free_key_is_admitted_exactly_ten_times_across_workers(served):
             continue  # the burst straddled a minute boundary: two windows; try again
         assert statuses.count(200) == 10, Counter(statuses)
         assert statuses.count(429) == 54, Counter(statuses)
-        _, _, stored = served.request("GET", f"/api/v1/keys/{key_id}", headers=cookie("burst-user"))
+        _, _, stored = served.request("GET", f"/api/v1/keys/{key_id}", headers=owner)
         assert stored["data"]["total_requests"] == 10
+        return
+    pytest.fail("every attempt straddled a minute boundary")
+
+
+def test_three_keys_of_one_free_account_are_admitted_ten_times_in_all_across_workers(served):
+    for _attempt in range(3):
+        owner = cookie(f"fleet-{time.time_ns()}")
+        keys = [served.request("POST", "/api/v1/keys", {"name": f"sensor-{n}"}, owner)[2]["data"] for n in range(3)]
+        minute = int(time.time()) // 60
+
+        def call(n: int, keys: list[dict] = keys) -> tuple[int, dict[str, str], dict]:
+            return served.request("GET", "/api/v1/whoami", headers={"X-API-Key": keys[n % 3]["key"]})
+
+        with ThreadPoolExecutor(max_workers=24) as pool:
+            results = list(pool.map(call, range(40)))
+        if int(time.time()) // 60 != minute:
+            continue  # the burst straddled a minute boundary: two windows; try again
+        statuses = Counter(status for status, _, _ in results)
+        assert statuses == Counter({200: 10, 429: 30}), statuses
+        admitted = [(headers, body) for status, headers, body in results if status == 200]
+        # One count for the account: each admitted request saw a different place in it.
+        assert sorted(int(h["x-ratelimit-remaining"]) for h, _ in admitted) == list(range(10))
+        assert sorted(b["data"]["rate_limit"]["minute"]["remaining"] for _, b in admitted) == list(range(10))
+        assert {h["x-ratelimit-limit"] for h, _ in admitted} == {"10"}
+        _, _, listed = served.request("GET", "/api/v1/keys", headers=owner)
+        assert sum(k["total_requests"] for k in listed["data"]) == 10
         return
     pytest.fail("every attempt straddled a minute boundary")
 

@@ -135,3 +135,41 @@ def test_refusal_records_one_rate_limited_event_and_usage_only_for_admitted(stor
     assert store.get_key("user-1", minted.record.id).total_requests == 10
     types = [e.type for e in store.list_events("user-1", 10, None)]
     assert types.count("rate_limited") == 1
+
+
+def test_every_key_of_an_account_shares_its_tiers_minute(store, limiter):
+    keys = KeyService(store, lambda: NOW)
+    secrets = [keys.mint("user-1", name, None, "req_0").secret for name in ("siem", "soar", "laptop")]
+    decisions = [keys.use(secrets[n % 3], None, limiter, NOW, f"req_{n}")[1] for n in range(12)]
+    assert [d.allowed for d in decisions] == [True] * 10 + [False] * 2
+    assert [d.headers["X-RateLimit-Remaining"] for d in decisions] == [str(9 - n) for n in range(10)] + ["0", "0"]
+    assert {d.headers["X-RateLimit-Limit"] for d in decisions} == {"10"}
+    other = keys.mint("user-2", "siem", None, "req_0").secret
+    assert keys.use(other, None, limiter, NOW, "req_other")[1].allowed
+
+
+def test_a_tier_change_keeps_the_count_and_applies_the_new_limits(store, limiter):
+    keys = KeyService(store, lambda: NOW)
+    secret = keys.mint("user-1", "siem", None, "req_0").secret
+    for _ in range(10):
+        keys.use(secret, None, limiter, NOW, "req_free")
+    keys.set_tier("user-1", "pro")
+    pro = keys.use(secret, None, limiter, NOW, "req_pro")[1]
+    assert pro.allowed and pro.windows_info() == {
+        "minute": {"limit": 1000, "remaining": 989, "reset": MINUTE_END},
+        "day": {"limit": 1_000_000, "remaining": 1_000_000 - 11, "reset": DAY_END},
+    }
+    keys.set_tier("user-1", "free")
+    assert keys.use(secret, None, limiter, NOW, "req_free_again")[1].blocked_by == "minute"
+
+
+def test_decide_applies_the_limits_it_is_given_to_the_counts_carried_over():
+    from app.store import Consumption
+
+    pro = RateLimiter.windows(Limits(1000, 1_000_000), NOW)
+    decision = RateLimiter.decide(pro, Consumption(True, {"minute": 11, "day": 500}, None, False))
+    assert decision.headers == {"X-RateLimit-Limit": "1000", "X-RateLimit-Remaining": "989",
+                                "X-RateLimit-Reset": str(MINUTE_END)}
+    free = RateLimiter.windows(FREE, NOW)
+    refused = RateLimiter.decide(free, Consumption(False, {"minute": 11, "day": 500}, "minute", False))
+    assert refused.headers["X-RateLimit-Remaining"] == "0" and refused.minute.remaining == 0

@@ -11,7 +11,7 @@ import pytest
 from app import keymaterial
 from app.errors import DuplicateName, KeyLimitReached, RevokedAPIKey
 from app.keys import KeyService
-from app.store import KeyEvent, KeyRecord, SQLiteStore, Window
+from app.store import SCHEMA_VERSION, KeyEvent, KeyRecord, SQLiteStore, Window, tier_subject
 
 T0 = 1_795_000_000_000_000  # microseconds
 SECOND = 1_000_000
@@ -56,7 +56,7 @@ def raw(path: Path, sql: str, params: tuple = ()) -> list[tuple]:
 def test_migrate_sets_user_version_and_creates_tables(tmp_path):
     path = tmp_path / "keys.db"
     SQLiteStore(path)
-    assert raw(path, "PRAGMA user_version") == [(1,)]
+    assert raw(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
     tables = {name for (name,) in raw(path, "SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"accounts", "api_keys", "key_events", "rate_windows"} <= tables
 
@@ -69,7 +69,7 @@ def test_migrate_is_idempotent_and_keeps_data(tmp_path):
     second = SQLiteStore(path)
     second.migrate()
     assert second.get_key(USER, record.id) == record
-    assert raw(path, "PRAGMA user_version") == [(1,)]
+    assert raw(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
 
 
 def test_store_creates_missing_parent_directory(tmp_path):
@@ -85,7 +85,7 @@ def test_store_works_on_an_open_connection(tmp_path):
     store.ping()
     record = insert(store)
     assert store.get_key(USER, record.id) == record
-    assert conn.execute("PRAGMA user_version").fetchone() == (1,)
+    assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
     # Migrating again on the same connection is harmless.
     SQLiteStore(conn)
     assert store.get_key(USER, record.id) == record
@@ -309,10 +309,10 @@ def admit_all(record: KeyRecord) -> list[Window]:
     return windows(60)
 
 
-def stored_key(store: SQLiteStore) -> tuple[KeyRecord, str]:
-    """A new key of USER's, and the digest it is stored under."""
-    store.ensure_account(USER, T0)
-    record = make_record()
+def stored_key(store: SQLiteStore, name: str = "prod-splunk", user: str = USER) -> tuple[KeyRecord, str]:
+    """A new key of `user`'s, and the digest it is stored under."""
+    store.ensure_account(user, T0)
+    record = make_record(name, user)
     digest = keymaterial.digest(keymaterial.generate())
     store.insert_key(record, digest, 50, make_event(record, "minted"))
     return record, digest
@@ -458,7 +458,7 @@ def test_use_key_records_rate_limited_event_once_per_window(store):
     limited = [e for e in store.list_events(USER, 10, None) if e.type == "rate_limited"]
     assert len(limited) == 1
     assert (limited[0].request_id, limited[0].key_id, limited[0].occurred_us) == ("req_1", record.id, T0 + 1)
-    assert limited[0].details == {"window": "minute", "limit": 3}
+    assert limited[0].details == {"window": "minute", "limit": 3, "applies_to": "account"}
 
 
 def test_use_key_records_a_new_rate_limited_event_in_the_next_window(store):
@@ -487,12 +487,124 @@ def test_consume_without_usage_key_leaves_keys_untouched(store):
     assert store.get_key(USER, record.id).total_requests == 0
 
 
-def test_revoke_key_drops_its_rate_windows(store, settings):
-    record, digest = stored_key(store)
-    store.use_key(digest, T0, admit_all, "req_ok")
+def test_use_key_counts_every_key_of_an_account_in_one_pair_of_windows(store, settings):
+    digests = [stored_key(store, name)[1] for name in ("siem", "soar", "laptop")]
+    results = [store.use_key(digests[i % 3], T0, admit_all, f"req_{i}")[1] for i in range(9)]
+    assert [r.allowed for r in results] == [True] * 3 + [False] * 6  # 3 a minute for the account, not per key
+    assert [r.counts for r in results[:3]] == [{"minute": n, "day": n} for n in (1, 2, 3)]
+    sql = "SELECT subject, window, count FROM rate_windows ORDER BY window"
+    assert raw(settings.database_path, sql) == [("tier:user-1", "day", 3), ("tier:user-1", "minute", 3)]
+
+
+def test_use_key_keeps_usage_per_key_while_the_windows_are_the_accounts(store):
+    (first, first_digest), (second, second_digest) = stored_key(store, "siem"), stored_key(store, "soar")
+    store.use_key(first_digest, T0, admit_all, "req_1")
+    store.use_key(second_digest, T0 + 1, admit_all, "req_2")
+    store.use_key(second_digest, T0 + 2, admit_all, "req_3")
+    store.use_key(first_digest, T0 + 3, admit_all, "req_refused")
+    assert (store.get_key(USER, first.id).total_requests, store.get_key(USER, first.id).last_used_us) == (1, T0)
+    assert (store.get_key(USER, second.id).total_requests, store.get_key(USER, second.id).last_used_us) == (2, T0 + 2)
+
+
+def test_use_key_records_one_rate_limited_event_per_account_window_about_the_refused_key(store):
+    (_, first_digest), (second, second_digest) = stored_key(store, "siem"), stored_key(store, "soar")
+    for _ in range(3):
+        store.use_key(first_digest, T0, admit_all, "req_ok")
+    assert store.use_key(second_digest, T0 + 1, admit_all, "req_b")[1].first_block
+    assert not store.use_key(first_digest, T0 + 2, admit_all, "req_a")[1].first_block
+    limited = [e for e in store.list_events(USER, 10, None) if e.type == "rate_limited"]
+    assert [(e.key_id, e.request_id) for e in limited] == [(second.id, "req_b")]
+    assert limited[0].details == {"window": "minute", "limit": 3, "applies_to": "account"}
+
+
+def test_accounts_do_not_share_windows(store):
+    _, mine = stored_key(store, user="alice")
+    _, theirs = stored_key(store, user="bob")
+    for _ in range(3):
+        store.use_key(mine, T0, admit_all, "req_ok")
+    assert not store.use_key(mine, T0, admit_all, "req_refused")[1].allowed
+    assert store.use_key(theirs, T0, admit_all, "req_bob")[1].counts == {"minute": 1, "day": 1}
+
+
+def test_key_use_and_key_management_count_in_separate_windows(store):
+    _, digest = stored_key(store)
+    for _ in range(3):
+        assert store.consume("account:user-1", windows(60), T0).allowed  # key management's own budget
+    assert not store.consume("account:user-1", windows(60), T0).allowed
+    assert store.use_key(digest, T0, admit_all, "req_1")[1].counts == {"minute": 1, "day": 1}
+    for _ in range(2):
+        store.use_key(digest, T0, admit_all, "req_ok")
+    assert not store.use_key(digest, T0, admit_all, "req_refused")[1].allowed
+    assert store.consume("account:someone", windows(60), T0).allowed
+    assert store.consume("account:user-1", windows(120), T0 + 60 * SECOND).counts == {"minute": 1, "day": 4}
+    assert tier_subject(USER) != "account:user-1"
+
+
+def test_revoking_a_key_and_minting_another_keeps_the_accounts_windows(store, settings):
+    record, digest = stored_key(store, "rotating")
+    for _ in range(3):
+        store.use_key(digest, T0, admit_all, "req_ok")
     store.revoke_key(USER, record.id, T0 + 1, make_event(record, "revoked", T0 + 1))
-    sql = "SELECT count(*) FROM rate_windows WHERE subject = ?"
-    assert raw(settings.database_path, sql, (f"key:{record.id}",)) == [(0,)]
+    _, fresh = stored_key(store, "rotated")
+    refused = store.use_key(fresh, T0 + 2, admit_all, "req_new_key")[1]
+    assert (refused.allowed, refused.counts) == (False, {"minute": 3, "day": 3})
+    admitted = store.use_key(fresh, T0 + 60 * SECOND, lambda r: windows(120), "req_next_minute")[1]
+    assert admitted.counts == {"minute": 1, "day": 4}  # the day kept counting across the rotation
+
+
+def test_a_new_tiers_limits_apply_to_the_counts_already_in_the_window(store):
+    _, digest = stored_key(store)
+    for _ in range(3):
+        store.use_key(digest, T0, admit_all, "req_ok")
+    assert not store.use_key(digest, T0, admit_all, "req_refused")[1].allowed
+    upgraded = store.use_key(digest, T0, lambda r: windows(60, per_minute=5), "req_up")[1]
+    assert (upgraded.allowed, upgraded.counts) == (True, {"minute": 4, "day": 4})
+    assert not store.use_key(digest, T0, lambda r: windows(60, per_minute=2), "req_down")[1].allowed
+
+
+def test_upgrading_a_version_1_database_moves_key_windows_to_their_accounts(tmp_path):
+    path = tmp_path / "keys.db"
+    store = SQLiteStore(path)
+    siem, soar = insert(store, "siem"), insert(store, "soar")
+    other = insert(store, "theirs", user="bob")
+    store.close()
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.executemany(
+        "INSERT INTO rate_windows (subject, window, start, count, blocked) VALUES (?, ?, ?, ?, ?)",
+        [
+            (f"key:{siem.id}", "minute", 120, 4, 0), (f"key:{siem.id}", "day", 0, 40, 0),
+            (f"key:{soar.id}", "minute", 60, 9, 1), (f"key:{soar.id}", "day", 0, 2, 1),  # its minute is over
+            (f"key:{other.id}", "minute", 120, 1, 0), (f"key:{other.id}", "day", 0, 1, 0),
+            ("account:user-1", "minute", 120, 7, 0),
+        ],
+    )
+    conn.execute("PRAGMA user_version = 1")
+    conn.close()
+    SQLiteStore(path)
+    sql = "SELECT subject, window, start, count, blocked FROM rate_windows ORDER BY subject, window"
+    assert raw(path, sql) == [
+        ("account:user-1", "minute", 120, 7, 0),
+        ("tier:bob", "day", 0, 1, 0), ("tier:bob", "minute", 120, 1, 0),
+        ("tier:user-1", "day", 0, 42, 1), ("tier:user-1", "minute", 120, 4, 0),
+    ]
+    assert raw(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+
+
+def test_keys_of_one_account_used_through_two_stores_are_admitted_exactly_to_the_limit(tmp_path):
+    """Two stores stand for two worker processes, each using different keys of one account."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    stores = [SQLiteStore(tmp_path / "k.db"), SQLiteStore(tmp_path / "k.db")]
+    digests = [stored_key(stores[0], f"key-{n}")[1] for n in range(4)]
+    limits = [Window("minute", 60, 25), Window("day", 0, 1000)]
+
+    def hammer(n: int) -> int:
+        return sum(stores[n % 2].use_key(digests[n % 4], T0, lambda r: limits, "req_x")[1].allowed for _ in range(20))
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        admitted = sum(pool.map(hammer, range(8)))
+    assert admitted == 25
+    assert sum(stores[0].get_key(USER, r.id).total_requests for r in stores[0].list_keys(USER, 10, None)) == 25
 
 
 def test_writers_on_two_stores_of_one_file_take_turns_and_lose_nothing(tmp_path):
