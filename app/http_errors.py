@@ -40,6 +40,15 @@ MESSAGES = {
 }
 
 
+# SQLite's answers that mean the key store cannot be used right now (locked past the busy
+# timeout, read-only, full, failing to read or write, or not there), not that a request or
+# the code is wrong: 503 with Retry-After, for the operator to clear and the client to retry.
+STORE_UNAVAILABLE = frozenset({
+    sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_IOERR,
+    sqlite3.SQLITE_FULL, sqlite3.SQLITE_CANTOPEN,
+})
+
+
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 
 
@@ -138,8 +147,10 @@ class ErrorHandlers:
         return None
 
     async def store_unavailable(self, request: ConnexionRequest, exc: sqlite3.OperationalError) -> ConnexionResponse:
-        if getattr(exc, "sqlite_errorcode", None) not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
-            return await self.unexpected(request, exc)  # a fault, not a busy moment: no retry will help
+        # Extended codes (SQLITE_IOERR_WRITE, SQLITE_BUSY_SNAPSHOT, ...) carry their primary
+        # code in the low byte.
+        if (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF not in STORE_UNAVAILABLE:
+            return await self.unexpected(request, exc)  # a programming fault: no retry will help
         log.error("request %s: key store unavailable: %s", request_id_of(request), exc)
         return error_response(
             request, 503, "service_unavailable", "The service is temporarily unavailable; retry shortly.",
