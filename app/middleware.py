@@ -21,6 +21,7 @@ from app.http_errors import MESSAGES, envelope
 access_log = logging.getLogger("app.access")
 SECRET_QUERY_PARAMS = frozenset({"api_key"})
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+ENCODED_SLASH = re.compile(rb"%2f|%5c", re.IGNORECASE)  # `/` and `\`
 MAX_BODY_BYTES = 64 * 1024
 # On every response: the API's answers are JSON for programs, never a page to frame, sniff
 # as HTML or follow links from.
@@ -90,11 +91,14 @@ class RequestContextMiddleware:
                 status = await self._refuse_head(scope, send_with_headers)
                 return
             path = scope["path"]
-            if CONTROL_CHARACTERS.search(path) or (path.endswith("/") and path != "/" and not path.startswith("/ui")):
+            if (CONTROL_CHARACTERS.search(path) or (path.endswith("/") and path != "/" and not path.startswith("/ui"))
+                    or ENCODED_SLASH.search(scope.get("raw_path") or b"")):
                 # No route has a control character (and Starlette's `$` matches before a
                 # final newline, which would route `/api/v1/keys/%0A` past security to a
                 # handler), nor a trailing slash (which the router would answer with a 307
-                # redirect the contract does not describe).
+                # redirect the contract does not describe). Nor an encoded slash: the server
+                # decodes `%2F` before routing, so `/api/v1%2Fkeys` would reach the route a
+                # proxy rule written for `/api/v1/keys` never saw.
                 status = 404
                 await send_json(send_with_headers, 404, envelope("not_found", MESSAGES[404], None, request_id))
                 return
