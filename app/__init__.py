@@ -1,7 +1,9 @@
 """SOC Defenders API-key service.
 
-The application factory lives in `app.factory`; its names are re-exported here lazily, so
-that light entry points (`python -m app serve`, `dev-token`, `set-tier`) and modules such
+Layers: `app.domain` (the rules), `app.store` (where their records are kept) and `app.web`
+(the Connexion app, with its performance tuning quarantined in `app.web.connexion_tuning`).
+The application factory lives in `app.web.factory`; its names are re-exported here lazily,
+so that light entry points (`python -m app serve`, `dev-token`, `set-tier`) and modules such
 as `app.config` do not pay for importing Connexion.
 """
 
@@ -9,12 +11,12 @@ from __future__ import annotations
 
 from typing import Any
 
-_FACTORY_NAMES = {"Services", "SPEC_PATH", "build_services", "create_app", "resolve_handler"}
+_FACTORY_NAMES = {"SPEC_PATH", "build_services", "create_app", "resolve_handler"}
 
 
 def __getattr__(name: str) -> Any:
     if name in _FACTORY_NAMES:
-        from app import factory
+        from app.web import factory
 
         return getattr(factory, name)
     raise AttributeError(f"module 'app' has no attribute {name!r}")

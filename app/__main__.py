@@ -12,9 +12,9 @@ from collections.abc import Sequence
 warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
 
 from app.config import ConfigError, Settings
-from app.sessions import issue_token
+from app.domain.sessions import issue_token
+from app.domain.tiers import TIERS
 from app.store import SQLiteStore
-from app.tiers import TIERS
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -40,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run(settings)
     if args.command == "serve":
         return serve(settings)
-    from app.keys import MAX_USER_ID_LENGTH, valid_user_id
+    from app.domain.keys import MAX_USER_ID_LENGTH, valid_user_id
 
     if args.command in ("dev-token", "set-tier") and not valid_user_id(args.user_id):
         parser.error(f"USER_ID must be 1 to {MAX_USER_ID_LENGTH} printable characters with no surrounding space")
@@ -50,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(issue_token(settings.jwt_secret, args.user_id, time.time(), args.ttl))
         return 0
     if args.command == "set-tier":
-        from app.keys import KeyService
+        from app.domain.keys import KeyService
 
         account = KeyService(SQLiteStore(settings.database_path), time.time).set_tier(args.user_id, args.tier)
         print(f"{account.user_id}: tier {account.tier}")
@@ -63,7 +63,7 @@ def run(settings: Settings) -> int:
     import uvicorn
 
     from app import logs
-    from app.factory import create_app
+    from app.web.factory import create_app
 
     logs.configure(settings.log_level)
     logs.warn_weak_secret(settings)

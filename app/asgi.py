@@ -13,8 +13,8 @@ from uvicorn_worker import UvicornWorker
 
 from app import logs
 from app.config import Settings
-from app.factory import create_app
 from app.store import SQLiteStore
+from app.web.factory import create_app
 
 
 def from_env() -> FlaskApp:

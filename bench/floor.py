@@ -22,9 +22,12 @@ from starlette.routing import Route
 
 from app import build_services
 from app.config import Settings
-from app.errors import ServiceError
-from app.keys import MINT_WARNING
+from app.domain.errors import ServiceError
+from app.domain.keys import MINT_WARNING
+from app.domain.ratelimit import management_subject
 from app.store import SQLiteStore
+from app.web.errors import error_headers, status_and_code
+from app.web.ratelimit_headers import rate_limit_headers
 
 settings = Settings(
     jwt_secret=os.environ["SUPABASE_JWT_SECRET"],
@@ -41,8 +44,9 @@ def reply(body: object, status: int = 200, headers: dict[str, str] | None = None
 
 
 def refuse(exc: ServiceError) -> Response:
-    return reply({"error": {"code": exc.code, "message": exc.message, "details": exc.details, "request_id": "req_floor"}},
-                 exc.status_code, exc.headers)
+    status, code = status_and_code(exc)
+    return reply({"error": {"code": code, "message": exc.message, "details": exc.details, "request_id": "req_floor"}},
+                 status, error_headers(exc))
 
 
 async def healthz(request: Request) -> Response:
@@ -54,15 +58,15 @@ async def mint(request: Request) -> Response:
     try:
         now = time.time()
         user = services.sessions.user_id(request.cookies.get("sb-access-token"), now)
-        decision = services.limiter.admit(f"account:{user}", services.management_limits, now)
+        decision = services.limiter.admit(management_subject(user), services.management_limits, now)
         if not decision.allowed:
-            return reply({"error": {"code": "rate_limit_exceeded"}}, 429, decision.headers)
+            return reply({"error": {"code": "rate_limit_exceeded"}}, 429, rate_limit_headers(decision))
         body = json.loads(await request.body())
         minted = services.keys.mint(user, body["name"], body.get("expires_in_days"), "req_floor")
     except ServiceError as exc:
         return refuse(exc)
     data = {**services.keys.key_info(minted.record), "key": minted.secret, "full_key": minted.secret}
-    return reply({"data": data, "meta": {"warning": MINT_WARNING}}, 201, decision.headers)
+    return reply({"data": data, "meta": {"warning": MINT_WARNING}}, 201, rate_limit_headers(decision))
 
 
 async def whoami(request: Request) -> Response:
@@ -73,12 +77,12 @@ async def whoami(request: Request) -> Response:
     try:
         record, decision = services.keys.use(token or "", None, services.limiter, time.time(), "req_floor")
         if not decision.allowed:
-            return reply({"error": {"code": "rate_limit_exceeded"}}, 429, decision.headers)
+            return reply({"error": {"code": "rate_limit_exceeded"}}, 429, rate_limit_headers(decision))
         info = services.keys.key_info(record)
     except ServiceError as exc:
         return refuse(exc)
     info["rate_limit"] = decision.windows_info()
-    return reply({"data": info}, 200, decision.headers)
+    return reply({"data": info}, 200, rate_limit_headers(decision))
 
 
 app = Starlette(routes=[

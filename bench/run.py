@@ -34,8 +34,8 @@ PRO_KEYS = 400  # whoami rotates pro keys, one per account (limits are the accou
 WORKLOADS = ("mint", "whoami", "healthz")
 
 sys.path.insert(0, str(ROOT))
-from app.keys import KeyService
-from app.sessions import issue_token
+from app.domain.keys import KeyService
+from app.domain.sessions import issue_token
 from app.store import SQLiteStore
 
 
@@ -152,7 +152,7 @@ def prepare(target: Target, tag: str) -> None:
             target.keys.append(post_json(target.base + "/api/v1/keys", {"name": f"bench-{i}"}, cookie)["data"]["key"])
     elif not target.keys:
         # Prism checks only that a key is present; any well-formed key will do.
-        from app.keymaterial import generate
+        from app.domain.keymaterial import generate
 
         target.keys = [generate() for _ in range(PRO_KEYS)]
     (OUT / f"keys-{target.name}.lua").write_text("keys = {" + ",".join(f'"{k}"' for k in target.keys) + "}\n")

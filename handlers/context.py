@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from connexion import context
 
-from app.factory import Services
+from app.web.services import Services
 
 
 def services() -> Services:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.keys import event_info
+from app.domain.keys import event_info
 from handlers.context import services
 
 

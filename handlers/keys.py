@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.keys import MINT_WARNING
+from app.domain.keys import MINT_WARNING
 from handlers.context import request_id, services
 
 

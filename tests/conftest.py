@@ -11,7 +11,7 @@ import pytest
 
 from app import create_app
 from app.config import Settings
-from app.sessions import issue_token
+from app.domain.sessions import issue_token
 from app.store import SQLiteStore
 
 SECRET = "test-secret-0123456789-0123456789-abcdef"

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from app import keymaterial
+from app.domain import keymaterial
 from tests.conftest import START
 
 KEYS = "/api/v1/keys"
@@ -156,7 +156,7 @@ def test_every_response_has_a_fresh_request_id(client):
 
 
 def test_a_response_that_breaks_the_contract_is_a_bare_500(client, session, mint, monkeypatch):
-    from app.keys import KeyService
+    from app.domain.keys import KeyService
 
     key = mint()
     original = KeyService.key_info
@@ -166,7 +166,7 @@ def test_a_response_that_breaks_the_contract_is_a_bare_500(client, session, mint
 
 
 def test_an_unexpected_exception_is_a_500_envelope_without_a_traceback(client, session, monkeypatch):
-    from app.keys import KeyService
+    from app.domain.keys import KeyService
 
     def explode(*args, **kwargs):
         raise RuntimeError("database password is hunter2")
@@ -631,7 +631,7 @@ def test_access_log_escapes_control_characters(client, caplog):
 @pytest.mark.parametrize("validate_responses", [True, False])
 def test_headers_are_stamped_once_whether_or_not_responses_are_validated(make_app, session, monkeypatch,
                                                                         validate_responses):
-    import app.middleware as middleware
+    import app.web.middleware as middleware
 
     stamped = []
     original = middleware.stamp
@@ -651,13 +651,11 @@ def test_headers_are_stamped_once_whether_or_not_responses_are_validated(make_ap
     assert response.headers["cache-control"] == "no-store"
 
 
-def test_a_busy_key_store_is_a_503_and_nothing_is_counted(client, session, mint, monkeypatch, settings):
+def test_a_busy_key_store_is_a_503_and_nothing_is_counted(app, client, session, mint, monkeypatch, settings):
     import fcntl
 
-    import app.store as store_module
-
     key = mint()
-    monkeypatch.setattr(store_module, "BUSY_TIMEOUT_MS", 50)
+    monkeypatch.setattr(app.app.extensions["services"].store._writer, "_timeout", 0.05)
     with open(str(settings.database_path) + ".write-lock", "rb") as another_worker:
         fcntl.flock(another_worker, fcntl.LOCK_EX)
         response = client.get("/api/v1/whoami", headers={"X-API-Key": key["key"]})

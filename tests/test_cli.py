@@ -8,7 +8,7 @@ import time
 
 import jwt
 
-from app.sessions import SessionVerifier
+from app.domain.sessions import SessionVerifier
 from app.store import SQLiteStore
 from tests.live import ROOT
 

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from app import errors, http_errors
-from app.tiers import TIERS
+from app.domain import errors
+from app.domain.tiers import TIERS
+from app.web import errors as http_errors
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 
 
 def test_readme_documents_every_error_code():
-    codes = {c.code for c in vars(errors).values() if isinstance(c, type) and issubclass(c, errors.ServiceError)}
+    codes = {code for _, code in http_errors.DOMAIN_ERRORS.values()}
+    assert all(cls in http_errors.DOMAIN_ERRORS for cls in vars(errors).values()
+               if isinstance(cls, type) and issubclass(cls, errors.ServiceError))
     codes |= set(http_errors.STATUS_CODES.values())
     assert codes - {"bad_request"} <= {c for c in codes if f"`{c}`" in README}
     assert "`bad_request`" in README

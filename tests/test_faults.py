@@ -35,7 +35,7 @@ from typing import Any
 
 import pytest
 
-from app.sessions import issue_token
+from app.domain.sessions import issue_token
 from tests.live import LiveServer
 
 SECRET = "faults-test-secret-0123456789-0123456789-x"
@@ -104,7 +104,8 @@ def test_a_store_that_cannot_be_used_is_a_503_and_a_bug_is_a_500(
     def failing_ping(self: SQLiteStore) -> None:
         error = sqlite3.OperationalError("what SQLite said")
         error.sqlite_errorcode = code
-        raise error
+        with self._conn():  # as a query on the store's connection would fail
+            raise error
 
     monkeypatch.setattr(SQLiteStore, "ping", failing_ping)
     response = client.get("/healthz")

@@ -35,7 +35,7 @@ from typing import Any
 
 import pytest
 
-from app.sessions import issue_token
+from app.domain.sessions import issue_token
 from tests.live import LiveServer
 from tests.rawhttp import Answer, exchange, request_bytes
 

@@ -6,8 +6,8 @@ import zlib
 
 import pytest
 
-from app import keymaterial
-from app.keymaterial import BASE62, PREFIX
+from app.domain import keymaterial
+from app.domain.keymaterial import BASE62, PREFIX
 
 BODY_LENGTH = len(PREFIX) + 32
 

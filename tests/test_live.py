@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from app.sessions import issue_token
+from app.domain.sessions import issue_token
 from tests.live import ROOT, LiveServer
 
 SECRET = "live-test-secret-0123456789-0123456789-abc"

@@ -5,10 +5,10 @@ from urllib.parse import quote
 
 import pytest
 
-from app import keymaterial
+from app.domain import keymaterial
+from app.domain.sessions import issue_token
 from app.logs import RedactingFilter, scrub
-from app.middleware import redacted_target
-from app.sessions import issue_token
+from app.web.middleware import redacted_target
 from tests.conftest import SECRET, START
 
 

@@ -19,7 +19,7 @@ import pytest
 
 import app
 from app.logs import scrub
-from app.validation import MAX_INTEGER_DIGITS
+from app.web.validation import MAX_INTEGER_DIGITS
 from tests.test_contract import spec
 
 SIZE = 64 * 1024  # the largest request body; request lines and headers are bounded lower
@@ -107,5 +107,5 @@ def test_log_redaction_is_linear_time_on_adversarial_request_lines():
 def test_a_huge_integer_is_refused_before_python_converts_it():
     digits = "9" * (MAX_INTEGER_DIGITS + 1)
     with pytest.raises(Exception) as refusal:
-        json.loads(digits, parse_int=importlib.import_module("app.validation")._bounded_int)
+        json.loads(digits, parse_int=importlib.import_module("app.web.validation")._bounded_int)
     assert refusal.type.__name__ == "InvalidJSON"

@@ -4,10 +4,11 @@ from datetime import UTC, datetime
 
 import pytest
 
-from app.keys import KeyService
-from app.ratelimit import Limits, RateLimiter
+from app.domain.keys import KeyService
+from app.domain.ratelimit import Limits, RateLimiter
+from app.domain.tiers import TIERS
 from app.store import SQLiteStore
-from app.tiers import TIERS
+from app.web.ratelimit_headers import rate_limit_headers
 
 DAY_START = 1_794_960_000  # 2026-11-18T00:00:00Z
 NOW = DAY_START + 10 * 3600 + 30 * 60 + 15.25  # 10:30:15.25 UTC
@@ -35,7 +36,7 @@ def test_free_tier_admits_ten_a_minute_then_refuses(limiter):
 
 def test_headers_count_down_remaining_in_the_minute(limiter):
     for expected_remaining in range(9, -1, -1):
-        headers = limiter.admit("key:a", FREE, NOW).headers
+        headers = rate_limit_headers(limiter.admit("key:a", FREE, NOW))
         assert headers == {
             "X-RateLimit-Limit": "10",
             "X-RateLimit-Remaining": str(expected_remaining),
@@ -47,14 +48,14 @@ def test_refused_request_reports_zero_remaining_and_minute_reset(limiter):
     for _ in range(10):
         limiter.admit("key:a", FREE, NOW)
     refused = limiter.admit("key:a", FREE, NOW)
-    assert refused.headers == {"X-RateLimit-Limit": "10", "X-RateLimit-Remaining": "0",
+    assert rate_limit_headers(refused) == {"X-RateLimit-Limit": "10", "X-RateLimit-Remaining": "0",
                                "X-RateLimit-Reset": str(MINUTE_END)}
 
 
 def test_reset_is_end_of_minute_even_on_the_minute_boundary(limiter):
-    assert limiter.admit("key:a", FREE, MINUTE_END - 60).headers["X-RateLimit-Reset"] == str(MINUTE_END)
-    assert limiter.admit("key:b", FREE, MINUTE_END - 0.001).headers["X-RateLimit-Reset"] == str(MINUTE_END)
-    assert limiter.admit("key:c", FREE, MINUTE_END).headers["X-RateLimit-Reset"] == str(MINUTE_END + 60)
+    assert rate_limit_headers(limiter.admit("key:a", FREE, MINUTE_END - 60))["X-RateLimit-Reset"] == str(MINUTE_END)
+    assert rate_limit_headers(limiter.admit("key:b", FREE, MINUTE_END - 0.001))["X-RateLimit-Reset"] == str(MINUTE_END)
+    assert rate_limit_headers(limiter.admit("key:c", FREE, MINUTE_END))["X-RateLimit-Reset"] == str(MINUTE_END + 60)
 
 
 def test_next_minute_admits_again(limiter):
@@ -63,8 +64,8 @@ def test_next_minute_admits_again(limiter):
     assert not limiter.admit("key:a", FREE, MINUTE_END - 0.001).allowed
     again = limiter.admit("key:a", FREE, MINUTE_END)
     assert again.allowed
-    assert again.headers["X-RateLimit-Remaining"] == "9"
-    assert again.headers["X-RateLimit-Reset"] == str(MINUTE_END + 60)
+    assert rate_limit_headers(again)["X-RateLimit-Remaining"] == "9"
+    assert rate_limit_headers(again)["X-RateLimit-Reset"] == str(MINUTE_END + 60)
     assert again.day.remaining == 1000 - 11  # 10 + this one; the refused request was not counted
 
 
@@ -81,7 +82,7 @@ def test_day_limit_binds_when_exhausted(limiter):
     assert all(d.allowed for d in first_minute + later)
     refused = limiter.admit("key:a", limits, NOW + 60)
     assert (refused.allowed, refused.blocked_by) == (False, "day")
-    assert refused.headers == {"X-RateLimit-Limit": "5", "X-RateLimit-Remaining": "0",
+    assert rate_limit_headers(refused) == {"X-RateLimit-Limit": "5", "X-RateLimit-Remaining": "0",
                                "X-RateLimit-Reset": str(DAY_END)}
     assert not limiter.admit("key:a", limits, NOW + 3600).allowed  # still refused hours later
     assert limiter.admit("key:a", limits, DAY_END).allowed  # the next UTC day starts afresh
@@ -91,7 +92,7 @@ def test_headers_follow_the_day_when_it_has_less_room_than_the_minute(limiter):
     limits = Limits(per_minute=5, per_day=7)
     for _ in range(5):
         limiter.admit("key:a", limits, NOW)
-    headers = limiter.admit("key:a", limits, NOW + 60).headers
+    headers = rate_limit_headers(limiter.admit("key:a", limits, NOW + 60))
     assert (headers["X-RateLimit-Remaining"], headers["X-RateLimit-Reset"]) == ("1", str(DAY_END))
 
 
@@ -110,7 +111,7 @@ def test_retry_after_is_seconds_to_day_reset_when_day_binds(limiter):
     refused = limiter.admit("key:a", limits, NOW + 60)
     retry = refused.retry_after(NOW + 60)
     assert retry > 0
-    assert retry == DAY_END - int(NOW + 60) == int(refused.headers["X-RateLimit-Reset"]) - int(NOW + 60)
+    assert retry == DAY_END - int(NOW + 60) == int(rate_limit_headers(refused)["X-RateLimit-Reset"]) - int(NOW + 60)
 
 
 def test_waiting_until_reset_admits_again_when_both_windows_are_exhausted(limiter):
@@ -119,7 +120,7 @@ def test_waiting_until_reset_admits_again_when_both_windows_are_exhausted(limite
         assert limiter.admit("key:a", limits, t).allowed
     refused = limiter.admit("key:a", limits, NOW + 60)
     assert not refused.allowed
-    reset = int(refused.headers["X-RateLimit-Reset"])
+    reset = int(rate_limit_headers(refused)["X-RateLimit-Reset"])
     assert refused.retry_after(NOW + 60) == reset - int(NOW + 60)
     assert limiter.admit("key:a", limits, reset).allowed
 
@@ -142,8 +143,8 @@ def test_every_key_of_an_account_shares_its_tiers_minute(store, limiter):
     secrets = [keys.mint("user-1", name, None, "req_0").secret for name in ("siem", "soar", "laptop")]
     decisions = [keys.use(secrets[n % 3], None, limiter, NOW, f"req_{n}")[1] for n in range(12)]
     assert [d.allowed for d in decisions] == [True] * 10 + [False] * 2
-    assert [d.headers["X-RateLimit-Remaining"] for d in decisions] == [str(9 - n) for n in range(10)] + ["0", "0"]
-    assert {d.headers["X-RateLimit-Limit"] for d in decisions} == {"10"}
+    assert [rate_limit_headers(d)["X-RateLimit-Remaining"] for d in decisions] == [str(9 - n) for n in range(10)] + ["0", "0"]
+    assert {rate_limit_headers(d)["X-RateLimit-Limit"] for d in decisions} == {"10"}
     other = keys.mint("user-2", "siem", None, "req_0").secret
     assert keys.use(other, None, limiter, NOW, "req_other")[1].allowed
 
@@ -164,12 +165,47 @@ def test_a_tier_change_keeps_the_count_and_applies_the_new_limits(store, limiter
 
 
 def test_decide_applies_the_limits_it_is_given_to_the_counts_carried_over():
-    from app.store import Consumption
+    from app.domain.records import Consumption
 
     pro = RateLimiter.windows(Limits(1000, 1_000_000), NOW)
     decision = RateLimiter.decide(pro, Consumption(True, {"minute": 11, "day": 500}, None, False))
-    assert decision.headers == {"X-RateLimit-Limit": "1000", "X-RateLimit-Remaining": "989",
+    assert rate_limit_headers(decision) == {"X-RateLimit-Limit": "1000", "X-RateLimit-Remaining": "989",
                                 "X-RateLimit-Reset": str(MINUTE_END)}
     free = RateLimiter.windows(FREE, NOW)
     refused = RateLimiter.decide(free, Consumption(False, {"minute": 11, "day": 500}, "minute", False))
-    assert refused.headers["X-RateLimit-Remaining"] == "0" and refused.minute.remaining == 0
+    assert rate_limit_headers(refused)["X-RateLimit-Remaining"] == "0" and refused.minute.remaining == 0
+
+
+# -- the rule, without a store ---------------------------------------------------------------
+
+def test_rule_admits_while_every_window_has_room_and_counts_this_request():
+    from app.domain.ratelimit import count_in
+    from app.domain.records import StoredWindow, Window
+
+    windows = (Window("minute", 60, 3), Window("day", 0, 100))
+    result = count_in(windows, {"minute": StoredWindow(60, 2, False), "day": StoredWindow(0, 50, False)})
+    assert result.allowed and result.counts == {"minute": 3, "day": 51} and result.blocked_by is None
+
+
+def test_rule_restarts_a_window_that_has_moved_on_and_never_drags_one_back():
+    from app.domain.ratelimit import count_in
+    from app.domain.records import StoredWindow, Window
+
+    fresh = count_in((Window("minute", 120, 3), Window("day", 0, 100)),
+                     {"minute": StoredWindow(60, 3, True), "day": StoredWindow(0, 5, False)})
+    assert fresh.allowed and fresh.counts["minute"] == 1 and fresh.starts == {"minute": 120, "day": 0}
+    late = count_in((Window("minute", 60, 3), Window("day", 0, 100)),
+                    {"minute": StoredWindow(120, 3, False), "day": StoredWindow(0, 5, False)})
+    assert not late.allowed and late.starts["minute"] == 120
+
+
+def test_rule_lets_the_longest_exhausted_window_refuse_and_marks_only_its_first_refusal():
+    from app.domain.ratelimit import count_in
+    from app.domain.records import StoredWindow, Window
+
+    windows = (Window("minute", 60, 3), Window("day", 0, 10))
+    both = {"minute": StoredWindow(60, 3, False), "day": StoredWindow(0, 10, False)}
+    first = count_in(windows, both)
+    assert not first.allowed and first.blocked_by == "day" and first.first_block
+    again = count_in(windows, {**both, "day": StoredWindow(0, 10, True)})
+    assert not again.first_block and again.counts == {"minute": 3, "day": 10}

@@ -20,7 +20,7 @@ from schemathesis import GenerationMode
 
 from app import create_app
 from app.config import Settings
-from app.sessions import issue_token
+from app.domain.sessions import issue_token
 
 EXAMPLES = 200
 

@@ -7,8 +7,8 @@ from typing import Any
 import jwt
 import pytest
 
-from app.errors import InvalidSession, MissingSession
-from app.sessions import SessionVerifier, issue_token
+from app.domain.errors import InvalidSession, MissingSession
+from app.domain.sessions import SessionVerifier, issue_token
 from tests.conftest import SECRET, START
 
 NOW = START
@@ -181,7 +181,7 @@ def test_iat_within_a_minute_of_clock_skew_is_accepted(verifier):
 
 
 def test_an_overlong_token_is_refused_before_its_signature_is_checked(monkeypatch):
-    from app.sessions import MAX_TOKEN_LENGTH
+    from app.domain.sessions import MAX_TOKEN_LENGTH
 
     verifier = SessionVerifier(SECRET)
     signed = hs256(claims(padding="x" * MAX_TOKEN_LENGTH))  # validly signed, but far too long

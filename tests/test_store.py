@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from app import keymaterial
-from app.errors import DuplicateName, KeyLimitReached, RevokedAPIKey
-from app.keys import KeyService
-from app.store import SCHEMA_VERSION, KeyEvent, KeyRecord, SQLiteStore, Window, tier_subject
+from app.domain import keymaterial
+from app.domain.errors import DuplicateName, KeyLimitReached, RevokedAPIKey
+from app.domain.keys import KeyService
+from app.domain.ratelimit import tier_subject
+from app.domain.records import KeyEvent, KeyRecord, Window
+from app.store import SCHEMA_VERSION, SQLiteStore
 
 T0 = 1_795_000_000_000_000  # microseconds
 SECOND = 1_000_000
@@ -630,14 +632,13 @@ def test_writers_on_two_stores_of_one_file_take_turns_and_lose_nothing(tmp_path)
 def test_a_writer_stuck_behind_a_held_lock_fails_closed(tmp_path, monkeypatch):
     import fcntl
 
-    import app.store as store_module
-    from app.errors import ServiceUnavailable
+    from app.domain.errors import StoreUnavailable
 
     store = SQLiteStore(tmp_path / "k.db")
-    monkeypatch.setattr(store_module, "BUSY_TIMEOUT_MS", 50)
+    monkeypatch.setattr(store._writer, "_timeout", 0.05)
     with open(tmp_path / "k.db.write-lock", "rb") as other_process:
         fcntl.flock(other_process, fcntl.LOCK_EX)
-        with pytest.raises(ServiceUnavailable):
+        with pytest.raises(StoreUnavailable):
             store.consume("key:x", (Window("minute", 0, 10), Window("day", 0, 100)), 0)
     # Released: the next writer goes through, and nothing was counted while refused.
     assert store.consume("key:x", (Window("minute", 0, 10), Window("day", 0, 100)), 0).counts == {"minute": 1, "day": 1}
@@ -656,8 +657,8 @@ def test_a_request_that_read_the_clock_before_a_boundary_counts_in_the_newer_win
 
 def test_a_key_revoked_in_another_worker_is_refused_and_not_counted(settings, clock):
     """Two stores stand for two workers: a revocation through one is seen by the next use in the other."""
-    from app.keys import KeyService
-    from app.ratelimit import RateLimiter
+    from app.domain.keys import KeyService
+    from app.domain.ratelimit import RateLimiter
 
     first, second = SQLiteStore(settings.database_path), SQLiteStore(settings.database_path)
     minted = KeyService(first, clock).mint(USER, "racy", None, "req_0")
@@ -668,3 +669,55 @@ def test_a_key_revoked_in_another_worker_is_refused_and_not_counted(settings, cl
         other.use(minted.secret, None, RateLimiter(second), clock(), "req_2")
     sql = "SELECT total_requests FROM api_keys WHERE id = ?"
     assert raw(settings.database_path, sql, (minted.record.id,)) == [(1,)]
+
+
+def test_a_writer_waits_for_the_lock_without_polling_and_goes_the_moment_it_is_free(tmp_path, monkeypatch):
+    import fcntl
+    import threading
+    import time as time_module
+
+    from app.store import writer as writer_module
+
+    lock = writer_module.WriterLock(tmp_path / "w.lock", timeout_s=5)
+    sleeps: list[float] = []
+    monkeypatch.setattr(writer_module, "time", type("T", (), {"sleep": sleeps.append}), raising=False)
+    order: list[str] = []
+    with open(tmp_path / "w.lock", "rb") as other_process:
+        fcntl.flock(other_process, fcntl.LOCK_EX)
+
+        def write() -> None:
+            with lock.held():
+                order.append("writer")
+
+        waiting = threading.Thread(target=write)
+        waiting.start()
+        time_module.sleep(0.2)  # the writer is queued behind the other process by now
+        order.append("released")
+        fcntl.flock(other_process, fcntl.LOCK_UN)
+        waiting.join(timeout=5)
+    assert order == ["released", "writer"]
+    assert sleeps == []  # waited in the kernel, not in a polling loop
+    with lock.held():  # and the lock is free again afterwards
+        pass
+    lock.close()
+
+
+def test_a_writer_that_gave_up_leaves_the_lock_usable(tmp_path):
+    import fcntl
+
+    from app.domain.errors import StoreUnavailable
+    from app.store.writer import WriterLock
+
+    lock = WriterLock(tmp_path / "w.lock", timeout_s=0.05)
+    with open(tmp_path / "w.lock", "rb") as other_process:
+        fcntl.flock(other_process, fcntl.LOCK_EX)
+        for _ in range(3):
+            with pytest.raises(StoreUnavailable), lock.held():
+                pass
+    # The abandoned turns are granted and released in turn; then this process writes again.
+    for _ in range(3):
+        with lock.held():
+            pass
+    with open(tmp_path / "w.lock", "rb") as other_process:  # and other processes can, too
+        fcntl.flock(other_process, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    lock.close()

@@ -10,8 +10,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from app import keymaterial
-from app.errors import (
+from app.domain import keymaterial
+from app.domain.errors import (
     ExpiredAPIKey,
     InsufficientScope,
     InvalidAPIKey,
@@ -19,9 +19,10 @@ from app.errors import (
     KeyNotFound,
     RevokedAPIKey,
 )
-from app.ratelimit import Decision, Limits, RateLimiter
-from app.store import Account, KeyEvent, KeyRecord, Store, Window
-from app.tiers import get_tier
+from app.domain.ratelimit import Decision, Limits, RateLimiter
+from app.domain.records import Account, KeyEvent, KeyRecord, Window
+from app.domain.store import Store
+from app.domain.tiers import get_tier
 
 Clock = Callable[[], float]
 DAY_US = 86_400 * 1_000_000

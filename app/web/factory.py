@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,35 +12,24 @@ import inflection
 from connexion import FlaskApp
 from connexion.jsonifier import Jsonifier
 from connexion.middleware import MiddlewarePosition
+from connexion.middleware.main import ConnexionMiddleware
 from connexion.resolver import Resolver
 
 from app.config import Settings
-from app.fastpath import tune as tune_connexion
-from app.http_errors import ErrorHandlers
-from app.keys import Clock, KeyService
-from app.middleware import EnvelopeCORSMiddleware, OperationBoundaryMiddleware, RequestContextMiddleware
-from app.ratelimit import Limits, RateLimiter
-from app.security import SECURITY_MAP
-from app.sessions import SessionVerifier
-from app.stack import middlewares
-from app.store import SQLiteStore, Store
-from app.validation import validator_map
+from app.domain.keys import Clock, KeyService
+from app.domain.ratelimit import Limits, RateLimiter
+from app.domain.sessions import SessionVerifier
+from app.domain.store import Store
+from app.store import SQLiteStore
+from app.web import connexion_tuning
+from app.web.errors import ErrorHandlers
+from app.web.middleware import EnvelopeCORSMiddleware, OperationBoundaryMiddleware, RequestContextMiddleware
+from app.web.security import SECURITY_MAP
+from app.web.services import Services
+from app.web.validation import validator_map
 
-SPEC_PATH = Path(__file__).resolve().parent.parent / "openapi.json"
+SPEC_PATH = Path(__file__).resolve().parent.parent.parent / "openapi.json"
 RATE_LIMIT_HEADERS = ["X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset", "Retry-After"]
-
-
-@dataclass(frozen=True)
-class Services:
-    """What handlers and security functions work with, wired once per app."""
-
-    settings: Settings
-    store: Store
-    keys: KeyService
-    sessions: SessionVerifier
-    limiter: RateLimiter
-    clock: Clock
-    management_limits: Limits
 
 
 def build_services(settings: Settings, clock: Clock = time.time, store: Store | None = None) -> Services:
@@ -74,14 +62,21 @@ def create_app(
     clock: Clock = time.time,
     store: Store | None = None,
     spec: dict | Path = SPEC_PATH,
+    tuned: bool = True,
 ) -> FlaskApp:
-    """Build the ASGI application serving `openapi.json` for `settings`."""
+    """Build the ASGI application serving `openapi.json` for `settings`.
+
+    `tuned=False` leaves out `app.web.connexion_tuning`: Connexion's own FlaskApp, middleware
+    list, decorators and security handlers, with only what this service adds through
+    Connexion's documented hooks (middleware, validator and security maps, error handlers).
+    """
+    connexion_tuning.check_version()
     services = build_services(settings, clock, store)
     document: dict = json.loads(spec.read_text()) if isinstance(spec, Path) else spec
+    stack = connexion_tuning.middlewares(settings.validate_responses) if tuned else ConnexionMiddleware.default_middlewares
     # No `static_folder`: nothing is served from Flask's static route, which every request
     # would otherwise be matched against.
-    app = FlaskApp(__name__, jsonifier=Jsonifier(json), middlewares=middlewares(settings.validate_responses),
-                   server_args={"static_folder": None})
+    app = FlaskApp(__name__, jsonifier=Jsonifier(json), middlewares=list(stack), server_args={"static_folder": None})
     errors = ErrorHandlers(document)
     app.add_middleware(
         RequestContextMiddleware,
@@ -110,9 +105,10 @@ def create_app(
         resolver=Resolver(function_resolver=resolve_handler),
         validate_responses=settings.validate_responses,
         validator_map=validator_map(),
-        security_map=SECURITY_MAP,
+        security_map=connexion_tuning.signature_once(SECURITY_MAP) if tuned else SECURITY_MAP,
     )
     errors.install(app)
-    tune_connexion(app)
+    if tuned:
+        connexion_tuning.tune(app)
     app.app.extensions["services"] = services
     return app

@@ -19,7 +19,7 @@ from jsonschema import _keywords as keywords
 from jsonschema.exceptions import best_match
 from jsonschema.validators import extend
 
-from app.errors import InvalidJSON, InvalidParameter
+from app.domain.errors import InvalidJSON, InvalidParameter
 
 LONE_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]", re.ASCII)
 _VALIDATORS: dict[int, tuple[dict, Draft4Validator]] = {}

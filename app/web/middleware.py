@@ -15,8 +15,8 @@ from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import PayloadTooLarge
-from app.http_errors import MESSAGES, envelope
+from app.domain.errors import PayloadTooLarge
+from app.web.errors import MESSAGES, envelope
 
 access_log = logging.getLogger("app.access")
 SECRET_QUERY_PARAMS = frozenset({"api_key"})

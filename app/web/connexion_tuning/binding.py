@@ -43,13 +43,18 @@ from connexion.utils import inspect_function_arguments, is_json_mimetype, is_nul
 from starlette.types import Receive, Scope, Send
 from werkzeug.wrappers import Response as WerkzeugResponse
 
-from app.validation import PARSED_BODY
+from app.web.validation import PARSED_BODY
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
 class InlineWSGIMiddleware:
-    """An ASGI app that calls a WSGI app directly, buffering the request and response."""
+    """An ASGI app that calls a WSGI app directly, buffering the request and response.
+
+    Replaces `a2wsgi.WSGIMiddleware` (a2wsgi 1.10, a2wsgi/wsgi.py), which FlaskASGIApp
+    (connexion 3.3.0, connexion/apps/flask.py) wraps the Flask app in: a thread pool and a
+    hand-off per message. The environ is built by a2wsgi's own `build_environ`.
+    """
 
     def __init__(self, app: WSGIApp, fallback: Any) -> None:
         self.app = app
@@ -92,6 +97,12 @@ class InlineWSGIMiddleware:
 
 class _Binding:
     """One operation's request-to-handler-to-response path, worked out once.
+
+    Replaces, per operation, the chain `FlaskOperation.fn` builds on every call (connexion
+    3.3.0, connexion/apps/flask.py) from `FlaskDecorator` (connexion/decorators/main.py),
+    `SyncParameterDecorator` (connexion/decorators/parameter.py) and
+    `SyncResponseDecorator` (connexion/decorators/response.py); it uses their helpers
+    (`_get_val_from_param`, `_get_query_defaults`, `_unpack_handler_response`).
 
     Connexion's parameter and response decorators re-derive, on every request, what depends
     only on the operation: which parameters exist and their defaults, the handler's
@@ -195,6 +206,8 @@ class _Binding:
 
 
 class _CompiledDecorator(FlaskDecorator):
+    """Replaces `FlaskDecorator.__call__` (connexion 3.3.0, connexion/decorators/main.py)."""
+
     def __call__(self, function: Callable[..., Any]) -> Callable[..., Any]:
         built: list[Callable[[], Any]] = []
 
@@ -214,25 +227,36 @@ class _CompiledDecorator(FlaskDecorator):
 
 
 class _Operation(FlaskOperation):
+    """Replaces `FlaskOperation.fn` (connexion 3.3.0, connexion/apps/flask.py), rebuilt per call."""
+
     @functools.cached_property
     def fn(self) -> Callable[..., Any]:  # type: ignore[override]
         return _CompiledDecorator(pythonic_params=self.pythonic_params, jsonifier=self.jsonifier)(self._fn)
 
 
 class _Api(FlaskApi):
+    """Replaces `FlaskApi.make_operation` (connexion 3.3.0, connexion/apps/flask.py)."""
+
     def make_operation(self, operation: Any) -> _Operation:
         return _Operation.from_operation(operation, pythonic_params=self.pythonic_params, jsonifier=self.jsonifier)
 
 
 class _ASGIApp(FlaskASGIApp):
+    """Replaces `FlaskASGIApp.add_api` (connexion 3.3.0, connexion/apps/flask.py)."""
+
     def add_api(self, specification: Any, *, name: str | None = None, **kwargs: Any) -> _Api:
         api = _Api(specification, **kwargs)
         self.app.register_blueprint(api.blueprint, **({"name": name} if name is not None else {}))
         return api
 
 
-def tune(app: Any) -> None:
-    """Apply both changes to a FlaskApp before it serves its first request."""
-    adapter = app._middleware_app  # the Flask side of FlaskApp; add_wsgi_middleware reaches it the same way
+def tune_flask_side(app: Any) -> None:
+    """Apply both changes to a FlaskApp before it serves its first request.
+
+    `FlaskApp._middleware_app` is the FlaskASGIApp that `FlaskApp.__init__` builds (connexion
+    3.3.0, connexion/apps/flask.py); `FlaskApp.add_wsgi_middleware` reaches it the same way.
+    Its class is swapped for `_ASGIApp` so that `add_api` builds `_Api` operations.
+    """
+    adapter = app._middleware_app
     adapter.__class__ = _ASGIApp
     adapter.asgi_app = InlineWSGIMiddleware(app.app.wsgi_app, fallback=adapter.asgi_app)

@@ -1,124 +1,86 @@
-"""Domain errors: flat classes carrying their data, one HTTP status and code each.
+"""Domain errors: flat classes carrying their data, and no knowledge of HTTP.
 
-`app.http_errors.ErrorHandlers` turns them into the contract's `Error` envelope.
+`app.web.errors` maps each to a status and a code of the contract's `Error` envelope.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from app.domain.ratelimit import Decision
 
 
 class ServiceError(Exception):
     """Base of every error a client is meant to see."""
 
-    status_code = 400
-    code = "bad_request"
-
     def __init__(self, message: str, details: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.details = details or {}
-        self.headers: dict[str, str] = {}
 
 
 class InvalidParameter(ServiceError):
     """A parameter or body field broke a rule of the contract."""
 
-    code = "invalid_parameter"
-
 
 class InvalidJSON(ServiceError):
-    """The request body is not valid JSON text."""
-
-    code = "invalid_json"
+    """The request body is not valid JSON text, or exceeds a bound on what JSON it may hold."""
 
 
 class PayloadTooLarge(ServiceError):
     """The request body is larger than the service accepts."""
 
-    status_code = 413
-    code = "payload_too_large"
-
 
 class MissingSession(ServiceError):
     """No session cookie was sent."""
-
-    status_code = 401
-    code = "missing_session"
 
 
 class InvalidSession(ServiceError):
     """The session token is not one we signed, or it has expired."""
 
-    status_code = 401
-    code = "invalid_session"
-
 
 class MissingAPIKey(ServiceError):
     """No API key was sent."""
-
-    status_code = 401
-    code = "missing_api_key"
 
 
 class InvalidAPIKey(ServiceError):
     """The API key is malformed, fails its checksum or is unknown."""
 
-    status_code = 401
-    code = "invalid_api_key"
-
 
 class ExpiredAPIKey(ServiceError):
     """The API key has passed its expiry time."""
-
-    status_code = 401
-    code = "expired_api_key"
 
 
 class RevokedAPIKey(ServiceError):
     """The API key was revoked."""
 
-    status_code = 401
-    code = "revoked_api_key"
-
 
 class InsufficientScope(ServiceError):
     """The key is valid but its tier lacks a scope the operation requires."""
-
-    status_code = 403
-    code = "insufficient_scope"
 
 
 class KeyNotFound(ServiceError):
     """No key with this id belongs to the caller."""
 
-    status_code = 404
-    code = "key_not_found"
-
 
 class DuplicateName(ServiceError):
     """An active key of the caller already has this name."""
-
-    status_code = 409
-    code = "duplicate_name"
 
 
 class KeyLimitReached(ServiceError):
     """The caller already has the maximum number of active keys."""
 
-    status_code = 409
-    code = "key_limit_reached"
-
 
 class RateLimited(ServiceError):
-    """A rate-limit window is exhausted."""
+    """A rate-limit window is exhausted: `decision` describes both windows, `retry_after` says
+    in how many seconds the refusing one resets."""
 
-    status_code = 429
-    code = "rate_limit_exceeded"
+    def __init__(self, message: str, details: dict[str, Any], decision: Decision, retry_after: int) -> None:
+        super().__init__(message, details)
+        self.decision = decision
+        self.retry_after = retry_after
 
 
-class ServiceUnavailable(ServiceError):
-    """The key store could not be reached in time."""
-
-    status_code = 503
-    code = "service_unavailable"
+class StoreUnavailable(ServiceError):
+    """The key store could not be reached, or could not write, in time."""

@@ -1,9 +1,10 @@
-"""Every error in the contract's `Error` envelope.
+"""Every error in the contract's `Error` envelope, and the one table from domain errors to HTTP.
 
 `envelope` serialises it (the request-context middleware uses it too, for the few answers
-it gives before routing); `ErrorHandlers` maps our domain errors and everything Connexion
-and Starlette raise (validation, security, 404, 405, 415, response validation) to it, plus
-anything unexpected, which is logged with its traceback and answered with a bare 500.
+it gives before routing); `ErrorHandlers` maps our domain errors (`DOMAIN_ERRORS`) and
+everything Connexion and Starlette raise (validation, security, 404, 405, 415, response
+validation) to it, plus anything unexpected, which is logged with its traceback and
+answered with a bare 500.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import sqlite3
 from typing import Any
 
 from connexion import FlaskApp
@@ -19,9 +19,65 @@ from connexion.exceptions import ProblemException
 from connexion.lifecycle import ConnexionRequest, ConnexionResponse
 from starlette.exceptions import HTTPException
 
-from app.errors import ServiceError
+from app.domain import errors as domain
+from app.domain.errors import ServiceError
+from app.web.credentials import SESSION_COOKIE, cookie_values, presented_keys
+from app.web.ratelimit_headers import rate_limit_headers
 
 log = logging.getLogger("app.errors")
+
+# Each domain error's status and code. A subclass not listed takes its nearest listed base's.
+DOMAIN_ERRORS: dict[type[ServiceError], tuple[int, str]] = {
+    ServiceError: (400, "bad_request"),
+    domain.InvalidParameter: (400, "invalid_parameter"),
+    domain.InvalidJSON: (400, "invalid_json"),
+    domain.MissingSession: (401, "missing_session"),
+    domain.InvalidSession: (401, "invalid_session"),
+    domain.MissingAPIKey: (401, "missing_api_key"),
+    domain.InvalidAPIKey: (401, "invalid_api_key"),
+    domain.ExpiredAPIKey: (401, "expired_api_key"),
+    domain.RevokedAPIKey: (401, "revoked_api_key"),
+    domain.InsufficientScope: (403, "insufficient_scope"),
+    domain.KeyNotFound: (404, "key_not_found"),
+    domain.DuplicateName: (409, "duplicate_name"),
+    domain.KeyLimitReached: (409, "key_limit_reached"),
+    domain.PayloadTooLarge: (413, "payload_too_large"),
+    domain.RateLimited: (429, "rate_limit_exceeded"),
+    domain.StoreUnavailable: (503, "service_unavailable"),
+}
+# What a client should do about some of them, beyond the envelope.
+STORE_RETRY_AFTER_S = 1
+
+
+def status_and_code(error: ServiceError) -> tuple[int, str]:
+    """Return the HTTP status and error code for a domain error."""
+    for cls in type(error).__mro__:
+        if cls in DOMAIN_ERRORS:
+            return DOMAIN_ERRORS[cls]  # type: ignore[index]
+    raise TypeError(f"{type(error).__name__} is not a ServiceError")
+
+
+def error_headers(error: ServiceError) -> dict[str, str]:
+    """Return the headers a domain error's answer carries (Retry-After, X-RateLimit-*)."""
+    if isinstance(error, domain.RateLimited):
+        return {**rate_limit_headers(error.decision), "Retry-After": str(error.retry_after)}
+    if isinstance(error, domain.StoreUnavailable):
+        return {"Retry-After": str(STORE_RETRY_AFTER_S)}
+    return {}
+
+
+class HTTPServiceError(ServiceError):
+    """A domain error with its status attached, for Connexion's security layer.
+
+    When several security schemes fail, Connexion raises the one whose `status_code` ranks
+    first (403, then 401); a domain error has none, so security functions raise this.
+    """
+
+    def __init__(self, error: ServiceError) -> None:
+        super().__init__(error.message, error.details)
+        self.error = error
+        self.status_code = status_and_code(error)[0]
+
 
 # Connexion's codes for its own errors, by status.
 STATUS_CODES = {
@@ -38,15 +94,6 @@ MESSAGES = {
     415: "Request body must be JSON (Content-Type: application/json).",
     500: "An unexpected error occurred.",
 }
-
-
-# SQLite's answers that mean the key store cannot be used right now (locked past the busy
-# timeout, read-only, full, failing to read or write, or not there), not that a request or
-# the code is wrong: 503 with Retry-After, for the operator to clear and the client to retry.
-STORE_UNAVAILABLE = frozenset({
-    sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_IOERR,
-    sqlite3.SQLITE_FULL, sqlite3.SQLITE_CANTOPEN,
-})
 
 
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
@@ -108,11 +155,14 @@ class ErrorHandlers:
         app.add_error_handler(ServiceError, self.service_error)
         app.add_error_handler(ProblemException, self.problem)
         app.add_error_handler(HTTPException, self.http_exception)
-        app.add_error_handler(sqlite3.OperationalError, self.store_unavailable)
         app.add_error_handler(Exception, self.unexpected)
 
     async def service_error(self, request: ConnexionRequest, exc: ServiceError) -> ConnexionResponse:
-        return error_response(request, exc.status_code, exc.code, exc.message, exc.details, exc.headers)
+        error = exc.error if isinstance(exc, HTTPServiceError) else exc
+        status, code = status_and_code(error)
+        if status == 503:
+            log.error("request %s: key store unavailable: %r", request_id_of(request), error.__cause__ or error)
+        return error_response(request, status, code, error.message, error.details, error_headers(error))
 
     async def problem(self, request: ConnexionRequest, exc: ProblemException) -> ConnexionResponse:
         status = exc.status
@@ -146,25 +196,24 @@ class ErrorHandlers:
                 return methods
         return None
 
-    async def store_unavailable(self, request: ConnexionRequest, exc: sqlite3.OperationalError) -> ConnexionResponse:
-        # Extended codes (SQLITE_IOERR_WRITE, SQLITE_BUSY_SNAPSHOT, ...) carry their primary
-        # code in the low byte.
-        if (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF not in STORE_UNAVAILABLE:
-            return await self.unexpected(request, exc)  # a programming fault: no retry will help
-        log.error("request %s: key store unavailable: %s", request_id_of(request), exc)
-        return error_response(
-            request, 503, "service_unavailable", "The service is temporarily unavailable; retry shortly.",
-            headers={"Retry-After": "1"},
-        )
-
     async def unexpected(self, request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
         log.error("request %s failed", request_id_of(request), exc_info=exc)
         return error_response(request, 500, "internal_error", MESSAGES[500])
 
     def _unauthorized(self, request: ConnexionRequest, detail: str) -> ConnexionResponse:
+        # Connexion's own 401s: no credential of any scheme was found, or one it could not
+        # read (say `Authorization: Bearer` with no token). Told apart by looking at the
+        # request, not at Connexion's wording.
         routing = request.scope.get("extensions", {}).get("connexion_routing", {})
         by_key = routing.get("operation_id") in self._key_operations
-        if detail.startswith("No authorization token"):
+        if by_key:
+            # A Bearer header without its token is a malformed key, not a missing one.
+            missing = not presented_keys(request.scope) and not any(
+                value.lower().split(maxsplit=1)[:1] == ["bearer"] for value in request.headers.getlist("authorization")
+            )
+        else:
+            missing = not cookie_values("; ".join(request.headers.getlist("cookie")), SESSION_COOKIE)
+        if missing:
             if by_key:
                 return error_response(
                     request, 401, "missing_api_key",

@@ -31,7 +31,11 @@ _MAX_BODY_VALIDATORS = 8  # per operation: one per (media type, charset) seen, b
 
 
 class SpecPathsSwaggerUIMiddleware(SwaggerUIMiddleware):
-    """The Swagger UI and spec, consulted only for the paths under which they are served."""
+    """The Swagger UI and spec, consulted only for the paths under which they are served.
+
+    Replaces `SwaggerUIMiddleware.__call__` and copies the mount in `add_api` (connexion
+    3.3.0, connexion/middleware/swagger_ui.py).
+    """
 
     def __init__(self, app: Any) -> None:
         super().__init__(app)
@@ -65,7 +69,13 @@ def _route_path(scope: Scope) -> str:
 
 
 class ValidatorsOnceOperation(RequestValidationOperation):
-    """Request validation with the operation's validators built on first use, then reused."""
+    """Request validation with the operation's validators built on first use, then reused.
+
+    Replaces `RequestValidationOperation.__call__` (connexion 3.3.0,
+    connexion/middleware/request_validation.py), whose body builds a URI parser, a
+    parameter validator and a body validator per request; `_body_validator` is that body's
+    choice of validator, copied.
+    """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

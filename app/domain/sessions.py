@@ -10,8 +10,8 @@ from typing import Any
 
 import jwt
 
-from app.errors import InvalidSession, MissingSession
-from app.keys import valid_user_id
+from app.domain.errors import InvalidSession, MissingSession
+from app.domain.keys import valid_user_id
 
 AUDIENCE = "authenticated"
 ALGORITHM = "HS256"

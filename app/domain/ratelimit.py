@@ -1,14 +1,17 @@
 """Rate limiting: fixed per-minute and per-day windows counted in the shared store.
 
-Fail-closed: if the store cannot count a request (its write lock stays taken past the
-5 s busy timeout), the request is refused with 503 rather than admitted uncounted.
+The rule (`count_in`) is a pure function of the stored counts; the store runs it inside the
+transaction that reads and writes them. Fail-closed: if the store cannot count a request
+(`StoreUnavailable`), the request is refused rather than admitted uncounted.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from app.store import Consumption, Store, Window
+from app.domain.records import Consumption, StoredWindow, Window
+from app.domain.store import Store
 
 MINUTE = 60
 DAY = 86_400
@@ -29,7 +32,7 @@ class WindowState:
 
 @dataclass(frozen=True)
 class Decision:
-    """The outcome of counting one request, with what the X-RateLimit-* headers report."""
+    """The outcome of counting one request, and the state of both windows after it."""
 
     allowed: bool
     minute: WindowState
@@ -38,18 +41,13 @@ class Decision:
     usage: tuple[int, int] | None = None  # the key's total_requests and last_used_us, counted with it
 
     @property
-    def headers(self) -> dict[str, str]:
-        """Return the X-RateLimit-* headers."""
-        # The vendor defines Limit as the per-minute figure. Remaining and Reset describe the
-        # window that binds: the day once it has no more room left than the minute (then the
-        # minute's reset would not give any back), else the minute. So a client that waits
-        # until Reset is let in again.
-        binding = self.day if self.blocked_by == "day" or self.day.remaining <= self.minute.remaining else self.minute
-        return {
-            "X-RateLimit-Limit": str(self.minute.limit),
-            "X-RateLimit-Remaining": str(binding.remaining),
-            "X-RateLimit-Reset": str(binding.reset),
-        }
+    def binding(self) -> WindowState:
+        """Return the window that binds: the one a client must wait for to be let in again.
+
+        The day once it has no more room left than the minute (then the minute's reset would
+        not give any back), else the minute.
+        """
+        return self.day if self.blocked_by == "day" or self.day.remaining <= self.minute.remaining else self.minute
 
     def windows_info(self) -> dict[str, dict[str, int]]:
         """Describe both windows as the contract's `rate_limit` object (whoami)."""
@@ -102,3 +100,45 @@ class RateLimiter:
 
 def _state(window: Window, count: int, length: int) -> WindowState:
     return WindowState(window.limit, max(0, window.limit - count), window.start + length)
+
+
+def tier_subject(user_id: str) -> str:
+    """Return the subject an account's API-key requests are counted under, whichever key made them.
+
+    Not `management_subject`: key management has its own budget.
+    """
+    return f"tier:{user_id}"
+
+
+def management_subject(user_id: str) -> str:
+    """Return the subject an account's key-management (session) requests are counted under."""
+    return f"account:{user_id}"
+
+
+def count_in(windows: Sequence[Window], stored: Mapping[str, StoredWindow]) -> Consumption:
+    """Decide whether one more request fits in `windows` (shortest first), given what is stored.
+
+    The rule, in plain numbers: a window that has started since the stored one restarts its
+    count; a request that read the clock just before a boundary but is counted just after it
+    counts in the newer window, never drags it back; the request is admitted only if every
+    window has room; the longest exhausted window refuses it (it decides when a retry can
+    succeed), and only its first refusal is a `first_block`. The store runs this inside the
+    transaction that read `stored`, and writes what it says.
+    """
+    windows = [
+        w if w.kind not in stored or stored[w.kind].start <= w.start else Window(w.kind, stored[w.kind].start, w.limit)
+        for w in windows
+    ]
+    counts: dict[str, int] = {}
+    blocked_by: Window | None = None
+    for w in windows:
+        held = stored.get(w.kind)
+        counts[w.kind] = held.count if held is not None and held.start == w.start else 0
+        if counts[w.kind] >= w.limit:
+            blocked_by = w
+    starts = {w.kind: w.start for w in windows}
+    if blocked_by is not None:
+        held = stored.get(blocked_by.kind)
+        first = not (held is not None and held.start == blocked_by.start and held.blocked)
+        return Consumption(False, counts, blocked_by.kind, first, starts=starts)
+    return Consumption(True, {kind: count + 1 for kind, count in counts.items()}, None, False, starts=starts)

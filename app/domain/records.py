@@ -1,0 +1,84 @@
+"""What the domain keeps: accounts, keys, key events and rate-limit windows, as frozen records.
+
+Times are integer microseconds since the Unix epoch (UTC), except window starts (seconds).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Account:
+    user_id: str
+    tier: str
+    created_us: int
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    id: str
+    user_id: str
+    name: str
+    preview: str
+    tier: str
+    created_us: int
+    expires_us: int | None
+    revoked_us: int | None
+    total_requests: int
+    last_used_us: int | None
+
+
+@dataclass(frozen=True)
+class KeyEvent:
+    id: str
+    user_id: str
+    key_id: str
+    type: str
+    key_name: str
+    key_preview: str
+    request_id: str
+    occurred_us: int
+    details: dict[str, Any]
+
+    @classmethod
+    def about(
+        cls, key: KeyRecord, kind: str, request_id: str, occurred_us: int, details: dict[str, Any] | None = None
+    ) -> KeyEvent:
+        """A new event of `kind` about `key`, naming it as it is now."""
+        return cls(
+            id=str(uuid.uuid4()), user_id=key.user_id, key_id=key.id, type=kind, key_name=key.name,
+            key_preview=key.preview, request_id=request_id, occurred_us=occurred_us, details=details or {},
+        )
+
+
+@dataclass(frozen=True)
+class Window:
+    """One rate-limit window to count a request against."""
+
+    kind: str  # "minute" or "day"
+    start: int  # window start, Unix seconds
+    limit: int
+
+
+@dataclass(frozen=True)
+class StoredWindow:
+    """A subject's window of one kind as the store holds it."""
+
+    start: int
+    count: int
+    blocked: bool  # a request in it has been refused already
+
+
+@dataclass(frozen=True)
+class Consumption:
+    """What counting one request against a subject's windows did."""
+
+    allowed: bool
+    counts: dict[str, int]  # requests counted in each window, this one included if allowed
+    blocked_by: str | None  # the window that refused the request
+    first_block: bool  # the first refusal in that window
+    usage: tuple[int, int] | None = None  # the key's total_requests and last_used_us after this one
+    starts: dict[str, int] | None = None  # the window each count belongs to (see the rule)

@@ -1,0 +1,76 @@
+"""The SQLite schema, versioned in `PRAGMA user_version`, and the steps between versions."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import sqlite_utils
+
+from app.domain.ratelimit import tier_subject
+
+SCHEMA_VERSION = 2
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Bring the schema up to SCHEMA_VERSION; call inside a write transaction."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version < 1:
+        _create_v1(sqlite_utils.Database(conn))
+    if version < 2:
+        _account_windows_v2(conn)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def _create_v1(db: sqlite_utils.Database) -> None:
+    db.table("accounts").create({"user_id": str, "tier": str, "created_us": int}, pk="user_id", not_null={"tier", "created_us"})
+    db.table("api_keys").create(
+        {
+            "id": str, "user_id": str, "name": str, "digest": str, "preview": str,
+            "created_us": int, "expires_us": int, "revoked_us": int,
+            "total_requests": int, "last_used_us": int,
+        },
+        pk="id",
+        not_null={"user_id", "name", "digest", "preview", "created_us", "total_requests"},
+        defaults={"total_requests": 0},
+        foreign_keys=[("user_id", "accounts", "user_id")],
+    )
+    db.table("api_keys").create_index(["digest"], unique=True)
+    db.table("api_keys").create_index(["user_id", "created_us"])
+    db.table("key_events").create(
+        {
+            "id": str, "user_id": str, "key_id": str, "type": str, "key_name": str,
+            "key_preview": str, "request_id": str, "occurred_us": int, "details": str,
+        },
+        pk="id",
+        not_null={"user_id", "key_id", "type", "key_name", "key_preview", "request_id", "occurred_us", "details"},
+    )
+    db.table("key_events").create_index(["user_id", "occurred_us"])
+    db.table("rate_windows").create(
+        {"subject": str, "window": str, "start": int, "count": int, "blocked": int},
+        pk=("subject", "window"),
+        not_null={"start", "count", "blocked"},
+    )
+
+
+
+def _account_windows_v2(conn: sqlite3.Connection) -> None:
+    """Move each key's rate windows to its account, so an upgrade resets no one's limits.
+
+    Version 1 counted every key on its own (`key:{id}`). Each account now gets the current
+    window of each kind with the counts of all its keys in it, and the per-key rows go.
+    """
+    merged: dict[tuple[str, str], tuple[int, int, int]] = {}
+    for user_id, kind, start, count, blocked in conn.execute(
+        "SELECT k.user_id, w.window, w.start, w.count, w.blocked FROM rate_windows w "
+        "JOIN api_keys k ON k.id = substr(w.subject, 5) WHERE w.subject >= 'key:' AND w.subject < 'key;'"
+    ):
+        latest = merged.get((user_id, kind))
+        if latest is None or start > latest[0]:
+            merged[(user_id, kind)] = (start, count, blocked)
+        elif start == latest[0]:
+            merged[(user_id, kind)] = (start, latest[1] + count, max(latest[2], blocked))
+    conn.executemany(
+        "INSERT OR REPLACE INTO rate_windows (subject, window, start, count, blocked) VALUES (?, ?, ?, ?, ?)",
+        [(tier_subject(user_id), kind, *window) for (user_id, kind), window in merged.items()],
+    )
+    conn.execute("DELETE FROM rate_windows WHERE subject >= 'key:' AND subject < 'key;'")

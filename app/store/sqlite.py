@@ -1,0 +1,368 @@
+"""The key store on SQLite: accounts, keys, key events and rate-limit windows in one file.
+
+Times are integer microseconds since the Unix epoch (UTC). Writes that must be atomic across
+worker processes run in `BEGIN IMMEDIATE` transactions, one writer at a time (`WriterLock`);
+key lifecycle writes are synced to disk before they return. SQLite's faults that mean the
+store cannot answer now (busy, locked, read-only, full, failing disk) are `StoreUnavailable`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from app.domain.errors import DuplicateName, KeyLimitReached, StoreUnavailable
+from app.domain.ratelimit import count_in, tier_subject
+from app.domain.records import Account, Consumption, KeyEvent, KeyRecord, StoredWindow, Window
+from app.domain.tiers import DEFAULT_TIER
+from app.store import migrations
+from app.store.writer import CHECKPOINT_INTERVAL_S, Checkpointer, WriterLock
+
+BUSY_TIMEOUT_MS = 5000
+SCHEMA_VERSION = migrations.SCHEMA_VERSION
+# SQLite's primary result codes for a store that cannot answer now, as opposed to a fault in
+# the code (a bad query, a broken constraint): busy or locked past the timeout, read-only,
+# out of space, or an I/O error from the disk. These answer 503; anything else is a 500.
+UNAVAILABLE_CODES = frozenset({
+    sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_IOERR,
+    sqlite3.SQLITE_FULL, sqlite3.SQLITE_CANTOPEN,
+})
+
+
+_KEY_COLUMNS = (
+    "k.id, k.user_id, k.name, k.preview, a.tier, k.created_us, k.expires_us, k.revoked_us, "
+    "k.total_requests, k.last_used_us"
+)
+_KEY_FROM = "api_keys k JOIN accounts a ON a.user_id = k.user_id"
+
+
+class SQLiteStore:
+    """A Store on one SQLite file (or one open connection), safe across threads and processes."""
+
+    def __init__(self, database: str | Path | sqlite3.Connection) -> None:
+        self._shared: sqlite3.Connection | None = None
+        self._lock = threading.RLock()
+        self._writer: WriterLock | None = None
+        self._local = threading.local()
+        self._checkpointer: Checkpointer | None = None
+        if isinstance(database, sqlite3.Connection):
+            self._shared = database
+            self._path: Path | None = None
+        else:
+            self._path = Path(database)
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            if not self._path.exists():
+                # Key digests and account data: readable by the service's user only.
+                self._path.touch(mode=0o600)
+            self._writer = WriterLock(self._path.with_name(self._path.name + ".write-lock"), BUSY_TIMEOUT_MS / 1000)
+        self.migrate()
+
+    # -- connections ----------------------------------------------------------------------
+
+    def _open(self) -> sqlite3.Connection:
+        assert self._path is not None
+        conn = sqlite3.connect(self._path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        return conn
+
+    @contextmanager
+    def _conn(self) -> Iterator[sqlite3.Connection]:
+        try:
+            if self._shared is not None:
+                with self._lock:
+                    yield self._shared
+                return
+            conn = getattr(self._local, "conn", None)
+            if conn is None:
+                conn = self._local.conn = self._open()
+            yield conn
+        except sqlite3.OperationalError as error:
+            if (getattr(error, "sqlite_errorcode", 0) & 0xFF) in UNAVAILABLE_CODES:
+                raise StoreUnavailable("The key store is temporarily unavailable; retry shortly.") from error
+            raise
+
+    @contextmanager
+    def _writer_turn(self) -> Iterator[None]:
+        """Wait for this process's turn to write (see `app.store.writer`)."""
+        if self._writer is None:
+            with self._lock:
+                yield
+            return
+        with self._writer.held():
+            yield
+
+    @contextmanager
+    def _write(self, durable: bool = False) -> Iterator[sqlite3.Connection]:
+        """Run a write transaction that takes the database's write lock up front."""
+        with self._conn() as conn, self._writer_turn():
+            try:
+                if durable:
+                    # Sync this commit (and any before it) to disk before the client hears of it.
+                    conn.execute("PRAGMA synchronous = FULL")
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                    conn.execute("COMMIT")
+                finally:
+                    if conn.in_transaction:  # an error, or a COMMIT that failed
+                        conn.execute("ROLLBACK")
+            finally:
+                if durable:
+                    conn.execute("PRAGMA synchronous = NORMAL")
+
+    def checkpoint_in_background(self, interval: float = CHECKPOINT_INTERVAL_S) -> None:
+        """Checkpoint the write-ahead log from a thread of this process (see `Checkpointer`).
+
+        Call once per process, after any fork; `close` stops it.
+        """
+        if self._path is not None and self._checkpointer is None:
+            self._checkpointer = Checkpointer(self._open, interval)
+
+    def close(self) -> None:
+        """Stop the background checkpointer, if any, and close this thread's connection."""
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
+            self._checkpointer = None
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    # -- schema ---------------------------------------------------------------------------
+
+    def migrate(self) -> None:
+        """Create or upgrade the schema; safe when several workers start at once."""
+        with self._write() as conn:
+            migrations.migrate(conn)
+
+    def ping(self) -> None:
+        """Raise if the database cannot be read."""
+        with self._conn() as conn:
+            conn.execute("SELECT 1 FROM accounts LIMIT 1").fetchall()
+
+    # -- accounts -------------------------------------------------------------------------
+
+    def ensure_account(self, user_id: str, now_us: int) -> Account:
+        """Return the user's account, creating it on the default tier if new."""
+        with self._conn() as conn:
+            row = conn.execute(
+                "SELECT user_id, tier, created_us FROM accounts WHERE user_id = ?", (user_id,)
+            ).fetchone()
+        if row is None:
+            with self._write() as conn:
+                conn.execute(
+                    "INSERT OR IGNORE INTO accounts (user_id, tier, created_us) VALUES (?, ?, ?)",
+                    (user_id, DEFAULT_TIER, now_us),
+                )
+                row = conn.execute(
+                    "SELECT user_id, tier, created_us FROM accounts WHERE user_id = ?", (user_id,)
+                ).fetchone()
+        return Account(*row)
+
+    def set_tier(self, user_id: str, tier: str, now_us: int) -> Account:
+        """Set the user's tier, creating the account if needed."""
+        with self._write(durable=True) as conn:
+            conn.execute(
+                "INSERT INTO accounts (user_id, tier, created_us) VALUES (?, ?, ?) "
+                "ON CONFLICT(user_id) DO UPDATE SET tier = excluded.tier",
+                (user_id, tier, now_us),
+            )
+            row = conn.execute(
+                "SELECT user_id, tier, created_us FROM accounts WHERE user_id = ?", (user_id,)
+            ).fetchone()
+        return Account(*row)
+
+    # -- keys -----------------------------------------------------------------------------
+
+    def insert_key(self, record: KeyRecord, digest: str, max_active: int, event: KeyEvent) -> None:
+        """Store a new key and its `minted` event, enforcing name uniqueness and the key cap."""
+        now = record.created_us
+        active = "user_id = ? AND revoked_us IS NULL AND (expires_us IS NULL OR expires_us > ?)"
+        with self._write(durable=True) as conn:
+            if conn.execute(
+                f"SELECT 1 FROM api_keys WHERE {active} AND name = ?", (record.user_id, now, record.name)
+            ).fetchone():
+                raise DuplicateName(
+                    f"An active API key named {record.name!r} already exists.", {"field": "name"}
+                )
+            (count,) = conn.execute(f"SELECT count(*) FROM api_keys WHERE {active}", (record.user_id, now)).fetchone()
+            if count >= max_active:
+                raise KeyLimitReached(
+                    f"This account already has {count} active API keys, the most allowed; "
+                    "revoke one before minting another.",
+                    {"limit": max_active},
+                )
+            conn.execute(
+                "INSERT INTO api_keys (id, user_id, name, digest, preview, created_us, expires_us) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (record.id, record.user_id, record.name, digest, record.preview, now, record.expires_us),
+            )
+            _insert_event(conn, event)
+
+    def get_key(self, user_id: str, key_id: str) -> KeyRecord | None:
+        """Return the user's key with this id unless it is revoked."""
+        with self._conn() as conn:
+            row = conn.execute(
+                f"SELECT {_KEY_COLUMNS} FROM {_KEY_FROM} "
+                "WHERE k.id = ? AND k.user_id = ? AND k.revoked_us IS NULL",
+                (key_id, user_id),
+            ).fetchone()
+        return KeyRecord(*row) if row else None
+
+    def list_keys(self, user_id: str, limit: int, before: tuple[int, str] | None) -> list[KeyRecord]:
+        """Return up to `limit` unrevoked keys, newest first, older than the `before` position."""
+        sql = f"SELECT {_KEY_COLUMNS} FROM {_KEY_FROM} WHERE k.user_id = ? AND k.revoked_us IS NULL"
+        with self._conn() as conn:
+            return [KeyRecord(*row) for row in _newest_first(conn, sql, [user_id], "k", "api_keys", "created_us", before, limit)]
+
+    def revoke_key(self, user_id: str, key_id: str, now_us: int, event: KeyEvent) -> KeyRecord | None:
+        """Revoke the user's key and record the event; None if there is no such unrevoked key."""
+        with self._write(durable=True) as conn:
+            row = conn.execute(
+                f"SELECT {_KEY_COLUMNS} FROM {_KEY_FROM} "
+                "WHERE k.id = ? AND k.user_id = ? AND k.revoked_us IS NULL",
+                (key_id, user_id),
+            ).fetchone()
+            if row is None:
+                return None
+            # The account's rate windows stay: its other keys, and any minted next, share them.
+            conn.execute("UPDATE api_keys SET revoked_us = ? WHERE id = ?", (now_us, key_id))
+            record = KeyRecord(*row)
+            _insert_event(conn, event)
+        return record
+
+    # -- events ---------------------------------------------------------------------------
+
+    def list_events(self, user_id: str, limit: int, before: tuple[int, str] | None) -> list[KeyEvent]:
+        """Return up to `limit` of the user's key events, newest first, older than `before`."""
+        sql = (
+            "SELECT e.id, e.user_id, e.key_id, e.type, e.key_name, e.key_preview, e.request_id, e.occurred_us, "
+            "e.details FROM key_events e WHERE e.user_id = ?"
+        )
+        with self._conn() as conn:
+            return [
+                KeyEvent(
+                    id=row[0], user_id=row[1], key_id=row[2], type=row[3], key_name=row[4],
+                    key_preview=row[5], request_id=row[6], occurred_us=row[7], details=json.loads(row[8]),
+                )
+                for row in _newest_first(conn, sql, [user_id], "e", "key_events", "occurred_us", before, limit)
+            ]
+
+    # -- rate limits ----------------------------------------------------------------------
+
+    def consume(self, subject: str, windows: Sequence[Window], now_us: int) -> Consumption:
+        """Count one request against every window of `subject` if all have room, atomically.
+
+        `windows` are ordered shortest first. (Keys are counted by `use_key`, which also
+        bumps their usage and records refusals.)
+        """
+        with self._write() as conn:
+            return _count(conn, subject, windows, now_us)
+
+    def use_key(
+        self, digest: str, now_us: int, admit: Callable[[KeyRecord], Sequence[Window]], request_id: str
+    ) -> tuple[KeyRecord, Consumption] | None:
+        """Look up the key stored under `digest` and count one request of it, in one transaction.
+
+        `admit` sees the key as stored at this moment (revoked, expired, its account's tier) and
+        either raises to refuse it, writing nothing, or returns the windows to count it in. The
+        windows are its account's (`tier_subject`), shared by all the account's keys; the usage
+        counted is the key's own. None if no key has this digest. One transaction per request,
+        and a key revoked or re-tiered in another worker is seen at once.
+        """
+        with self._write() as conn:
+            row = conn.execute(f"SELECT {_KEY_COLUMNS}, k.digest FROM {_KEY_FROM} WHERE k.digest = ?", (digest,)).fetchone()
+            if row is None or not hmac.compare_digest(row[-1], digest):
+                return None
+            record = KeyRecord(*row[:-1])
+            counted = _count(conn, tier_subject(record.user_id), admit(record), now_us, record, request_id)
+        if counted.usage is not None:
+            # As the key stands after this request: its usage counted with it.
+            total_requests, last_used_us = counted.usage
+            record = replace(record, total_requests=total_requests, last_used_us=last_used_us)
+        return record, counted
+
+
+def _count(
+    conn: sqlite3.Connection,
+    subject: str,
+    windows: Sequence[Window],
+    now_us: int,
+    key: KeyRecord | None = None,
+    request_id: str = "",
+) -> Consumption:
+    """Count a request in `subject`'s windows, by the domain's rule, inside the caller's write
+    transaction.
+
+    For a `key`, an admitted request also bumps its usage, and the first refusal in a window
+    is recorded as a `rate_limited` event about that key (the windows are its account's).
+    """
+    stored = {
+        kind: StoredWindow(start, count, bool(blocked))
+        for kind, start, count, blocked in conn.execute(
+            "SELECT window, start, count, blocked FROM rate_windows WHERE subject = ?", (subject,)
+        )
+    }
+    result = count_in(windows, stored)
+    starts = result.starts or {}
+    if result.blocked_by is not None:
+        kind = result.blocked_by
+        conn.execute(
+            "UPDATE rate_windows SET blocked = 1 WHERE subject = ? AND window = ? AND start = ?",
+            (subject, kind, starts[kind]),
+        )
+        if result.first_block and key is not None:
+            limit = next(w.limit for w in windows if w.kind == kind)
+            details = {"window": kind, "limit": limit, "applies_to": "account"}
+            _insert_event(conn, KeyEvent.about(key, "rate_limited", request_id, now_us, details))
+        return result
+    # One row per subject and window kind, overwritten when a new window starts: old windows
+    # never pile up.
+    conn.executemany(
+        "INSERT INTO rate_windows (subject, window, start, count, blocked) VALUES (?, ?, ?, ?, 0) "
+        "ON CONFLICT(subject, window) DO UPDATE SET start = excluded.start, count = excluded.count, "
+        "blocked = CASE WHEN start = excluded.start THEN blocked ELSE 0 END",
+        [(subject, kind, starts[kind], count) for kind, count in result.counts.items()],
+    )
+    if key is not None:
+        usage = conn.execute(
+            "UPDATE api_keys SET total_requests = total_requests + 1, last_used_us = ? WHERE id = ? "
+            "RETURNING total_requests, last_used_us",
+            (now_us, key.id),
+        ).fetchone()
+        result = replace(result, usage=tuple(usage))
+    return result
+
+
+def _newest_first(
+    conn: sqlite3.Connection, sql: str, params: list[Any], alias: str, table: str, time_column: str,
+    before: tuple[int, str] | None, limit: int,
+) -> sqlite3.Cursor:
+    """Run `sql` as one page of a newest-first listing, after the `before` (time, id) position."""
+    if before is not None:
+        # Ties in time fall back to insertion order (rowid); a cursor naming no row of this
+        # account's ends at its time, so another account's id reads as one that does not exist.
+        sql += (f" AND ({alias}.{time_column}, {alias}.rowid) < "
+                f"(?, (SELECT rowid FROM {table} WHERE id = ? AND user_id = {alias}.user_id))")
+        params = params + list(before)
+    sql += f" ORDER BY {alias}.{time_column} DESC, {alias}.rowid DESC LIMIT ?"
+    return conn.execute(sql, params + [limit])
+
+
+def _insert_event(conn: sqlite3.Connection, event: KeyEvent) -> None:
+    conn.execute(
+        "INSERT INTO key_events (id, user_id, key_id, type, key_name, key_preview, request_id, "
+        "occurred_us, details) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (event.id, event.user_id, event.key_id, event.type, event.key_name, event.key_preview,
+         event.request_id, event.occurred_us, json.dumps(event.details)),
+    )

@@ -1,0 +1,171 @@
+"""The tuned app answers exactly as plain Connexion does.
+
+`app.web.connexion_tuning` runs Flask inline, binds each operation's arguments once, reuses
+request validators, skips the Swagger UI router for paths it does not serve, leaves out the
+pass-through response validation layer and inspects security functions once. The same
+conversation, every operation, in success and in every kind of error, by every way of
+authenticating, is held with `create_app(..., tuned=False)` (Connexion's own FlaskApp,
+middleware list, decorators and security handlers), and every answer must match: status,
+headers (but the date) and body, once ids, keys and request ids are masked.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app import create_app
+from app.config import Settings
+from app.domain.sessions import issue_token
+from app.web.connexion_tuning import UnsupportedConnexion, binding, check_version
+from tests.conftest import SECRET, FakeClock
+
+MASKS = [
+    (re.compile(r"sk_live_[0-9A-Za-z]{38}"), "<key>"),
+    (re.compile(r"sk_live_[0-9A-Za-z]{4}"), "<preview>"),
+    (re.compile(r"[0-9]{16}[0-9a-f]{32}"), "<cursor>"),
+    (re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE), "<uuid>"),
+    (re.compile(r"req_[0-9a-f]{16}"), "<request-id>"),
+]
+
+
+def mask(text: str) -> str:
+    for pattern, replacement in MASKS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def conversation(client: Any, clock: FakeClock) -> list[tuple[Any, ...]]:
+    """Walk every operation, in success and in error, and record what a client sees."""
+    cookies = {"sb-access-token": issue_token(SECRET, "user-1", clock(), 3600)}
+    answers: list[tuple[Any, ...]] = []
+
+    def call(method: str, url: str, **kwargs: Any) -> Any:
+        response = client.request(method, url, **kwargs)
+        headers = {k.lower(): mask(v) for k, v in response.headers.items() if k.lower() != "date"}
+        answers.append((method, mask(url), response.status_code, headers, mask(response.text)))
+        return response
+
+    call("GET", "/api/v1/keys")  # no session: 401 missing_session
+    call("GET", "/api/v1/keys", cookies={"sb-access-token": "not-a-token"})  # 401 invalid_session
+    call("POST", "/api/v1/keys", content=b'{"name": "x"}', headers={"Content-Type": "text/plain"}, cookies=cookies)
+    call("POST", "/api/v1/keys", content=b'{"name": "' + b"x" * 70_000 + b'"}',
+         headers={"Content-Type": "application/json"}, cookies=cookies)  # 413
+    first = call("POST", "/api/v1/keys", json={"name": "prod-splunk"}, cookies=cookies).json()["data"]
+    call("POST", "/api/v1/keys", json={"name": "prod-splunk"}, cookies=cookies)  # 409 duplicate_name
+    second = call("POST", "/api/v1/keys", json={"name": "key1", "expires_in_days": 30}, cookies=cookies).json()["data"]
+    call("POST", "/api/v1/keys", json={"name": "third-key"}, cookies=cookies)
+    call("POST", "/api/v1/keys", json={"name": "fourth-key"}, cookies=cookies)  # 409 key_limit_reached
+    call("POST", "/api/v1/keys", json={"name": "x", "extra": 1}, cookies=cookies)
+    call("POST", "/api/v1/keys", content=b"{not json", headers={"Content-Type": "application/json"}, cookies=cookies)
+    call("POST", "/api/v1/keys", content=b"", headers={"Content-Type": "application/json"}, cookies=cookies)
+    call("GET", "/api/v1/keys", cookies=cookies)
+    cursor = call("GET", "/api/v1/keys?limit=1", cookies=cookies).json()["meta"]["next_cursor"]
+    call("GET", f"/api/v1/keys?limit=1&cursor={cursor}", cookies=cookies)
+    call("GET", "/api/v1/keys?limit=abc", cookies=cookies)
+    call("GET", "/api/v1/keys?limit=0", cookies=cookies)
+    call("GET", f"/api/v1/keys/{first['id'].upper()}", cookies=cookies)
+    call("GET", "/api/v1/keys/not-a-uuid", cookies=cookies)
+    call("GET", f"/api/v1/keys/{first['id']}")
+    clock.advance(1)
+    call("GET", "/api/v1/whoami", headers={"X-API-Key": second["key"]})
+    call("GET", f"/api/v1/whoami?api_key={second['key']}")
+    call("GET", "/api/v1/whoami", headers={"Authorization": f"Bearer {second['key']}"})
+    call("GET", "/api/v1/whoami", headers={"X-API-Key": "sk_live_nope"})
+    call("GET", "/api/v1/whoami")  # 401 missing_api_key
+    call("GET", "/api/v1/whoami", headers={"Authorization": f"Bearer {second['key']}", "X-API-Key": first["key"]})
+    for _ in range(8):  # the free tier's 10 a minute, then 429 with Retry-After
+        call("GET", "/api/v1/whoami", headers={"Authorization": f"Bearer {second['key']}"})
+    call("DELETE", f"/api/v1/keys/{first['id']}", cookies=cookies)
+    call("DELETE", f"/api/v1/keys/{first['id']}", cookies=cookies)
+    call("GET", "/api/v1/whoami", headers={"X-API-Key": first["key"]})  # 401 revoked_api_key
+    clock.advance(31 * 86_400)
+    call("GET", "/api/v1/whoami", headers={"X-API-Key": second["key"]})  # 401 expired_api_key
+    call("GET", "/api/v1/key-events?limit=2", cookies=cookies)
+    call("GET", "/api/v1/key-events", cookies=cookies)
+    call("GET", "/healthz")
+    call("PUT", "/healthz")
+    call("HEAD", "/healthz")
+    call("GET", "/api/v1/nothing")
+    call("GET", "/openapi.json")
+    call("GET", "/ui/")
+    return answers
+
+
+@pytest.mark.parametrize("validate_responses", [True, False])
+def test_tuned_app_answers_as_plain_connexion_does(tmp_path: Path, validate_responses: bool) -> None:
+    def run(name: str, tuned: bool) -> list[tuple[Any, ...]]:
+        clock = FakeClock()
+        settings = Settings(jwt_secret=SECRET, database_path=tmp_path / name / "keys.db", cors_origin_regex="",
+                            validate_responses=validate_responses, max_active_keys=3)
+        with create_app(settings, clock=clock, tuned=tuned).test_client() as client:
+            return conversation(client, clock)
+
+    tuned = run("tuned", tuned=True)
+    plain = run("plain", tuned=False)
+
+    assert len(tuned) == len(plain) == 46
+    for ours, reference in zip(tuned, plain, strict=True):
+        assert ours == reference
+    statuses = [answer[2] for answer in tuned]
+    for status in (200, 201, 204, 400, 401, 404, 405, 409, 413, 415, 429):
+        assert status in statuses, status
+    codes = " ".join(answer[4] for answer in tuned)
+    for code in ("missing_session", "invalid_session", "missing_api_key", "invalid_api_key", "revoked_api_key",
+                 "expired_api_key", "duplicate_name", "key_limit_reached", "rate_limit_exceeded", "key_not_found"):
+        assert code in codes, code
+    limited = next(answer for answer in tuned if answer[2] == 429)
+    assert {"retry-after", "x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset"} <= set(limited[3])
+
+
+def test_the_binding_path_and_connexions_generic_decorators_agree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def run(name: str) -> list[tuple[Any, ...]]:
+        clock = FakeClock()
+        settings = Settings(jwt_secret=SECRET, database_path=tmp_path / name / "keys.db", cors_origin_regex="",
+                            max_active_keys=3)
+        with create_app(settings, clock=clock).test_client() as client:
+            return conversation(client, clock)
+
+    compiled = run("compiled")
+    # Connexion's own decorators for every operation, inside the otherwise tuned app.
+    monkeypatch.setattr(binding._Binding, "compile", classmethod(lambda cls, *args: None))
+    assert run("generic") == compiled
+
+
+def test_the_app_refuses_a_connexion_outside_the_series_it_was_tuned_for() -> None:
+    check_version("3.3.0")
+    check_version("3.3.7")
+    for other in ("3.1.0", "3.2.0", "3.4.0", "4.0.0"):
+        with pytest.raises(UnsupportedConnexion, match=f"connexion {other} is installed"):
+            check_version(other)
+
+
+def test_an_app_on_another_connexion_is_not_built(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import app.web.connexion_tuning as tuning
+
+    monkeypatch.setattr(tuning, "version", lambda name: "3.1.0")
+    settings = Settings(jwt_secret=SECRET, database_path=tmp_path / "keys.db", cors_origin_regex="")
+    with pytest.raises(UnsupportedConnexion):
+        create_app(settings)
+
+
+def test_binding_declines_what_it_does_not_cover(make_app: Callable[..., Any]) -> None:
+    # A body in a form media type is left to Connexion's decorators.
+    operation = type("Op", (), {"consumes": ["application/x-www-form-urlencoded"], "produces": ["application/json"],
+                                "parameters": []})()
+    assert binding._Binding.compile(operation, lambda: None, None) is None  # type: ignore[arg-type]
+    several = type("Op", (), {"consumes": [], "produces": ["application/json", "text/plain"], "parameters": []})()
+    assert binding._Binding.compile(several, lambda: None, None) is None  # type: ignore[arg-type]
+
+
+def test_swagger_ui_and_spec_still_served(make_app: Callable[..., Any]) -> None:
+    with make_app().test_client() as client:
+        assert client.get("/openapi.json").json()["paths"]
+        assert client.get("/ui/").status_code == 200
+        assert client.get("/ui", follow_redirects=False).status_code in (301, 302, 307)
+        assert "swagger-ui" in client.get("/ui/swagger-ui.css").text
+
