@@ -2,36 +2,63 @@
 VENV   ?= .venv
 PYTHON ?= python3
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed
 
-.PHONY: install run serve test lint bench clean
+# Installs: uv puts exactly what uv.lock pins, hashes checked, into $(VENV), on the Python
+# that $(PYTHON) names (never one it downloads). uv itself is bootstrapped with pip into
+# tools/venv, from tools/uv.txt (UV_VERSION, with hashes; `make lock` writes it).
+UV_VERSION := 0.13.9
+UV         := tools/venv/bin/uv
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+export UV_PYTHON_DOWNLOADS := never
+export UV_LINK_MODE := copy
+# Runtime packages only (make run, make serve); runtime and development packages (make test, ...).
+RUNTIME_STAMP := $(VENV)/.installed-runtime
+DEV_STAMP     := $(VENV)/.installed-dev
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+.PHONY: install lock run serve test lint bench clean
 
-install: $(STAMP)
+$(UV): tools/uv.txt
+	$(PYTHON) -m venv tools/venv
+	tools/venv/bin/python -m pip install --quiet --require-hashes --no-deps -r tools/uv.txt
+	touch $@
+
+# --locked: refuse a uv.lock that no longer matches pyproject.toml (run `make lock`).
+# --inexact: leave development packages alone if a `make test` installed them.
+$(RUNTIME_STAMP): uv.lock pyproject.toml | $(UV)
+	$(UV) sync --locked --no-dev --inexact --python $(PYTHON)
+	touch $@
+
+# Exact: anything not in the lock is removed.
+$(DEV_STAMP): uv.lock pyproject.toml | $(UV)
+	$(UV) sync --locked --python $(PYTHON)
+	touch $@ $(RUNTIME_STAMP)
+
+install: $(DEV_STAMP)
+
+## Re-resolve uv.lock (and tools/uv.txt) to the newest versions pyproject.toml allows.
+lock: | $(UV)
+	$(UV) lock --upgrade --python $(PYTHON)
+	echo "uv==$(UV_VERSION)" | $(UV) pip compile --universal --generate-hashes --quiet \
+		--custom-compile-command "make lock" --python-version 3.11 - -o tools/uv.txt
 
 ## Development server on HOST:PORT (default 127.0.0.1:8000), SQLite in data/keys.db.
-run: $(STAMP)
+run: $(RUNTIME_STAMP)
 	$(PY) -m app run
 
 ## Production: gunicorn with WEB_CONCURRENCY (default 2) uvicorn workers; needs SUPABASE_JWT_SECRET.
-serve: $(STAMP)
+serve: $(RUNTIME_STAMP)
 	APP_ENV=production $(PY) -m app serve
 
-test: $(STAMP)
+test: $(DEV_STAMP)
 	$(PY) -m pytest
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check app handlers tests
 	$(VENV)/bin/mypy app handlers
 
 ## Our server (1 and 2 workers) beside Prism's mock and a bare Starlette floor; writes bench/RESULTS.md.
 PRISM := bench/.prism/node_modules/.bin/prism
-bench: $(STAMP) $(PRISM)
+bench: $(RUNTIME_STAMP) $(PRISM)
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(PY) bench/run.py
 
@@ -39,4 +66,4 @@ $(PRISM):
 	npm install --prefix bench/.prism --no-audit --no-fund --loglevel=error @stoplight/prism-cli@5.16.0
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis bench/out bench/.prism
+	rm -rf $(VENV) tools/venv .pytest_cache .hypothesis bench/out bench/.prism
