@@ -15,6 +15,7 @@ from connexion.jsonifier import Jsonifier
 from connexion.middleware import MiddlewarePosition
 from connexion.resolver import Resolver
 
+from app.compat import check_connexion
 from app.config import Settings
 from app.fastpath import tune as tune_connexion
 from app.http_errors import ErrorHandlers
@@ -76,6 +77,7 @@ def create_app(
     spec: dict | Path = SPEC_PATH,
 ) -> FlaskApp:
     """Build the ASGI application serving `openapi.json` for `settings`."""
+    check_connexion()
     services = build_services(settings, clock, store)
     document: dict = json.loads(spec.read_text()) if isinstance(spec, Path) else spec
     # No `static_folder`: nothing is served from Flask's static route, which every request
