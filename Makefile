@@ -15,6 +15,11 @@ export UV_LINK_MODE := copy
 RUNTIME_STAMP := $(VENV)/.installed-runtime
 DEV_STAMP     := $(VENV)/.installed-dev
 
+# Node.js tools the tests use (Spectral), pinned in tools/package-lock.json. Without npm the
+# Spectral test says it was skipped and how to install it; .ci/run installs npm.
+SPECTRAL   := tools/node_modules/.bin/spectral
+TEST_TOOLS := $(if $(shell command -v npm),$(SPECTRAL))
+
 .PHONY: install lock run serve test lint bench clean
 
 $(UV): tools/uv.txt
@@ -33,6 +38,10 @@ $(DEV_STAMP): uv.lock pyproject.toml | $(UV)
 	$(UV) sync --locked --python $(PYTHON)
 	touch $@ $(RUNTIME_STAMP)
 
+$(SPECTRAL): tools/package.json tools/package-lock.json
+	npm ci --prefix tools --no-audit --no-fund --loglevel=error
+	touch $@
+
 install: $(DEV_STAMP)
 
 ## Re-resolve uv.lock (and tools/uv.txt) to the newest versions pyproject.toml allows.
@@ -49,7 +58,7 @@ run: $(RUNTIME_STAMP)
 serve: $(RUNTIME_STAMP)
 	APP_ENV=production $(PY) -m app serve
 
-test: $(DEV_STAMP)
+test: $(DEV_STAMP) $(TEST_TOOLS)
 	$(PY) -m pytest
 
 lint: $(DEV_STAMP)
@@ -66,4 +75,4 @@ $(PRISM):
 	npm install --prefix bench/.prism --no-audit --no-fund --loglevel=error @stoplight/prism-cli@5.16.0
 
 clean:
-	rm -rf $(VENV) tools/venv .pytest_cache .hypothesis bench/out bench/.prism
+	rm -rf $(VENV) tools/venv tools/node_modules .pytest_cache .hypothesis bench/out bench/.prism
