@@ -20,7 +20,7 @@ DEV_STAMP     := $(VENV)/.installed-dev
 SPECTRAL   := tools/node_modules/.bin/spectral
 TEST_TOOLS := $(if $(shell command -v npm),$(SPECTRAL))
 
-.PHONY: install lock run serve test lint audit bench clean
+.PHONY: install lock run serve test lint audit fuzz bench clean
 
 $(UV): tools/uv.txt
 	$(PYTHON) -m venv tools/venv
@@ -62,7 +62,7 @@ test: $(DEV_STAMP) $(TEST_TOOLS)
 	$(PY) -m pytest
 
 lint: $(DEV_STAMP)
-	$(VENV)/bin/ruff check app handlers tests tools/audit.py
+	$(VENV)/bin/ruff check app handlers tests tools/audit.py fuzz
 	$(VENV)/bin/mypy app handlers
 
 ## pip-audit on every package uv.lock pins; bandit on app/ and handlers/ (a medium or high finding fails).
@@ -74,6 +74,10 @@ audit: $(DEV_STAMP)
 	$(PY) tools/audit.py $(VENV)/locked-requirements.txt
 	$(VENV)/bin/bandit --quiet --recursive app handlers --severity-level medium
 
+## Schemathesis against the live server: every check and phase, 1,000 examples per operation.
+fuzz: $(DEV_STAMP)
+	$(PY) fuzz/run.py
+
 ## Our server (1 and 2 workers) beside Prism's mock and a bare Starlette floor; writes bench/RESULTS.md.
 PRISM := bench/.prism/node_modules/.bin/prism
 bench: $(RUNTIME_STAMP) $(PRISM)
@@ -84,4 +88,4 @@ $(PRISM):
 	npm install --prefix bench/.prism --no-audit --no-fund --loglevel=error @stoplight/prism-cli@5.16.0
 
 clean:
-	rm -rf $(VENV) tools/venv tools/node_modules .pytest_cache .hypothesis bench/out bench/.prism
+	rm -rf $(VENV) tools/venv tools/node_modules .pytest_cache .hypothesis bench/out bench/.prism fuzz/out
