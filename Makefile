@@ -48,7 +48,8 @@ install: $(DEV_STAMP)
 lock: | $(UV)
 	$(UV) lock --upgrade --python $(PYTHON)
 	echo "uv==$(UV_VERSION)" | $(UV) pip compile --universal --generate-hashes --quiet \
-		--custom-compile-command "make lock" --python-version 3.11 - -o tools/uv.txt
+		--custom-compile-command "make lock" --python-version 3.11 - -o tools/uv.txt.new
+	cmp -s tools/uv.txt.new tools/uv.txt && rm tools/uv.txt.new || mv tools/uv.txt.new tools/uv.txt
 
 ## Development server on HOST:PORT (default 127.0.0.1:8000), SQLite in data/keys.db.
 run: $(RUNTIME_STAMP)
