@@ -11,6 +11,7 @@ from collections.abc import Sequence
 # Connexion imports Starlette's test client, which warns about httpx on every start.
 warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
 
+from app.compat import UnsupportedConnexion, check_connexion
 from app.config import ConfigError, Settings
 from app.domain.sessions import issue_token
 from app.domain.tiers import TIERS
@@ -36,6 +37,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
 
+    if args.command in ("run", "serve"):
+        try:
+            check_connexion()
+        except UnsupportedConnexion as exc:
+            print(exc, file=sys.stderr)
+            return 1
     if args.command == "run":
         return run(settings)
     if args.command == "serve":

@@ -21,7 +21,7 @@ import pytest
 from app import create_app
 from app.config import Settings
 from app.domain.sessions import issue_token
-from app.web.connexion_tuning import UnsupportedConnexion, binding, check_version
+from app.web.connexion_tuning import binding
 from tests.conftest import SECRET, FakeClock
 
 MASKS = [
@@ -134,23 +134,6 @@ def test_the_binding_path_and_connexions_generic_decorators_agree(tmp_path: Path
     # Connexion's own decorators for every operation, inside the otherwise tuned app.
     monkeypatch.setattr(binding._Binding, "compile", classmethod(lambda cls, *args: None))
     assert run("generic") == compiled
-
-
-def test_the_app_refuses_a_connexion_outside_the_series_it_was_tuned_for() -> None:
-    check_version("3.3.0")
-    check_version("3.3.7")
-    for other in ("3.1.0", "3.2.0", "3.4.0", "4.0.0"):
-        with pytest.raises(UnsupportedConnexion, match=f"connexion {other} is installed"):
-            check_version(other)
-
-
-def test_an_app_on_another_connexion_is_not_built(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import app.web.connexion_tuning as tuning
-
-    monkeypatch.setattr(tuning, "version", lambda name: "3.1.0")
-    settings = Settings(jwt_secret=SECRET, database_path=tmp_path / "keys.db", cors_origin_regex="")
-    with pytest.raises(UnsupportedConnexion):
-        create_app(settings)
 
 
 def test_binding_declines_what_it_does_not_cover(make_app: Callable[..., Any]) -> None:

@@ -15,6 +15,7 @@ from connexion.middleware import MiddlewarePosition
 from connexion.middleware.main import ConnexionMiddleware
 from connexion.resolver import Resolver
 
+from app.compat import check_connexion
 from app.config import Settings
 from app.domain.keys import Clock, KeyService
 from app.domain.ratelimit import Limits, RateLimiter
@@ -70,7 +71,7 @@ def create_app(
     list, decorators and security handlers, with only what this service adds through
     Connexion's documented hooks (middleware, validator and security maps, error handlers).
     """
-    connexion_tuning.check_version()
+    check_connexion()
     services = build_services(settings, clock, store)
     document: dict = json.loads(spec.read_text()) if isinstance(spec, Path) else spec
     stack = connexion_tuning.middlewares(settings.validate_responses) if tuned else ConnexionMiddleware.default_middlewares

@@ -11,38 +11,21 @@ version it replaces:
   response validation, its pass-through layer is left out.
 - `security`: security handlers inspect the security function's signature once.
 
-Written against, and checked with, connexion 3.3.0 (`SUPPORTED_CONNEXION`): `check_version`
-refuses any other minor series, whose internals may differ. `create_app(..., tuned=False)`
+Written against, and checked with, connexion 3.3.0: `app.compat.check_connexion` refuses any
+other minor series, whose internals may differ, before the app is built. `create_app(..., tuned=False)`
 builds the same app without any of this, and tests/test_connexion_tuning.py holds the same
 conversation with both and requires identical answers.
 """
 
 from __future__ import annotations
 
-from importlib.metadata import version
 from typing import Any
 
 from app.web.connexion_tuning.binding import tune_flask_side
 from app.web.connexion_tuning.security import signature_once
 from app.web.connexion_tuning.stack import middlewares
 
-SUPPORTED_CONNEXION = "3.3"
-
-__all__ = ["SUPPORTED_CONNEXION", "check_version", "middlewares", "signature_once", "tune"]
-
-
-class UnsupportedConnexion(RuntimeError):
-    """The installed Connexion is not the minor series the tuning was written against."""
-
-
-def check_version(installed: str | None = None) -> None:
-    """Raise UnsupportedConnexion unless Connexion is of the SUPPORTED_CONNEXION series."""
-    installed = installed or version("connexion")
-    if installed.split(".")[:2] != SUPPORTED_CONNEXION.split("."):
-        raise UnsupportedConnexion(
-            f"connexion {installed} is installed, but this service's Connexion tuning is written for "
-            f"connexion {SUPPORTED_CONNEXION}.x; install the locked versions (make install)"
-        )
+__all__ = ["middlewares", "signature_once", "tune"]
 
 
 def tune(app: Any) -> None:
