@@ -20,7 +20,7 @@ DEV_STAMP     := $(VENV)/.installed-dev
 SPECTRAL   := tools/node_modules/.bin/spectral
 TEST_TOOLS := $(if $(shell command -v npm),$(SPECTRAL))
 
-.PHONY: install lock run serve test lint audit fuzz bench clean
+.PHONY: install lock run serve test lint audit fuzz bench bench-ab clean
 
 $(UV): tools/uv.txt
 	$(PYTHON) -m venv tools/venv
@@ -90,3 +90,8 @@ $(PRISM):
 
 clean:
 	rm -rf $(VENV) tools/venv tools/node_modules .pytest_cache .hypothesis bench/out bench/.prism fuzz/out
+
+## This tree against earlier revisions in one window (REVS="rev ..."), one worker each, under wrk.
+bench-ab: $(DEV_STAMP)
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(PY) bench/ab.py $(REVS)
