@@ -40,6 +40,27 @@ class PayloadTooLarge(ServiceError):
     code = "payload_too_large"
 
 
+class RequestTimeout(ServiceError):
+    """The request's head or body did not arrive in time."""
+
+    status_code = 408
+    code = "request_timeout"
+
+
+class RequestTargetTooLong(ServiceError):
+    """The request's path and query are longer than the service accepts."""
+
+    status_code = 414
+    code = "uri_too_long"
+
+
+class HeadersTooLarge(ServiceError):
+    """The request's headers are too large or too many."""
+
+    status_code = 431
+    code = "request_header_fields_too_large"
+
+
 class MissingSession(ServiceError):
     """No session cookie was sent."""
 

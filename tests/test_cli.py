@@ -54,3 +54,11 @@ def test_a_configuration_error_is_a_clear_message_not_a_traceback(tmp_path):
     assert result.returncode == 2
     assert result.stderr.startswith("configuration error: DATABASE_URL")
     assert "Traceback" not in result.stderr
+
+
+def test_a_bad_forwarded_allow_ips_stops_both_servers_with_one_line(tmp_path):
+    for command in ("run", "serve"):
+        result = run(tmp_path, command, FORWARDED_ALLOW_IPS="10.0.0.1;10.0.0.2", APP_ENV="production")
+        assert result.returncode == 2
+        assert result.stderr.startswith("configuration error: FORWARDED_ALLOW_IPS")
+        assert len(result.stderr.strip().splitlines()) == 1
