@@ -71,6 +71,7 @@ def run(settings: Settings) -> int:
 
     from app import logs
     from app.web.factory import create_app
+    from app.web.transport import protocol_class
 
     logs.configure(settings.log_level)
     logs.warn_weak_secret(settings)
@@ -89,7 +90,14 @@ def run(settings: Settings) -> int:
             "    -d '{\"name\": \"tom-laptop-dev\", \"expires_in_days\": 90}'\n",
             flush=True,
         )
-    uvicorn.run(app, host=settings.host, port=settings.port, access_log=False, log_config=None)
+    uvicorn.run(
+        app, host=settings.host, port=settings.port, access_log=False, log_config=None,
+        http=protocol_class(settings.request_read_timeout),
+        # X-Forwarded-For and -Proto are believed only from these peers (uvicorn's own default
+        # would believe 127.0.0.1, so anyone on this machine could name any client).
+        proxy_headers=bool(settings.forwarded_allow_ips),
+        forwarded_allow_ips=list(settings.forwarded_allow_ips),
+    )
     return 0
 
 
@@ -107,6 +115,8 @@ def serve(settings: Settings) -> int:
         "--workers", workers,
         "--bind", f"{settings.host}:{settings.port}",
         "--graceful-timeout", "10",
+        # What app.asgi.Worker gives uvicorn too; gunicorn would otherwise default to 127.0.0.1.
+        "--forwarded-allow-ips", ",".join(settings.forwarded_allow_ips),
         # Several servers on one machine would otherwise share ~/.gunicorn/gunicorn.ctl.
         "--no-control-socket",
         "app.asgi:from_env()",

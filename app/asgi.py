@@ -15,6 +15,7 @@ from app import logs
 from app.config import Settings
 from app.store import SQLiteStore
 from app.web.factory import create_app
+from app.web.transport import protocol_class
 
 
 def from_env() -> FlaskApp:
@@ -33,9 +34,19 @@ def from_env() -> FlaskApp:
 
 
 class Worker(UvicornWorker):
-    """Gunicorn worker running uvicorn without its access log, which would print `?api_key=`.
+    """Gunicorn worker running uvicorn as `python -m app run` does.
 
-    The app writes its own access log, with secrets redacted.
+    - without uvicorn's access log, which would print `?api_key=` (the app writes its own,
+      with secrets redacted);
+    - with the bounded HTTP protocol (`app.web.transport`);
+    - believing X-Forwarded-For and -Proto only from `FORWARDED_ALLOW_IPS`.
     """
 
     CONFIG_KWARGS: dict[str, Any] = {**UvicornWorker.CONFIG_KWARGS, "access_log": False}
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        settings = Settings.from_env()
+        self.config.http = protocol_class(settings.request_read_timeout)
+        self.config.proxy_headers = bool(settings.forwarded_allow_ips)
+        self.config.forwarded_allow_ips = list(settings.forwarded_allow_ips)

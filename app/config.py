@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 from collections.abc import Mapping
@@ -10,6 +11,7 @@ from pathlib import Path
 
 DEFAULT_DATABASE_URL = "sqlite:///data/keys.db"
 DEV_SECRET_FILE = ".supabase-jwt-secret"
+READ_TIMEOUT_SECONDS = 10  # for a request's head, and again for its body (app.web.limits)
 LOCALHOST_ORIGINS = r"^https?://(localhost|127\.0\.0\.1|\[::1\])(:[0-9]{1,5})?$"
 
 
@@ -32,6 +34,8 @@ class Settings:
     management_limit_per_day: int = 10_000
     max_active_keys: int = 50
     log_level: str = "INFO"
+    forwarded_allow_ips: tuple[str, ...] = ()  # peers whose X-Forwarded-For and -Proto are believed
+    request_read_timeout: int = READ_TIMEOUT_SECONDS  # seconds for a request's head, and again for its body
     jwt_secret_generated: bool = field(default=False, compare=False)
 
     @property
@@ -67,6 +71,8 @@ class Settings:
             management_limit_per_day=_int(env, "KEY_MANAGEMENT_LIMIT_PER_DAY", 10_000),
             max_active_keys=_int(env, "MAX_ACTIVE_KEYS", 50),
             log_level=env.get("LOG_LEVEL", "INFO").upper(),
+            forwarded_allow_ips=parse_forwarded_allow_ips(env.get("FORWARDED_ALLOW_IPS", "")),
+            request_read_timeout=_int(env, "REQUEST_READ_TIMEOUT", READ_TIMEOUT_SECONDS),
             jwt_secret_generated=generated,
         )
 
@@ -81,6 +87,22 @@ def parse_database_url(url: str) -> Path:
         # Every worker and thread would see its own empty database.
         raise ConfigError("DATABASE_URL may not be in-memory: the service needs one shared file")
     return Path(path)
+
+
+def parse_forwarded_allow_ips(value: str) -> tuple[str, ...]:
+    """Return the proxies of a comma-separated list of IP addresses and networks, or `*` alone (any peer)."""
+    items = tuple(item.strip() for item in value.split(",") if item.strip())
+    if items == ("*",):
+        return items
+    for item in items:
+        try:
+            # strict, as gunicorn checks it: 10.0.0.1/8 (host bits set) is a mistake, not 10.0.0.0/8
+            ipaddress.ip_network(item)
+        except ValueError:
+            raise ConfigError(
+                f"FORWARDED_ALLOW_IPS must be IP addresses or networks separated by commas, or * alone, not {item!r}"
+            ) from None
+    return items
 
 
 def development_secret(directory: Path) -> str:

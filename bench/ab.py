@@ -21,10 +21,9 @@ from contextlib import ExitStack
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from app.domain.sessions import issue_token  # noqa: E402
 from bench import run as bench  # noqa: E402
 from bench.run import OUT, ROOT, SECRET, Target, post_json, wrk  # noqa: E402
-
-from app.domain.sessions import issue_token  # noqa: E402
 
 KEYS = 200
 WORKLOADS = ("whoami", "mint", "healthz")

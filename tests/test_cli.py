@@ -66,3 +66,11 @@ def test_set_tier_and_dev_token_refuse_a_user_id_that_names_no_account(tmp_path)
         store = SQLiteStore(tmp_path / "keys.db")
         with store._conn() as conn:
             assert conn.execute("SELECT count(*) FROM accounts").fetchone()[0] == 0
+
+
+def test_a_bad_forwarded_allow_ips_stops_both_servers_with_one_line(tmp_path):
+    for command in ("run", "serve"):
+        result = run(tmp_path, command, FORWARDED_ALLOW_IPS="10.0.0.1;10.0.0.2", APP_ENV="production")
+        assert result.returncode == 2
+        assert result.stderr.startswith("configuration error: FORWARDED_ALLOW_IPS")
+        assert len(result.stderr.strip().splitlines()) == 1

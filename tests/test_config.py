@@ -27,6 +27,8 @@ def test_defaults():
     assert (settings.management_limit_per_minute, settings.management_limit_per_day) == (120, 10_000)
     assert settings.max_active_keys == 50
     assert settings.log_level == "INFO"
+    assert settings.forwarded_allow_ips == ()  # no proxy is believed unless named
+    assert settings.request_read_timeout == 10
 
 
 def test_values_are_read_from_environment(tmp_path):
@@ -168,3 +170,22 @@ def test_empty_integer_variable_means_default(tmp_path):
 def test_bad_boolean_raises_config_error(tmp_path):
     with pytest.raises(ConfigError, match="VALIDATE_RESPONSES"):
         Settings.from_env(env(tmp_path, VALIDATE_RESPONSES="maybe"))
+
+
+def test_forwarded_allow_ips_takes_addresses_and_networks(tmp_path):
+    settings = Settings.from_env(env(tmp_path, FORWARDED_ALLOW_IPS=" 10.0.0.5, 192.168.0.0/16,::1 ,", REQUEST_READ_TIMEOUT="3"))
+    assert settings.forwarded_allow_ips == ("10.0.0.5", "192.168.0.0/16", "::1")
+    assert settings.request_read_timeout == 3
+    assert Settings.from_env(env(tmp_path, FORWARDED_ALLOW_IPS="*")).forwarded_allow_ips == ("*",)
+
+
+@pytest.mark.parametrize("value", ["proxy.internal", "10.0.0.1/8", "10.0.0.300", "*,10.0.0.1"])
+def test_forwarded_allow_ips_refuses_what_is_not_an_address_or_network(tmp_path, value):
+    with pytest.raises(ConfigError, match="FORWARDED_ALLOW_IPS"):
+        Settings.from_env(env(tmp_path, FORWARDED_ALLOW_IPS=value))
+
+
+@pytest.mark.parametrize("value", ["0", "ten", "-1"])
+def test_request_read_timeout_must_be_a_positive_whole_number(tmp_path, value):
+    with pytest.raises(ConfigError, match="REQUEST_READ_TIMEOUT"):
+        Settings.from_env(env(tmp_path, REQUEST_READ_TIMEOUT=value))

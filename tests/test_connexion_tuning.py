@@ -152,3 +152,31 @@ def test_swagger_ui_and_spec_still_served(make_app: Callable[..., Any]) -> None:
         assert client.get("/ui", follow_redirects=False).status_code in (301, 302, 307)
         assert "swagger-ui" in client.get("/ui/swagger-ui.css").text
 
+
+
+def test_inline_wsgi_does_not_call_the_app_for_a_body_cut_short() -> None:
+    import asyncio
+
+    from starlette.requests import ClientDisconnect
+
+    called: list[Any] = []
+
+    def wsgi_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        called.append(environ)
+        start_response("200 OK", [])
+        return [b""]
+
+    messages = iter([{"type": "http.request", "body": b'{"name": "x"}', "more_body": True}, {"type": "http.disconnect"}])
+
+    async def receive() -> dict[str, Any]:
+        return next(messages)
+
+    async def send(message: dict[str, Any]) -> None:
+        raise AssertionError("nothing is sent to a client that left")
+
+    scope = {"type": "http", "method": "POST", "path": "/api/v1/keys", "root_path": "", "query_string": b"",
+             "headers": [(b"content-length", b"100")], "http_version": "1.1", "scheme": "http",
+             "server": ("test", 80), "client": ("127.0.0.1", 1)}
+    with pytest.raises(ClientDisconnect):
+        asyncio.run(binding.InlineWSGIMiddleware(wsgi_app, fallback=None)(scope, receive, send))
+    assert called == []

@@ -36,3 +36,26 @@ def test_readme_lists_every_setting_read_from_the_environment():
 
 def test_pro_scopes_are_a_strict_superset_of_free():
     assert set(TIERS["free"].scopes) < set(TIERS["pro"].scopes)
+
+
+def test_readme_limits_table_states_the_bounds_the_code_enforces():
+    from app.config import Settings
+    from app.web.limits import MAX_BODY_BYTES, HeadLimits
+
+    section = README.split("\n## Limits\n", 1)[1].split("\n## ", 1)[0]
+    rows = {cells[1].strip(): cells[2].strip() for cells in (line.split("|") for line in section.splitlines())
+            if len(cells) > 3 and cells[2].strip() not in ("Value", "------:")}
+    limits, timeout = HeadLimits(), Settings.__dataclass_fields__["request_read_timeout"].default
+
+    def kib(n: int) -> str:
+        return f"{n // 1024} KiB"
+
+    assert rows["Request target: path and query, as sent"] == kib(limits.request_target)
+    assert rows["One header: name and value"] == kib(limits.header)
+    assert rows["All headers: names and values"] == kib(limits.headers)
+    assert rows["Number of headers"] == str(limits.header_count)
+    assert rows["Request head as sent: request line, header lines, separators"] == kib(limits.head)
+    assert limits.read_timeout == timeout
+    assert rows[next(r for r in rows if r.startswith("Head read time"))] == f"{timeout} s (`REQUEST_READ_TIMEOUT`)"
+    assert rows["Body size, chunked or not"] == kib(MAX_BODY_BYTES)
+    assert rows["Body read time: from the end of the head"] == f"{timeout} s (`REQUEST_READ_TIMEOUT`)"

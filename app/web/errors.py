@@ -23,10 +23,12 @@ from app.domain import errors as domain
 from app.domain.errors import ServiceError
 from app.web.credentials import SESSION_COOKIE, cookie_values, presented_keys
 from app.web.ratelimit_headers import rate_limit_headers
+from app.web.refusals import HeadersTooLarge, RequestTargetTooLong, RequestTimeout
 
 log = logging.getLogger("app.errors")
 
-# Each domain error's status and code. A subclass not listed takes its nearest listed base's.
+# Each error's status and code: the domain's, and the few the HTTP layer raises itself. A
+# subclass not listed takes its nearest listed base's.
 DOMAIN_ERRORS: dict[type[ServiceError], tuple[int, str]] = {
     ServiceError: (400, "bad_request"),
     domain.InvalidParameter: (400, "invalid_parameter"),
@@ -41,8 +43,11 @@ DOMAIN_ERRORS: dict[type[ServiceError], tuple[int, str]] = {
     domain.KeyNotFound: (404, "key_not_found"),
     domain.DuplicateName: (409, "duplicate_name"),
     domain.KeyLimitReached: (409, "key_limit_reached"),
+    RequestTimeout: (408, "request_timeout"),
     domain.PayloadTooLarge: (413, "payload_too_large"),
+    RequestTargetTooLong: (414, "uri_too_long"),
     domain.RateLimited: (429, "rate_limit_exceeded"),
+    HeadersTooLarge: (431, "request_header_fields_too_large"),
     domain.StoreUnavailable: (503, "service_unavailable"),
 }
 # What a client should do about some of them, beyond the envelope.

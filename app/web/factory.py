@@ -84,6 +84,7 @@ def create_app(
         position=MiddlewarePosition.BEFORE_EXCEPTION,
         services=services,
         allowed_methods=errors.allowed_methods,
+        read_timeout=settings.request_read_timeout,
     )
     app.add_middleware(
         OperationBoundaryMiddleware,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import secrets
@@ -13,16 +14,18 @@ from urllib.parse import parse_qsl, urlencode
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.domain.errors import PayloadTooLarge
-from app.web.errors import MESSAGES, envelope
+from app.domain.errors import PayloadTooLarge, ServiceError
+from app.web.errors import MESSAGES, envelope, status_and_code
+from app.web.limits import MAX_BODY_BYTES, READ_TIMEOUT_SECONDS, HeadLimits
+from app.web.refusals import RequestTimeout
 
 access_log = logging.getLogger("app.access")
 SECRET_QUERY_PARAMS = frozenset({"api_key"})
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 ENCODED_SLASH = re.compile(rb"%2f|%5c", re.IGNORECASE)  # `/` and `\`
-MAX_BODY_BYTES = 64 * 1024
 # On every response: the API's answers are JSON for programs, never a page to frame, sniff
 # as HTML or follow links from.
 PROTECTIVE_HEADERS = {
@@ -37,6 +40,10 @@ DOCS_PAGE_POLICY = (
     b"img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 )
 DOCS_PREFIX = "/ui"
+# A client address as logged: an IP address and port use none of the others. Anything else
+# (a proxy's X-Forwarded-For is free text) is escaped, so it cannot pose as other fields.
+NOT_IN_ADDRESSES = re.compile(r"[^0-9A-Za-z.:\[\]_-]")
+CLIENT_CLOSED_REQUEST = 499  # logged, as nginx does, for a request whose client left before sending it whole
 
 
 def new_request_id() -> str:
@@ -51,17 +58,26 @@ class RequestContextMiddleware:
       same way and becomes headers here);
     - makes its Content-Type unambiguous, so that only a body declared as JSON is read as
       JSON (a missing one is not guessed: a cross-site form or Blob post has none);
-    - caps the body at `max_body_bytes` (413);
+    - refuses headers over `head_limits` (431), as the server does before the app exists;
+    - receives the whole body before anything acts on it: within `max_body_bytes` (413) and
+      `read_timeout` seconds (408), and if the client leaves first, nothing is done at all
+      (not even authentication, which counts the request against a rate limit). The
+      complete body is then described by its length, as a buffering proxy passes it on,
+      also when it arrived chunked (Connexion takes a request without Content-Length for
+      one without a body);
     - answers HEAD, which the contract does not define, with 405 before any work is done;
     - writes one access-log line with secrets redacted and control characters escaped.
     """
 
     def __init__(self, app: ASGIApp, services: Any, allowed_methods: Callable[[str], str | None],
-                 max_body_bytes: int = MAX_BODY_BYTES) -> None:
+                 max_body_bytes: int = MAX_BODY_BYTES, read_timeout: float = READ_TIMEOUT_SECONDS,
+                 head_limits: HeadLimits | None = None) -> None:
         self.app = app
         self.services = services
         self.allowed_methods = allowed_methods
         self.max_body_bytes = max_body_bytes
+        self.read_timeout = read_timeout
+        self.head_limits = head_limits or HeadLimits()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -87,6 +103,15 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
+            try:
+                self.head_limits.check_headers(scope["headers"])
+                body = await self._read_body(receive, _has_body(scope["headers"]))
+            except ServiceError as refusal:
+                status, code = status_and_code(refusal)
+                await send_json(send_with_headers, status,
+                                envelope(code, refusal.message, refusal.details, request_id),
+                                [(b"connection", b"close")])  # the rest of the request is not read
+                return
             if scope["method"] == "HEAD":
                 status = await self._refuse_head(scope, send_with_headers)
                 return
@@ -104,7 +129,12 @@ class RequestContextMiddleware:
                 return
             if scope["method"] in ("POST", "PUT", "PATCH"):
                 _normalise_content_type(scope)
-            await self.app(scope, self._capped(receive), send_with_headers)
+            if any(name == b"transfer-encoding" for name, _ in scope["headers"]):
+                scope["headers"] = [(k, v) for k, v in scope["headers"] if k not in (b"content-length", b"transfer-encoding")]
+                scope["headers"].append((b"content-length", str(len(body)).encode()))
+            await self.app(scope, _replay(body, receive), send_with_headers)
+        except ClientDisconnect:
+            status = CLIENT_CLOSED_REQUEST
         finally:
             if access_log.isEnabledFor(logging.INFO):
                 access_log.info(
@@ -113,18 +143,34 @@ class RequestContextMiddleware:
                     (time.perf_counter() - started) * 1000, request_id,
                 )
 
-    def _capped(self, receive: Receive) -> Receive:
-        limit, seen = self.max_body_bytes, 0
+    async def _read_body(self, receive: Receive, has_body: bool) -> bytes:
+        """Receive the whole body; raise PayloadTooLarge, RequestTimeout or ClientDisconnect."""
+        if not has_body:
+            # No Content-Length or Transfer-Encoding: no body to wait for, and no timer needed
+            # (setting one costs more than the rest of this request's reading).
+            return await self._receive_body(receive)
+        try:
+            async with asyncio.timeout(self.read_timeout):
+                return await self._receive_body(receive)
+        except TimeoutError:
+            raise RequestTimeout(
+                f"The request body did not arrive within {self.read_timeout:g} s.",
+                {"limit_seconds": self.read_timeout},
+            ) from None
 
-        async def capped_receive() -> Message:
-            nonlocal seen
+    async def _receive_body(self, receive: Receive) -> bytes:
+        limit, chunks, size = self.max_body_bytes, [], 0
+        while True:
             message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > limit:
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnect()
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
                 raise PayloadTooLarge(f"The request body is larger than {limit} bytes.", {"limit_bytes": limit})
-            return message
-
-        return capped_receive
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
 
     async def _refuse_head(self, scope: Scope, send: Send) -> int:
         """Answer HEAD without a body (as HEAD must): 405 on our paths, 404 elsewhere."""
@@ -132,6 +178,20 @@ class RequestContextMiddleware:
         status = 405 if allow else 404
         await send_json(send, status, b"", [(b"allow", allow.encode())] if allow else None)
         return status
+
+
+def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    return any(name == b"transfer-encoding" or (name == b"content-length" and value != b"0") for name, value in headers)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """Return a receive channel giving `body` in one message, then what `receive` gives."""
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def replay() -> Message:
+        return pending.pop() if pending else await receive()
+
+    return replay
 
 
 async def send_json(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:
@@ -245,5 +305,12 @@ def redacted_target(scope: Scope) -> str:
 
 
 def _client(scope: Scope) -> str:
-    client = scope.get("client")
-    return f"{client[0]}:{client[1]}" if client else "-"
+    return client_field(scope.get("client"))
+
+
+def client_field(client: Any) -> str:
+    """Return a client `(host, port)` as the access log shows it, escaped."""
+    if not client:
+        return "-"
+    text = f"{client[0]}:{client[1]}"
+    return NOT_IN_ADDRESSES.sub(lambda m: "".join(f"%{b:02X}" for b in m.group().encode()), text)

@@ -40,6 +40,7 @@ from connexion.decorators.response import BaseResponseDecorator, SyncResponseDec
 from connexion.frameworks.flask import Flask as FlaskFramework
 from connexion.lifecycle import ConnexionResponse
 from connexion.utils import inspect_function_arguments, is_json_mimetype, is_nullable
+from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 from werkzeug.wrappers import Response as WerkzeugResponse
 
@@ -68,6 +69,8 @@ class InlineWSGIMiddleware:
         more = True
         while more:
             message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnect()  # the client left mid-body: the request is not handled at all
             body += message.get("body", b"")
             more = message.get("more_body", False)
 

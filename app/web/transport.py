@@ -1,0 +1,218 @@
+"""The HTTP/1.1 server protocol: uvicorn's httptools protocol, with bounds on the request head.
+
+Both `python -m app run` and `serve`'s workers use it. uvicorn picks httptools when it is
+installed, and its protocol bounds neither the request target, nor the size or number of
+headers, nor the time a head takes to arrive. httptools gathers a header's value by
+concatenating what arrives, so a 64 MB header costs a worker 64 MB and quadratic copying
+before any application code runs. (gunicorn's `--limit-request-*` settings bind only its
+own parsers, not uvicorn's; uvicorn's h11 protocol has one bound, on the whole head, and
+costs more per request.) This subclass enforces `HeadLimits` while the head is parsed:
+
+- it parses no more of a head than `HeadLimits.head` bytes, so a worker never holds more;
+- it refuses a target over `request_target` (414), and a header over `header`, headers over
+  `headers` in all or more than `header_count` of them (431);
+- a head must arrive whole within `read_timeout` of its first byte (more exactly, of the end
+  of the first read that did not complete it), or of the connection's opening for its first
+  request (408; a connection that sent nothing is simply closed).
+
+A refusal is answered in the contract's envelope, with a request id, `Connection: close`
+and an access-log line, as the application would answer; the application never sees the
+request. The body's bounds (size, read time) are the application's: `RequestContextMiddleware`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import Any, ClassVar
+
+import httptools
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from app.domain.errors import ServiceError
+from app.web.errors import envelope, status_and_code
+from app.web.limits import HeadLimits
+from app.web.middleware import access_log, client_field, new_request_id, stamp
+from app.web.refusals import HeadersTooLarge, RequestTargetTooLong, RequestTimeout
+
+# After a refusal, what the client is still sending is read and dropped for this long (or
+# this much) before the connection is closed: closing with unread data resets the
+# connection, and a client still writing its oversized head would never read the answer.
+LINGER_SECONDS = 1.0
+LINGER_BYTES = 1024 * 1024
+
+
+class BoundedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol enforcing `limits` on every request head."""
+
+    limits: ClassVar[HeadLimits] = HeadLimits()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._in_head = True  # the next bytes belong to a request head
+        self._head_begun = False  # the parser has seen that head begin
+        self._head_room = self.limits.head  # bytes that head may still take
+        self._heads = 0  # heads parsed whole on this connection
+        self._header_count = 0
+        self._header_bytes = 0
+        self._head_timer: Any = None
+        self._head_started = 0.0
+        self._refused = False
+        self._linger_room = LINGER_BYTES
+        self._linger_timer: Any = None
+
+    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            self._linger_room -= len(data)
+            if self._linger_room < 0:
+                self.transport.close()
+            return
+        if not self._in_head:
+            self._feed(data)
+            return
+        if len(data) <= self._head_room:
+            self._head_room -= len(data)
+            self._feed(data)
+            if (self._in_head and self._head_timer is None and not self._refused
+                    and (self._head_begun or self._head_room < self.limits.head)):
+                # Part of a head, and no clock running yet (a head that arrives whole in one
+                # read, the usual case, never needs one).
+                self._arm_head_timer()
+            return
+        # More than the head may still take: parse only that much. Either the head ends in
+        # it, and the rest (a body, a pipelined request) is parsed as usual, or it is too large.
+        room, heads = self._head_room, self._heads
+        self._head_room = 0
+        self._feed(data[:room])
+        if self._refused:
+            return
+        if self._heads == heads:
+            limit = self.limits.head
+            self._refuse(HeadersTooLarge(f"The request's head is larger than {limit} bytes.", {"limit_bytes": limit}))
+            return
+        # What follows a completed head in this read is not counted against the next head:
+        # at most one read (256 KiB) escapes the bound; the next read is counted again.
+        self._feed(data[room:])
+
+    def _feed(self, data: bytes) -> None:
+        # Replaces HttpToolsProtocol.data_received (uvicorn 0.54.0, uvicorn/protocols/http/httptools_impl.py):
+        # the same, but a request one of the callbacks below refuses, or the parser cannot
+        # read, is answered in the envelope rather than with uvicorn's plain-text 400.
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            refusal = exc.__context__  # what a callback raised
+            if not isinstance(refusal, ServiceError):
+                if refusal is not None:  # a callback failed: a fault here, not in the request
+                    self.logger.error("HTTP parser callback failed", exc_info=refusal)
+                refusal = ServiceError("The request is not valid HTTP/1.1.")
+            self._refuse(refusal)
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+
+    # Parser callbacks
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head_begun = True
+        self._header_count = self._header_bytes = 0
+
+    def on_url(self, url: bytes) -> None:
+        super().on_url(url)
+        limit = self.limits.request_target
+        if len(self.url) > limit:
+            raise RequestTargetTooLong(
+                f"The request's path and query are longer than {limit} bytes.", {"limit_bytes": limit}
+            )
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        size = len(name) + len(value)
+        self._header_count += 1
+        self._header_bytes += size
+        limits = self.limits
+        if size > limits.header or self._header_bytes > limits.headers or self._header_count > limits.header_count:
+            limits.check_header(self._header_count, self._header_bytes, size)  # raises the bound broken
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        if self._head_timer is not None:
+            self._cancel_head_timer()
+        self._in_head = False
+        self._heads += 1
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._in_head = True
+        self._head_begun = False
+        self._head_room = self.limits.head
+
+    # Time
+
+    def _arm_head_timer(self) -> None:
+        self._head_started = time.perf_counter()
+        self._head_timer = self.loop.call_later(self.limits.read_timeout, self._head_timed_out)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if not self._head_begun and self._head_room == self.limits.head:
+            # Not a byte of a request: an idle connection, not a slow client. Nothing to answer.
+            self.transport.close()
+            return
+        timeout = self.limits.read_timeout
+        self._refuse(RequestTimeout(f"The request's head did not arrive within {timeout:g} s.",
+                                    {"limit_seconds": timeout}))
+
+    # Refusal
+
+    def _refuse(self, refusal: ServiceError) -> None:
+        """Answer `refusal` in the contract's envelope and hang up; the app never sees the request."""
+        self._refused = True
+        self._cancel_head_timer()
+        if self.cycle is not None and not self.cycle.response_complete:
+            # An earlier request on this connection is still being answered (or, mid-body,
+            # this one is: its app sees a disconnect): nothing can be added to that answer.
+            self.transport.close()
+            return
+        request_id = new_request_id()
+        status, code = status_and_code(refusal)
+        body = envelope(code, refusal.message, refusal.details, request_id)
+        start: dict[str, Any] = {"type": "http.response.start", "status": status, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+        ]}
+        stamp(start, {"request_id": request_id})
+        lines = [STATUS_LINE[status]]
+        for name, value in [*self.server_state.default_headers, *start["headers"]]:
+            lines += [name, b": ", value, b"\r\n"]
+        self.transport.write(b"".join([*lines, b"\r\n", body]))
+        access_log.info('%s "- -" %d %.1fms %s', client_field(self.client), status,
+                        (time.perf_counter() - self._head_started) * 1000, request_id)
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self._linger_timer = self.loop.call_later(LINGER_SECONDS, self.transport.close)
+
+
+def protocol_class(read_timeout: float) -> type[BoundedHttpToolsProtocol]:
+    """Return the protocol class for uvicorn's `http` setting, with this head read timeout."""
+    limits = replace(HeadLimits(), read_timeout=read_timeout)
+    return type("BoundedHttpToolsProtocol", (BoundedHttpToolsProtocol,), {"limits": limits})
