@@ -7,6 +7,7 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 DEFAULT_DATABASE_URL = "sqlite:///data/keys.db"
 DEV_SECRET_FILE = ".supabase-jwt-secret"
@@ -32,11 +33,19 @@ class Settings:
     management_limit_per_day: int = 10_000
     max_active_keys: int = 50
     log_level: str = "INFO"
+    database_url: str = ""  # postgresql://...; empty: SQLite at database_path
+    database_pool_size: int = 10  # connections per worker process (PostgreSQL)
+    database_timeout_ms: int = 5000  # statement, lock and pool-wait timeout (PostgreSQL)
     jwt_secret_generated: bool = field(default=False, compare=False)
 
     @property
     def production(self) -> bool:
         return self.env == "production"
+
+    @property
+    def engine(self) -> str:
+        """The store's engine: "postgresql" when DATABASE_URL names one, else "sqlite"."""
+        return "postgresql" if self.database_url else "sqlite"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -46,7 +55,12 @@ class Settings:
         if app_env not in ("development", "production"):
             raise ConfigError(f"APP_ENV must be 'development' or 'production', not {app_env!r}")
         production = app_env == "production"
-        database_path = parse_database_url(env.get("DATABASE_URL", DEFAULT_DATABASE_URL))
+        database_url = env.get("DATABASE_URL", "") or DEFAULT_DATABASE_URL
+        if is_postgresql_url(database_url):
+            # PostgreSQL holds the data; data/ still holds the development secret.
+            database_path = parse_database_url(DEFAULT_DATABASE_URL)
+        else:
+            database_path, database_url = parse_database_url(database_url), ""
 
         secret = env.get("SUPABASE_JWT_SECRET", "")
         generated = False
@@ -67,15 +81,38 @@ class Settings:
             management_limit_per_day=_int(env, "KEY_MANAGEMENT_LIMIT_PER_DAY", 10_000),
             max_active_keys=_int(env, "MAX_ACTIVE_KEYS", 50),
             log_level=env.get("LOG_LEVEL", "INFO").upper(),
+            database_url=database_url,
+            database_pool_size=_int(env, "DATABASE_POOL_SIZE", 10),
+            database_timeout_ms=_int(env, "DATABASE_TIMEOUT_MS", 5000),
             jwt_secret_generated=generated,
         )
+
+
+def is_postgresql_url(url: str) -> bool:
+    """Whether `url` names a PostgreSQL database; ConfigError if it tries to and is malformed.
+
+    The message never repeats the URL: it may carry a password.
+    """
+    scheme = url.split(":", 1)[0].lower()
+    if scheme not in ("postgresql", "postgres"):
+        return False
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 -- raises on a port that is not a number from 0 to 65535
+    except ValueError:
+        raise ConfigError("DATABASE_URL is not a valid postgresql:// URL (bad host or port)") from None
+    if not url.lower().startswith(f"{scheme}://") or parts.fragment:
+        raise ConfigError("DATABASE_URL must look like 'postgresql://user:password@host:5432/dbname'")
+    return True
 
 
 def parse_database_url(url: str) -> Path:
     """Return the file path of a `sqlite:///relative` or `sqlite:////absolute` URL."""
     prefix = "sqlite:///"
     if not url.startswith(prefix) or len(url) == len(prefix):
-        raise ConfigError(f"DATABASE_URL must look like {DEFAULT_DATABASE_URL!r} (SQLite file only)")
+        raise ConfigError(
+            f"DATABASE_URL must look like {DEFAULT_DATABASE_URL!r} or 'postgresql://user@host:5432/dbname'"
+        )
     path = url[len(prefix):]
     if path == ":memory:":
         # Every worker and thread would see its own empty database.
