@@ -17,7 +17,7 @@ from app import create_app
 from app.config import Settings
 from app.domain.sessions import issue_token
 from app.domain.store import Store
-from app.store import SQLiteStore, open_store
+from app.store import open_store
 
 SECRET = "test-secret-0123456789-0123456789-abcdef"
 START = 1_795_000_000.0  # a fixed instant in November 2026

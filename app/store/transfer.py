@@ -47,15 +47,15 @@ def _connection(settings: Settings) -> Iterator[Any]:
         with psycopg.connect(settings.database_url) as conn:  # commits on success, rolls back on error
             yield conn
         return
-    conn = sqlite3.connect(settings.database_path, isolation_level=None)
+    lite = sqlite3.connect(settings.database_path, isolation_level=None)
     try:
-        conn.execute("BEGIN IMMEDIATE")
-        yield conn
-        conn.execute("COMMIT")
+        lite.execute("BEGIN IMMEDIATE")
+        yield lite
+        lite.execute("COMMIT")
     finally:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        conn.close()
+        if lite.in_transaction:
+            lite.execute("ROLLBACK")
+        lite.close()
 
 
 def _columns(columns: tuple[str, ...]) -> str:
