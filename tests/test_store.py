@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import time
@@ -724,3 +725,107 @@ def test_a_writer_that_gave_up_leaves_the_lock_usable(tmp_path):
     with open(tmp_path / "w.lock", "rb") as other_process:  # and other processes can, too
         fcntl.flock(other_process, fcntl.LOCK_EX | fcntl.LOCK_NB)
     lock.close()
+
+
+# -- PostgreSQL away and back -------------------------------------------------------------
+
+
+class Proxy:
+    """A TCP relay to PostgreSQL that a test can take down (cutting every connection) and bring back."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        import socket
+
+        self.target = target
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self._sockets: list = []
+        self._listener = None
+
+    def start(self) -> None:
+        import socket
+
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen()
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def _accept(self, listener) -> None:
+        import socket
+
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.target)
+            self._sockets += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source, sink) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (source, sink):
+                with contextlib.suppress(OSError):
+                    s.close()
+
+    def stop(self) -> None:
+        import socket
+
+        self._listener.close()
+        for s in self._sockets:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+                s.close()
+            except OSError:
+                pass
+        self._sockets.clear()
+
+
+def test_postgresql_away_is_store_unavailable_and_the_store_recovers_when_it_returns(pg_schema):
+    from urllib.parse import urlsplit
+
+    from app.domain.errors import StoreUnavailable
+    from app.store.postgres import PostgresStore
+    from tests.conftest import TEST_DATABASE_URL
+
+    target = urlsplit(TEST_DATABASE_URL)
+    proxy = Proxy((target.hostname or "127.0.0.1", target.port or 5432))
+    proxy.start()
+    url = TEST_DATABASE_URL.replace(target.netloc, f"{target.username}@127.0.0.1:{proxy.port}" if target.username
+                                    else f"127.0.0.1:{proxy.port}")
+    store = PostgresStore(url, schema=pg_schema, timeout_ms=1000, pool_size=2)
+    try:
+        _, digest = stored_key(store)
+        assert store.use_key(digest, T0, admit_all, "req_1")[1].allowed
+        proxy.stop()
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable):  # fail closed: refused, not admitted uncounted
+            store.use_key(digest, T0, admit_all, "req_2")
+        with pytest.raises(StoreUnavailable):
+            store.use_key(digest, T0, admit_all, "req_3")
+        assert time.monotonic() - started < 10
+        proxy.start()
+        assert wait_for(lambda: _admitted(store, digest), seconds=15)  # back without a restart
+        assert store.get_key(USER, store.list_keys(USER, 1, None)[0].id).total_requests == 2
+    finally:
+        store.close()
+        proxy.stop()
+
+
+def _admitted(store, digest: str) -> bool:
+    from app.domain.errors import StoreUnavailable
+
+    try:
+        return store.use_key(digest, T0, admit_all, "req_back")[1].allowed
+    except StoreUnavailable:
+        return False
