@@ -15,7 +15,7 @@ from app.compat import UnsupportedConnexion, check_connexion
 from app.config import ConfigError, Settings
 from app.domain.sessions import issue_token
 from app.domain.tiers import TIERS
-from app.store import SQLiteStore
+from app.store import open_store
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -29,6 +29,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     tier = commands.add_parser("set-tier", help="set an account's tier")
     tier.add_argument("user_id")
     tier.add_argument("tier", choices=sorted(TIERS))
+    commands.add_parser("migrate", help="create or upgrade the schema of the database DATABASE_URL names, then exit")
+    export = commands.add_parser("export", help="write every row of DATABASE_URL's store to FILE (JSON lines)")
+    export.add_argument("file")
+    load = commands.add_parser("import", help="load FILE (from export) into DATABASE_URL's store, which must be empty")
+    load.add_argument("file")
     args = parser.parse_args(argv)
 
     try:
@@ -59,10 +64,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "set-tier":
         from app.domain.keys import KeyService
 
-        account = KeyService(SQLiteStore(settings.database_path), time.time).set_tier(args.user_id, args.tier)
+        account = KeyService(open_store(settings), time.time).set_tier(args.user_id, args.tier)
         print(f"{account.user_id}: tier {account.tier}")
         return 0
+    if args.command == "migrate":
+        return migrate(settings)
+    if args.command in ("export", "import"):
+        from app.store import transfer
+
+        try:
+            if args.command == "export":
+                counts = transfer.export_rows(settings, args.file)
+            else:
+                counts = transfer.import_rows(settings, args.file)
+        except transfer.TransferError as exc:
+            print(f"{args.command}: {exc}", file=sys.stderr)
+            return 1
+        print(", ".join(f"{table}: {n}" for table, n in counts.items()))
+        return 0
     return 1
+
+
+def migrate(settings: Settings) -> int:
+    """Bring the store's schema up to date ahead of a deploy (start-up does the same, under a lock)."""
+    from app.domain.errors import StoreUnavailable
+
+    try:
+        store = open_store(settings)
+    except StoreUnavailable as exc:
+        print(f"migrate: {exc}", file=sys.stderr)
+        return 1
+    store.close()
+    print(f"{settings.engine}: schema up to date")
+    return 0
 
 
 def run(settings: Settings) -> int:

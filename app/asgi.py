@@ -13,7 +13,7 @@ from uvicorn_worker import UvicornWorker
 
 from app import logs
 from app.config import Settings
-from app.store import SQLiteStore
+from app.store import SQLiteStore, open_store
 from app.web.factory import create_app
 from app.web.transport import protocol_class
 
@@ -23,8 +23,9 @@ def from_env() -> FlaskApp:
     settings = Settings.from_env()
     logs.configure(settings.log_level)
     logs.warn_weak_secret(settings)
-    store = SQLiteStore(settings.database_path)
-    store.checkpoint_in_background()  # here, after gunicorn has forked this worker
+    store = open_store(settings)  # here, after gunicorn has forked this worker: its own pool or file
+    if isinstance(store, SQLiteStore):
+        store.checkpoint_in_background()
     app = create_app(settings, store=store)
     # Everything built so far lives as long as the worker: keep it out of the garbage
     # collector's scans, which otherwise show as latency spikes under load.

@@ -8,6 +8,7 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 DEFAULT_DATABASE_URL = "sqlite:///data/keys.db"
 DEV_SECRET_FILE = ".supabase-jwt-secret"
@@ -36,11 +37,19 @@ class Settings:
     log_level: str = "INFO"
     forwarded_allow_ips: tuple[str, ...] = ()  # peers whose X-Forwarded-For and -Proto are believed
     request_read_timeout: int = READ_TIMEOUT_SECONDS  # seconds for a request's head, and again for its body
+    database_url: str = ""  # postgresql://...; empty: SQLite at database_path
+    database_pool_size: int = 10  # connections per worker process (PostgreSQL)
+    database_timeout_ms: int = 5000  # statement, lock and pool-wait timeout (PostgreSQL)
     jwt_secret_generated: bool = field(default=False, compare=False)
 
     @property
     def production(self) -> bool:
         return self.env == "production"
+
+    @property
+    def engine(self) -> str:
+        """The store's engine: "postgresql" when DATABASE_URL names one, else "sqlite"."""
+        return "postgresql" if self.database_url else "sqlite"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -50,7 +59,12 @@ class Settings:
         if app_env not in ("development", "production"):
             raise ConfigError(f"APP_ENV must be 'development' or 'production', not {app_env!r}")
         production = app_env == "production"
-        database_path = parse_database_url(env.get("DATABASE_URL", DEFAULT_DATABASE_URL))
+        database_url = env.get("DATABASE_URL", "") or DEFAULT_DATABASE_URL
+        if is_postgresql_url(database_url):
+            # PostgreSQL holds the data; data/ still holds the development secret.
+            database_path = parse_database_url(DEFAULT_DATABASE_URL)
+        else:
+            database_path, database_url = parse_database_url(database_url), ""
 
         secret = env.get("SUPABASE_JWT_SECRET", "")
         generated = False
@@ -73,15 +87,38 @@ class Settings:
             log_level=env.get("LOG_LEVEL", "INFO").upper(),
             forwarded_allow_ips=parse_forwarded_allow_ips(env.get("FORWARDED_ALLOW_IPS", "")),
             request_read_timeout=_int(env, "REQUEST_READ_TIMEOUT", READ_TIMEOUT_SECONDS),
+            database_url=database_url,
+            database_pool_size=_int(env, "DATABASE_POOL_SIZE", 10),
+            database_timeout_ms=_int(env, "DATABASE_TIMEOUT_MS", 5000),
             jwt_secret_generated=generated,
         )
+
+
+def is_postgresql_url(url: str) -> bool:
+    """Whether `url` names a PostgreSQL database; ConfigError if it tries to and is malformed.
+
+    The message never repeats the URL: it may carry a password.
+    """
+    scheme = url.split(":", 1)[0].lower()
+    if scheme not in ("postgresql", "postgres"):
+        return False
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 -- raises on a port that is not a number from 0 to 65535
+    except ValueError:
+        raise ConfigError("DATABASE_URL is not a valid postgresql:// URL (bad host or port)") from None
+    if not url.lower().startswith(f"{scheme}://") or parts.fragment:
+        raise ConfigError("DATABASE_URL must look like 'postgresql://user:password@host:5432/dbname'")
+    return True
 
 
 def parse_database_url(url: str) -> Path:
     """Return the file path of a `sqlite:///relative` or `sqlite:////absolute` URL."""
     prefix = "sqlite:///"
     if not url.startswith(prefix) or len(url) == len(prefix):
-        raise ConfigError(f"DATABASE_URL must look like {DEFAULT_DATABASE_URL!r} (SQLite file only)")
+        raise ConfigError(
+            f"DATABASE_URL must look like {DEFAULT_DATABASE_URL!r} or 'postgresql://user@host:5432/dbname'"
+        )
     path = url[len(prefix):]
     if path == ":memory:":
         # Every worker and thread would see its own empty database.

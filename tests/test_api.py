@@ -11,6 +11,9 @@ import pytest
 from app.domain import keymaterial
 from tests.conftest import START
 
+# Tests taking `client`, `app`, `make_app` or `settings` run on SQLite and PostgreSQL (see conftest).
+ENGINES = ("sqlite", "postgresql")
+
 KEYS = "/api/v1/keys"
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 
@@ -651,6 +654,7 @@ def test_headers_are_stamped_once_whether_or_not_responses_are_validated(make_ap
     assert response.headers["cache-control"] == "no-store"
 
 
+@pytest.mark.sqlite_only
 def test_a_busy_key_store_is_a_503_and_nothing_is_counted(app, client, session, mint, monkeypatch, settings):
     import fcntl
 
@@ -662,6 +666,23 @@ def test_a_busy_key_store_is_a_503_and_nothing_is_counted(app, client, session, 
     error = assert_error(response, 503, "service_unavailable")
     assert response.headers["retry-after"] == "1" and error["details"] == {}
     assert client.get(f"{KEYS}/{key['id']}", cookies=session()).json()["data"]["total_requests"] == 0
+
+
+def test_a_key_row_held_past_the_timeout_on_postgresql_is_a_503_and_nothing_is_counted(engine, make_app, session, settings):
+    if engine != "postgresql":
+        pytest.skip("PostgreSQL's row locks and statement timeout")
+    import psycopg
+
+    with make_app(database_timeout_ms=300).test_client() as client:
+        key = client.post(KEYS, json={"name": "held"}, cookies=session()).json()["data"]
+        with psycopg.connect(settings.database_url) as another_instance:
+            another_instance.execute("SELECT 1 FROM api_keys WHERE id = %s FOR UPDATE", (key["id"],))
+            response = client.get("/api/v1/whoami", headers={"X-API-Key": key["key"]})
+        error = assert_error(response, 503, "service_unavailable")
+        assert response.headers["retry-after"] == "1" and error["details"] == {}
+        # Released: the same key is admitted again at once, and only that request was counted.
+        assert client.get("/api/v1/whoami", headers={"X-API-Key": key["key"]}).status_code == 200
+        assert client.get(f"{KEYS}/{key['id']}", cookies=session()).json()["data"]["total_requests"] == 1
 
 
 def test_a_refused_cors_preflight_is_an_envelope(make_app):

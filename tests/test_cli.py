@@ -50,10 +50,79 @@ def test_set_tier_refuses_an_unknown_tier(tmp_path):
 
 
 def test_a_configuration_error_is_a_clear_message_not_a_traceback(tmp_path):
-    result = run(tmp_path, "dev-token", "tom", DATABASE_URL="postgres://db/keys")
-    assert result.returncode == 2
-    assert result.stderr.startswith("configuration error: DATABASE_URL")
-    assert "Traceback" not in result.stderr
+    for url in ("mysql://db/keys", "postgresql://keys:hunter2-secret@db:port/keys"):
+        result = run(tmp_path, "dev-token", "tom", DATABASE_URL=url)
+        assert result.returncode == 2
+        assert result.stderr.startswith("configuration error: DATABASE_URL")
+        assert len(result.stderr.strip().splitlines()) == 1
+        assert "Traceback" not in result.stderr and "hunter2" not in result.stderr
+
+
+def test_migrate_creates_the_schema_on_sqlite_and_says_so(tmp_path):
+    result = run(tmp_path, "migrate")
+    assert (result.returncode, result.stdout.strip()) == (0, "sqlite: schema up to date"), result.stderr
+    assert SQLiteStore(tmp_path / "keys.db").ensure_account("alice", 0).tier == "free"
+
+
+def test_migrate_on_postgresql_from_several_processes_at_once_applies_each_step_once(tmp_path, pg_schema):
+    import psycopg
+
+    from tests.conftest import schema_url
+
+    env = {"PATH": "/usr/bin:/bin", "SUPABASE_JWT_SECRET": SECRET, "DATABASE_URL": schema_url(pg_schema)}
+    procs = [subprocess.Popen([sys.executable, "-m", "app", "migrate"], cwd=ROOT, env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(4)]
+    for proc in procs:
+        out, err = proc.communicate(timeout=60)
+        assert (proc.returncode, out.strip()) == (0, "postgresql: schema up to date"), err
+    with psycopg.connect(schema_url(pg_schema)) as conn:
+        from app.store.postgres_migrations import SCHEMA_VERSION
+
+        versions = [v for (v,) in conn.execute("SELECT version FROM schema_version ORDER BY version")]
+    assert versions == list(range(1, SCHEMA_VERSION + 1))
+
+
+def test_a_sqlite_store_exported_and_imported_into_postgresql_keeps_keys_usage_and_limits(tmp_path, pg_schema):
+    from dataclasses import replace
+
+    from app.config import Settings
+    from app.domain.keys import KeyService
+    from app.domain.ratelimit import RateLimiter
+    from app.store import open_store
+    from tests.conftest import schema_url
+
+    sqlite_settings = Settings(jwt_secret=SECRET, database_path=tmp_path / "keys.db")
+    source = SQLiteStore(sqlite_settings.database_path)
+    now = 1_795_000_000.0
+    keys = KeyService(source, lambda: now)
+    kept = keys.mint("alice", "prod-splunk", 30, "req_1")
+    gone = keys.mint("alice", "old-laptop", None, "req_2")
+    keys.revoke("alice", gone.record.id, "req_3")
+    for n in range(3):
+        keys.use(kept.secret, None, RateLimiter(source), now, f"req_use_{n}")
+    source.close()
+
+    export = tmp_path / "keys.jsonl"
+    result = run(tmp_path, "export", str(export))
+    assert result.returncode == 0, result.stderr
+    assert oct(export.stat().st_mode & 0o777) == "0o600"
+    assert kept.secret not in export.read_text()
+    target_env = {"DATABASE_URL": schema_url(pg_schema)}
+    result = run(tmp_path, "import", str(export), **target_env)
+    assert result.returncode == 0, result.stderr
+    assert "api_keys: 2" in result.stdout and "key_events: 3" in result.stdout
+
+    target = open_store(replace(sqlite_settings, database_url=schema_url(pg_schema)))
+    try:
+        moved = KeyService(target, lambda: now)
+        assert [k.name for k in target.list_keys("alice", 10, None)] == ["prod-splunk"]
+        record, decision = moved.use(kept.secret, None, RateLimiter(target), now, "req_after")
+        assert record.total_requests == 4 and decision.minute.remaining == 10 - 4  # the window came along
+        assert [e.type for e in target.list_events("alice", 10, None)] == ["revoked", "minted", "minted"]
+    finally:
+        target.close()
+    again = run(tmp_path, "import", str(export), **target_env)
+    assert again.returncode == 1 and "already holds rows" in again.stderr
 
 
 def test_set_tier_and_dev_token_refuse_a_user_id_that_names_no_account(tmp_path):

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import time
@@ -14,6 +15,9 @@ from app.domain.keys import KeyService
 from app.domain.ratelimit import tier_subject
 from app.domain.records import KeyEvent, KeyRecord, Window
 from app.store import SCHEMA_VERSION, SQLiteStore
+
+# Tests taking `store`, `settings` or `query` run on SQLite and on PostgreSQL (see conftest).
+ENGINES = ("sqlite", "postgresql")
 
 T0 = 1_795_000_000_000_000  # microseconds
 SECOND = 1_000_000
@@ -332,7 +336,7 @@ def test_use_key_sees_the_key_as_stored_revoked_or_not(store):
     assert seen[-1].id == record.id and seen[-1].revoked_us == T0 + SECOND
 
 
-def test_use_key_refused_by_admit_writes_nothing(store, settings):
+def test_use_key_refused_by_admit_writes_nothing(store, query):
     record, digest = stored_key(store)
 
     def refuse(_: KeyRecord) -> list[Window]:
@@ -341,7 +345,7 @@ def test_use_key_refused_by_admit_writes_nothing(store, settings):
     with pytest.raises(RevokedAPIKey):
         store.use_key(digest, T0, refuse, "req_1")
     assert store.get_key(USER, record.id).total_requests == 0
-    assert raw(settings.database_path, "SELECT count(*) FROM rate_windows") == [(0,)]
+    assert query("SELECT count(*) FROM rate_windows") == [(0,)]
 
 
 def test_use_key_sees_a_tier_change_at_once(store):
@@ -365,6 +369,7 @@ def test_use_key_with_unknown_digest_is_none(store):
     assert store.use_key(keymaterial.digest(keymaterial.generate()), T0, admit_all, "req_1") is None
 
 
+@pytest.mark.sqlite_only
 def test_database_never_contains_the_raw_key(settings, clock):
     store = SQLiteStore(settings.database_path)
     minted = KeyService(store, clock).mint(USER, "prod-splunk", 30, "req_test")
@@ -408,14 +413,14 @@ def test_consume_counts_per_window(store):
     ]
 
 
-def test_consume_refuses_at_limit_without_incrementing(store, settings):
+def test_consume_refuses_at_limit_without_incrementing(store, query):
     for _ in range(3):
         store.consume("acct", windows(60), T0)
     refused = store.consume("acct", windows(60), T0)
     assert (refused.allowed, refused.blocked_by, refused.counts) == (False, "minute", {"minute": 3, "day": 3})
     again = store.consume("acct", windows(60), T0)
     assert again.counts == {"minute": 3, "day": 3}
-    rows = raw(settings.database_path, "SELECT window, count FROM rate_windows WHERE subject = 'acct' ORDER BY window")
+    rows = query('SELECT "window", count FROM rate_windows WHERE subject = \'acct\' ORDER BY "window"')
     assert rows == [("day", 3), ("minute", 3)]
 
 
@@ -428,11 +433,10 @@ def test_consume_resets_count_when_window_starts_anew(store):
     assert admitted.counts == {"minute": 1, "day": 4}
 
 
-def test_consume_keeps_one_row_per_subject_and_window_kind(store, settings):
+def test_consume_keeps_one_row_per_subject_and_window_kind(store, query):
     for minute in range(5):
         store.consume("acct", windows(60 * minute, day_start=86_400 * (minute // 2)), T0)
-    sql = "SELECT window, start, count FROM rate_windows WHERE subject = 'acct' ORDER BY window"
-    rows = raw(settings.database_path, sql)
+    rows = query('SELECT "window", start, count FROM rate_windows WHERE subject = \'acct\' ORDER BY "window"')
     assert rows == [("day", 86_400 * 2, 1), ("minute", 240, 1)]
 
 
@@ -489,13 +493,13 @@ def test_consume_without_usage_key_leaves_keys_untouched(store):
     assert store.get_key(USER, record.id).total_requests == 0
 
 
-def test_use_key_counts_every_key_of_an_account_in_one_pair_of_windows(store, settings):
+def test_use_key_counts_every_key_of_an_account_in_one_pair_of_windows(store, query):
     digests = [stored_key(store, name)[1] for name in ("siem", "soar", "laptop")]
     results = [store.use_key(digests[i % 3], T0, admit_all, f"req_{i}")[1] for i in range(9)]
     assert [r.allowed for r in results] == [True] * 3 + [False] * 6  # 3 a minute for the account, not per key
     assert [r.counts for r in results[:3]] == [{"minute": n, "day": n} for n in (1, 2, 3)]
-    sql = "SELECT subject, window, count FROM rate_windows ORDER BY window"
-    assert raw(settings.database_path, sql) == [("tier:user-1", "day", 3), ("tier:user-1", "minute", 3)]
+    sql = 'SELECT subject, "window", count FROM rate_windows ORDER BY "window"'
+    assert query(sql) == [("tier:user-1", "day", 3), ("tier:user-1", "minute", 3)]
 
 
 def test_use_key_keeps_usage_per_key_while_the_windows_are_the_accounts(store):
@@ -542,7 +546,7 @@ def test_key_use_and_key_management_count_in_separate_windows(store):
     assert tier_subject(USER) != "account:user-1"
 
 
-def test_revoking_a_key_and_minting_another_keeps_the_accounts_windows(store, settings):
+def test_revoking_a_key_and_minting_another_keeps_the_accounts_windows(store):
     record, digest = stored_key(store, "rotating")
     for _ in range(3):
         store.use_key(digest, T0, admit_all, "req_ok")
@@ -592,11 +596,11 @@ def test_upgrading_a_version_1_database_moves_key_windows_to_their_accounts(tmp_
     assert raw(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
 
 
-def test_keys_of_one_account_used_through_two_stores_are_admitted_exactly_to_the_limit(tmp_path):
-    """Two stores stand for two worker processes, each using different keys of one account."""
+def test_keys_of_one_account_used_through_two_stores_are_admitted_exactly_to_the_limit(open_stores):
+    """Two stores stand for two worker processes (or instances), each using different keys of one account."""
     from concurrent.futures import ThreadPoolExecutor
 
-    stores = [SQLiteStore(tmp_path / "k.db"), SQLiteStore(tmp_path / "k.db")]
+    stores = [open_stores(), open_stores()]
     digests = [stored_key(stores[0], f"key-{n}")[1] for n in range(4)]
     limits = [Window("minute", 60, 25), Window("day", 0, 1000)]
 
@@ -655,12 +659,12 @@ def test_a_request_that_read_the_clock_before_a_boundary_counts_in_the_newer_win
     assert not store.consume("key:x", newer, 0).allowed  # the newer window was not dragged back
 
 
-def test_a_key_revoked_in_another_worker_is_refused_and_not_counted(settings, clock):
+def test_a_key_revoked_in_another_worker_is_refused_and_not_counted(open_stores, query, clock):
     """Two stores stand for two workers: a revocation through one is seen by the next use in the other."""
     from app.domain.keys import KeyService
     from app.domain.ratelimit import RateLimiter
 
-    first, second = SQLiteStore(settings.database_path), SQLiteStore(settings.database_path)
+    first, second = open_stores(), open_stores()
     minted = KeyService(first, clock).mint(USER, "racy", None, "req_0")
     other = KeyService(second, clock)
     other.use(minted.secret, None, RateLimiter(second), clock(), "req_1")
@@ -668,7 +672,7 @@ def test_a_key_revoked_in_another_worker_is_refused_and_not_counted(settings, cl
     with pytest.raises(RevokedAPIKey):
         other.use(minted.secret, None, RateLimiter(second), clock(), "req_2")
     sql = "SELECT total_requests FROM api_keys WHERE id = ?"
-    assert raw(settings.database_path, sql, (minted.record.id,)) == [(1,)]
+    assert query(sql, (minted.record.id,)) == [(1,)]
 
 
 def test_a_writer_waits_for_the_lock_without_polling_and_goes_the_moment_it_is_free(tmp_path, monkeypatch):
@@ -721,3 +725,107 @@ def test_a_writer_that_gave_up_leaves_the_lock_usable(tmp_path):
     with open(tmp_path / "w.lock", "rb") as other_process:  # and other processes can, too
         fcntl.flock(other_process, fcntl.LOCK_EX | fcntl.LOCK_NB)
     lock.close()
+
+
+# -- PostgreSQL away and back -------------------------------------------------------------
+
+
+class Proxy:
+    """A TCP relay to PostgreSQL that a test can take down (cutting every connection) and bring back."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        import socket
+
+        self.target = target
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self._sockets: list = []
+        self._listener = None
+
+    def start(self) -> None:
+        import socket
+
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen()
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def _accept(self, listener) -> None:
+        import socket
+
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.target)
+            self._sockets += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source, sink) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (source, sink):
+                with contextlib.suppress(OSError):
+                    s.close()
+
+    def stop(self) -> None:
+        import socket
+
+        self._listener.close()
+        for s in self._sockets:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+                s.close()
+            except OSError:
+                pass
+        self._sockets.clear()
+
+
+def test_postgresql_away_is_store_unavailable_and_the_store_recovers_when_it_returns(pg_schema):
+    from urllib.parse import urlsplit
+
+    from app.domain.errors import StoreUnavailable
+    from app.store.postgres import PostgresStore
+    from tests.conftest import TEST_DATABASE_URL
+
+    target = urlsplit(TEST_DATABASE_URL)
+    proxy = Proxy((target.hostname or "127.0.0.1", target.port or 5432))
+    proxy.start()
+    url = TEST_DATABASE_URL.replace(target.netloc, f"{target.username}@127.0.0.1:{proxy.port}" if target.username
+                                    else f"127.0.0.1:{proxy.port}")
+    store = PostgresStore(url, schema=pg_schema, timeout_ms=1000, pool_size=2)
+    try:
+        _, digest = stored_key(store)
+        assert store.use_key(digest, T0, admit_all, "req_1")[1].allowed
+        proxy.stop()
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable):  # fail closed: refused, not admitted uncounted
+            store.use_key(digest, T0, admit_all, "req_2")
+        with pytest.raises(StoreUnavailable):
+            store.use_key(digest, T0, admit_all, "req_3")
+        assert time.monotonic() - started < 10
+        proxy.start()
+        assert wait_for(lambda: _admitted(store, digest), seconds=15)  # back without a restart
+        assert store.get_key(USER, store.list_keys(USER, 1, None)[0].id).total_requests == 2
+    finally:
+        store.close()
+        proxy.stop()
+
+
+def _admitted(store, digest: str) -> bool:
+    from app.domain.errors import StoreUnavailable
+
+    try:
+        return store.use_key(digest, T0, admit_all, "req_back")[1].allowed
+    except StoreUnavailable:
+        return False

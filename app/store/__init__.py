@@ -1,5 +1,25 @@
 """Storage engines for the domain's `Store` protocol (`app.domain.store`)."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from app.store.sqlite import SCHEMA_VERSION, SQLiteStore
 
-__all__ = ["SCHEMA_VERSION", "SQLiteStore"]
+if TYPE_CHECKING:
+    from app.config import Settings
+    from app.domain.store import Store
+
+__all__ = ["SCHEMA_VERSION", "SQLiteStore", "open_store"]
+
+
+def open_store(settings: Settings, migrate: bool = True) -> Store:
+    """Open the store `settings` name: PostgreSQL for a postgresql:// DATABASE_URL, else SQLite."""
+    if settings.engine == "postgresql":
+        from app.store.postgres import PostgresStore  # the driver loads only where it is used
+
+        return PostgresStore(
+            settings.database_url, pool_size=settings.database_pool_size,
+            timeout_ms=settings.database_timeout_ms, migrate=migrate,
+        )
+    return SQLiteStore(settings.database_path)

@@ -21,7 +21,7 @@ from app.domain.keys import Clock, KeyService
 from app.domain.ratelimit import Limits, RateLimiter
 from app.domain.sessions import SessionVerifier
 from app.domain.store import Store
-from app.store import SQLiteStore
+from app.store import open_store
 from app.web import connexion_tuning
 from app.web.errors import ErrorHandlers
 from app.web.middleware import EnvelopeCORSMiddleware, OperationBoundaryMiddleware, RequestContextMiddleware
@@ -35,7 +35,7 @@ RATE_LIMIT_HEADERS = ["X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit
 
 def build_services(settings: Settings, clock: Clock = time.time, store: Store | None = None) -> Services:
     """Wire the domain services for `settings`."""
-    store = store if store is not None else SQLiteStore(settings.database_path)
+    store = store if store is not None else open_store(settings)
     return Services(
         settings=settings,
         store=store,

@@ -1,0 +1,116 @@
+"""Moving a store's rows between engines: `python -m app export FILE` / `import FILE`.
+
+Both engines hold the same tables with the same columns. An export is JSON lines: a header,
+then one line per row, keys and events in insertion order (so listings keep breaking ties in
+time the same way after an import). Key secrets are never stored, so none are exported:
+only their digests, which is why the file is written readable by its owner only. An import
+goes into a freshly migrated, empty store, in one transaction: all rows or none.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from app.config import Settings
+from app.store import open_store
+
+FORMAT = "socdefenders-keys export"
+VERSION = 1
+TABLES: dict[str, tuple[str, ...]] = {
+    "accounts": ("user_id", "tier", "created_us"),
+    "api_keys": ("id", "user_id", "name", "digest", "preview", "created_us", "expires_us", "revoked_us",
+                 "total_requests", "last_used_us"),
+    "key_events": ("id", "user_id", "key_id", "type", "key_name", "key_preview", "request_id", "occurred_us",
+                   "details"),
+    "rate_windows": ("subject", "window", "start", "count", "blocked"),
+}
+# Insertion order: SQLite's rowid, PostgreSQL's seq column.
+ORDER = {"sqlite": {"api_keys": "rowid", "key_events": "rowid"}, "postgresql": {"api_keys": "seq", "key_events": "seq"}}
+
+
+class TransferError(Exception):
+    """The export file or the target store is not what an import needs."""
+
+
+@contextmanager
+def _connection(settings: Settings) -> Iterator[Any]:
+    """A DB-API connection to the store `settings` name, migrated first, in one transaction."""
+    open_store(settings).close()  # creates or upgrades the schema
+    if settings.engine == "postgresql":
+        import psycopg
+
+        with psycopg.connect(settings.database_url) as conn:  # commits on success, rolls back on error
+            yield conn
+        return
+    lite = sqlite3.connect(settings.database_path, isolation_level=None)
+    try:
+        lite.execute("BEGIN IMMEDIATE")
+        yield lite
+        lite.execute("COMMIT")
+    finally:
+        if lite.in_transaction:
+            lite.execute("ROLLBACK")
+        lite.close()
+
+
+def _columns(columns: tuple[str, ...]) -> str:
+    return ", ".join(f'"{c}"' for c in columns)
+
+
+def export_rows(settings: Settings, path: str) -> dict[str, int]:
+    """Write every row of the store to `path` (created 0600); return the rows per table."""
+    counts = dict.fromkeys(TABLES, 0)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out, _connection(settings) as conn:
+        out.write(json.dumps({"format": FORMAT, "version": VERSION, "engine": settings.engine}) + "\n")
+        for table, columns in TABLES.items():
+            order = ORDER[settings.engine].get(table)
+            # bandit B608: table and column names are this module's constants.
+            sql = f"SELECT {_columns(columns)} FROM {table}" + (f" ORDER BY {order}" if order else "")  # nosec B608
+            for row in conn.execute(sql).fetchall():
+                values = dict(zip(columns, row, strict=True))
+                if table == "rate_windows":
+                    values["blocked"] = bool(values["blocked"])
+                out.write(json.dumps({"table": table, "row": values}) + "\n")
+                counts[table] += 1
+    return counts
+
+
+def import_rows(settings: Settings, path: str) -> dict[str, int]:
+    """Load an export into the store, which must hold no rows yet; return the rows per table."""
+    placeholder = "%s" if settings.engine == "postgresql" else "?"
+    counts = dict.fromkeys(TABLES, 0)
+    try:
+        with open(path) as source:
+            header = json.loads(source.readline() or "null")
+            if not isinstance(header, dict) or header.get("format") != FORMAT or header.get("version") != VERSION:
+                raise TransferError(f"{path} is not an export of this service (version {VERSION})")
+            with _connection(settings) as conn:
+                for table in TABLES:
+                    # bandit B608: table names are this module's constants.
+                    if conn.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone():  # nosec B608
+                        raise TransferError(f"the target store already holds rows in {table}; import needs an empty one")
+                for number, line in enumerate(source, start=2):
+                    item = json.loads(line)
+                    table, row = item.get("table"), item.get("row")
+                    if table not in TABLES or not isinstance(row, dict) or set(row) != set(TABLES[table]):
+                        raise TransferError(f"{path} line {number}: not a row of this service's tables")
+                    columns = TABLES[table]
+                    values = [row[c] for c in columns]
+                    if table == "rate_windows" and settings.engine == "sqlite":
+                        values[-1] = int(values[-1])
+                    conn.execute(
+                        # bandit B608: table and column names are this module's constants; values are bound.
+                        f"INSERT INTO {table} ({_columns(columns)}) "  # nosec B608
+                        f"VALUES ({', '.join([placeholder] * len(columns))})",
+                        values,
+                    )
+                    counts[table] += 1
+    except (OSError, ValueError) as error:
+        raise TransferError(str(error)) from error
+    return counts
