@@ -53,11 +53,14 @@ TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://root@127.0
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "sqlite_only: runs on SQLite alone (it reaches into SQLite internals)")
+    config.addinivalue_line("markers", "postgresql_only: runs on PostgreSQL alone (its locks and timeouts)")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     engines = getattr(metafunc.module, "ENGINES", ("sqlite",))
     if "engine" in metafunc.fixturenames and metafunc.definition.get_closest_marker("sqlite_only") is None:
+        if metafunc.definition.get_closest_marker("postgresql_only") is not None:
+            engines = tuple(e for e in engines if e == "postgresql")
         metafunc.parametrize("engine", engines, indirect=True)
 
 

@@ -561,9 +561,12 @@ def test_mint_refuses_a_body_over_64_kib(client, session):
 
 
 def test_empty_mint_body_names_the_missing_body(client, session):
+    # Connexion refuses an empty required body itself, saying "RequestBody is required";
+    # app.web.errors recognises that wording. This pins it: a new wording fails here.
     response = client.post(KEYS, content=b"", headers={"Content-Type": "application/json"}, cookies=session())
     error = assert_error(response, 400, "invalid_parameter")
-    assert error["details"]["field"] == "body"
+    assert error["message"] == "A JSON request body is required."
+    assert error["details"] == {"field": "body", "constraint": "required"}
 
 
 @pytest.mark.parametrize("name", ["\u200b", "\u00a0", "\ufeff", "\u2028", "\u202eevil", "prod\u200bsplunk", "\u3000 \u2003"])
@@ -668,9 +671,8 @@ def test_a_busy_key_store_is_a_503_and_nothing_is_counted(app, client, session, 
     assert client.get(f"{KEYS}/{key['id']}", cookies=session()).json()["data"]["total_requests"] == 0
 
 
+@pytest.mark.postgresql_only
 def test_a_key_row_held_past_the_timeout_on_postgresql_is_a_503_and_nothing_is_counted(engine, make_app, session, settings):
-    if engine != "postgresql":
-        pytest.skip("PostgreSQL's row locks and statement timeout")
     import psycopg
 
     with make_app(database_timeout_ms=300).test_client() as client:
