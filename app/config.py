@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -11,6 +12,13 @@ from pathlib import Path
 DEFAULT_DATABASE_URL = "sqlite:///data/keys.db"
 DEV_SECRET_FILE = ".supabase-jwt-secret"
 LOCALHOST_ORIGINS = r"^https?://(localhost|127\.0\.0\.1|\[::1\])(:[0-9]{1,5})?$"
+# Request headers a page on an allowed origin may send: the API's own, `Prefer` (the
+# development server's forced answers), and what common frontend libraries add.
+DEFAULT_CORS_ALLOW_HEADERS = (
+    "Content-Type", "Authorization", "X-API-Key", "Prefer", "X-Requested-With", "traceparent", "tracestate",
+    "sentry-trace", "baggage",
+)
+MAX_MOCK_DELAY_MS = 10_000
 
 
 class ConfigError(Exception):
@@ -32,6 +40,10 @@ class Settings:
     management_limit_per_day: int = 10_000
     max_active_keys: int = 50
     log_level: str = "INFO"
+    cors_origins: tuple[str, ...] = ()
+    cors_allow_headers: tuple[str, ...] = DEFAULT_CORS_ALLOW_HEADERS
+    mock_delay_ms: int = 0
+    key_page: bool = True
     jwt_secret_generated: bool = field(default=False, compare=False)
 
     @property
@@ -67,6 +79,10 @@ class Settings:
             management_limit_per_day=_int(env, "KEY_MANAGEMENT_LIMIT_PER_DAY", 10_000),
             max_active_keys=_int(env, "MAX_ACTIVE_KEYS", 50),
             log_level=env.get("LOG_LEVEL", "INFO").upper(),
+            cors_origins=_origins(env.get("CORS_ORIGINS", "")),
+            cors_allow_headers=_names(env, "CORS_ALLOW_HEADERS", DEFAULT_CORS_ALLOW_HEADERS),
+            mock_delay_ms=0 if production else _delay(env.get("MOCK_DELAY_MS", "")),
+            key_page=_bool(env, "KEY_PAGE", not production),
             jwt_secret_generated=generated,
         )
 
@@ -125,3 +141,31 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     if raw.lower() in ("0", "false", "no", "off"):
         return False
     raise ConfigError(f"{name} must be true or false, not {raw!r}")
+
+
+def _origins(raw: str) -> tuple[str, ...]:
+    """Parse CORS_ORIGINS: exact origins (`scheme://host[:port]`), comma-separated."""
+    origins = tuple(o.strip().rstrip("/") for o in raw.split(",") if o.strip())
+    for origin in origins:
+        if not re.fullmatch(r"https?://[^/?#@\s*]+", origin):
+            raise ConfigError(f"CORS_ORIGINS holds {origin!r}: each origin is scheme://host[:port], no path, no '*'")
+    return origins
+
+
+def _names(env: Mapping[str, str], name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    raw = env.get(name)
+    if raw is None or not raw.strip():
+        return default
+    names = tuple(n.strip() for n in raw.split(",") if n.strip())
+    for header in names:
+        if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", header) or header == "*":
+            raise ConfigError(f"{name} holds {header!r}, which is not a header name")
+    return names
+
+
+def _delay(raw: str) -> int:
+    if not raw.strip():
+        return 0
+    if not raw.strip().isdigit() or int(raw) > MAX_MOCK_DELAY_MS:
+        raise ConfigError(f"MOCK_DELAY_MS must be a whole number of milliseconds from 0 to {MAX_MOCK_DELAY_MS}, not {raw!r}")
+    return int(raw)
