@@ -20,7 +20,7 @@ DEV_STAMP     := $(VENV)/.installed-dev
 SPECTRAL   := tools/node_modules/.bin/spectral
 TEST_TOOLS := $(if $(shell command -v npm),$(SPECTRAL))
 
-.PHONY: install lock run serve test lint audit fuzz bench bench-ab clean
+.PHONY: install lock run mock serve test lint audit fuzz bench bench-ab clean
 
 $(UV): tools/uv.txt
 	$(PYTHON) -m venv tools/venv
@@ -54,6 +54,10 @@ lock: | $(UV)
 ## Development server on HOST:PORT (default 127.0.0.1:8000), SQLite in data/keys.db.
 run: $(RUNTIME_STAMP)
 	$(PY) -m app run
+
+## Development server on a temporary database seeded with the demo account, removed on exit.
+mock: $(RUNTIME_STAMP)
+	$(PY) -m app mock
 
 ## Production: gunicorn with WEB_CONCURRENCY (default 2) uvicorn workers; needs SUPABASE_JWT_SECRET.
 serve: $(RUNTIME_STAMP)

@@ -1,9 +1,13 @@
-"""Command line: `python -m app run|serve|dev-token|set-tier`."""
+"""Command line: `python -m app run|serve|mock|dev-token|set-tier|seed-demo`."""
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
+import signal
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Sequence
@@ -13,6 +17,7 @@ warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testcli
 
 from app.compat import UnsupportedConnexion, check_connexion
 from app.config import ConfigError, Settings
+from app.domain.demo import DEMO_USER, seed_demo
 from app.domain.sessions import issue_token
 from app.domain.tiers import TIERS
 from app.store import open_store
@@ -23,6 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("run", help="start the development server on HOST:PORT")
     commands.add_parser("serve", help="start the production server: gunicorn, WEB_CONCURRENCY uvicorn workers")
+    commands.add_parser("mock", help="start the development server on a temporary database seeded with demo data")
     token = commands.add_parser("dev-token", help="print a session token for USER_ID signed with the configured secret")
     token.add_argument("user_id")
     token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default 3600)")
@@ -34,13 +40,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     export.add_argument("file")
     load = commands.add_parser("import", help="load FILE (from export) into DATABASE_URL's store, which must be empty")
     load.add_argument("file")
+    demo = commands.add_parser("seed-demo", help="fill an account with keys in every state (idempotent)")
+    demo.add_argument("user_id", nargs="?", default=DEMO_USER)
     args = parser.parse_args(argv)
 
+    environ = dict(os.environ)
+    scratch = None
+    if args.command == "mock":
+        # Everything, the development secret included, in a folder removed on the way out.
+        scratch = tempfile.mkdtemp(prefix="socdefenders-keys-mock-")
+        environ["DATABASE_URL"] = f"sqlite:///{scratch}/keys.db"
     try:
-        settings = Settings.from_env()
+        settings = Settings.from_env(environ)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
+    if scratch is not None:
+        # uvicorn re-raises the signal that stopped it once it has shut down; exit through
+        # the `finally` below rather than die of it.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        try:
+            return mock(settings)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
 
     if args.command in ("run", "serve"):
         try:
@@ -54,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve(settings)
     from app.domain.keys import MAX_USER_ID_LENGTH, valid_user_id
 
-    if args.command in ("dev-token", "set-tier") and not valid_user_id(args.user_id):
+    if args.command in ("dev-token", "set-tier", "seed-demo") and not valid_user_id(args.user_id):
         parser.error(f"USER_ID must be 1 to {MAX_USER_ID_LENGTH} printable characters with no surrounding space")
     if args.command == "dev-token":
         if args.ttl < 1:
@@ -66,6 +88,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         account = KeyService(open_store(settings), time.time).set_tier(args.user_id, args.tier)
         print(f"{account.user_id}: tier {account.tier}")
+        return 0
+    if args.command == "seed-demo":
+        added = seed_demo(open_store(settings), args.user_id, time.time())
+        print(f"{args.user_id}: " + ("added\n  " + "\n  ".join(added) if added else "already seeded, nothing added"))
         return 0
     if args.command == "migrate":
         return migrate(settings)
@@ -99,8 +125,17 @@ def migrate(settings: Settings) -> int:
     return 0
 
 
-def run(settings: Settings) -> int:
-    """Start a development server (uvicorn, one process) and say how to call it."""
+def mock(settings: Settings) -> int:
+    """Start the development server on a fresh database holding the demo account."""
+    if settings.production:
+        print("mock runs in development mode only: unset APP_ENV", file=sys.stderr)
+        return 2
+    seed_demo(open_store(settings), DEMO_USER, time.time())
+    return run(settings, user=DEMO_USER, note="a temporary database, seeded with the demo account; removed on exit")
+
+
+def run(settings: Settings, user: str = "dev-user", note: str = "") -> int:
+    """Start a development server (uvicorn, one process) and say how to sign in and call it."""
     import uvicorn
 
     from app import logs
@@ -112,12 +147,19 @@ def run(settings: Settings) -> int:
     app = create_app(settings)
     base = f"http://{settings.host}:{settings.port}"
     if not settings.production:
-        token = issue_token(settings.jwt_secret, "dev-user", time.time(), 24 * 3600)
+        token = issue_token(settings.jwt_secret, user, time.time(), 24 * 3600)
+        demo = "" if note else (
+            f"  demo data: {sys.executable} -m app seed-demo   then sign in as {DEMO_USER}:\n"
+            f"             {base}/dev/login?user={DEMO_USER}\n"
+        )
         print(
             f"\nSOC Defenders API-key service ({settings.env}) on {base}\n"
-            f"  spec: {base}/openapi.json   docs: {base}/ui/\n"
-            f"  database: {settings.database_path}\n\n"
-            "Mint a key as user 'dev-user' (session token valid 24 h):\n\n"
+            f"  spec: {base}/openapi.json   docs: {base}/ui/   key page: {base}/\n"
+            f"  database: {settings.database_path}{f' ({note})' if note else ''}\n\n"
+            f"Sign in as '{user}' in a browser (sets the session cookie, opens the key page):\n\n"
+            f"  {base}/dev/login?user={user}\n\n"
+            f"{demo}{chr(10) if demo else ''}"
+            f"Or mint a key as '{user}' with curl (session token valid 24 h):\n\n"
             f"  curl -s -X POST {base}/api/v1/keys \\\n"
             f"    -b 'sb-access-token={token}' \\\n"
             "    -H 'Content-Type: application/json' \\\n"
@@ -137,8 +179,6 @@ def run(settings: Settings) -> int:
 
 def serve(settings: Settings) -> int:
     """Replace this process with gunicorn running WEB_CONCURRENCY uvicorn workers."""
-    import os
-
     if not settings.production:
         print("serve runs in production mode: set APP_ENV=production (make serve does)", file=sys.stderr)
         return 2

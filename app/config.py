@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -14,6 +15,13 @@ DEFAULT_DATABASE_URL = "sqlite:///data/keys.db"
 DEV_SECRET_FILE = ".supabase-jwt-secret"
 READ_TIMEOUT_SECONDS = 10  # for a request's head, and again for its body (app.web.limits)
 LOCALHOST_ORIGINS = r"^https?://(localhost|127\.0\.0\.1|\[::1\])(:[0-9]{1,5})?$"
+# Request headers a page on an allowed origin may send: the API's own, `Prefer` (the
+# development server's forced answers), and what common frontend libraries add.
+DEFAULT_CORS_ALLOW_HEADERS = (
+    "Content-Type", "Authorization", "X-API-Key", "Prefer", "X-Requested-With", "traceparent", "tracestate",
+    "sentry-trace", "baggage",
+)
+MAX_MOCK_DELAY_MS = 10_000
 
 
 class ConfigError(Exception):
@@ -40,6 +48,10 @@ class Settings:
     database_url: str = ""  # postgresql://...; empty: SQLite at database_path
     database_pool_size: int = 10  # connections per worker process (PostgreSQL)
     database_timeout_ms: int = 5000  # statement, lock and pool-wait timeout (PostgreSQL)
+    cors_origins: tuple[str, ...] = ()
+    cors_allow_headers: tuple[str, ...] = DEFAULT_CORS_ALLOW_HEADERS
+    mock_delay_ms: int = 0
+    key_page: bool = True
     jwt_secret_generated: bool = field(default=False, compare=False)
 
     @property
@@ -90,6 +102,10 @@ class Settings:
             database_url=database_url,
             database_pool_size=_int(env, "DATABASE_POOL_SIZE", 10),
             database_timeout_ms=_int(env, "DATABASE_TIMEOUT_MS", 5000),
+            cors_origins=_origins(env.get("CORS_ORIGINS", "")),
+            cors_allow_headers=_names(env, "CORS_ALLOW_HEADERS", DEFAULT_CORS_ALLOW_HEADERS),
+            mock_delay_ms=0 if production else _delay(env.get("MOCK_DELAY_MS", "")),
+            key_page=_bool(env, "KEY_PAGE", not production),
             jwt_secret_generated=generated,
         )
 
@@ -184,3 +200,31 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     if raw.lower() in ("0", "false", "no", "off"):
         return False
     raise ConfigError(f"{name} must be true or false, not {raw!r}")
+
+
+def _origins(raw: str) -> tuple[str, ...]:
+    """Parse CORS_ORIGINS: exact origins (`scheme://host[:port]`), comma-separated."""
+    origins = tuple(o.strip().rstrip("/") for o in raw.split(",") if o.strip())
+    for origin in origins:
+        if not re.fullmatch(r"https?://[^/?#@\s*]+", origin):
+            raise ConfigError(f"CORS_ORIGINS holds {origin!r}: each origin is scheme://host[:port], no path, no '*'")
+    return origins
+
+
+def _names(env: Mapping[str, str], name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    raw = env.get(name)
+    if raw is None or not raw.strip():
+        return default
+    names = tuple(n.strip() for n in raw.split(",") if n.strip())
+    for header in names:
+        if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", header) or header == "*":
+            raise ConfigError(f"{name} holds {header!r}, which is not a header name")
+    return names
+
+
+def _delay(raw: str) -> int:
+    if not raw.strip():
+        return 0
+    if not raw.strip().isdigit() or int(raw) > MAX_MOCK_DELAY_MS:
+        raise ConfigError(f"MOCK_DELAY_MS must be a whole number of milliseconds from 0 to {MAX_MOCK_DELAY_MS}, not {raw!r}")
+    return int(raw)

@@ -143,3 +143,37 @@ def test_a_bad_forwarded_allow_ips_stops_both_servers_with_one_line(tmp_path):
         assert result.returncode == 2
         assert result.stderr.startswith("configuration error: FORWARDED_ALLOW_IPS")
         assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_seed_demo_fills_an_account_with_every_key_state_and_a_second_run_adds_nothing(tmp_path):
+    from app.domain.keys import KeyService
+
+    first = run(tmp_path, "seed-demo", "demo@example")
+    assert first.returncode == 0, first.stderr
+    assert "revoked" in first.stdout and "expired" in first.stdout
+    assert "nothing added" in run(tmp_path, "seed-demo", "demo@example").stdout
+
+    keys = KeyService(SQLiteStore(tmp_path / "keys.db"), time.time)
+    listed = {r.name: keys.key_info(r) for r in keys.list("demo@example", 100, None).items}
+    assert listed["prod-splunk-2026q2"]["status"] == "active" and listed["prod-splunk-2026q2"]["total_requests"] > 0
+    assert listed["prod-splunk-2026q2"]["last_used_at"] is not None
+    assert listed["partner-acme-30d"]["status"] == "expired"
+    expiring = listed["staging-sentinel"]["expires_at"]
+    assert 0 < time.mktime(time.strptime(expiring[:19], "%Y-%m-%dT%H:%M:%S")) - time.mktime(time.gmtime()) < 7 * 86400
+    assert "tom-laptop-dev" not in listed
+    events = [e.type for e in keys.events("demo@example", 100, None).items]
+    assert {"minted", "revoked", "rate_limited"} <= set(events)
+    assert len(events) == 7  # five mints, one revocation, one refusal: the second run added none
+
+
+def test_seed_demo_leaves_the_account_near_its_daily_limit(tmp_path):
+    from app.domain.demo import LEFT_TODAY
+    from app.domain.keys import KeyService
+    from app.domain.ratelimit import Limits, RateLimiter, tier_subject
+
+    assert run(tmp_path, "seed-demo").returncode == 0
+    store = SQLiteStore(tmp_path / "keys.db")
+    assert KeyService(store, time.time).list("demo-user", 100, None).items
+    day = RateLimiter.windows(Limits(10, 1000), time.time())[1]
+    counted = store.consume(tier_subject("demo-user"), [day], int(time.time() * 1_000_000)).counts["day"]
+    assert counted == 1000 - LEFT_TODAY + 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import re
 import sqlite3
 import time
@@ -220,3 +221,24 @@ def test_scripted_client_walks_a_key_through_its_life_on_two_workers(served):
         assert refused[1]["x-request-id"] in output and key not in output
         return
     pytest.fail("every walk straddled a minute boundary")
+
+
+def test_mock_serves_the_demo_account_on_a_temporary_database_and_leaves_nothing_behind(tmp_path):
+    import glob
+    import tempfile
+
+    before = set(glob.glob(f"{tempfile.gettempdir()}/socdefenders-keys-mock-*"))
+    server = LiveServer("mock", tmp_path)
+    with server:
+        assert f"{server.base}/dev/login?user=demo-user" in server.output()
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        connection.request("GET", "/dev/login?user=demo-user")
+        login = connection.getresponse()
+        login.read()
+        assert login.status == 303
+        cookie = login.getheader("set-cookie").split(";")[0]
+        status, _, body = server.request("GET", "/api/v1/keys", headers={"Cookie": cookie})
+        assert status == 200
+        assert {k["name"] for k in body["data"]} >= {"prod-splunk-2026q2", "staging-sentinel", "partner-acme-30d"}
+    assert set(glob.glob(f"{tempfile.gettempdir()}/socdefenders-keys-mock-*")) == before
+    assert not server.database_path.exists()  # DATABASE_URL was not used

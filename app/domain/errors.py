@@ -60,6 +60,10 @@ class InsufficientScope(ServiceError):
     """The key is valid but its tier lacks a scope the operation requires."""
 
 
+class OriginNotAllowed(ServiceError):
+    """A cookie-authenticated request that changes state came from a page on a foreign origin."""
+
+
 class KeyNotFound(ServiceError):
     """No key with this id belongs to the caller."""
 

@@ -40,6 +40,7 @@ DOMAIN_ERRORS: dict[type[ServiceError], tuple[int, str]] = {
     domain.ExpiredAPIKey: (401, "expired_api_key"),
     domain.RevokedAPIKey: (401, "revoked_api_key"),
     domain.InsufficientScope: (403, "insufficient_scope"),
+    domain.OriginNotAllowed: (403, "origin_not_allowed"),
     domain.KeyNotFound: (404, "key_not_found"),
     domain.DuplicateName: (409, "duplicate_name"),
     domain.KeyLimitReached: (409, "key_limit_reached"),

@@ -13,6 +13,7 @@ from connexion import FlaskApp
 from connexion.jsonifier import Jsonifier
 from connexion.middleware import MiddlewarePosition
 from connexion.middleware.main import ConnexionMiddleware
+from connexion.options import SwaggerUIOptions
 from connexion.resolver import Resolver
 
 from app.compat import check_connexion
@@ -23,14 +24,20 @@ from app.domain.sessions import SessionVerifier
 from app.domain.store import Store
 from app.store import open_store
 from app.web import connexion_tuning
+from app.web.csrf import OriginCheckMiddleware, OriginPolicy, cookie_operations
+from app.web.dev import PreferMiddleware
 from app.web.errors import ErrorHandlers
 from app.web.middleware import EnvelopeCORSMiddleware, OperationBoundaryMiddleware, RequestContextMiddleware
+from app.web.pages import PagesMiddleware
 from app.web.security import SECURITY_MAP
 from app.web.services import Services
 from app.web.validation import validator_map
 
 SPEC_PATH = Path(__file__).resolve().parent.parent.parent / "openapi.json"
 RATE_LIMIT_HEADERS = ["X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset", "Retry-After"]
+# Swagger UI reads Connexion's copy of the contract (servers pointed at this server, so that
+# "Try it out" calls it); /openapi.json is the repository's file (app.web.pages).
+DOCS_SPEC_PATH = "/ui/openapi.json"
 
 
 def build_services(settings: Settings, clock: Clock = time.time, store: Store | None = None) -> Services:
@@ -73,7 +80,8 @@ def create_app(
     """
     check_connexion()
     services = build_services(settings, clock, store)
-    document: dict = json.loads(spec.read_text()) if isinstance(spec, Path) else spec
+    spec_bytes = spec.read_bytes() if isinstance(spec, Path) else json.dumps(spec, indent=2).encode()
+    document: dict = json.loads(spec_bytes)
     stack = connexion_tuning.middlewares(settings.validate_responses) if tuned else ConnexionMiddleware.default_middlewares
     # No `static_folder`: nothing is served from Flask's static route, which every request
     # would otherwise be matched against.
@@ -91,22 +99,46 @@ def create_app(
         position=MiddlewarePosition.BEFORE_CONTEXT,
         stamp_headers=settings.validate_responses,
     )
-    if settings.cors_origin_regex:
+    if settings.cors_origin_regex or settings.cors_origins:
         app.add_middleware(
             EnvelopeCORSMiddleware,
             position=MiddlewarePosition.BEFORE_EXCEPTION,
-            allow_origin_regex=settings.cors_origin_regex,
+            allow_origins=list(settings.cors_origins),
+            allow_origin_regex=settings.cors_origin_regex or None,
             allow_credentials=True,
             allow_methods=["GET", "POST", "DELETE"],
-            allow_headers=["Content-Type", "Authorization", "X-API-Key"],
+            allow_headers=list(settings.cors_allow_headers),
             expose_headers=["X-Request-ID", *RATE_LIMIT_HEADERS],
             max_age=600,
+        )
+    app.add_middleware(
+        PagesMiddleware,
+        position=MiddlewarePosition.BEFORE_EXCEPTION,
+        services=services,
+        spec_bytes=spec_bytes,
+        key_page=settings.key_page,
+        dev_login=not settings.production,
+    )
+    app.add_middleware(
+        OriginCheckMiddleware,
+        position=MiddlewarePosition.BEFORE_SECURITY,
+        operations=cookie_operations(document),
+        policy=OriginPolicy(settings.cors_origins, settings.cors_origin_regex),
+    )
+    if not settings.production:
+        app.add_middleware(
+            PreferMiddleware,
+            position=MiddlewarePosition.BEFORE_SECURITY,
+            spec=document,
+            delay_ms=settings.mock_delay_ms,
+            management_limit=settings.management_limit_per_minute,
         )
     app.add_api(
         document,
         resolver=Resolver(function_resolver=resolve_handler),
         validate_responses=settings.validate_responses,
         validator_map=validator_map(),
+        swagger_ui_options=SwaggerUIOptions(spec_path=DOCS_SPEC_PATH),
         security_map=connexion_tuning.signature_once(SECURITY_MAP) if tuned else SECURITY_MAP,
     )
     errors.install(app)

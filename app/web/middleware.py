@@ -282,6 +282,9 @@ def stamp(message: Message, state: dict[str, Any]) -> None:
              **PROTECTIVE_HEADERS}
     if state.get("docs_page"):
         added[b"content-security-policy"] = DOCS_PAGE_POLICY
+        # Its "Try it out" posts to this server: the Origin it sends must name the page.
+        added[b"referrer-policy"] = b"same-origin"
+    added.update(state.get("page_headers", {}))  # a page's own policy (app.web.pages)
     for name, value in state.get("rate_limit_headers", {}).items():
         added[name.lower().encode("latin-1")] = value.encode("latin-1")
     replaced = set(added)

@@ -1,0 +1,254 @@
+"""What the development server adds for frontend developers: `Prefer` and latency.
+
+`Prefer: code=NNN` answers a routed operation with a status its contract documents for it,
+as the contract documents it (the `Error` envelope with a realistic code and message, the
+documented headers such as `Retry-After` and `X-RateLimit-*`), without authenticating or
+doing the operation; `Prefer: example=NAME` answers with one of its named examples;
+`Prefer: delay=MS` (and the `MOCK_DELAY_MS` setting) waits first. None of it exists in
+production: the factory does not install this middleware there, so the header is ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+import uuid
+from typing import Any
+
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from app.config import MAX_MOCK_DELAY_MS
+from app.domain.errors import InvalidParameter
+from app.domain.keys import rfc3339
+from app.web.errors import envelope
+
+HTTP_METHODS = {"get", "put", "post", "delete", "patch"}
+PREFERENCE = re.compile(r'^\s*([A-Za-z-]+)\s*(?:=\s*("[^"]*"|[^;,\s]*))?')
+
+# Realistic answers per status: the codes and messages this server really sends.
+SESSION_ERRORS: dict[int, tuple[str, str, dict[str, Any]]] = {
+    400: ("invalid_parameter", "name is invalid: must be at most 100 characters.",
+          {"field": "name", "in": "body", "constraint": "maxLength", "expected": 100}),
+    401: ("missing_session", "A session is required: sign in (the sb-access-token cookie).", {}),
+    403: ("origin_not_allowed", "This request came from a page on 'https://evil.example', which may not change "
+          "keys with this account's session.", {"header": "Origin", "origin": "https://evil.example"}),
+    404: ("key_not_found", "No API key with this id exists for this account.", {}),
+    409: ("duplicate_name", "An active API key named 'prod-splunk-2026q2' already exists.", {"field": "name"}),
+    413: ("payload_too_large", "The request body is larger than 65536 bytes.", {"limit_bytes": 65536}),
+    415: ("unsupported_media_type", "Request body must be JSON (Content-Type: application/json).", {}),
+    429: ("rate_limit_exceeded", "", {}),  # message and details made per request
+    500: ("internal_error", "An unexpected error occurred.", {}),
+    503: ("service_unavailable", "The key store is unavailable; retry shortly.", {}),
+}
+KEY_ERRORS = {
+    **SESSION_ERRORS,
+    400: ("invalid_parameter", "limit is invalid: must be at most 100.",
+          {"field": "limit", "in": "query", "constraint": "maximum", "expected": 100}),
+    401: ("missing_api_key", 'API key is required. Include it in the Authorization header as "Bearer sk_live_..."', {}),
+    403: ("insufficient_scope", "This API key's tier (free) lacks the scope required by this operation.",
+          {"required_scopes": ["taxii:read"], "missing_scopes": ["taxii:read"]}),
+}
+FORCED_RETRY_AFTER_S = 42
+
+
+def preferences(headers: Headers) -> dict[str, str]:
+    """Return the request's `Prefer` preferences (RFC 7240), names lower-cased."""
+    found: dict[str, str] = {}
+    for header in headers.getlist("prefer"):
+        # Comma between preferences (RFC 7240); a semicolon, which there starts a preference's
+        # parameters, is read as one too: `code=429; example=day` means what it looks like.
+        for item in re.split(r"[,;]", header):
+            match = PREFERENCE.match(item)
+            if match and match.group(1):
+                found.setdefault(match.group(1).lower(), (match.group(2) or "").strip('"'))
+    return found
+
+
+class Contract:
+    """The responses each operation documents, with local `$ref`s resolved."""
+
+    def __init__(self, spec: dict) -> None:
+        self.spec = spec
+        self.responses: dict[str, dict[str, Any]] = {}
+        self.cookie_auth: set[str] = set()
+        for item in spec["paths"].values():
+            for method, operation in item.items():
+                if method in HTTP_METHODS:
+                    self.responses[operation["operationId"]] = {
+                        code: self.resolve(response) for code, response in operation["responses"].items()
+                    }
+                    if any("CookieAuth" in r for r in operation.get("security", [])):
+                        self.cookie_auth.add(operation["operationId"])
+
+    def resolve(self, node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                target: Any = self.spec
+                for part in node["$ref"].lstrip("#/").split("/"):
+                    target = target[part]
+                return self.resolve(target)
+            return {k: self.resolve(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [self.resolve(v) for v in node]
+        return node
+
+
+def sample(schema: dict[str, Any], now: float) -> Any:
+    """Return a value valid against `schema`, from its examples where it has them."""
+    if "allOf" in schema:
+        merged: dict[str, Any] = {}
+        for part in schema["allOf"]:
+            value = sample(part, now)
+            if isinstance(value, dict):
+                merged.update(value)
+        return merged
+    if "example" in schema:
+        return schema["example"]
+    if schema.get("nullable"):
+        return None
+    if "enum" in schema:
+        return schema["enum"][0]
+    kind = schema.get("type")
+    if kind == "object" or "properties" in schema:
+        required = schema.get("required")
+        return {
+            name: sample(sub, now) for name, sub in schema.get("properties", {}).items()
+            if required is None or name in required or "example" in sub
+        }
+    if kind == "array":
+        return [sample(schema.get("items", {}), now)]
+    if kind == "integer":
+        return int(schema.get("minimum", 0))
+    if kind == "number":
+        return float(schema.get("minimum", 0))
+    if kind == "boolean":
+        return False
+    if kind == "string":
+        fmt = schema.get("format")
+        if fmt == "uuid":
+            return str(uuid.uuid4())
+        if fmt == "date-time":
+            return rfc3339(int(now * 1_000_000))
+        return "string"
+    return None
+
+
+class PreferMiddleware:
+    """Force an operation's documented answer, a named example, or latency (development only)."""
+
+    def __init__(self, app: ASGIApp, spec: dict, delay_ms: int = 0, management_limit: int = 120) -> None:
+        self.app = app
+        self.contract = Contract(spec)
+        self.delay_ms = delay_ms
+        self.management_limit = management_limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        operation = scope.get("extensions", {}).get("connexion_routing", {}).get("operation_id")
+        prefer = preferences(Headers(scope=scope)) if operation else {}
+        delay = self._delay(prefer) if "delay" in prefer else self.delay_ms
+        if delay and operation:
+            await asyncio.sleep(delay / 1000)  # on the loop, never blocking it
+        if operation and ("code" in prefer or "example" in prefer):
+            await self._forced(scope, send, operation, prefer)
+            return
+        await self.app(scope, receive, send)
+
+    @staticmethod
+    def _delay(prefer: dict[str, str]) -> int:
+        raw = prefer["delay"]
+        if not raw.isdigit() or int(raw) > MAX_MOCK_DELAY_MS:
+            raise InvalidParameter(
+                f"Prefer: delay must be a whole number of milliseconds from 0 to {MAX_MOCK_DELAY_MS}.",
+                {"field": "Prefer", "in": "header", "constraint": "maximum", "expected": MAX_MOCK_DELAY_MS},
+            )
+        return int(raw)
+
+    async def _forced(self, scope: Scope, send: Send, operation: str, prefer: dict[str, str]) -> None:
+        responses = self.contract.responses[operation]
+        documented = sorted(responses)
+        if "code" in prefer:
+            code = prefer["code"]
+            if code not in responses:
+                raise InvalidParameter(
+                    f"Prefer: code={code[:10]} is not a status {operation} documents; it documents "
+                    f"{', '.join(documented)}.",
+                    {"field": "Prefer", "in": "header", "constraint": "enum", "expected": [int(c) for c in documented]},
+                )
+            candidates = [code]
+        else:
+            candidates = documented
+        name = prefer.get("example")
+        body: Any = None
+        chosen = None
+        if name is not None:
+            for code in candidates:
+                examples = _media(responses[code]).get("examples", {})
+                if name in examples:
+                    chosen, body = code, examples[name]["value"]
+                    break
+            if chosen is None:
+                named = sorted({n for c in candidates for n in _media(responses[c]).get("examples", {})})
+                raise InvalidParameter(
+                    f"Prefer: example={name[:40]} is not an example {operation} documents"
+                    + (f" for {candidates[0]}" if "code" in prefer else "")
+                    + (f"; it names {', '.join(named)}." if named else "; it names none."),
+                    {"field": "Prefer", "in": "header", "constraint": "enum", "expected": named},
+                )
+        else:
+            chosen = candidates[0]
+        status = int(chosen)
+        now = time.time()
+        request_id = scope["state"]["request_id"]
+        headers = self._headers(responses[chosen], status, now, self._limit(operation))
+        if status == 204:
+            raw = b""
+        elif body is not None:
+            if isinstance(body, dict) and isinstance(body.get("error"), dict):
+                body = {"error": {**body["error"], "request_id": request_id}}
+            raw = json.dumps(body).encode()
+        elif status >= 400:
+            table = SESSION_ERRORS if operation in self.contract.cookie_auth else KEY_ERRORS
+            code_, message, details = table.get(status, ("bad_request", "Bad request.", {}))
+            if status == 429:
+                reset = int(now) - int(now) % 60 + 60
+                details = {"window": "minute", "limit": self._limit(operation), "reset": reset,
+                           "retry_after": FORCED_RETRY_AFTER_S}
+                message = (f"Rate limit of {details['limit']} requests per minute exceeded; "
+                           f"retry after {FORCED_RETRY_AFTER_S} s.")
+            raw = envelope(code_, message, details, request_id)
+        else:
+            media = _media(responses[chosen])
+            if media.get("examples"):
+                body = next(iter(media["examples"].values()))["value"]
+            else:
+                body = media.get("example", sample(media.get("schema", {}), now))
+            raw = json.dumps(body).encode()
+        start = [(b"content-type", b"application/json")] if raw else []
+        await send({"type": "http.response.start", "status": status, "headers": [
+            *start, (b"content-length", str(len(raw)).encode()), *headers]})
+        await send({"type": "http.response.body", "body": raw})
+
+    def _limit(self, operation: str) -> int:
+        return self.management_limit if operation in self.contract.cookie_auth else 10
+
+    @staticmethod
+    def _headers(response: dict[str, Any], status: int, now: float, limit: int) -> list[tuple[bytes, bytes]]:
+        documented = {name.lower() for name in response.get("headers", {})}
+        reset = int(now) - int(now) % 60 + 60
+        values = {
+            "x-ratelimit-limit": str(limit),
+            "x-ratelimit-remaining": "0" if status == 429 else str(limit - 1),
+            "x-ratelimit-reset": str(reset),
+            "retry-after": str(FORCED_RETRY_AFTER_S if status == 429 else 1),
+        }
+        return [(name.encode(), value.encode()) for name, value in values.items() if name in documented]
+
+
+def _media(response: dict[str, Any]) -> dict[str, Any]:
+    return response.get("content", {}).get("application/json", {})

@@ -1,0 +1,119 @@
+"""What the server serves beside the contract's operations: the contract itself, the key page,
+and (development only) `/dev/login`.
+
+- `GET /openapi.json`: the contract as it is in the repository, byte for byte (references
+  intact, the same `servers`), so a code generator gets the document the team reviews.
+- `GET /` and its two files under `/static/`: the key page, plain HTML, CSS and JavaScript
+  (development, or `KEY_PAGE=on`). Its policy lets it load only its own files and call only
+  this server; its referrer policy lets its requests say which page sent them (`Origin`),
+  which the cross-site request check reads.
+- `GET /dev/login?user=USER_ID&tier=free|pro&next=/path` (development only): sets the session
+  cookie for that user, and the account's tier, then redirects to the key page or `next`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, quote, urlsplit
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from app.domain.errors import ServiceError
+from app.domain.keys import MAX_USER_ID_LENGTH, valid_user_id
+from app.domain.sessions import issue_token
+from app.domain.tiers import TIERS
+from app.web.credentials import SESSION_COOKIE
+from app.web.errors import MESSAGES, envelope, status_and_code
+from app.web.middleware import send_json
+
+STATIC = Path(__file__).resolve().parent / "static"
+PAGE_FILES = {
+    "/": ("index.html", b"text/html; charset=utf-8"),
+    "/static/keys.js": ("keys.js", b"text/javascript; charset=utf-8"),
+    "/static/keys.css": ("keys.css", b"text/css; charset=utf-8"),
+}
+PAGE_HEADERS = {
+    b"content-security-policy": (
+        b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+        b"frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+    ),
+    b"referrer-policy": b"same-origin",
+}
+LOGIN_PATH = "/dev/login"
+LOGIN_TTL_S = 24 * 3600
+
+
+def safe_next(value: str) -> bool:
+    """Tell whether `value` is a path on this server (never another host, however spelt)."""
+    if not value.startswith("/") or value.startswith("//") or "\\" in value:
+        return False
+    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in value):
+        return False
+    parts = urlsplit(value)
+    return not parts.scheme and not parts.netloc
+
+
+class PagesMiddleware:
+    """Serve the contract file, the key page and `/dev/login`; pass everything else on."""
+
+    def __init__(self, app: ASGIApp, services: Any, spec_bytes: bytes, key_page: bool, dev_login: bool) -> None:
+        self.app = app
+        self.services = services
+        self.routes: dict[str, tuple[bytes, bytes]] = {"/openapi.json": (spec_bytes, b"application/json")}
+        if key_page:
+            for path, (name, media) in PAGE_FILES.items():
+                self.routes[path] = ((STATIC / name).read_bytes(), media)
+        self.dev_login = dev_login
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        known = path in self.routes or (self.dev_login and path == LOGIN_PATH)
+        if not known:
+            await self.app(scope, receive, send)
+            return
+        state = scope["state"]
+        if scope["method"] != "GET":
+            body = envelope("method_not_allowed", MESSAGES[405], None, state["request_id"])
+            await send_json(send, 405, body, [(b"allow", b"GET")])
+            return
+        if path == LOGIN_PATH:
+            await self._login(scope, send)
+            return
+        content, media = self.routes[path]
+        if path in PAGE_FILES:
+            state["page_headers"] = PAGE_HEADERS
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-type", media), (b"content-length", str(len(content)).encode())]})
+        await send({"type": "http.response.body", "body": content})
+
+    async def _login(self, scope: Scope, send: Send) -> None:
+        state = scope["state"]
+        query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True))
+        user, tier, target = query.get("user", ""), query.get("tier"), query.get("next", "/")
+        problem = None
+        if not valid_user_id(user):
+            problem = ("user", f"user must be 1 to {MAX_USER_ID_LENGTH} printable characters with no surrounding space.")
+        elif tier is not None and tier not in TIERS:
+            problem = ("tier", f"tier must be one of {', '.join(sorted(TIERS))}.")
+        elif not safe_next(target):
+            problem = ("next", "next must be a path on this server, such as /ui/ (not another host).")
+        if problem:
+            details = {"field": problem[0], "in": "query"}
+            await send_json(send, 400, envelope("invalid_parameter", problem[1], details, state["request_id"]))
+            return
+        keys = self.services.keys
+        try:
+            # The store blocks: off the event loop.
+            await asyncio.to_thread(keys.set_tier if tier else keys.account, *((user, tier) if tier else (user,)))
+        except ServiceError as error:
+            status, code = status_and_code(error)
+            await send_json(send, status, envelope(code, error.message, error.details, state["request_id"]))
+            return
+        token = issue_token(self.services.settings.jwt_secret, user, self.services.clock(), LOGIN_TTL_S)
+        cookie = f"{SESSION_COOKIE}={token}; Path=/; HttpOnly; SameSite=Lax; Max-Age={LOGIN_TTL_S}"
+        await send({"type": "http.response.start", "status": 303, "headers": [
+            (b"location", quote(target, safe="/?#&=%:;@!$'()*+,-._~").encode()), (b"set-cookie", cookie.encode()),
+            (b"content-length", b"0")]})
+        await send({"type": "http.response.body", "body": b""})

@@ -1,0 +1,226 @@
+"""The key page and cross-origin calls in a real browser: Debian's chromium, headless, driven by
+Playwright, against the development server (`python -m app run`) on a free port.
+
+Without Chromium these tests are skipped, and the skip says how to run them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.domain.keys import MINT_WARNING
+from app.domain.sessions import issue_token
+from tests.live import ROOT, LiveServer
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+SECRET = "browser-secret-0123456789-0123456789-abcdef"
+HOW_TO_RUN = ("Chromium is not installed, so the browser tests (key page, cross-origin calls, the vendor's "
+              "JavaScript sample) did NOT run: install it with `apt-get install -y chromium` (Debian; "
+              ".ci/run does this), then run `make test`")
+
+if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
+    pytest.skip(HOW_TO_RUN, allow_module_level=True)
+
+from playwright.sync_api import Browser, Page, expect, sync_playwright  # noqa: E402
+
+
+class OtherOrigin:
+    """A page served by a second server on another localhost port: another origin, same site."""
+
+    def __init__(self) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.origin = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @staticmethod
+    def _handler() -> type[BaseHTTPRequestHandler]:
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                body = b"<!doctype html><title>frontend dev server</title><p>app</p>"
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        return Handler
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def pages() -> Iterator[tuple[OtherOrigin, OtherOrigin]]:
+    allowed, foreign = OtherOrigin(), OtherOrigin()
+    yield allowed, foreign
+    allowed.close()
+    foreign.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, pages: tuple[OtherOrigin, OtherOrigin]) -> Iterator[LiveServer]:
+    allowed, _ = pages
+    env = {"SUPABASE_JWT_SECRET": SECRET, "CORS_ORIGIN_REGEX": "", "CORS_ORIGINS": allowed.origin}
+    with LiveServer("run", tmp_path_factory.mktemp("browser"), env=env) as live:
+        yield live
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        try:
+            launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        except Exception as exc:  # a Chromium Playwright cannot drive: say so, as for a missing one
+            pytest.skip(f"{HOW_TO_RUN} ({CHROMIUM} did not start: {exc})")
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context()
+    context.grant_permissions(["clipboard-read", "clipboard-write"])
+    yield context.new_page()
+    context.close()
+
+
+def sign_in(page: Page, server: LiveServer, user: str, tier: str = "free") -> None:
+    page.goto(f"{server.base}/dev/login?user={user}&tier={tier}")
+    assert page.url == f"{server.base}/"
+    expect(page.locator("#session")).to_have_text("Signed in.")
+
+
+def keys_of(server: LiveServer, user: str) -> list[dict[str, Any]]:
+    cookie = f"sb-access-token={issue_token(SECRET, user, time.time(), 600)}"
+    status, _, body = server.request("GET", "/api/v1/keys", headers={"Cookie": cookie})
+    assert status == 200
+    return body["data"]
+
+
+def test_the_key_page_mints_shows_the_secret_once_revokes_and_shows_the_audit_trail(page, server):
+    sign_in(page, server, "page-user")
+    page.fill("#name", "tom-laptop-dev")
+    page.fill("#expires", "90")
+    page.press("#expires", "Enter")  # keyboard only
+
+    secret_box = page.locator("#secret")
+    expect(secret_box).to_be_visible()
+    expect(page.locator("#secret-warning")).to_have_text(MINT_WARNING)
+    secret = page.locator("#secret-value").inner_text()
+    assert re.fullmatch(r"sk_live_[0-9A-Za-z]{38}", secret)
+    page.click("#copy")
+    expect(page.locator("#copied")).not_to_have_text("")
+    row = page.locator("#keys tbody tr", has_text="tom-laptop-dev")
+    expect(row).to_contain_text(secret[:12])  # the preview: prefix and first four characters
+    expect(row).to_contain_text("active")
+
+    page.reload()
+    expect(page.locator("#secret")).to_be_hidden()
+    assert secret not in page.content()
+    expect(page.locator("#keys tbody tr", has_text="tom-laptop-dev")).to_contain_text(secret[:12] + "••••")
+
+    page.locator("#keys tbody tr", has_text="tom-laptop-dev").get_by_role("button", name="Revoke tom-laptop-dev").click()
+    expect(page.locator("#confirm")).to_be_visible()
+    page.click("#confirm-revoke")
+    expect(page.locator("#keys tbody tr", has_text="tom-laptop-dev")).to_have_count(0)
+    events = page.locator("#events tbody")
+    expect(events).to_contain_text("revoked")
+    expect(events).to_contain_text("minted")
+    assert keys_of(server, "page-user") == []
+
+
+def test_the_key_page_shows_the_name_hint_and_envelope_errors_readably(page, server):
+    sign_in(page, server, "errors-user")
+    page.fill("#name", "key1")
+    page.click("#mint-button")
+    expect(page.locator("#secret-hint")).to_contain_text("audit trails")
+    page.click("#secret-done")
+
+    page.fill("#name", "key1")
+    page.click("#mint-button")
+    expect(page.locator("#error")).to_contain_text("409 duplicate_name")
+    expect(page.locator("#error")).to_contain_text("already exists")
+
+    # A rate limit, forced with the development server's Prefer header.
+    page.route("**/api/v1/keys", lambda route: route.continue_(headers={**route.request.headers, "prefer": "code=429"}))
+    page.fill("#name", "staging-sentinel")
+    page.click("#mint-button")
+    expect(page.locator("#error")).to_contain_text("429 rate_limit_exceeded")
+    expect(page.locator("#error")).to_contain_text(re.compile(r"Try again in \d+ s"))
+
+
+def test_a_page_on_an_allowed_origin_calls_the_api_with_credentials(page, server, pages):
+    allowed, _ = pages
+    sign_in(page, server, "cors-user")
+    page.goto(allowed.origin + "/")
+    result = page.evaluate("""async (base) => {
+        const r = await fetch(base + '/api/v1/keys', {
+          method: 'POST', credentials: 'include',
+          headers: { 'Content-Type': 'application/json', 'Prefer': 'delay=0' },
+          body: JSON.stringify({ name: 'vite-dev-5173' }),
+        });
+        return { status: r.status, body: await r.json(), remaining: r.headers.get('X-RateLimit-Remaining') };
+    }""", server.base)
+    assert result["status"] == 201
+    assert result["body"]["data"]["key"].startswith("sk_live_")
+    assert result["remaining"] is not None  # exposed to the page
+    assert [k["name"] for k in keys_of(server, "cors-user")] == ["vite-dev-5173"]
+
+
+def test_a_page_on_a_disallowed_origin_is_blocked_and_writes_nothing(page, server, pages):
+    _, foreign = pages
+    sign_in(page, server, "csrf-user")
+    page.goto(foreign.origin + "/")
+    outcome = page.evaluate("""async (base) => {
+        const out = {};
+        try {  // a CORS request: its preflight is refused, fetch throws
+          await fetch(base + '/api/v1/keys', { method: 'POST', credentials: 'include',
+            headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ name: 'forged-cors' }) });
+          out.cors = 'sent';
+        } catch (e) { out.cors = 'blocked'; }
+        // A "simple" request needs no preflight: the browser sends it, cookie and all.
+        await fetch(base + '/api/v1/keys', { method: 'POST', mode: 'no-cors', credentials: 'include',
+          headers: { 'Content-Type': 'text/plain' }, body: JSON.stringify({ name: 'forged-simple' }) });
+        // And a form post, the oldest forgery.
+        return out;
+    }""", server.base)
+    assert outcome["cors"] == "blocked"
+    page.set_content(f"""<form id=f method=post action="{server.base}/api/v1/keys" enctype="text/plain">
+        <input name='{{"name": "forged-form", "x": "' value='"}}'></form>""")
+    with page.expect_navigation():
+        page.evaluate("document.getElementById('f').submit()")
+    assert '"origin_not_allowed"' in page.content()
+    assert keys_of(server, "csrf-user") == []
+
+
+def test_the_vendors_javascript_sample_runs_unmodified_and_mints_a_real_key(page, server):
+    contract = json.loads((ROOT / "openapi.json").read_text())
+    source = contract["paths"]["/api/v1/keys"]["post"]["x-codeSamples"][0]["source"]
+    sign_in(page, server, "sample-user")
+    logged: list[str] = []
+    page.on("console", lambda message: logged.append(message.text))
+    page.evaluate(f"async () => {{\n{source}\n}}")
+    deadline = time.monotonic() + 5
+    while len(logged) < 2 and time.monotonic() < deadline:
+        page.wait_for_timeout(50)
+    assert logged[0] == MINT_WARNING
+    saved = re.fullmatch(r"Save: (sk_live_[0-9A-Za-z]{38})", logged[1])
+    assert saved, logged
+    status, _, body = server.request("GET", "/api/v1/whoami", headers={"Authorization": f"Bearer {saved.group(1)}"})
+    assert status == 200 and body["data"]["name"] == "prod-splunk-2026q2"

@@ -1,0 +1,224 @@
+"""The development server's conveniences: /dev/login, Prefer (code, example, delay), the
+contract file, the key page; and their absence in production."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from http.cookies import SimpleCookie
+
+import pytest
+from connexion.json_schema import Draft4ResponseValidator
+
+from app import SPEC_PATH
+from app.web.dev import Contract
+from tests.test_api import assert_error
+
+KEYS = "/api/v1/keys"
+SPEC = json.loads(SPEC_PATH.read_text())
+CONTRACT = Contract(SPEC)
+OPERATIONS = {
+    op["operationId"]: (method.upper(), path.replace("{key_id}", "0b6f3c1e-4a5d-4e2f-9c8b-7a6d5e4f3b2a"))
+    for path, item in SPEC["paths"].items() for method, op in item.items() if method in ("get", "post", "delete")
+}
+
+
+@pytest.fixture
+def production(make_app):
+    with make_app(env="production", key_page=False).test_client() as client:
+        yield client
+
+
+# -- /dev/login ------------------------------------------------------------------------------
+
+
+def test_dev_login_sets_an_httponly_session_cookie_and_the_tier_then_redirects_to_the_key_page(client):
+    response = client.get("/dev/login?user=tom@example&tier=pro", follow_redirects=False)
+    assert response.status_code == 303
+    assert response.headers["location"] == "/"
+    cookie = SimpleCookie(response.headers["set-cookie"])["sb-access-token"]
+    assert cookie["httponly"] and cookie["samesite"] == "Lax" and cookie["path"] == "/"
+    minted = client.post(KEYS, json={"name": "tom-laptop-dev"}, cookies={"sb-access-token": cookie.value})
+    assert minted.status_code == 201
+    assert minted.json()["data"]["tier"] == "pro"
+
+
+def test_dev_login_redirects_to_a_next_path_on_this_server(client):
+    response = client.get("/dev/login?user=tom&next=/ui/", follow_redirects=False)
+    assert response.headers["location"] == "/ui/"
+
+
+@pytest.mark.parametrize("target", ["//evil.example/", "http://evil.example/", "https://evil.example",
+                                    "/\\evil.example", "\\\\evil.example", "javascript:alert(1)", "evil", "/%0d%0aX: y"])
+def test_dev_login_never_redirects_to_another_host(client, target):
+    from urllib.parse import quote
+
+    response = client.get(f"/dev/login?user=tom&next={quote(target, safe='')}", follow_redirects=False)
+    error = assert_error(response, 400, "invalid_parameter")
+    assert error["details"]["field"] == "next"
+    assert "set-cookie" not in response.headers
+
+
+@pytest.mark.parametrize("query", ["", "user=", "user=tom&tier=platinum", "user=%20tom"])
+def test_dev_login_refuses_a_bad_user_or_tier(client, query):
+    assert_error(client.get(f"/dev/login?{query}", follow_redirects=False), 400, "invalid_parameter")
+
+
+# -- Prefer: code ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("operation,code", [(op, code) for op, responses in CONTRACT.responses.items()
+                                            for code in responses])
+def test_prefer_code_answers_every_documented_status_as_the_contract_documents_it(client, operation, code):
+    method, path = OPERATIONS[operation]
+    response = client.request(method, path, headers={"Prefer": f"code={code}"})
+    assert response.status_code == int(code)
+    documented = CONTRACT.responses[operation][code]
+    for name, header in documented.get("headers", {}).items():
+        if header.get("required"):
+            assert name.lower() in response.headers, (operation, code, name)
+    schema = documented.get("content", {}).get("application/json", {}).get("schema")
+    if schema is not None:
+        Draft4ResponseValidator(schema).validate(response.json())
+    if code.startswith(("4", "5")):
+        assert_error(response, int(code), response.json()["error"]["code"])
+
+
+def test_prefer_code_does_not_do_the_operation(client, session):
+    response = client.post(KEYS, json={"name": "never-minted"}, cookies=session(), headers={"Prefer": "code=201"})
+    assert response.status_code == 201
+    assert client.get(KEYS, cookies=session()).json()["data"] == []
+
+
+def test_prefer_code_429_is_realistic_with_retry_after_and_rate_limit_headers(client):
+    response = client.post(KEYS, headers={"Prefer": "code=429"})
+    error = assert_error(response, 429, "rate_limit_exceeded")
+    assert int(response.headers["retry-after"]) == error["details"]["retry_after"] > 0
+    assert response.headers["x-ratelimit-remaining"] == "0"
+    assert int(response.headers["x-ratelimit-limit"]) == error["details"]["limit"]
+    assert "retry after" in error["message"]
+
+
+def test_prefer_code_401_on_key_management_is_a_missing_session(client):
+    assert_error(client.get(KEYS, headers={"Prefer": "code=401"}), 401, "missing_session")
+    assert_error(client.get("/api/v1/whoami", headers={"Prefer": "code=401"}), 401, "missing_api_key")
+
+
+def test_prefer_code_the_operation_does_not_document_is_a_400_listing_those_it_does(client):
+    import json
+
+    from app import SPEC_PATH
+
+    documented = sorted(int(s) for s in json.loads(SPEC_PATH.read_text())["paths"]["/api/v1/keys"]["get"]["responses"])
+    assert {200, 400, 401, 429, 500, 503} <= set(documented)
+    error = assert_error(client.get(KEYS, headers={"Prefer": "code=418"}), 400, "invalid_parameter")
+    assert error["details"]["expected"] == documented
+    assert ", ".join(map(str, documented)) in error["message"]
+
+
+# -- Prefer: example -------------------------------------------------------------------------
+
+
+def test_prefer_example_answers_with_the_named_example(client):
+    response = client.post(KEYS, headers={"Prefer": "example=poor_name"})
+    assert response.status_code == 201
+    assert response.json()["meta"]["name_hint"]
+    conflict = client.post(KEYS, headers={"Prefer": "code=409, example=key_limit_reached"})
+    assert_error(conflict, 409, "key_limit_reached")
+    day = client.get("/api/v1/whoami", headers={"Prefer": 'code=429; example="day"'})
+    assert assert_error(day, 429, "rate_limit_exceeded")["details"]["window"] == "day"
+
+
+def test_prefer_example_unknown_is_a_400_naming_the_known_ones(client):
+    error = assert_error(client.post(KEYS, headers={"Prefer": "example=nope"}), 400, "invalid_parameter")
+    assert "descriptive_name" in error["details"]["expected"] and "poor_name" in error["details"]["expected"]
+
+
+# -- Prefer: delay and MOCK_DELAY_MS ---------------------------------------------------------
+
+
+@pytest.fixture
+def slept(monkeypatch):
+    """Record the latency asked for instead of waiting on the wall clock."""
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    monkeypatch.setattr(asyncio, "sleep", sleep)
+    return waits
+
+
+def test_prefer_delay_waits_on_the_event_loop_then_does_the_operation(client, session, slept):
+    response = client.post(KEYS, json={"name": "slow-mint"}, cookies=session(), headers={"Prefer": "delay=1500"})
+    assert response.status_code == 201
+    assert slept == [1.5]
+
+
+def test_prefer_delay_combines_with_code(client, slept):
+    assert client.get(KEYS, headers={"Prefer": "code=503, delay=250"}).status_code == 503
+    assert slept == [0.25]
+
+
+@pytest.mark.parametrize("value", ["10001", "-1", "1.5", "soon", "99999999999999999999"])
+def test_prefer_delay_out_of_bounds_is_a_400(client, slept, value):
+    error = assert_error(client.get(KEYS, headers={"Prefer": f"delay={value}"}), 400, "invalid_parameter")
+    assert error["details"]["expected"] == 10_000
+    assert slept == []
+
+
+def test_mock_delay_ms_delays_every_operation_and_prefer_overrides_it(make_app, session, slept):
+    with make_app(mock_delay_ms=300).test_client() as client:
+        client.get(KEYS, cookies=session())
+        client.get(KEYS, cookies=session(), headers={"Prefer": "delay=0"})
+    assert slept == [0.3]
+
+
+# -- the contract file and the key page -------------------------------------------------------
+
+
+def test_openapi_json_is_the_repository_file_byte_for_byte(client):
+    response = client.get("/openapi.json")
+    assert response.status_code == 200
+    assert response.content == SPEC_PATH.read_bytes()
+    assert '"$ref"' in response.text and response.json()["servers"] == SPEC["servers"]
+
+
+def test_swagger_ui_reads_a_copy_pointed_at_this_server(client):
+    assert "/ui/openapi.json" in client.get("/ui/").text
+    assert client.get("/ui/openapi.json").json()["servers"] == [{"url": ""}]
+
+
+def test_the_key_page_allows_no_inline_script_and_no_other_origin(client):
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    policy = page.headers["content-security-policy"]
+    assert "'unsafe-inline'" not in policy and "script-src 'self'" in policy and "connect-src 'self'" in policy
+    assert "http" not in policy and "*" not in policy
+    # Its own requests must say which page sent them (the cross-site rule reads Origin).
+    assert page.headers["referrer-policy"] == "same-origin"
+    assert "<script>" not in page.text and not re.search(r"\son[a-z]+\s*=", page.text)  # no inline script
+    for asset in ("/static/keys.js", "/static/keys.css"):
+        assert client.get(asset).status_code == 200
+
+
+# -- absent in production --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/dev/login?user=tom", "/", "/static/keys.js"])
+def test_development_routes_are_404_in_production(production, path):
+    assert_error(production.get(path, follow_redirects=False), 404, "not_found")
+
+
+def test_prefer_is_ignored_in_production(production, session, slept):
+    response = production.post(KEYS, json={"name": "real-mint"}, cookies=session(),
+                               headers={"Prefer": "code=429, delay=5000"})
+    assert response.status_code == 201
+    assert slept == []
+
+
+def test_the_key_page_can_be_turned_on_in_production(make_app):
+    with make_app(env="production", key_page=True).test_client() as client:
+        assert client.get("/").status_code == 200
+        assert client.get("/dev/login?user=tom", follow_redirects=False).status_code == 404
