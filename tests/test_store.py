@@ -781,6 +781,10 @@ class Proxy:
     def stop(self) -> None:
         import socket
 
+        # Shut down first: a close alone leaves the socket bound while the accepting thread
+        # is still blocked in accept(), and the restart could not bind the port again.
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
         self._listener.close()
         for s in self._sockets:
             try:
