@@ -169,6 +169,8 @@ def run(settings: Settings, user: str = "dev-user", note: str = "") -> int:
     uvicorn.run(
         app, host=settings.host, port=settings.port, access_log=False, log_config=None,
         http=protocol_class(settings.request_read_timeout),
+        # No route is a WebSocket: an upgrade request is answered as the HTTP request it also is.
+        ws="none",
         # X-Forwarded-For and -Proto are believed only from these peers (uvicorn's own default
         # would believe 127.0.0.1, so anyone on this machine could name any client).
         proxy_headers=bool(settings.forwarded_allow_ips),

@@ -43,7 +43,8 @@ class Worker(UvicornWorker):
     - believing X-Forwarded-For and -Proto only from `FORWARDED_ALLOW_IPS`.
     """
 
-    CONFIG_KWARGS: dict[str, Any] = {**UvicornWorker.CONFIG_KWARGS, "access_log": False}
+    # No route is a WebSocket: an upgrade request is answered as the HTTP request it also is.
+    CONFIG_KWARGS: dict[str, Any] = {**UvicornWorker.CONFIG_KWARGS, "access_log": False, "ws": "none"}
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -631,7 +631,7 @@ def test_access_log_escapes_control_characters(client, caplog):
     with caplog.at_level("INFO", logger="app.access"):
         client.get("/api/v1/nothing%0A2026-11-28 INFO forged line")
     (line,) = [r.getMessage() for r in caplog.records if r.name == "app.access"]
-    assert "\n" not in line and "\\x0a" in line
+    assert "\n" not in line and "%0A2026-11-28%20INFO%20forged%20line" in line
 
 
 @pytest.mark.parametrize("validate_responses", [True, False])
@@ -825,3 +825,33 @@ def test_the_docs_page_may_run_its_own_scripts_and_nobody_elses(client):
     policy = response.headers["content-security-policy"]
     assert "script-src 'self' 'unsafe-inline'" in policy and "frame-ancestors 'none'" in policy
     assert response.headers["x-content-type-options"] == "nosniff"
+
+
+def test_a_path_cannot_forge_the_access_lines_fields(client, caplog):
+    with caplog.at_level("INFO", logger="app.access"):
+        client.get('/api/v1/keys%22%20201%203.0ms%20req_forged%20%22')
+        client.get("/api/v1/keys/%E2%80%AEdesrever")
+    forged, reordered = [r.getMessage() for r in caplog.records if r.name == "app.access"]
+    assert forged.count('"') == 2 and "req_forged" in forged and " 201 3.0ms" not in forged
+    assert "%22%20201%203.0ms%20req_forged%20%22" in forged
+    assert "\u202e" not in reordered and "%E2%80%AEdesrever" in reordered
+
+
+@pytest.mark.parametrize("path", ["/ui/openapi.json", "/ui/openapi.yaml"])
+def test_swagger_uis_copy_of_the_contract_is_rendered_once(app, client, path, monkeypatch):
+    from connexion.middleware.swagger_ui import SwaggerUIAPI
+
+    renders = []
+    original = SwaggerUIAPI._spec_for_prefix
+    monkeypatch.setattr(SwaggerUIAPI, "_spec_for_prefix", lambda self, request: renders.append(1) or original(self, request))
+    answers = [client.get(path) for _ in range(3)]
+    assert len(renders) <= 1  # not once per request: it costs a tenth of a second and more
+    assert all(a.status_code == 200 and a.content == answers[0].content for a in answers)
+    assert len({a.headers["x-request-id"] for a in answers}) == 3  # each answer is still its own
+    assert all(a.headers["x-content-type-options"] == "nosniff" for a in answers)
+
+
+def test_noncharacters_beyond_the_first_plane_are_removed_from_a_name(client, session):
+    created = client.post(KEYS, json={"name": "cafe-prod\U0001fffe"}, cookies=session())
+    assert created.status_code == 201 and created.json()["data"]["name"] == "cafe-prod"
+    assert_error(client.post(KEYS, json={"name": "cafe-prod\U0010ffff"}, cookies=session()), 409, "duplicate_name")

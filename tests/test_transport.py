@@ -225,6 +225,10 @@ def test_a_connection_that_sends_nothing_is_closed(server):
     b"BLAH / HTTP/1.1\r\nHost: x\r\n\r\n",
     # Both framings at once: the classic request-smuggling ambiguity.
     b"POST /api/v1/keys HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    # Targets the URL parser cannot read: refused, and nothing but the access line logged.
+    b"CONNECT 127.0.0.1:8000 HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET http://[::1 HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET http://a:99999/x HTTP/1.1\r\nHost: x\r\n\r\n",
 ])
 def test_a_request_that_is_not_http_is_400_in_the_envelope(server, request_bytes):
     assert_envelope(exchange(server, request_bytes), 400, "bad_request")
@@ -337,6 +341,16 @@ def test_a_trusted_proxys_forwarded_for_is_the_client_escaped_in_the_log(develop
         assert fields[:4] == [logged, '"GET', '/healthz"', "200"] and fields[5:] == [request_id]
 
 
+def test_a_websocket_upgrade_is_answered_as_http_in_the_envelope(server):
+    answer = exchange(server, head("/api/v1/keys", [
+        ("Upgrade", "websocket"), ("Connection", "Upgrade"),
+        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="), ("Sec-WebSocket-Version", "13"),
+    ]))
+    assert_envelope(answer, 401, "missing_session")
+    assert answer[1]["x-content-type-options"] == "nosniff"
+
+
 def test_no_hostile_request_left_a_traceback(server):
+    assert "HTTP parser callback failed" not in server.output()
     assert "Traceback" not in server.output()
     assert "Exception in ASGI application" not in server.output()

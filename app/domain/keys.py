@@ -40,7 +40,10 @@ MAX_USER_ID_LENGTH = 200
 # contract's pattern (JSON Schema tools differ on astral characters in a regex), so removed
 # from a name before it is stored or compared.
 INVISIBLE_BEYOND_BMP = re.compile(
-    "[\U000110BD\U000110CD\U00013430-\U0001343F\U0001BCA0-\U0001BCA3\U0001D173-\U0001D17A\U000E0000-\U000E0FFF]"
+    "[\U000110BD\U000110CD\U00013430-\U0001343F\U0001BCA0-\U0001BCA3\U0001D173-\U0001D17A\U000E0000-\U000E0FFF"
+    # and the non-characters that end every plane beyond the first (U+1FFFE, ..., U+10FFFF)
+    + "".join(chr(plane * 0x10000 + 0xFFFE) + chr(plane * 0x10000 + 0xFFFF) for plane in range(1, 17))
+    + "]"
 )
 
 

@@ -27,7 +27,12 @@ from app.web import connexion_tuning
 from app.web.csrf import OriginCheckMiddleware, OriginPolicy, cookie_operations
 from app.web.dev import PreferMiddleware
 from app.web.errors import ErrorHandlers
-from app.web.middleware import EnvelopeCORSMiddleware, OperationBoundaryMiddleware, RequestContextMiddleware
+from app.web.middleware import (
+    EnvelopeCORSMiddleware,
+    OperationBoundaryMiddleware,
+    RequestContextMiddleware,
+    SpecCacheMiddleware,
+)
 from app.web.pages import PagesMiddleware
 from app.web.security import SECURITY_MAP
 from app.web.services import Services
@@ -93,6 +98,11 @@ def create_app(
         services=services,
         allowed_methods=errors.allowed_methods,
         read_timeout=settings.request_read_timeout,
+    )
+    app.add_middleware(
+        SpecCacheMiddleware,
+        position=MiddlewarePosition.BEFORE_EXCEPTION,
+        paths=[DOCS_SPEC_PATH, DOCS_SPEC_PATH[: -len("json")] + "yaml"],
     )
     app.add_middleware(
         OperationBoundaryMiddleware,

@@ -153,7 +153,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._cancel_head_timer()
         self._in_head = False
         self._heads += 1
-        super().on_headers_complete()
+        try:
+            super().on_headers_complete()  # parses the target as a URL
+        except httptools.HttpParserInvalidURLError:
+            # The client's mistake (`CONNECT host:port`, `GET http://[::1`), not a fault here:
+            # refused like any other unreadable request, with nothing logged but the access line.
+            raise ServiceError("The request target is not a valid URL.") from None
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
