@@ -20,7 +20,7 @@ DEV_STAMP     := $(VENV)/.installed-dev
 SPECTRAL   := tools/node_modules/.bin/spectral
 TEST_TOOLS := $(if $(shell command -v npm),$(SPECTRAL))
 
-.PHONY: install lock run mock serve test lint audit fuzz bench bench-ab clean
+.PHONY: install lock run mock serve test lint audit fuzz bench bench-ab bench-instructions clean
 
 $(UV): tools/uv.txt
 	$(PYTHON) -m venv tools/venv
@@ -99,3 +99,8 @@ clean:
 bench-ab: $(DEV_STAMP)
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(PY) bench/ab.py $(REVS)
+
+## Instructions per request (callgrind, in process) of this tree and earlier revisions (REVS="rev ...").
+bench-instructions: $(DEV_STAMP)
+	command -v valgrind >/dev/null || (apt-get update -qq && apt-get install -y -qq valgrind)
+	$(PY) bench/instructions.py $(REVS)
