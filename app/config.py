@@ -42,6 +42,8 @@ class Settings:
     management_limit_per_minute: int = 120
     management_limit_per_day: int = 10_000
     max_active_keys: int = 50
+    leak_report_limit_per_minute: int = 10  # per client address (POST /api/v1/leaks)
+    leak_report_limit_per_day: int = 1_000
     log_level: str = "INFO"
     forwarded_allow_ips: tuple[str, ...] = ()  # peers whose X-Forwarded-For and -Proto are believed
     request_read_timeout: int = READ_TIMEOUT_SECONDS  # seconds for a request's head, and again for its body

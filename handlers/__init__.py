@@ -2,7 +2,8 @@
 
 from handlers.events import list_key_events
 from handlers.health import get_health
-from handlers.keys import create_api_key, get_api_key, list_api_keys, revoke_api_key
+from handlers.keys import create_api_key, get_api_key, list_api_keys, revoke_api_key, roll_api_key
+from handlers.leaks import report_leaked_keys
 from handlers.whoami import get_current_key
 
 __all__ = [
@@ -12,5 +13,7 @@ __all__ = [
     "get_health",
     "list_api_keys",
     "list_key_events",
+    "report_leaked_keys",
     "revoke_api_key",
+    "roll_api_key",
 ]

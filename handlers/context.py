@@ -13,3 +13,9 @@ def services() -> Services:
 
 def request_id() -> str:
     return context.scope["state"]["request_id"]
+
+
+def client_address() -> str:
+    """The client's IP address (the proxy's client's, where the proxy is trusted)."""
+    client = context.scope.get("client")
+    return str(client[0]) if client else "unknown"

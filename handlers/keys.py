@@ -1,10 +1,10 @@
-"""Key management: mint, list, read and revoke (session cookie)."""
+"""Key management: mint, list, read, roll and revoke (session cookie)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from app.domain.keys import MINT_WARNING
+from app.domain.keys import MINT_WARNING, rfc3339
 from handlers.context import request_id, services
 
 
@@ -32,3 +32,11 @@ def get_api_key(key_id: str, user: str) -> dict[str, Any]:
 def revoke_api_key(key_id: str, user: str) -> tuple[None, int]:
     services().keys.revoke(user, key_id, request_id())
     return None, 204
+
+
+def roll_api_key(key_id: str, body: dict[str, Any], user: str) -> tuple[dict[str, Any], int]:
+    keys = services().keys
+    rolled = keys.roll(user, key_id, body.get("grace_period_minutes", 0), request_id())
+    data = {**keys.key_info(rolled.minted.record), "key": rolled.minted.secret, "full_key": rolled.minted.secret}
+    rolled_from = {"id": rolled.old.id, "expires_at": rfc3339(rolled.old.expires_us)}
+    return {"data": data, "meta": {"warning": MINT_WARNING, "rolled_from": rolled_from}}, 201

@@ -242,3 +242,54 @@ def test_mock_serves_the_demo_account_on_a_temporary_database_and_leaves_nothing
         assert {k["name"] for k in body["data"]} >= {"prod-splunk-2026q2", "staging-sentinel", "partner-acme-30d"}
     assert set(glob.glob(f"{tempfile.gettempdir()}/socdefenders-keys-mock-*")) == before
     assert not server.database_path.exists()  # DATABASE_URL was not used
+
+
+def test_one_roll_wins_under_load_across_workers_and_the_old_key_works_throughout(served):
+    owner = cookie("roller")
+    status, _, body = served.request("POST", "/api/v1/keys", {"name": "rolled-under-load"}, owner)
+    assert status == 201, body
+    old = body["data"]
+
+    def act(n: int) -> tuple[str, int, dict]:
+        if n % 2:
+            status, _, answer = served.request("POST", f"/api/v1/keys/{old['id']}/roll", {"grace_period_minutes": 60}, owner)
+            return "roll", status, answer
+        status, _, answer = served.request("GET", "/api/v1/whoami", headers={"X-API-Key": old["key"]})
+        return "use", status, answer
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(act, range(24)))
+    rolls = Counter(status for kind, status, _ in results if kind == "roll")
+    assert rolls == {201: 1, 409: 11}, rolls
+    assert {a["error"]["details"]["reason"] for kind, s, a in results if kind == "roll" and s == 409} == {"rolled"}
+    # The old key never stopped: each use was admitted, or refused by the account's rate limit only.
+    assert {status for kind, status, _ in results if kind == "use"} <= {200, 429}
+    new_id = next(a["data"]["id"] for kind, s, a in results if kind == "roll" and s == 201)
+    _, _, listed = served.request("GET", "/api/v1/keys", headers=owner)
+    assert sorted(k["id"] for k in listed["data"]) == sorted([old["id"], new_id])
+    _, _, trail = served.request("GET", "/api/v1/key-events", headers=owner)
+    assert [e["type"] for e in trail["data"]].count("rolled") == 1
+
+
+def test_leak_reports_of_real_revoked_malformed_and_unknown_keys_answer_identically(served):
+    from app.domain import keymaterial
+
+    owner = cookie("leaker")
+    real = served.request("POST", "/api/v1/keys", {"name": "real-one"}, owner)[2]["data"]
+    revoked = served.request("POST", "/api/v1/keys", {"name": "revoked-one"}, owner)[2]["data"]
+    assert served.request("DELETE", f"/api/v1/keys/{revoked['id']}", headers=owner)[0] == 204
+    answers = []
+    for candidate in (real["key"], revoked["key"], "sk_live_not-a-key", keymaterial.generate()):
+        conn = http.client.HTTPConnection("127.0.0.1", served.port, timeout=30)
+        conn.request("POST", "/api/v1/leaks", body=f'{{"keys": ["{candidate}"], "source": "https://paste.example/x"}}',
+                     headers={"Content-Type": "application/json"})
+        response = conn.getresponse()
+        headers = {k.lower(): v for k, v in response.getheaders() if k.lower() not in ("x-request-id", "date")}
+        answers.append((response.status, headers, response.read()))
+        conn.close()
+    assert all(answer == answers[0] for answer in answers), answers
+    assert answers[0][0] == 202
+    assert served.request("GET", "/api/v1/whoami", headers={"X-API-Key": real["key"]})[0] == 401
+    _, _, trail = served.request("GET", "/api/v1/key-events", headers=owner)
+    leaked = [e for e in trail["data"] if e["type"] == "leaked"]
+    assert [(e["key_id"], e["details"]) for e in leaked] == [(real["id"], {"source": "https://paste.example/x"})]

@@ -1,9 +1,9 @@
 """Schemathesis over the whole contract, in process: every check, positive and negative data.
 
 No check is excluded. Two settings keep the run meaningful rather than noisy:
-- the session user is on the pro tier and key management allows plenty of requests, so
-  the hundreds of generated requests test the contract rather than the rate limiter
-  (which has tests of its own);
+- the session user is on the pro tier, and key management and leak reports allow plenty of
+  requests, so the hundreds of generated requests test the contract rather than the rate
+  limiter (which has tests of its own);
 - whoami is called with a real pro key minted for the run.
 """
 
@@ -35,6 +35,8 @@ def live_app(tmp_path_factory: pytest.TempPathFactory):
         management_limit_per_minute=1_000_000,
         management_limit_per_day=10_000_000,
         max_active_keys=1_000_000,
+        leak_report_limit_per_minute=1_000_000,
+        leak_report_limit_per_day=10_000_000,
     )
     app = create_app(settings)
     services = app.app.extensions["services"]
@@ -110,7 +112,8 @@ def test_the_run_covered_every_operation_with_every_check_enabled(contract):
 
 
 def test_stateful_mint_read_revoke_read(contract, live_app):
-    """Follow the contract's links: mint -> read -> revoke -> read (use_after_free must hold)."""
+    """Follow the contract's links: mint -> read -> revoke -> read (use_after_free must hold), and
+    mint -> roll -> read or revoke the replacement."""
     app = live_app[0]
     keys = app.app.extensions["services"].keys
 
@@ -132,3 +135,5 @@ def test_stateful_mint_read_revoke_read(contract, live_app):
         e for e in keys.events("fuzz-user", 100, None).items if e.type == "revoked" and e.request_id != "req_stateful"
     ]
     assert revoked_over_http
+    # And mint -> roll: keys minted by the machine were rolled through the link to rollAPIKey.
+    assert any(e.type == "rolled" for e in keys.events("fuzz-user", 1000, None).items)

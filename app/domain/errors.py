@@ -5,10 +5,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from app.domain.ratelimit import Decision
+from typing import Any
 
 
 class ServiceError(Exception):
@@ -76,11 +73,17 @@ class KeyLimitReached(ServiceError):
     """The caller already has the maximum number of active keys."""
 
 
+class KeyNotRollable(ServiceError):
+    """The key to roll is revoked, expired or rolled already (`details.reason` says which)."""
+
+
 class RateLimited(ServiceError):
     """A rate-limit window is exhausted: `decision` describes both windows, `retry_after` says
     in how many seconds the refusing one resets."""
 
-    def __init__(self, message: str, details: dict[str, Any], decision: Decision, retry_after: int) -> None:
+    # `decision` is an `app.domain.ratelimit.Decision`, which builds this error: typed loosely
+    # here so that the two modules do not import each other.
+    def __init__(self, message: str, details: dict[str, Any], decision: Any, retry_after: int) -> None:
         super().__init__(message, details)
         self.decision = decision
         self.retry_after = retry_after

@@ -7,7 +7,7 @@ import time
 import unicodedata
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from app.domain import keymaterial
@@ -16,16 +16,20 @@ from app.domain.errors import (
     InsufficientScope,
     InvalidAPIKey,
     InvalidParameter,
+    KeyLimitReached,
     KeyNotFound,
+    KeyNotRollable,
     RevokedAPIKey,
 )
 from app.domain.ratelimit import Decision, Limits, RateLimiter
-from app.domain.records import Account, KeyEvent, KeyRecord, Window
+from app.domain.records import Account, KeyEvent, KeyRecord, Rolled, Window
 from app.domain.store import Store
 from app.domain.tiers import get_tier
 
 Clock = Callable[[], float]
 DAY_US = 86_400 * 1_000_000
+MINUTE_US = 60 * 1_000_000
+MAX_GRACE_MINUTES = 7 * 24 * 60
 CURSOR = re.compile(r"^([0-9]{16})([0-9a-f]{32})$")
 
 # Names the vendor's naming convention calls useless for audit trails, and their kin.
@@ -76,6 +80,14 @@ class MintedKey:
     record: KeyRecord
     secret: str
     name_hint: str | None
+
+
+@dataclass(frozen=True)
+class RolledKey:
+    """A roll: the replacement (with its secret) and the old key as it now stands."""
+
+    minted: MintedKey
+    old: KeyRecord
 
 
 @dataclass(frozen=True)
@@ -131,6 +143,56 @@ class KeyService:
         hint = NAME_HINT if USELESS_NAME.match(name.strip()) else None
         return MintedKey(record, secret, hint)
 
+    def roll(self, user_id: str, key_id: str, grace_minutes: int, request_id: str) -> RolledKey:
+        """Replace the user's key with a new one of the same name, tier and expiry.
+
+        The old key keeps working for `grace_minutes` (never past its own expiry), then
+        answers as expired, naming its replacement. KeyNotRollable for a revoked, expired or
+        already rolled key; KeyNotFound if the user has no key with this id.
+        """
+        if not 0 <= grace_minutes <= MAX_GRACE_MINUTES:
+            raise InvalidParameter(
+                f"grace_period_minutes must be from 0 to {MAX_GRACE_MINUTES}.",
+                {"field": "grace_period_minutes", "in": "body"},
+            )
+        now = self.now_us()
+        secret = keymaterial.generate()
+        new_id = str(uuid.uuid4())
+
+        def plan(old: KeyRecord) -> Rolled:
+            refuse_roll(old, now)
+            stops = now + grace_minutes * MINUTE_US
+            if old.expires_us is not None:
+                stops = min(stops, old.expires_us)
+            new = KeyRecord(
+                id=new_id, user_id=old.user_id, name=old.name, preview=keymaterial.preview(secret), tier=old.tier,
+                created_us=now, expires_us=old.expires_us, revoked_us=None, total_requests=0, last_used_us=None,
+            )
+            after = replace(old, expires_us=stops, replaced_by=new_id)
+            return Rolled(after, new, (
+                KeyEvent.about(after, "rolled", request_id, now, {"replaced_by": new_id, "expires_at": rfc3339(stops)}),
+                KeyEvent.about(new, "minted", request_id, now, {"rolled_from": old.id}),
+            ))
+
+        rolled = self._store.roll_key(user_id, key_id.lower(), plan, keymaterial.digest(secret), self._max_active)
+        if rolled is None:
+            raise KeyNotFound("No API key with this id exists for this account.", {"key_id": key_id})
+        return RolledKey(MintedKey(rolled.new, secret, None), rolled.old)
+
+    def report_leaks(self, candidates: Sequence[str], source: str | None, request_id: str) -> int:
+        """Revoke every active key among `candidates` at once; return how many were received.
+
+        Only well-formed, checksummed candidates are looked up: the rest cost no database read.
+        What was found is not told, so a report is no oracle for which keys exist.
+        """
+        digests = sorted({keymaterial.digest(c) for c in candidates if keymaterial.is_well_formed(c)})
+        if digests:
+            now = self.now_us()
+            self._store.revoke_leaked(
+                digests, now, lambda record: KeyEvent.about(record, "leaked", request_id, now, {"source": source})
+            )
+        return len(candidates)
+
     def list(self, user_id: str, limit: int, cursor: str | None) -> Page:
         """Return a page of the user's unrevoked keys, newest first."""
         records = self._store.list_keys(user_id, limit + 1, decode_cursor(cursor))
@@ -179,9 +241,13 @@ class KeyService:
             if record.revoked_us is not None:
                 raise RevokedAPIKey("This API key has been revoked.", {"key_id": record.id})
             if record.expires_us is not None and record.expires_us <= now_us:
-                raise ExpiredAPIKey(
-                    "This API key has expired.", {"key_id": record.id, "expired_at": rfc3339(record.expires_us)}
-                )
+                details: dict[str, Any] = {"key_id": record.id, "expired_at": rfc3339(record.expires_us)}
+                if record.replaced_by is not None:
+                    raise ExpiredAPIKey(
+                        "This API key was rolled and its grace period has ended; use the key that replaced it.",
+                        {**details, "rolled": True, "replaced_by": record.replaced_by},
+                    )
+                raise ExpiredAPIKey("This API key has expired.", details)
             self.authorize(record, required_scopes)
             tier = get_tier(record.tier)
             counted_in.append(limiter.windows(Limits(tier.per_minute, tier.per_day), now))
@@ -221,6 +287,32 @@ class KeyService:
             "expires_at": rfc3339(record.expires_us),
             "status": "expired" if expired else "active",
         }
+
+
+def refuse_roll(key: KeyRecord, now_us: int) -> None:
+    """Raise KeyNotRollable unless `key` is active and has not been rolled."""
+    if key.revoked_us is not None:
+        raise KeyNotRollable(
+            "This API key has been revoked and cannot be rolled; mint a new one.", {"key_id": key.id, "reason": "revoked"}
+        )
+    if key.replaced_by is not None:
+        raise KeyNotRollable(
+            "This API key was rolled already; roll its replacement instead.",
+            {"key_id": key.id, "reason": "rolled", "replaced_by": key.replaced_by},
+        )
+    if key.expires_us is not None and key.expires_us <= now_us:
+        raise KeyNotRollable(
+            "This API key has expired and cannot be rolled; mint a new one.", {"key_id": key.id, "reason": "expired"}
+        )
+
+
+def roll_over_cap(count: int, max_active: int) -> KeyLimitReached:
+    """The refusal of a roll that would keep one key more active than the account may hold."""
+    return KeyLimitReached(
+        f"This account already has {count} active API keys, the most allowed, and a roll with a grace "
+        "period keeps both keys active; revoke one first, or roll with grace_period_minutes 0.",
+        {"limit": max_active},
+    )
 
 
 def event_info(event: KeyEvent) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from app.domain.errors import RateLimited
 from app.domain.records import Consumption, StoredWindow, Window
 from app.domain.store import Store
 
@@ -61,6 +62,18 @@ class Decision:
         window = self.day if self.blocked_by == "day" else self.minute
         return max(1, window.reset - int(now))
 
+    def refusal(self, now: float, subject: str) -> RateLimited:
+        """The 429 for this refused request, `subject` saying whose limit it was."""
+        window = self.blocked_by or "minute"
+        state = self.day if window == "day" else self.minute
+        retry_after = self.retry_after(now)
+        return RateLimited(
+            f"Rate limit of {state.limit} requests per {window} exceeded for {subject}; retry after {retry_after} s.",
+            {"window": window, "limit": state.limit, "reset": state.reset, "retry_after": retry_after},
+            self,
+            retry_after,
+        )
+
 
 class RateLimiter:
     """Admit or refuse requests per subject (a key or an account)."""
@@ -72,6 +85,13 @@ class RateLimiter:
         """Count a request for `subject` if both its windows have room."""
         windows = self.windows(limits, now)
         return self.decide(windows, self._store.consume(subject, windows, int(now * 1_000_000)))
+
+    def require(self, subject: str, limits: Limits, now: float, whose: str) -> Decision:
+        """Count a request for `subject`; RateLimited (naming `whose` limit it is) if there is no room."""
+        decision = self.admit(subject, limits, now)
+        if not decision.allowed:
+            raise decision.refusal(now, whose)
+        return decision
 
     @staticmethod
     def windows(limits: Limits, now: float) -> tuple[Window, Window]:
@@ -113,6 +133,11 @@ def tier_subject(user_id: str) -> str:
 def management_subject(user_id: str) -> str:
     """Return the subject an account's key-management (session) requests are counted under."""
     return f"account:{user_id}"
+
+
+def leak_report_subject(address: str) -> str:
+    """Return the subject leak reports from one client address are counted under."""
+    return f"leaks:{address}"
 
 
 def count_in(windows: Sequence[Window], stored: Mapping[str, StoredWindow]) -> Consumption:

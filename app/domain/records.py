@@ -29,6 +29,7 @@ class KeyRecord:
     revoked_us: int | None
     total_requests: int
     last_used_us: int | None
+    replaced_by: str | None = None  # the key that replaced this one when it was rolled
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,15 @@ class KeyEvent:
             id=str(uuid.uuid4()), user_id=key.user_id, key_id=key.id, type=kind, key_name=key.name,
             key_preview=key.preview, request_id=request_id, occurred_us=occurred_us, details=details or {},
         )
+
+
+@dataclass(frozen=True)
+class Rolled:
+    """A roll as written: the old key as it now stands, its replacement, and both events."""
+
+    old: KeyRecord
+    new: KeyRecord
+    events: tuple[KeyEvent, ...]
 
 
 @dataclass(frozen=True)

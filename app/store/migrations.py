@@ -8,7 +8,7 @@ import sqlite_utils
 
 from app.domain.ratelimit import tier_subject
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def migrate(conn: sqlite3.Connection) -> None:
@@ -18,6 +18,8 @@ def migrate(conn: sqlite3.Connection) -> None:
         _create_v1(sqlite_utils.Database(conn))
     if version < 2:
         _account_windows_v2(conn)
+    if version < 3:
+        _replaced_by_v3(conn)
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
@@ -74,3 +76,9 @@ def _account_windows_v2(conn: sqlite3.Connection) -> None:
         [(tier_subject(user_id), kind, *window) for (user_id, kind), window in merged.items()],
     )
     conn.execute("DELETE FROM rate_windows WHERE subject >= 'key:' AND subject < 'key;'")
+
+
+def _replaced_by_v3(conn: sqlite3.Connection) -> None:
+    """Add the key that replaced a rolled one (its expiry is when it stops), unless it is there."""
+    if "replaced_by" not in {row[1] for row in conn.execute("PRAGMA table_info(api_keys)")}:
+        conn.execute("ALTER TABLE api_keys ADD COLUMN replaced_by TEXT")

@@ -31,8 +31,9 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
 
 from app.domain.errors import DuplicateName, KeyLimitReached, StoreUnavailable
+from app.domain.keys import roll_over_cap
 from app.domain.ratelimit import count_in, tier_subject
-from app.domain.records import Account, Consumption, KeyEvent, KeyRecord, StoredWindow, Window
+from app.domain.records import Account, Consumption, KeyEvent, KeyRecord, Rolled, StoredWindow, Window
 from app.domain.tiers import DEFAULT_TIER
 from app.store import postgres_migrations
 
@@ -43,7 +44,7 @@ SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 _KEY_COLUMNS = (
     "k.id, k.user_id, k.name, k.preview, a.tier, k.created_us, k.expires_us, k.revoked_us, "
-    "k.total_requests, k.last_used_us"
+    "k.total_requests, k.last_used_us, k.replaced_by"
 )
 _KEY_FROM = "api_keys k JOIN accounts a ON a.user_id = k.user_id"
 _EVENT_COLUMNS = (
@@ -248,6 +249,73 @@ class PostgresStore:
             conn.execute("UPDATE api_keys SET revoked_us = %s WHERE id = %s", (now_us, key_id))
             _insert_event(conn, event)
         return KeyRecord(*row)
+
+    def roll_key(
+        self, user_id: str, key_id: str, plan: Callable[[KeyRecord], Rolled], digest: str, max_active: int
+    ) -> Rolled | None:
+        """Replace the user's key as `plan` says, in one transaction; None if there is no such key.
+
+        As `SQLiteStore.roll_key`. The account row is locked first, as minting does, so the key
+        cap holds against concurrent mints and rolls; then the key row, so a request counting
+        the old key, or a second roll, waits for this one and then sees it.
+        """
+        with self._write() as conn:
+            if conn.execute("SELECT 1 FROM accounts WHERE user_id = %s FOR UPDATE", (user_id,)).fetchone() is None:
+                return None
+            row = conn.execute(
+                f"SELECT {_KEY_COLUMNS} FROM {_KEY_FROM} "  # nosec B608 -- module constants; values bound
+                "WHERE k.id = %s AND k.user_id = %s FOR NO KEY UPDATE OF k",
+                (key_id, user_id),
+            ).fetchone()
+            if row is None:
+                return None
+            rolled = plan(KeyRecord(*row))
+            now = rolled.new.created_us
+            if rolled.old.expires_us is None or rolled.old.expires_us > now:
+                counted = conn.execute(
+                    "SELECT count(*) FROM api_keys WHERE user_id = %s AND revoked_us IS NULL "
+                    "AND (expires_us IS NULL OR expires_us > %s)",
+                    (user_id, now),
+                ).fetchone()
+                assert counted is not None
+                if counted[0] >= max_active:
+                    raise roll_over_cap(counted[0], max_active)
+            conn.execute(
+                "UPDATE api_keys SET expires_us = %s, replaced_by = %s WHERE id = %s",
+                (rolled.old.expires_us, rolled.old.replaced_by, rolled.old.id),
+            )
+            new = rolled.new
+            conn.execute(
+                "INSERT INTO api_keys (id, user_id, name, digest, preview, created_us, expires_us) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                (new.id, new.user_id, new.name, digest, new.preview, new.created_us, new.expires_us),
+            )
+            for event in rolled.events:
+                _insert_event(conn, event)
+        return rolled
+
+    def revoke_leaked(
+        self, digests: Sequence[str], now_us: int, event: Callable[[KeyRecord], KeyEvent]
+    ) -> list[KeyRecord]:
+        """Revoke every active key stored under one of `digests`, each with its `event`, at once.
+
+        The key rows are locked in digest order, so two reports naming the same keys take turns
+        rather than deadlock.
+        """
+        if not digests:
+            return []
+        with self._write() as conn:
+            rows = conn.execute(
+                f"SELECT {_KEY_COLUMNS} FROM {_KEY_FROM} "  # nosec B608 -- module constants; values bound
+                "WHERE k.digest = ANY(%s) AND k.revoked_us IS NULL AND (k.expires_us IS NULL OR k.expires_us > %s) "
+                "ORDER BY k.digest FOR NO KEY UPDATE OF k",
+                (list(digests), now_us),
+            ).fetchall()
+            records = [KeyRecord(*row) for row in rows]
+            for record in records:
+                conn.execute("UPDATE api_keys SET revoked_us = %s WHERE id = %s", (now_us, record.id))
+                _insert_event(conn, event(record))
+        return records
 
     # -- events ---------------------------------------------------------------------------
 

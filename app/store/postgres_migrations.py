@@ -54,6 +54,8 @@ STEPS: tuple[tuple[int, str], ...] = (
             PRIMARY KEY (subject, "window")
         );
     """),
+    # Rolling a key: the key that replaced it (its expiry is when it stops).
+    (2, "ALTER TABLE api_keys ADD COLUMN replaced_by text;"),
 )
 SCHEMA_VERSION = STEPS[-1][0]
 MIGRATION_TIMEOUT_MS = 60_000

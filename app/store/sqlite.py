@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from app.domain.errors import DuplicateName, KeyLimitReached, StoreUnavailable
+from app.domain.keys import roll_over_cap
 from app.domain.ratelimit import count_in, tier_subject
-from app.domain.records import Account, Consumption, KeyEvent, KeyRecord, StoredWindow, Window
+from app.domain.records import Account, Consumption, KeyEvent, KeyRecord, Rolled, StoredWindow, Window
 from app.domain.tiers import DEFAULT_TIER
 from app.store import migrations
 from app.store.writer import CHECKPOINT_INTERVAL_S, Checkpointer, WriterLock
@@ -38,7 +39,7 @@ UNAVAILABLE_CODES = frozenset({
 
 _KEY_COLUMNS = (
     "k.id, k.user_id, k.name, k.preview, a.tier, k.created_us, k.expires_us, k.revoked_us, "
-    "k.total_requests, k.last_used_us"
+    "k.total_requests, k.last_used_us, k.replaced_by"
 )
 _KEY_FROM = "api_keys k JOIN accounts a ON a.user_id = k.user_id"
 
@@ -245,6 +246,67 @@ class SQLiteStore:
             record = KeyRecord(*row)
             _insert_event(conn, event)
         return record
+
+    def roll_key(
+        self, user_id: str, key_id: str, plan: Callable[[KeyRecord], Rolled], digest: str, max_active: int
+    ) -> Rolled | None:
+        """Replace the user's key as `plan` says, in one transaction; None if there is no such key.
+
+        `plan` sees the key as stored now (revoked ones included) and raises to refuse the roll,
+        writing nothing, or returns the old key as it will stand, its replacement and the events.
+        While both stay active both count against `max_active`.
+        """
+        with self._write(durable=True) as conn:
+            # bandit B608: SQL from module constants; every value is a bound parameter.
+            row = conn.execute(
+                f"SELECT {_KEY_COLUMNS} FROM {_KEY_FROM} WHERE k.id = ? AND k.user_id = ?",  # nosec B608
+                (key_id, user_id),
+            ).fetchone()
+            if row is None:
+                return None
+            rolled = plan(KeyRecord(*row))
+            now = rolled.new.created_us
+            if rolled.old.expires_us is None or rolled.old.expires_us > now:
+                (count,) = conn.execute(
+                    "SELECT count(*) FROM api_keys WHERE user_id = ? AND revoked_us IS NULL "
+                    "AND (expires_us IS NULL OR expires_us > ?)",
+                    (user_id, now),
+                ).fetchone()
+                if count >= max_active:
+                    raise roll_over_cap(count, max_active)
+            conn.execute(
+                "UPDATE api_keys SET expires_us = ?, replaced_by = ? WHERE id = ?",
+                (rolled.old.expires_us, rolled.old.replaced_by, rolled.old.id),
+            )
+            new = rolled.new
+            conn.execute(
+                "INSERT INTO api_keys (id, user_id, name, digest, preview, created_us, expires_us) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (new.id, new.user_id, new.name, digest, new.preview, new.created_us, new.expires_us),
+            )
+            for event in rolled.events:
+                _insert_event(conn, event)
+        return rolled
+
+    def revoke_leaked(
+        self, digests: Sequence[str], now_us: int, event: Callable[[KeyRecord], KeyEvent]
+    ) -> list[KeyRecord]:
+        """Revoke every active key stored under one of `digests`, each with its `event`, at once."""
+        if not digests:
+            return []
+        marks = ", ".join("?" * len(digests))
+        with self._write(durable=True) as conn:
+            # bandit B608: SQL from module constants and one `?` per digest; every value is bound.
+            rows = conn.execute(
+                f"SELECT {_KEY_COLUMNS} FROM {_KEY_FROM} WHERE k.digest IN ({marks}) "  # nosec B608
+                "AND k.revoked_us IS NULL AND (k.expires_us IS NULL OR k.expires_us > ?)",
+                (*digests, now_us),
+            ).fetchall()
+            records = [KeyRecord(*row) for row in rows]
+            for record in records:
+                conn.execute("UPDATE api_keys SET revoked_us = ? WHERE id = ?", (now_us, record.id))
+                _insert_event(conn, event(record))
+        return records
 
     # -- events ---------------------------------------------------------------------------
 

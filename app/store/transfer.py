@@ -20,11 +20,13 @@ from app.config import Settings
 from app.store import open_store
 
 FORMAT = "socdefenders-keys export"
-VERSION = 1
+VERSION = 2
+# Columns added since version 1, filled with their default on an older export's rows.
+ADDED_SINCE_V1: dict[str, dict[str, Any]] = {"api_keys": {"replaced_by": None}}
 TABLES: dict[str, tuple[str, ...]] = {
     "accounts": ("user_id", "tier", "created_us"),
     "api_keys": ("id", "user_id", "name", "digest", "preview", "created_us", "expires_us", "revoked_us",
-                 "total_requests", "last_used_us"),
+                 "total_requests", "last_used_us", "replaced_by"),
     "key_events": ("id", "user_id", "key_id", "type", "key_name", "key_preview", "request_id", "occurred_us",
                    "details"),
     "rate_windows": ("subject", "window", "start", "count", "blocked"),
@@ -88,7 +90,7 @@ def import_rows(settings: Settings, path: str) -> dict[str, int]:
     try:
         with open(path) as source:
             header = json.loads(source.readline() or "null")
-            if not isinstance(header, dict) or header.get("format") != FORMAT or header.get("version") != VERSION:
+            if not isinstance(header, dict) or header.get("format") != FORMAT or header.get("version") not in (1, VERSION):
                 raise TransferError(f"{path} is not an export of this service (version {VERSION})")
             with _connection(settings) as conn:
                 for table in TABLES:
@@ -98,6 +100,8 @@ def import_rows(settings: Settings, path: str) -> dict[str, int]:
                 for number, line in enumerate(source, start=2):
                     item = json.loads(line)
                     table, row = item.get("table"), item.get("row")
+                    if header["version"] == 1 and isinstance(row, dict):
+                        row = {**ADDED_SINCE_V1.get(table, {}), **row}
                     if table not in TABLES or not isinstance(row, dict) or set(row) != set(TABLES[table]):
                         raise TransferError(f"{path} line {number}: not a row of this service's tables")
                     columns = TABLES[table]

@@ -56,6 +56,7 @@ def build_services(settings: Settings, clock: Clock = time.time, store: Store | 
         limiter=RateLimiter(store),
         clock=clock,
         management_limits=Limits(settings.management_limit_per_minute, settings.management_limit_per_day),
+        leak_report_limits=Limits(settings.leak_report_limit_per_minute, settings.leak_report_limit_per_day),
     )
 
 

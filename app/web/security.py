@@ -14,7 +14,7 @@ from typing import Any
 from connexion.lifecycle import ConnexionRequest
 from connexion.security import NO_VALUE, ApiKeySecurityHandler, BearerSecurityHandler
 
-from app.domain.errors import InvalidAPIKey, InvalidSession, RateLimited, ServiceError
+from app.domain.errors import InvalidAPIKey, InvalidSession, ServiceError
 from app.domain.ratelimit import Decision, management_subject
 from app.web.credentials import cookie_values, presented_keys
 from app.web.errors import HTTPServiceError
@@ -65,18 +65,8 @@ def _verify_api_key(token: str, scope: dict[str, Any], required_scopes: Sequence
 
 def _apply(state: dict[str, Any], decision: Decision, now: float, subject: str) -> None:
     state["rate_limit_headers"] = rate_limit_headers(decision)
-    if decision.allowed:
-        return
-    window = decision.blocked_by or "minute"
-    limit = decision.day.limit if window == "day" else decision.minute.limit
-    reset = decision.day.reset if window == "day" else decision.minute.reset
-    retry_after = decision.retry_after(now)
-    raise RateLimited(
-        f"Rate limit of {limit} requests per {window} exceeded for {subject}; retry after {retry_after} s.",
-        {"window": window, "limit": limit, "reset": reset, "retry_after": retry_after},
-        decision,
-        retry_after,
-    )
+    if not decision.allowed:
+        raise decision.refusal(now, subject)
 
 
 class ScopedBearerHandler(BearerSecurityHandler):

@@ -22,3 +22,4 @@ class Services:
     limiter: RateLimiter
     clock: Clock
     management_limits: Limits
+    leak_report_limits: Limits

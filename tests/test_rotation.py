@@ -1,0 +1,287 @@
+"""Rolling a key with a grace period, and revoking leaked keys: the domain and the HTTP API."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from app.domain import keymaterial
+from app.domain.errors import ExpiredAPIKey, KeyNotRollable
+from app.domain.keys import KeyService
+from app.domain.ratelimit import RateLimiter
+from tests.test_api import assert_error, parse_time
+
+# Tests taking `client`, `app`, `make_app`, `store` or `settings` run on SQLite and PostgreSQL.
+ENGINES = ("sqlite", "postgresql")
+
+KEYS = "/api/v1/keys"
+LEAKS = "/api/v1/leaks"
+WHOAMI = "/api/v1/whoami"
+SOURCE = "https://github.com/example/repo/blob/main/.env"
+
+
+def roll(client, session, key_id: str, grace: int | None = None, user: str = "user-1"):
+    body = {} if grace is None else {"grace_period_minutes": grace}
+    return client.post(f"{KEYS}/{key_id}/roll", json=body, cookies=session(user))
+
+
+def whoami(client, key: str):
+    return client.get(WHOAMI, headers={"X-API-Key": key})
+
+
+def events(client, session, user: str = "user-1") -> list[dict]:
+    return client.get("/api/v1/key-events", cookies=session(user)).json()["data"]
+
+
+# -- the domain, on the injected clock -------------------------------------------------------
+
+
+def test_grace_period_admits_the_old_key_until_its_last_microsecond(store, clock):
+    keys = KeyService(store, clock)
+    limiter = RateLimiter(store)
+    old = keys.mint("user-1", "prod-splunk", None, "req_mint")
+    rolled = keys.roll("user-1", old.record.id, 5, "req_roll")
+    boundary = rolled.old.expires_us
+    assert boundary == keys.now_us() + 5 * 60 * 1_000_000
+
+    last_admitted = (boundary - 1) / 1_000_000
+    record, decision = keys.use(old.secret, None, limiter, last_admitted, "req_last")
+    assert decision.allowed and record.id == old.record.id
+
+    with pytest.raises(ExpiredAPIKey) as refused:
+        keys.use(old.secret, None, limiter, boundary / 1_000_000, "req_first_refused")
+    assert refused.value.details["rolled"] is True
+    assert refused.value.details["replaced_by"] == rolled.minted.record.id
+    new_record, _ = keys.use(rolled.minted.secret, None, limiter, boundary / 1_000_000, "req_new")
+    assert new_record.id == rolled.minted.record.id
+
+
+def test_grace_period_never_outlives_the_old_keys_own_expiry(store, clock):
+    keys = KeyService(store, clock)
+    old = keys.mint("user-1", "ci-runner", 1, "req_mint")
+    clock.advance(86_400 - 60)  # one minute left
+    rolled = keys.roll("user-1", old.record.id, 600, "req_roll")
+    assert rolled.old.expires_us == old.record.expires_us
+    assert rolled.minted.record.expires_us == old.record.expires_us  # the same remaining lifetime
+
+
+def test_a_key_can_be_rolled_once(store, clock):
+    keys = KeyService(store, clock)
+    old = keys.mint("user-1", "prod-splunk", None, "req_mint")
+    rolled = keys.roll("user-1", old.record.id, 60, "req_roll")
+    with pytest.raises(KeyNotRollable) as refused:
+        keys.roll("user-1", old.record.id, 60, "req_again")
+    assert refused.value.details == {"key_id": old.record.id, "reason": "rolled", "replaced_by": rolled.minted.record.id}
+
+
+class CountingStore:
+    """A store that only counts the leak lookups asked of it."""
+
+    def __init__(self) -> None:
+        self.lookups: list[list[str]] = []
+
+    def revoke_leaked(self, digests, now_us, event):
+        self.lookups.append(list(digests))
+        return []
+
+
+def test_malformed_leak_candidates_cost_no_database_read(clock):
+    store = CountingStore()
+    keys = KeyService(store, clock)  # type: ignore[arg-type]
+    real = keymaterial.generate()
+    mistyped = real[:-1] + ("A" if real[-1] != "A" else "B")
+    assert keys.report_leaks(["not a key", mistyped, "sk_live_" + "x" * 38], SOURCE, "req_1") == 3
+    assert store.lookups == []
+    assert keys.report_leaks([real, real, "junk"], SOURCE, "req_2") == 3
+    assert store.lookups == [[keymaterial.digest(real)]]
+
+
+# -- rolling over HTTP -----------------------------------------------------------------------
+
+
+def test_roll_mints_a_replacement_with_the_same_name_tier_and_expiry(client, session, mint, clock):
+    old = mint(name="prod-splunk-2026q2", expires_in_days=90)
+    clock.advance(86_400)
+    response = roll(client, session, old["id"], 60)
+    assert response.status_code == 201, response.text
+    body = response.json()
+    new = body["data"]
+    assert new["id"] != old["id"]
+    assert (new["name"], new["tier"], new["scopes"]) == (old["name"], old["tier"], old["scopes"])
+    assert new["expires_at"] == old["expires_at"]
+    assert keymaterial.is_well_formed(new["key"]) and new["full_key"] == new["key"] != old["key"]
+    assert new["total_requests"] == 0 and new["status"] == "active"
+    assert body["meta"]["warning"] == "Store this API key securely. It will not be shown again."
+    assert body["meta"]["rolled_from"]["id"] == old["id"]
+    stops = parse_time(body["meta"]["rolled_from"]["expires_at"])
+    assert stops - parse_time(new["created_at"]) == timedelta(minutes=60)
+    assert response.headers["cache-control"] == "no-store"
+    assert whoami(client, old["key"]).status_code == 200
+    assert whoami(client, new["key"]).status_code == 200
+
+
+def test_rolled_key_answers_expired_naming_its_replacement_after_the_grace_period(client, session, mint, clock):
+    old = mint()
+    assert whoami(client, old["key"]).status_code == 200
+    new = roll(client, session, old["id"], 10).json()["data"]
+    clock.advance(10 * 60 - 0.001)
+    assert whoami(client, old["key"]).status_code == 200
+    clock.advance(0.001)
+    error = assert_error(whoami(client, old["key"]), 401, "expired_api_key")
+    assert error["details"]["rolled"] is True
+    assert error["details"]["replaced_by"] == new["id"]
+    assert error["details"]["key_id"] == old["id"]
+    assert whoami(client, new["key"]).status_code == 200
+    kept = client.get(f"{KEYS}/{old['id']}", cookies=session()).json()["data"]
+    assert kept["total_requests"] == 2 and kept["status"] == "expired"
+
+
+def test_roll_without_a_grace_period_stops_the_old_key_at_once(client, session, mint):
+    old = mint()
+    response = roll(client, session, old["id"])
+    assert response.status_code == 201
+    assert response.json()["meta"]["rolled_from"]["expires_at"] == response.json()["data"]["created_at"]
+    error = assert_error(whoami(client, old["key"]), 401, "expired_api_key")
+    assert error["details"]["replaced_by"] == response.json()["data"]["id"]
+
+
+def test_roll_refuses_revoked_expired_and_rolled_keys_saying_why(client, session, mint, clock):
+    revoked, expiring, rolled = mint(name="revoked-one"), mint(name="expiring-one", expires_in_days=1), mint(name="rolled-one")
+    client.delete(f"{KEYS}/{revoked['id']}", cookies=session())
+    replacement = roll(client, session, rolled["id"], 60).json()["data"]
+    clock.advance(86_400)
+    for key, reason in ((revoked, "revoked"), (expiring, "expired"), (rolled, "rolled")):
+        error = assert_error(roll(client, session, key["id"], 5), 409, "key_not_rollable")
+        assert error["details"]["reason"] == reason
+        assert error["details"]["key_id"] == key["id"]
+    assert error["details"]["replaced_by"] == replacement["id"]
+
+
+def test_roll_of_another_accounts_key_or_an_unknown_id_is_not_found(client, session, mint):
+    theirs = mint(user_id="bob")
+    assert_error(roll(client, session, theirs["id"], 5), 404, "key_not_found")
+    assert_error(roll(client, session, "3fa85f64-5717-4562-b3fc-2c963f66afa6", 5), 404, "key_not_found")
+    assert whoami(client, theirs["key"]).status_code == 200
+
+
+def test_roll_events_name_both_keys_with_one_request_id(client, session, mint):
+    old = mint()
+    response = roll(client, session, old["id"], 30)
+    new = response.json()["data"]
+    latest = events(client, session)[:2]
+    by_type = {e["type"]: e for e in latest}
+    assert set(by_type) == {"rolled", "minted"}
+    assert by_type["rolled"]["key_id"] == old["id"]
+    assert by_type["rolled"]["details"]["replaced_by"] == new["id"]
+    assert by_type["minted"]["key_id"] == new["id"]
+    assert by_type["minted"]["details"] == {"rolled_from": old["id"]}
+    assert by_type["rolled"]["request_id"] == by_type["minted"]["request_id"] == response.headers["x-request-id"]
+
+
+def test_both_keys_of_a_roll_count_against_the_cap_while_both_are_active(make_app, session, clock):
+    with make_app(max_active_keys=2).test_client() as client:
+        first = client.post(KEYS, json={"name": "ci-0"}, cookies=session()).json()["data"]
+        client.post(KEYS, json={"name": "ci-1"}, cookies=session())
+        error = assert_error(roll(client, session, first["id"], 60), 409, "key_limit_reached")
+        assert error["details"] == {"limit": 2}
+        assert whoami(client, first["key"]).status_code == 200  # nothing changed
+        assert roll(client, session, first["id"], 0).status_code == 201
+
+
+def test_the_pair_may_share_a_name_but_a_third_key_may_not(client, session, mint):
+    old = mint(name="staging-sentinel")
+    assert roll(client, session, old["id"], 60).status_code == 201
+    listed = client.get(KEYS, cookies=session()).json()["data"]
+    assert [k["name"] for k in listed] == ["staging-sentinel", "staging-sentinel"]
+    assert_error(client.post(KEYS, json={"name": "staging-sentinel"}, cookies=session()), 409, "duplicate_name")
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "constraint"),
+    [
+        ({"grace_period_minutes": -1}, "grace_period_minutes", "minimum"),
+        ({"grace_period_minutes": 10081}, "grace_period_minutes", "maximum"),
+        ({"grace_period_minutes": "5"}, "grace_period_minutes", "type"),
+        ({"grace_minutes": 5}, "body", "additionalProperties"),
+    ],
+)
+def test_roll_rejects_invalid_bodies(client, session, mint, body, field, constraint):
+    old = mint()
+    error = assert_error(client.post(f"{KEYS}/{old['id']}/roll", json=body, cookies=session()), 400, "invalid_parameter")
+    assert (error["details"]["field"], error["details"]["constraint"]) == (field, constraint)
+    assert whoami(client, old["key"]).status_code == 200
+
+
+def test_roll_is_refused_without_a_session_or_from_a_foreign_page(client, session, mint):
+    old = mint()
+    assert_error(client.post(f"{KEYS}/{old['id']}/roll", json={}), 401, "missing_session")
+    response = client.post(f"{KEYS}/{old['id']}/roll", json={}, cookies=session(),
+                           headers={"Origin": "https://evil.example"})
+    assert_error(response, 403, "origin_not_allowed")
+    assert len(client.get(KEYS, cookies=session()).json()["data"]) == 1
+
+
+# -- leak reports over HTTP ------------------------------------------------------------------
+
+
+def test_leak_report_revokes_an_active_key_and_tells_its_owner(client, session, mint):
+    leaked, kept = mint(name="leaked-one"), mint(name="kept-one")
+    response = client.post(LEAKS, json={"keys": [leaked["key"]], "source": SOURCE})
+    assert response.status_code == 202
+    assert response.json() == {"data": {"received": 1}}
+    assert_error(whoami(client, leaked["key"]), 401, "revoked_api_key")
+    assert whoami(client, kept["key"]).status_code == 200
+    assert_error(client.get(f"{KEYS}/{leaked['id']}", cookies=session()), 404, "key_not_found")
+    event = events(client, session)[0]
+    assert (event["type"], event["key_id"]) == ("leaked", leaked["id"])
+    assert event["details"] == {"source": SOURCE}
+    assert event["request_id"] == response.headers["x-request-id"]
+
+
+def test_leak_report_revokes_a_rolled_key_still_in_its_grace_period(client, session, mint):
+    old = mint()
+    new = roll(client, session, old["id"], 60).json()["data"]
+    assert client.post(LEAKS, json={"keys": [old["key"]]}).status_code == 202
+    assert_error(whoami(client, old["key"]), 401, "revoked_api_key")
+    assert whoami(client, new["key"]).status_code == 200
+    assert events(client, session)[0]["details"] == {"source": None}
+
+
+def test_leak_report_answers_the_same_whatever_was_found(client, session, mint):
+    real, revoked = mint(name="real-one"), mint(name="revoked-one")
+    client.delete(f"{KEYS}/{revoked['id']}", cookies=session())
+    candidates = [real["key"], revoked["key"], "sk_live_not-even-close", keymaterial.generate()]
+    answers = [client.post(LEAKS, json={"keys": [c], "source": SOURCE}) for c in candidates]
+    assert len({(a.status_code, a.content) for a in answers}) == 1
+    assert answers[0].status_code == 202 and answers[0].json() == {"data": {"received": 1}}
+    names = {tuple(sorted(set(a.headers) - {"x-request-id"})) for a in answers}
+    assert len(names) == 1
+    assert [e["type"] for e in events(client, session)].count("leaked") == 1
+
+
+def test_leak_report_is_rate_limited_per_client_address(make_app):
+    with make_app(leak_report_limit_per_minute=2).test_client() as client:
+        for _ in range(2):
+            assert client.post(LEAKS, json={"keys": ["junk"]}).status_code == 202
+        response = client.post(LEAKS, json={"keys": ["junk"]})
+        error = assert_error(response, 429, "rate_limit_exceeded")
+        assert error["details"]["limit"] == 2 and error["details"]["window"] == "minute"
+        assert int(response.headers["retry-after"]) >= 1
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "constraint"),
+    [
+        ({"keys": []}, "keys", "minItems"),
+        ({"keys": ["k"] * 101}, "keys", "maxItems"),
+        ({"keys": ["k" * 257]}, "keys", "maxLength"),
+        ({"keys": ["k"], "source": "ftp://example.com/x"}, "source", "pattern"),
+        ({"source": SOURCE}, "keys", "required"),
+        ({"keys": ["k"], "found_at": SOURCE}, "body", "additionalProperties"),
+    ],
+)
+def test_leak_report_rejects_invalid_bodies(client, body, field, constraint):
+    error = assert_error(client.post(LEAKS, json=body), 400, "invalid_parameter")
+    assert error["details"]["constraint"] == constraint
+    assert error["details"]["field"].split("[")[0].split("/")[0].split(".")[0] == field
