@@ -222,3 +222,18 @@ def test_the_key_page_can_be_turned_on_in_production(make_app):
     with make_app(env="production", key_page=True).test_client() as client:
         assert client.get("/").status_code == 200
         assert client.get("/dev/login?user=tom", follow_redirects=False).status_code == 404
+
+
+def test_a_named_429_example_and_its_headers_tell_the_same_wait(client):
+    response = client.get(KEYS, headers={"Prefer": "code=429, example=day"})
+    error = assert_error(response, 429, "rate_limit_exceeded")
+    details = error["details"]
+    assert response.headers["retry-after"] == str(details["retry_after"])
+    assert response.headers["x-ratelimit-reset"] == str(details["reset"])
+    assert details["reset"] > 1_795_000_000  # from now, not a date in the example's past
+
+
+def test_a_forced_503_says_when_to_retry_as_a_real_one_does(client):
+    response = client.get("/healthz", headers={"Prefer": "code=503"})
+    assert_error(response, 503, "service_unavailable")
+    assert int(response.headers["retry-after"]) >= 1

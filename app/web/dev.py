@@ -211,6 +211,13 @@ class PreferMiddleware:
         elif body is not None:
             if isinstance(body, dict) and isinstance(body.get("error"), dict):
                 body = {"error": {**body["error"], "request_id": request_id}}
+                retry_after = body["error"].get("details", {}).get("retry_after")
+                if status == 429 and isinstance(retry_after, int):
+                    # A named example's window: its reset from now, and the headers saying the same.
+                    reset = int(now) + retry_after
+                    body["error"]["details"] = {**body["error"]["details"], "reset": reset}
+                    headers = [(n, v) for n, v in headers if n not in (b"retry-after", b"x-ratelimit-reset")]
+                    headers += [(b"retry-after", str(retry_after).encode()), (b"x-ratelimit-reset", str(reset).encode())]
             raw = json.dumps(body).encode()
         elif status >= 400:
             table = SESSION_ERRORS if operation in self.contract.cookie_auth else KEY_ERRORS
