@@ -22,6 +22,8 @@ from app.domain.sessions import issue_token
 from app.domain.tiers import TIERS
 from app.store import open_store
 
+GRACEFUL_TIMEOUT_S = 10  # seconds in-flight requests get to finish after SIGTERM or SIGINT
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m app", description="SOC Defenders API-key service")
@@ -188,7 +190,10 @@ def serve(settings: Settings) -> int:
         "--worker-class", "app.asgi.Worker",
         "--workers", workers,
         "--bind", f"{settings.host}:{settings.port}",
-        "--graceful-timeout", "10",
+        # SIGTERM and SIGINT: stop accepting, let in-flight requests finish for up to this
+        # long, then end the workers; exit 0 (README, "Signals").
+        "--graceful-timeout", str(GRACEFUL_TIMEOUT_S),
+        "--config", "python:app.gunicorn_config",
         # What app.asgi.Worker gives uvicorn too; gunicorn would otherwise default to 127.0.0.1.
         "--forwarded-allow-ips", ",".join(settings.forwarded_allow_ips),
         # Several servers on one machine would otherwise share ~/.gunicorn/gunicorn.ctl.
