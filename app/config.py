@@ -52,6 +52,8 @@ class Settings:
     cors_allow_headers: tuple[str, ...] = DEFAULT_CORS_ALLOW_HEADERS
     mock_delay_ms: int = 0
     key_page: bool = True
+    create_database: bool = True  # create a missing SQLite file (production: only when told)
+    workers: int = 2  # gunicorn worker processes (`serve`)
     jwt_secret_generated: bool = field(default=False, compare=False)
 
     @property
@@ -96,7 +98,7 @@ class Settings:
             management_limit_per_minute=_int(env, "KEY_MANAGEMENT_LIMIT_PER_MINUTE", 120),
             management_limit_per_day=_int(env, "KEY_MANAGEMENT_LIMIT_PER_DAY", 10_000),
             max_active_keys=_int(env, "MAX_ACTIVE_KEYS", 50),
-            log_level=env.get("LOG_LEVEL", "INFO").upper(),
+            log_level=_log_level(env.get("LOG_LEVEL", "")),
             forwarded_allow_ips=parse_forwarded_allow_ips(env.get("FORWARDED_ALLOW_IPS", "")),
             request_read_timeout=_int(env, "REQUEST_READ_TIMEOUT", READ_TIMEOUT_SECONDS),
             database_url=database_url,
@@ -106,6 +108,9 @@ class Settings:
             cors_allow_headers=_names(env, "CORS_ALLOW_HEADERS", DEFAULT_CORS_ALLOW_HEADERS),
             mock_delay_ms=0 if production else _delay(env.get("MOCK_DELAY_MS", "")),
             key_page=_bool(env, "KEY_PAGE", not production),
+            # In production a typo in DATABASE_URL must fail, not start on an empty database.
+            create_database=_bool(env, "CREATE_DATABASE", not production),
+            workers=_int(env, "WEB_CONCURRENCY", 2),
             jwt_secret_generated=generated,
         )
 
@@ -189,6 +194,16 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
     if value < 1 or (name == "PORT" and value > 65535):
         raise ConfigError(f"{name} must be {'a port from 1 to 65535' if name == 'PORT' else 'at least 1'}, not {raw!r}")
     return value
+
+
+LOG_LEVELS = tuple(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"])
+
+
+def _log_level(raw: str) -> str:
+    level = raw.strip().upper() or "INFO"
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, not {raw!r}")
+    return level
 
 
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:

@@ -39,6 +39,7 @@ class LiveServer:
             "PORT": str(self.port),
             "DATABASE_URL": f"sqlite:///{self.database_path}",
             "PYTHONUNBUFFERED": "1",
+            "CREATE_DATABASE": "on",  # each server starts on a fresh database
             **(env or {}),
         }
         self.command = command
