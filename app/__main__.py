@@ -248,6 +248,9 @@ def serve(settings: Settings) -> int:
         "--no-control-socket",
         "app.asgi:from_env()",
     ]
+    # Each worker keeps its metrics in files here, which /metrics sums; a directory of this
+    # server's own, so that no earlier run's counts are added in (app.gunicorn_config removes it).
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="socdefenders-keys-metrics-")
     os.execv(sys.executable, argv)
     return 0  # not reached
 

@@ -54,6 +54,8 @@ class Settings:
     key_page: bool = True
     create_database: bool = True  # create a missing SQLite file (production: only when told)
     workers: int = 2  # gunicorn worker processes (`serve`)
+    metrics_allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
+        ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))  # who may read /metrics
     jwt_secret_generated: bool = field(default=False, compare=False)
 
     @property
@@ -111,6 +113,7 @@ class Settings:
             # In production a typo in DATABASE_URL must fail, not start on an empty database.
             create_database=_bool(env, "CREATE_DATABASE", not production),
             workers=_int(env, "WEB_CONCURRENCY", 2),
+            metrics_allow=_networks(env, "METRICS_ALLOW", "127.0.0.0/8,::1/128"),
             jwt_secret_generated=generated,
         )
 
@@ -161,6 +164,19 @@ def parse_forwarded_allow_ips(value: str) -> tuple[str, ...]:
                 f"FORWARDED_ALLOW_IPS must be IP addresses or networks separated by commas, or * alone, not {item!r}"
             ) from None
     return items
+
+
+def _networks(env: Mapping[str, str], name: str, default: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    raw = env.get(name) or default
+    networks = []
+    for item in (i.strip() for i in raw.split(",")):
+        if not item:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(item))
+        except ValueError:
+            raise ConfigError(f"{name} must be IP addresses or networks separated by commas, not {item!r}") from None
+    return tuple(networks)
 
 
 def development_secret(directory: Path) -> str:

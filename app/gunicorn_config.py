@@ -6,6 +6,8 @@ command line `app.__main__.serve` builds, so that one place shows them.
 
 from __future__ import annotations
 
+import os
+import shutil
 from typing import Any
 
 
@@ -17,3 +19,18 @@ def on_starting(server: Any) -> None:
     A second SIGINT during the drain still forces the quick shutdown (gunicorn's own rule).
     """
     server.handle_int = server.handle_term
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """Fold a worker that ended into the metrics' totals (prometheus_client's multiprocess mode)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server: Any) -> None:
+    """Remove the metrics directory `serve` made for this server."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+    if os.path.basename(directory).startswith("socdefenders-keys-metrics-"):
+        shutil.rmtree(directory, ignore_errors=True)
