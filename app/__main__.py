@@ -21,12 +21,14 @@ from app.domain.demo import DEMO_USER, seed_demo
 from app.domain.sessions import issue_token
 from app.domain.tiers import TIERS
 from app.store import open_store
+from app.version import __version__
 
 GRACEFUL_TIMEOUT_S = 10  # seconds in-flight requests get to finish after SIGTERM or SIGINT
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m app", description="SOC Defenders API-key service")
+    parser.add_argument("--version", action="version", version=f"socdefenders-keys {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("run", help="start the development server on HOST:PORT")
     commands.add_parser("serve", help="start the production server: gunicorn, WEB_CONCURRENCY uvicorn workers")

@@ -52,6 +52,9 @@ class Settings:
     cors_allow_headers: tuple[str, ...] = DEFAULT_CORS_ALLOW_HEADERS
     mock_delay_ms: int = 0
     key_page: bool = True
+    docs: bool = True  # Swagger UI under /ui/
+    contract: bool = True  # the contract at /openapi.json
+    trusted_hosts: tuple[str, ...] = ()  # Host values answered; empty: any
     create_database: bool = True  # create a missing SQLite file (production: only when told)
     workers: int = 2  # gunicorn worker processes (`serve`)
     metrics_allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
@@ -110,6 +113,9 @@ class Settings:
             cors_allow_headers=_names(env, "CORS_ALLOW_HEADERS", DEFAULT_CORS_ALLOW_HEADERS),
             mock_delay_ms=0 if production else _delay(env.get("MOCK_DELAY_MS", "")),
             key_page=_bool(env, "KEY_PAGE", not production),
+            docs=_bool(env, "DOCS", True),
+            contract=_bool(env, "CONTRACT", True),
+            trusted_hosts=_hosts(env.get("TRUSTED_HOSTS", "")),
             # In production a typo in DATABASE_URL must fail, not start on an empty database.
             create_database=_bool(env, "CREATE_DATABASE", not production),
             workers=_int(env, "WEB_CONCURRENCY", 2),
@@ -164,6 +170,14 @@ def parse_forwarded_allow_ips(value: str) -> tuple[str, ...]:
                 f"FORWARDED_ALLOW_IPS must be IP addresses or networks separated by commas, or * alone, not {item!r}"
             ) from None
     return items
+
+
+def _hosts(raw: str) -> tuple[str, ...]:
+    hosts = tuple(h.strip().lower().rstrip(".") for h in raw.split(",") if h.strip())
+    for host in hosts:
+        if not re.fullmatch(r"\*|(\*\.)?[a-z0-9]([a-z0-9.-]*[a-z0-9])?|\[[0-9a-f:.]+\]", host):
+            raise ConfigError(f"TRUSTED_HOSTS holds {host!r}: each is a host name, *.domain, an IP address, or * alone")
+    return hosts
 
 
 def _networks(env: Mapping[str, str], name: str, default: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
