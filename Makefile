@@ -60,8 +60,10 @@ mock: $(RUNTIME_STAMP)
 	$(PY) -m app mock
 
 ## Production: gunicorn with WEB_CONCURRENCY (default 2) uvicorn workers; needs SUPABASE_JWT_SECRET.
+# exec: the recipe's shell becomes gunicorn's master, so the SIGTERM make passes on to its
+# child reaches the server itself (a shell in between would die and leave gunicorn running).
 serve: $(RUNTIME_STAMP)
-	APP_ENV=production $(PY) -m app serve
+	APP_ENV=production exec $(PY) -m app serve
 
 test: $(DEV_STAMP) $(TEST_TOOLS)
 	$(PY) -m pytest

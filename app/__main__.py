@@ -21,10 +21,14 @@ from app.domain.demo import DEMO_USER, seed_demo
 from app.domain.sessions import issue_token
 from app.domain.tiers import TIERS
 from app.store import open_store
+from app.version import __version__
+
+GRACEFUL_TIMEOUT_S = 10  # seconds in-flight requests get to finish after SIGTERM or SIGINT
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m app", description="SOC Defenders API-key service")
+    parser.add_argument("--version", action="version", version=f"socdefenders-keys {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("run", help="start the development server on HOST:PORT")
     commands.add_parser("serve", help="start the production server: gunicorn, WEB_CONCURRENCY uvicorn workers")
@@ -36,6 +40,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     tier.add_argument("user_id")
     tier.add_argument("tier", choices=sorted(TIERS))
     commands.add_parser("migrate", help="create or upgrade the schema of the database DATABASE_URL names, then exit")
+    copy = commands.add_parser("backup", help="copy the live SQLite database DATABASE_URL names to the new file PATH")
+    copy.add_argument("path")
     export = commands.add_parser("export", help="write every row of DATABASE_URL's store to FILE (JSON lines)")
     export.add_argument("file")
     load = commands.add_parser("import", help="load FILE (from export) into DATABASE_URL's store, which must be empty")
@@ -70,6 +76,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         except UnsupportedConnexion as exc:
             print(exc, file=sys.stderr)
             return 1
+    if args.command in ("run", "serve", "set-tier", "seed-demo"):
+        # Opened (created, migrated) once here, so that a database the service cannot use is
+        # one line and exit 2, before any server or worker starts.
+        problem = check_store(settings)
+        if problem:
+            print(f"configuration error: {problem}", file=sys.stderr)
+            return 2
     if args.command == "run":
         return run(settings)
     if args.command == "serve":
@@ -95,6 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "migrate":
         return migrate(settings)
+    if args.command == "backup":
+        return backup(settings, args.path)
     if args.command in ("export", "import"):
         from app.store import transfer
 
@@ -111,17 +126,54 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 1
 
 
-def migrate(settings: Settings) -> int:
-    """Bring the store's schema up to date ahead of a deploy (start-up does the same, under a lock)."""
+def check_store(settings: Settings, create: bool | None = None) -> str | None:
+    """Open and close the store `settings` name; return why it cannot serve, in one line, or None."""
     from app.domain.errors import StoreUnavailable
+    from app.store import StoreStartError
 
     try:
-        store = open_store(settings)
+        open_store(settings, create=create).close()
+    except StoreStartError as exc:
+        return str(exc)
     except StoreUnavailable as exc:
-        print(f"migrate: {exc}", file=sys.stderr)
+        return f"the {settings.engine} database cannot be reached: {exc}"
+    return None
+
+
+def migrate(settings: Settings) -> int:
+    """Create the database if missing and bring its schema up to date (start-up does the same, under a lock)."""
+    problem = check_store(settings, create=True)
+    if problem:
+        print(f"migrate: {problem}", file=sys.stderr)
         return 1
-    store.close()
     print(f"{settings.engine}: schema up to date")
+    return 0
+
+
+def backup(settings: Settings, path: str) -> int:
+    """Copy the live SQLite database to `path`, consistent as of one moment."""
+    from app.domain.errors import StoreUnavailable
+    from app.store import SQLiteStore, StoreStartError
+
+    if settings.engine != "sqlite":
+        print("backup: copies SQLite databases; back PostgreSQL up with pg_dump", file=sys.stderr)
+        return 2
+    try:
+        store = SQLiteStore(settings.database_path, create=False)
+        try:
+            store.backup(path)
+        finally:
+            store.close()
+    except FileExistsError:
+        print(f"backup: {path} exists already; name a new file", file=sys.stderr)
+        return 1
+    except (StoreStartError, StoreUnavailable) as exc:
+        print(f"backup: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"backup: cannot write {path}: {exc.strerror}", file=sys.stderr)
+        return 1
+    print(f"backup: {settings.database_path} copied to {path}")
     return 0
 
 
@@ -184,19 +236,25 @@ def serve(settings: Settings) -> int:
     if not settings.production:
         print("serve runs in production mode: set APP_ENV=production (make serve does)", file=sys.stderr)
         return 2
-    workers = os.environ.get("WEB_CONCURRENCY", "2")
+    workers = str(settings.workers)
     argv = [
         sys.executable, "-m", "gunicorn",
         "--worker-class", "app.asgi.Worker",
         "--workers", workers,
         "--bind", f"{settings.host}:{settings.port}",
-        "--graceful-timeout", "10",
+        # SIGTERM and SIGINT: stop accepting, let in-flight requests finish for up to this
+        # long, then end the workers; exit 0 (README, "Signals").
+        "--graceful-timeout", str(GRACEFUL_TIMEOUT_S),
+        "--config", "python:app.gunicorn_config",
         # What app.asgi.Worker gives uvicorn too; gunicorn would otherwise default to 127.0.0.1.
         "--forwarded-allow-ips", ",".join(settings.forwarded_allow_ips),
         # Several servers on one machine would otherwise share ~/.gunicorn/gunicorn.ctl.
         "--no-control-socket",
         "app.asgi:from_env()",
     ]
+    # Each worker keeps its metrics in files here, which /metrics sums; a directory of this
+    # server's own, so that no earlier run's counts are added in (app.gunicorn_config removes it).
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="socdefenders-keys-metrics-")
     os.execv(sys.executable, argv)
     return 0  # not reached
 

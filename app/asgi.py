@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import sys
 import warnings
 from typing import Any
 
@@ -12,18 +13,28 @@ from connexion import FlaskApp
 from uvicorn_worker import UvicornWorker
 
 from app import logs
-from app.config import Settings
-from app.store import SQLiteStore, open_store
+from app.config import ConfigError, Settings
+from app.domain.errors import StoreUnavailable
+from app.store import SQLiteStore, StoreStartError, open_store
 from app.web.factory import create_app
 from app.web.transport import protocol_class
+
+# gunicorn's exit status for a worker that cannot boot: the master stops rather than respawn it.
+WORKER_BOOT_ERROR = 3
 
 
 def from_env() -> FlaskApp:
     """Build the app from the environment (called once in each worker)."""
-    settings = Settings.from_env()
-    logs.configure(settings.log_level)
-    logs.warn_weak_secret(settings)
-    store = open_store(settings)  # here, after gunicorn has forked this worker: its own pool or file
+    try:
+        settings = Settings.from_env()
+        logs.configure(settings.log_level)
+        logs.warn_weak_secret(settings)
+        store = open_store(settings)  # here, after gunicorn has forked this worker: its own pool or file
+    except (ConfigError, StoreStartError, StoreUnavailable) as exc:
+        # `serve` checked all of this before starting gunicorn; should it have changed since,
+        # one line, and the master stops, rather than a traceback from every worker.
+        print(f"configuration error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(WORKER_BOOT_ERROR)
     if isinstance(store, SQLiteStore):
         store.checkpoint_in_background()
     app = create_app(settings, store=store)

@@ -54,6 +54,13 @@ class Settings:
     cors_allow_headers: tuple[str, ...] = DEFAULT_CORS_ALLOW_HEADERS
     mock_delay_ms: int = 0
     key_page: bool = True
+    docs: bool = True  # Swagger UI under /ui/
+    contract: bool = True  # the contract at /openapi.json
+    trusted_hosts: tuple[str, ...] = ()  # Host values answered; empty: any
+    create_database: bool = True  # create a missing SQLite file (production: only when told)
+    workers: int = 2  # gunicorn worker processes (`serve`)
+    metrics_allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
+        ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))  # who may read /metrics
     jwt_secret_generated: bool = field(default=False, compare=False)
 
     @property
@@ -98,7 +105,7 @@ class Settings:
             management_limit_per_minute=_int(env, "KEY_MANAGEMENT_LIMIT_PER_MINUTE", 120),
             management_limit_per_day=_int(env, "KEY_MANAGEMENT_LIMIT_PER_DAY", 10_000),
             max_active_keys=_int(env, "MAX_ACTIVE_KEYS", 50),
-            log_level=env.get("LOG_LEVEL", "INFO").upper(),
+            log_level=_log_level(env.get("LOG_LEVEL", "")),
             forwarded_allow_ips=parse_forwarded_allow_ips(env.get("FORWARDED_ALLOW_IPS", "")),
             request_read_timeout=_int(env, "REQUEST_READ_TIMEOUT", READ_TIMEOUT_SECONDS),
             database_url=database_url,
@@ -108,6 +115,13 @@ class Settings:
             cors_allow_headers=_names(env, "CORS_ALLOW_HEADERS", DEFAULT_CORS_ALLOW_HEADERS),
             mock_delay_ms=0 if production else _delay(env.get("MOCK_DELAY_MS", "")),
             key_page=_bool(env, "KEY_PAGE", not production),
+            docs=_bool(env, "DOCS", True),
+            contract=_bool(env, "CONTRACT", True),
+            trusted_hosts=_hosts(env.get("TRUSTED_HOSTS", "")),
+            # In production a typo in DATABASE_URL must fail, not start on an empty database.
+            create_database=_bool(env, "CREATE_DATABASE", not production),
+            workers=_int(env, "WEB_CONCURRENCY", 2),
+            metrics_allow=_networks(env, "METRICS_ALLOW", "127.0.0.0/8,::1/128"),
             jwt_secret_generated=generated,
         )
 
@@ -160,6 +174,27 @@ def parse_forwarded_allow_ips(value: str) -> tuple[str, ...]:
     return items
 
 
+def _hosts(raw: str) -> tuple[str, ...]:
+    hosts = tuple(h.strip().lower().rstrip(".") for h in raw.split(",") if h.strip())
+    for host in hosts:
+        if not re.fullmatch(r"\*|(\*\.)?[a-z0-9]([a-z0-9.-]*[a-z0-9])?|\[[0-9a-f:.]+\]", host):
+            raise ConfigError(f"TRUSTED_HOSTS holds {host!r}: each is a host name, *.domain, an IP address, or * alone")
+    return hosts
+
+
+def _networks(env: Mapping[str, str], name: str, default: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    raw = env.get(name) or default
+    networks = []
+    for item in (i.strip() for i in raw.split(",")):
+        if not item:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(item))
+        except ValueError:
+            raise ConfigError(f"{name} must be IP addresses or networks separated by commas, not {item!r}") from None
+    return tuple(networks)
+
+
 def development_secret(directory: Path) -> str:
     """Load, or create once, a random development JWT secret kept beside the database."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -191,6 +226,16 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
     if value < 1 or (name == "PORT" and value > 65535):
         raise ConfigError(f"{name} must be {'a port from 1 to 65535' if name == 'PORT' else 'at least 1'}, not {raw!r}")
     return value
+
+
+LOG_LEVELS = tuple(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"])
+
+
+def _log_level(raw: str) -> str:
+    level = raw.strip().upper() or "INFO"
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, not {raw!r}")
+    return level
 
 
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:

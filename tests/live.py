@@ -27,7 +27,8 @@ def free_port() -> int:
 class LiveServer:
     """`python -m app <command>` on a free port, its output captured to a file."""
 
-    def __init__(self, command: str, tmp: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, command: str, tmp: Path, env: dict[str, str] | None = None,
+                 argv: list[str] | None = None) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = tmp / f"{command}-{self.port}.log"
@@ -38,15 +39,17 @@ class LiveServer:
             "PORT": str(self.port),
             "DATABASE_URL": f"sqlite:///{self.database_path}",
             "PYTHONUNBUFFERED": "1",
+            "CREATE_DATABASE": "on",  # each server starts on a fresh database
             **(env or {}),
         }
         self.command = command
+        self.argv = argv or [sys.executable, "-m", "app", command]
         self.process: subprocess.Popen | None = None
 
     def __enter__(self) -> LiveServer:
         self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "app", self.command], cwd=ROOT, env=self.env,
+            self.argv, cwd=ROOT, env=self.env,
             stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         deadline = time.monotonic() + 30

@@ -7,13 +7,20 @@ import sqlite3
 import sqlite_utils
 
 from app.domain.ratelimit import tier_subject
+from app.store.errors import SchemaTooNew
 
 SCHEMA_VERSION = 3
 
 
 def migrate(conn: sqlite3.Connection) -> None:
-    """Bring the schema up to SCHEMA_VERSION; call inside a write transaction."""
+    """Bring the schema up to SCHEMA_VERSION; call inside a write transaction.
+
+    A database of a newer version (the code was rolled back) raises SchemaTooNew and is left
+    as it is: stamping it older would let this code misread what the newer one wrote.
+    """
     version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise SchemaTooNew(version, SCHEMA_VERSION)
     if version < 1:
         _create_v1(sqlite_utils.Database(conn))
     if version < 2:

@@ -144,6 +144,17 @@ class PostgresStore:
         with self._conn() as conn:
             conn.execute("SELECT 1 FROM accounts LIMIT 1").fetchall()
 
+    def check_write(self) -> None:
+        """Open a transaction that could write (a transaction id: refused on a read-only server), writing nothing."""
+        with self._conn() as conn, conn.transaction():
+            conn.execute("SELECT pg_current_xact_id()")
+
+    def schema_version(self) -> int:
+        """The schema version recorded in the database."""
+        with self._conn() as conn:
+            row = conn.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()
+            return int(row[0]) if row else 0
+
     # -- accounts -------------------------------------------------------------------------
 
     def ensure_account(self, user_id: str, now_us: int) -> Account:

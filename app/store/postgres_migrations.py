@@ -10,6 +10,8 @@ import time
 
 import psycopg
 
+from app.store.errors import SchemaTooNew
+
 # Each step runs in its own transaction with the row that records it.
 STEPS: tuple[tuple[int, str], ...] = (
     (1, """
@@ -77,6 +79,8 @@ def migrate(conn: psycopg.Connection) -> int:
         )
         row = conn.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()
         version = row[0] if row else 0
+        if version > SCHEMA_VERSION:
+            raise SchemaTooNew(version, SCHEMA_VERSION)  # a rollback: leave the newer schema as it is
         for step, sql in STEPS:
             if step <= version:
                 continue

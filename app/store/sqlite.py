@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -24,6 +25,7 @@ from app.domain.ratelimit import count_in, tier_subject
 from app.domain.records import Account, Consumption, KeyEvent, KeyRecord, Rolled, StoredWindow, Window
 from app.domain.tiers import DEFAULT_TIER
 from app.store import migrations
+from app.store.errors import DatabaseMissing, StoreStartError
 from app.store.writer import CHECKPOINT_INTERVAL_S, Checkpointer, WriterLock
 
 BUSY_TIMEOUT_MS = 5000
@@ -47,7 +49,12 @@ _KEY_FROM = "api_keys k JOIN accounts a ON a.user_id = k.user_id"
 class SQLiteStore:
     """A Store on one SQLite file (or one open connection), safe across threads and processes."""
 
-    def __init__(self, database: str | Path | sqlite3.Connection) -> None:
+    def __init__(self, database: str | Path | sqlite3.Connection, create: bool = True) -> None:
+        """Open (with `create`, create if missing) and migrate the database.
+
+        StoreStartError, in one line, when the path cannot serve: missing and not to be
+        created, a directory, not SQLite, unopenable, or a newer schema (SchemaTooNew).
+        """
         self._shared: sqlite3.Connection | None = None
         self._lock = threading.RLock()
         self._writer: WriterLock | None = None
@@ -58,12 +65,32 @@ class SQLiteStore:
             self._path: Path | None = None
         else:
             self._path = Path(database)
+            try:
+                self._prepare_file(create)
+                self._writer = WriterLock(self._path.with_name(self._path.name + ".write-lock"), BUSY_TIMEOUT_MS / 1000)
+            except OSError as error:
+                raise StoreStartError(f"cannot open the SQLite database {self._path}: {error.strerror}") from None
+        try:
+            self.migrate()
+        except sqlite3.DatabaseError as error:  # not a database, or a damaged one
+            raise StoreStartError(f"{self._path or 'the database'} is not a usable SQLite database: {error}") from None
+        except StoreUnavailable as error:
+            cause = error.__cause__ or error
+            raise StoreStartError(f"cannot open the SQLite database {self._path}: {cause}") from None
+
+    def _prepare_file(self, create: bool) -> None:
+        assert self._path is not None
+        if self._path.is_dir():
+            raise StoreStartError(f"the SQLite database {self._path} is a directory, not a file")
+        if not self._path.exists():
+            if not create:
+                raise DatabaseMissing(
+                    f"the SQLite database {self._path} does not exist; create it with `python -m app migrate` "
+                    "(or CREATE_DATABASE=on), or correct DATABASE_URL"
+                )
             self._path.parent.mkdir(parents=True, exist_ok=True)
-            if not self._path.exists():
-                # Key digests and account data: readable by the service's user only.
-                self._path.touch(mode=0o600)
-            self._writer = WriterLock(self._path.with_name(self._path.name + ".write-lock"), BUSY_TIMEOUT_MS / 1000)
-        self.migrate()
+            # Key digests and account data: readable by the service's user only.
+            self._path.touch(mode=0o600)
 
     # -- connections ----------------------------------------------------------------------
 
@@ -150,6 +177,37 @@ class SQLiteStore:
         """Raise if the database cannot be read."""
         with self._conn() as conn:
             conn.execute("SELECT 1 FROM accounts LIMIT 1").fetchall()
+
+    def check_write(self) -> None:
+        """Take the database's write lock and let it go, writing nothing; StoreUnavailable if it cannot."""
+        with self._write():
+            pass
+
+    def schema_version(self) -> int:
+        """The schema version stamped in the database."""
+        with self._conn() as conn:
+            return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+    def backup(self, target: str | Path) -> None:
+        """Copy the database, as of one moment, to a new file `target` (SQLite's online backup).
+
+        Writers go on meanwhile: the copy is one read transaction, so it holds every write
+        committed before it began and none after.
+        """
+        target = Path(target)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never over an existing file
+        os.close(fd)
+        try:
+            with self._conn() as conn:
+                copy = sqlite3.connect(target)
+                try:
+                    conn.backup(copy)
+                    copy.execute("PRAGMA journal_mode = DELETE")  # one self-contained file
+                finally:
+                    copy.close()
+        except BaseException:
+            target.unlink(missing_ok=True)
+            raise
 
     # -- accounts -------------------------------------------------------------------------
 

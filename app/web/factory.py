@@ -27,6 +27,7 @@ from app.web import connexion_tuning
 from app.web.csrf import OriginCheckMiddleware, OriginPolicy, cookie_operations
 from app.web.dev import PreferMiddleware
 from app.web.errors import ErrorHandlers
+from app.web.hosts import TrustedHostMiddleware
 from app.web.middleware import (
     EnvelopeCORSMiddleware,
     OperationBoundaryMiddleware,
@@ -100,6 +101,9 @@ def create_app(
         allowed_methods=errors.allowed_methods,
         read_timeout=settings.request_read_timeout,
     )
+    if settings.trusted_hosts:
+        app.add_middleware(TrustedHostMiddleware, position=MiddlewarePosition.BEFORE_EXCEPTION,
+                           hosts=settings.trusted_hosts)
     app.add_middleware(
         SpecCacheMiddleware,
         position=MiddlewarePosition.BEFORE_EXCEPTION,
@@ -126,7 +130,7 @@ def create_app(
         PagesMiddleware,
         position=MiddlewarePosition.BEFORE_EXCEPTION,
         services=services,
-        spec_bytes=spec_bytes,
+        spec_bytes=spec_bytes if settings.contract else None,
         key_page=settings.key_page,
         dev_login=not settings.production,
     )
@@ -149,7 +153,7 @@ def create_app(
         resolver=Resolver(function_resolver=resolve_handler),
         validate_responses=settings.validate_responses,
         validator_map=validator_map(),
-        swagger_ui_options=SwaggerUIOptions(spec_path=DOCS_SPEC_PATH),
+        swagger_ui_options=SwaggerUIOptions(spec_path=DOCS_SPEC_PATH, swagger_ui=settings.docs, serve_spec=settings.docs),
         security_map=connexion_tuning.signature_once(SECURITY_MAP) if tuned else SECURITY_MAP,
     )
     errors.install(app)

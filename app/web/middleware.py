@@ -18,6 +18,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.domain.errors import PayloadTooLarge, ServiceError
+from app.web import metrics
 from app.web.errors import MESSAGES, envelope, status_and_code
 from app.web.limits import MAX_BODY_BYTES, READ_TIMEOUT_SECONDS, HeadLimits
 from app.web.refusals import RequestTimeout
@@ -66,7 +67,8 @@ class RequestContextMiddleware:
       complete body is then described by its length, as a buffering proxy passes it on,
       also when it arrived chunked (Connexion takes a request without Content-Length for
       one without a body);
-    - answers HEAD, which the contract does not define, with 405 before any work is done;
+    - answers HEAD where the contract defines it (the probes) without the body, and
+      elsewhere with 405 before any work is done;
     - writes one access-log line with secrets redacted and control characters escaped.
     """
 
@@ -96,12 +98,14 @@ class RequestContextMiddleware:
         started = time.perf_counter()
         status = 500
 
-        async def send_with_headers(message: Message) -> None:
+        async def stamped(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
                 stamp(message, state)
             await send(message)
+
+        send_with_headers: Send = stamped
 
         try:
             try:
@@ -114,8 +118,13 @@ class RequestContextMiddleware:
                                 [(b"connection", b"close")])  # the rest of the request is not read
                 return
             if scope["method"] == "HEAD":
-                status = await self._refuse_head(scope, send_with_headers)
-                return
+                if not self._head_allowed(scope["path"]):
+                    status = await self._refuse_head(scope, send_with_headers)
+                    return
+                # Answered as its GET (as Starlette's router would route it anyway), so that
+                # response validation checks the GET's answer; the body is then left out.
+                scope["method"] = "GET"
+                send_with_headers = _without_body(send_with_headers)
             path = scope["path"]
             if (CONTROL_CHARACTERS.search(path) or (path.endswith("/") and path != "/" and not path.startswith("/ui"))
                     or ENCODED_SLASH.search(scope.get("raw_path") or b"")):
@@ -137,11 +146,13 @@ class RequestContextMiddleware:
         except ClientDisconnect:
             status = CLIENT_CLOSED_REQUEST
         finally:
+            elapsed = time.perf_counter() - started
+            operation = scope["extensions"].get("connexion_routing", {}).get("operation_id")
+            metrics.record(operation, scope["method"], status, elapsed)
             if access_log.isEnabledFor(logging.INFO):
                 access_log.info(
                     '%s "%s %s" %d %.1fms %s',
-                    _client(scope), scope["method"], redacted_target(scope), status,
-                    (time.perf_counter() - started) * 1000, request_id,
+                    _client(scope), scope["method"], redacted_target(scope), status, elapsed * 1000, request_id,
                 )
 
     async def _read_body(self, receive: Receive, has_body: bool) -> bytes:
@@ -173,12 +184,29 @@ class RequestContextMiddleware:
             if not message.get("more_body", False):
                 return b"".join(chunks)
 
+    def _head_allowed(self, path: str) -> bool:
+        """Whether the contract defines HEAD on this path (the probes)."""
+        return "HEAD" in (self.allowed_methods(path) or "").split(", ")
+
     async def _refuse_head(self, scope: Scope, send: Send) -> int:
         """Answer HEAD without a body (as HEAD must): 405 on our paths, 404 elsewhere."""
         allow = self.allowed_methods(scope["path"])
         status = 405 if allow else 404
         await send_json(send, status, b"", [(b"allow", allow.encode())] if allow else None)
         return status
+
+
+def _without_body(send: Send) -> Send:
+    """Send the response's status and headers (its Content-Length included), not its body: HEAD."""
+
+    async def send_head(message: Message) -> None:
+        if message["type"] == "http.response.body":
+            if message.get("more_body", False):
+                return
+            message = {"type": "http.response.body", "body": b"", "more_body": False}
+        await send(message)
+
+    return send_head
 
 
 def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:

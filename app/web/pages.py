@@ -58,10 +58,11 @@ def safe_next(value: str) -> bool:
 class PagesMiddleware:
     """Serve the contract file, the key page and `/dev/login`; pass everything else on."""
 
-    def __init__(self, app: ASGIApp, services: Any, spec_bytes: bytes, key_page: bool, dev_login: bool) -> None:
+    def __init__(self, app: ASGIApp, services: Any, spec_bytes: bytes | None, key_page: bool, dev_login: bool) -> None:
         self.app = app
         self.services = services
-        self.routes: dict[str, tuple[bytes, bytes]] = {"/openapi.json": (spec_bytes, b"application/json")}
+        # spec_bytes None (CONTRACT=off): /openapi.json is a 404 like any unknown path.
+        self.routes: dict[str, tuple[bytes, bytes]] = {"/openapi.json": (spec_bytes, b"application/json")} if spec_bytes else {}
         if key_page:
             for path, (name, media) in PAGE_FILES.items():
                 self.routes[path] = ((STATIC / name).read_bytes(), media)

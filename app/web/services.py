@@ -9,6 +9,8 @@ from app.domain.keys import Clock, KeyService
 from app.domain.ratelimit import Limits, RateLimiter
 from app.domain.sessions import SessionVerifier
 from app.domain.store import Store
+from app.version import __version__
+from app.web import metrics, probes
 
 
 @dataclass(frozen=True)
@@ -23,3 +25,17 @@ class Services:
     clock: Clock
     management_limits: Limits
     leak_report_limits: Limits
+
+    @property
+    def version(self) -> str:
+        return __version__
+
+    def check_ready(self) -> None:
+        """Raise StoreUnavailable unless the store accepts a write within the readiness bound."""
+        probes.check_ready(self.store)
+
+    def metrics_for(self, client: str | None) -> tuple[bytes, str] | None:
+        """The metrics page and its content type, or None for a client outside METRICS_ALLOW."""
+        if not metrics.allowed(client, self.settings.metrics_allow):
+            return None
+        return metrics.exposition()

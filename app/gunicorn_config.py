@@ -1,0 +1,36 @@
+"""Gunicorn's configuration for `python -m app serve` (`--config python:app.gunicorn_config`).
+
+Hooks only: what the command line cannot say. Settings that are plain values stay on the
+command line `app.__main__.serve` builds, so that one place shows them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Any
+
+
+def on_starting(server: Any) -> None:
+    """Make SIGINT drain in-flight requests as SIGTERM does.
+
+    Gunicorn's SIGINT is a quick shutdown that drops requests mid-way; an operator pressing
+    Ctrl-C, or a supervisor that stops with SIGINT, gets the same graceful stop as SIGTERM.
+    A second SIGINT during the drain still forces the quick shutdown (gunicorn's own rule).
+    """
+    server.handle_int = server.handle_term
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """Fold a worker that ended into the metrics' totals (prometheus_client's multiprocess mode)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server: Any) -> None:
+    """Remove the metrics directory `serve` made for this server."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+    if os.path.basename(directory).startswith("socdefenders-keys-metrics-"):
+        shutil.rmtree(directory, ignore_errors=True)

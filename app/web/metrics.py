@@ -1,0 +1,65 @@
+"""Prometheus metrics, counted from each request's outcome, summed across gunicorn workers.
+
+Under `serve`, PROMETHEUS_MULTIPROC_DIR names a directory made for this server's lifetime:
+prometheus_client then keeps each worker's values in files there, and `/metrics` sums them
+(`MultiProcessCollector`). Under `run` (one process) it reads the values in memory.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+NO_OPERATION = "none"  # requests no operation of the contract matched
+
+REQUESTS = Counter("http_requests", "Requests answered, by operation, method and status.",
+                   ["operation", "method", "status"])
+DURATION = Histogram("http_request_duration_seconds", "Time to answer a request, by operation.", ["operation"],
+                     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+RATE_LIMITED = Counter("rate_limit_refusals", "Requests refused by a rate limit (429), by operation.", ["operation"])
+STORE_ERRORS = Counter("store_errors", "Requests answered 503 because the key store could not answer.", ["operation"])
+MINTED = Counter("api_keys_minted", "API keys minted.")
+REVOKED = Counter("api_keys_revoked", "API keys revoked.")
+# What each successful operation means for the key counters.
+KEY_EVENTS = {("createAPIKey", 201): MINTED, ("revokeAPIKey", 204): REVOKED}
+
+
+def record(operation: str | None, method: str, status: int, seconds: float) -> None:
+    """Count one answered request."""
+    operation = operation or NO_OPERATION
+    REQUESTS.labels(operation, method, str(status)).inc()
+    DURATION.labels(operation).observe(seconds)
+    if status == 429:
+        RATE_LIMITED.labels(operation).inc()
+    elif status == 503:
+        STORE_ERRORS.labels(operation).inc()
+    counter = KEY_EVENTS.get((operation, status))
+    if counter is not None:
+        counter.inc()
+
+
+def exposition() -> tuple[bytes, str]:
+    """Every metric in Prometheus' text format, and its content type."""
+    if os.environ.get(MULTIPROC_ENV):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_PLAIN_0_0_4
+    return generate_latest(), CONTENT_TYPE_PLAIN_0_0_4
+
+
+def allowed(client: str | None, networks: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+    """Whether the client's address lies in one of `networks`."""
+    if not client:
+        return False
+    try:
+        address = ipaddress.ip_address(client)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in network for network in networks)

@@ -1,0 +1,173 @@
+"""Start-up as an operator meets it: a database or setting the service cannot use is one line
+and a non-zero exit, before any server starts; a newer schema is refused and left untouched;
+a production database is never created by mistake; a live database is backed up and restored."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from app.domain.sessions import issue_token
+from app.store import SCHEMA_VERSION, SchemaTooNew, SQLiteStore
+from tests.live import ROOT, LiveServer
+
+SECRET = "startup-test-secret-0123456789-0123456789-a"
+
+
+def start(command: str, database, **env: str) -> subprocess.CompletedProcess:
+    environ = {"PATH": "/usr/bin:/bin", "APP_ENV": "production", "SUPABASE_JWT_SECRET": SECRET,
+               "DATABASE_URL": f"sqlite:///{database}", "PORT": "1", **env}
+    return subprocess.run([sys.executable, "-m", "app", command], capture_output=True, text=True, timeout=60,
+                          cwd=ROOT, env=environ, check=False)
+
+
+def assert_one_line_refusal(result: subprocess.CompletedProcess, words: str) -> None:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("configuration error: ") and words in lines[0], lines[0]
+
+
+def stamp_newer(path) -> None:
+    """Stamp the database as a newer version of the service leaves it (after a rollback)."""
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()  # the last connection: the write-ahead log is folded into the file
+
+
+def digest(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_store_refuses_a_newer_schema_and_leaves_it_as_it_was(tmp_path):
+    path = tmp_path / "keys.db"
+    SQLiteStore(path).close()
+    stamp_newer(path)
+    with pytest.raises(SchemaTooNew):
+        SQLiteStore(path)
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 1
+    conn.close()
+
+
+@pytest.mark.parametrize("command", ["run", "serve"])
+def test_a_newer_schema_is_refused_at_start_in_one_line(tmp_path, command):
+    path = tmp_path / "keys.db"
+    SQLiteStore(path).close()
+    stamp_newer(path)
+    before = digest(path)
+    assert_one_line_refusal(start(command, path), f"schema is version {SCHEMA_VERSION + 1}, newer")
+    assert digest(path) == before
+
+
+@pytest.mark.parametrize("command", ["run", "serve"])
+def test_production_never_creates_a_missing_database_unless_told(tmp_path, command):
+    typo = tmp_path / "kyes.db"
+    assert_one_line_refusal(start(command, typo), "does not exist")
+    assert not typo.exists()
+    result = start("migrate", typo)
+    assert result.returncode == 0, result.stderr
+    assert typo.exists()
+
+
+def test_create_database_on_lets_production_create_it(tmp_path):
+    path = tmp_path / "new" / "keys.db"
+    result = subprocess.run(
+        [sys.executable, "-m", "app", "set-tier", "alice", "pro"], capture_output=True, text=True, timeout=60,
+        cwd=ROOT, env={"PATH": "/usr/bin:/bin", "APP_ENV": "production", "SUPABASE_JWT_SECRET": SECRET,
+                       "DATABASE_URL": f"sqlite:///{path}", "CREATE_DATABASE": "on"})
+    assert result.returncode == 0, result.stderr
+    assert SQLiteStore(path).ensure_account("alice", 0).tier == "pro"
+
+
+def unusable_configurations(tmp_path) -> list[tuple[str, dict[str, str], str]]:
+    (tmp_path / "a-directory.db").mkdir()
+    (tmp_path / "notes.db").write_text("not a database, just some notes\n" * 100)
+    (tmp_path / "a-file").write_text("")
+    good = tmp_path / "good.db"
+    SQLiteStore(good).close()
+    return [
+        ("directory", {"DATABASE_URL": f"sqlite:///{tmp_path}/a-directory.db"}, "is a directory"),
+        ("not sqlite", {"DATABASE_URL": f"sqlite:///{tmp_path}/notes.db"}, "not a usable SQLite database"),
+        ("unopenable", {"DATABASE_URL": f"sqlite:///{tmp_path}/a-file/keys.db", "CREATE_DATABASE": "on"},
+         "cannot open the SQLite database"),
+        ("log level", {"DATABASE_URL": f"sqlite:///{good}", "LOG_LEVEL": "bogus"}, "LOG_LEVEL must be one of"),
+        ("port", {"DATABASE_URL": f"sqlite:///{good}", "PORT": "80a"}, "PORT must be a whole number"),
+        ("workers", {"DATABASE_URL": f"sqlite:///{good}", "WEB_CONCURRENCY": "0"}, "WEB_CONCURRENCY must be at least 1"),
+    ]
+
+
+@pytest.mark.parametrize("command", ["run", "serve"])
+def test_every_unusable_configuration_is_one_line_and_a_non_zero_exit(tmp_path, command):
+    for name, env, words in unusable_configurations(tmp_path):
+        result = start(command, "unused", **env)
+        try:
+            assert_one_line_refusal(result, words)
+        except AssertionError as error:
+            raise AssertionError(f"{name}: {error}") from None
+
+
+def test_backup_of_a_live_database_under_writes_restores_with_working_keys(tmp_path):
+    env = {"APP_ENV": "production", "SUPABASE_JWT_SECRET": SECRET, "WEB_CONCURRENCY": "2",
+           "KEY_MANAGEMENT_LIMIT_PER_MINUTE": "100000"}
+    owner = {"Cookie": f"sb-access-token={issue_token(SECRET, 'backup-owner', time.time(), 3600)}"}
+    backup_path = tmp_path / "backup.db"
+    with LiveServer("serve", tmp_path, env) as server:
+        before = [server.request("POST", "/api/v1/keys", {"name": f"before-{n}"}, owner)[2]["data"] for n in range(3)]
+        stop, minted = threading.Event(), []
+
+        def keep_writing() -> None:
+            n = 0
+            while not stop.is_set():
+                status, _, body = server.request("POST", "/api/v1/keys", {"name": f"during-{n}"}, owner)
+                if status == 201:
+                    minted.append(body["data"]["id"])
+                    server.request("DELETE", f"/api/v1/keys/{body['data']['id']}", headers=owner)
+                n += 1
+
+        writer = threading.Thread(target=keep_writing)
+        writer.start()
+        try:
+            time.sleep(0.3)
+            result = subprocess.run([sys.executable, "-m", "app", "backup", str(backup_path)], capture_output=True,
+                                    text=True, timeout=60, cwd=ROOT, env=server.env, check=False)
+            time.sleep(0.3)
+        finally:
+            stop.set()
+            writer.join()
+        assert result.returncode == 0, result.stderr
+        assert minted, "no writes ran during the backup"
+        after = server.request("POST", "/api/v1/keys", {"name": "after-backup"}, owner)[2]["data"]
+    with sqlite3.connect(backup_path) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+    # Restore as the README says: the service stopped, the file replaced, its -wal and -shm removed.
+    database = server.database_path
+    for suffix in ("-wal", "-shm"):
+        database.with_name(database.name + suffix).unlink(missing_ok=True)
+    shutil.copyfile(backup_path, database)
+    with LiveServer("serve", tmp_path, {**env, "CREATE_DATABASE": "off"}) as restored:
+        for key in before:
+            status, _, body = restored.request("GET", "/api/v1/whoami", headers={"X-API-Key": key["key"]})
+            assert status == 200 and body["data"]["id"] == key["id"]
+        status, _, body = restored.request("GET", "/api/v1/whoami", headers={"X-API-Key": after["key"]})
+        assert status == 401 and body["error"]["code"] == "invalid_api_key"  # minted after the copy was taken
+
+
+def test_backup_never_overwrites_a_file(tmp_path):
+    path = tmp_path / "keys.db"
+    SQLiteStore(path).close()
+    (tmp_path / "taken.db").write_text("keep me")
+    result = subprocess.run([sys.executable, "-m", "app", "backup", str(tmp_path / "taken.db")], capture_output=True,
+                            text=True, timeout=60, cwd=ROOT, check=False,
+                            env={"PATH": "/usr/bin:/bin", "DATABASE_URL": f"sqlite:///{path}"})
+    assert result.returncode == 1 and "exists already" in result.stderr
+    assert (tmp_path / "taken.db").read_text() == "keep me"
