@@ -94,6 +94,11 @@ def engine(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def pg_schema() -> Iterator[str]:
     """A fresh, empty PostgreSQL schema, dropped (with every connection to it) afterwards."""
+    yield from fresh_pg_schema()
+
+
+def fresh_pg_schema() -> Iterator[str]:
+    """Yield a new PostgreSQL schema; drop it, and every connection to it, afterwards."""
     import psycopg
 
     if reason := postgres_unavailable():

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from app.domain.sessions import issue_token
-from tests.conftest import TEST_DATABASE_URL, postgres_unavailable, schema_url
+from tests.conftest import fresh_pg_schema, schema_url
 from tests.live import ROOT, LiveServer
 
 SECRET = "two-instances-secret-0123456789-0123456789"
@@ -29,19 +28,7 @@ def cookie(user: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def shared_schema() -> Iterator[str]:
-    import psycopg
-
-    if reason := postgres_unavailable():
-        if os.environ.get("REQUIRE_POSTGRES") == "1":
-            pytest.fail(reason + "; REQUIRE_POSTGRES=1")
-        pytest.skip(reason)
-    schema = f"test_{uuid.uuid4().hex[:16]}"
-    with psycopg.connect(TEST_DATABASE_URL, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    yield schema
-    with psycopg.connect(TEST_DATABASE_URL, autocommit=True) as conn:
-        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s", (schema,))
-        conn.execute(f"DROP SCHEMA {schema} CASCADE")
+    yield from fresh_pg_schema()
 
 
 def start_pair(tmp: Path, schema: str) -> tuple[LiveServer, LiveServer]:
