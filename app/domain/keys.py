@@ -12,6 +12,7 @@ from typing import Any
 
 from app.domain import keymaterial
 from app.domain.errors import (
+    DuplicateName,
     ExpiredAPIKey,
     InsufficientScope,
     InvalidAPIKey,
@@ -303,6 +304,21 @@ def refuse_roll(key: KeyRecord, now_us: int) -> None:
     if key.expires_us is not None and key.expires_us <= now_us:
         raise KeyNotRollable(
             "This API key has expired and cannot be rolled; mint a new one.", {"key_id": key.id, "reason": "expired"}
+        )
+
+
+def check_room_for_key(name: str, name_taken: bool, active: int, max_active: int) -> None:
+    """Raise DuplicateName or KeyLimitReached unless a new key called `name` may be minted.
+
+    Each store runs this inside the transaction that counted the account's active keys.
+    """
+    if name_taken:
+        raise DuplicateName(f"An active API key named {name!r} already exists.", {"field": "name"})
+    if active >= max_active:
+        raise KeyLimitReached(
+            f"This account already has {active} active API keys, the most allowed; "
+            "revoke one before minting another.",
+            {"limit": max_active},
         )
 
 

@@ -30,8 +30,8 @@ from psycopg import sql as pgsql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
 
-from app.domain.errors import DuplicateName, KeyLimitReached, StoreUnavailable
-from app.domain.keys import roll_over_cap
+from app.domain.errors import StoreUnavailable
+from app.domain.keys import check_room_for_key, roll_over_cap
 from app.domain.ratelimit import count_in, tier_subject
 from app.domain.records import Account, Consumption, KeyEvent, KeyRecord, Rolled, StoredWindow, Window
 from app.domain.tiers import DEFAULT_TIER
@@ -210,16 +210,7 @@ class PostgresStore:
             ).fetchone()
             assert row is not None
             count, same_name = row
-            if same_name:
-                raise DuplicateName(
-                    f"An active API key named {record.name!r} already exists.", {"field": "name"}
-                )
-            if count >= max_active:
-                raise KeyLimitReached(
-                    f"This account already has {count} active API keys, the most allowed; "
-                    "revoke one before minting another.",
-                    {"limit": max_active},
-                )
+            check_room_for_key(record.name, bool(same_name), count, max_active)
             conn.execute(
                 "INSERT INTO api_keys (id, user_id, name, digest, preview, created_us, expires_us) "
                 "VALUES (%s, %s, %s, %s, %s, %s, %s)",

@@ -19,8 +19,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from app.domain.errors import DuplicateName, KeyLimitReached, StoreUnavailable
-from app.domain.keys import roll_over_cap
+from app.domain.errors import StoreUnavailable
+from app.domain.keys import check_room_for_key, roll_over_cap
 from app.domain.ratelimit import count_in, tier_subject
 from app.domain.records import Account, Consumption, KeyEvent, KeyRecord, Rolled, StoredWindow, Window
 from app.domain.tiers import DEFAULT_TIER
@@ -249,20 +249,12 @@ class SQLiteStore:
         active = "user_id = ? AND revoked_us IS NULL AND (expires_us IS NULL OR expires_us > ?)"
         with self._write(durable=True) as conn:
             # bandit B608: SQL from this method's constant clause; every value is a bound parameter.
-            if conn.execute(
+            taken = conn.execute(
                 f"SELECT 1 FROM api_keys WHERE {active} AND name = ?", (record.user_id, now, record.name)  # nosec B608
-            ).fetchone():
-                raise DuplicateName(
-                    f"An active API key named {record.name!r} already exists.", {"field": "name"}
-                )
+            ).fetchone() is not None
             # bandit B608: SQL from this method's constant clause; every value is a bound parameter.
             (count,) = conn.execute(f"SELECT count(*) FROM api_keys WHERE {active}", (record.user_id, now)).fetchone()  # nosec B608
-            if count >= max_active:
-                raise KeyLimitReached(
-                    f"This account already has {count} active API keys, the most allowed; "
-                    "revoke one before minting another.",
-                    {"limit": max_active},
-                )
+            check_room_for_key(record.name, taken, count, max_active)
             conn.execute(
                 "INSERT INTO api_keys (id, user_id, name, digest, preview, created_us, expires_us) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
