@@ -224,3 +224,56 @@ def test_the_vendors_javascript_sample_runs_unmodified_and_mints_a_real_key(page
     assert saved, logged
     status, _, body = server.request("GET", "/api/v1/whoami", headers={"Authorization": f"Bearer {saved.group(1)}"})
     assert status == 200 and body["data"]["name"] == "prod-splunk-2026q2"
+
+
+# -- production: make serve, the key page switched on --------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def production(tmp_path_factory: pytest.TempPathFactory, pages: tuple[OtherOrigin, OtherOrigin]) -> Iterator[LiveServer]:
+    allowed, _ = pages
+    env = {"APP_ENV": "production", "SUPABASE_JWT_SECRET": SECRET, "WEB_CONCURRENCY": "2", "KEY_PAGE": "on",
+           "CORS_ORIGINS": allowed.origin}
+    with LiveServer("serve", tmp_path_factory.mktemp("browser-production"), env=env) as live:
+        yield live
+
+
+def signed_in_by_cookie(page: Page, server: LiveServer, user: str) -> None:
+    """Sign in as Supabase's own client would, with no /dev/login (production has none)."""
+    page.context.add_cookies([{"name": "sb-access-token", "value": issue_token(SECRET, user, time.time(), 600),
+                               "url": server.base, "httpOnly": True, "sameSite": "Lax"}])
+
+
+def test_in_production_the_key_page_mints_and_revokes_and_dev_login_is_absent(page, production):
+    assert production.request("GET", "/dev/login?user=someone")[0] == 404
+    signed_in_by_cookie(page, production, "prod-page-user")
+    page.goto(production.base + "/")
+    page.fill("#name", "prod-splunk-2026q4")
+    page.press("#name", "Enter")
+    expect(page.locator("#secret")).to_be_visible()
+    secret = page.locator("#secret-value").inner_text()
+    assert re.fullmatch(r"sk_live_[0-9A-Za-z]{38}", secret)
+    page.reload()
+    assert secret not in page.content()
+    page.locator("#keys tbody tr", has_text="prod-splunk-2026q4").get_by_role(
+        "button", name="Revoke prod-splunk-2026q4").click()
+    page.click("#confirm-revoke")
+    expect(page.locator("#keys tbody tr", has_text="prod-splunk-2026q4")).to_have_count(0)
+    assert keys_of(production, "prod-page-user") == []
+
+
+def test_in_production_only_a_configured_origin_may_call_with_credentials(page, production, pages):
+    allowed, foreign = pages
+    signed_in_by_cookie(page, production, "prod-cors-user")
+    script = """async (base) => {
+        try {
+          const r = await fetch(base + '/api/v1/keys', { method: 'POST', credentials: 'include',
+            headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ name: location.port }) });
+          return r.status;
+        } catch (e) { return 'blocked'; }
+    }"""
+    page.goto(allowed.origin + "/")
+    assert page.evaluate(script, production.base) == 201
+    page.goto(foreign.origin + "/")
+    assert page.evaluate(script, production.base) == "blocked"
+    assert [k["name"] for k in keys_of(production, "prod-cors-user")] == [allowed.origin.rsplit(":", 1)[1]]
