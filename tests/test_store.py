@@ -613,6 +613,23 @@ def test_keys_of_one_account_used_through_two_stores_are_admitted_exactly_to_the
     assert sum(stores[0].get_key(USER, r.id).total_requests for r in stores[0].list_keys(USER, 10, None)) == 25
 
 
+def test_requests_of_one_account_counted_at_once_through_two_stores_are_all_counted_and_none_refused(open_stores):
+    """Two of an account's keys (or two key-management calls) in flight together: none may
+    fail on the other's locks (a deadlock would be a 503), and every one is counted."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    stores = [open_stores(), open_stores()]
+    roomy = [Window("minute", 60, 10**9), Window("day", 0, 10**9)]
+
+    def hammer(n: int) -> int:
+        return sum(stores[n % 2].consume("tier:busy", roomy, T0).allowed for _ in range(150))
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        admitted = sum(pool.map(hammer, range(8)))
+    assert admitted == 1200
+    assert stores[0].consume("tier:busy", roomy, T0).counts == {"minute": 1201, "day": 1201}
+
+
 def test_writers_on_two_stores_of_one_file_take_turns_and_lose_nothing(tmp_path):
     """Two stores stand for two worker processes: each has its own write-lock file handle."""
     from concurrent.futures import ThreadPoolExecutor

@@ -375,7 +375,9 @@ def _locked_windows(conn: psycopg.Connection, subject: str, kinds: Sequence[str]
     which the rule reads as no window) so that it, and any request racing it, has a row to
     queue on.
     """
-    select = 'SELECT "window", start, count, blocked FROM rate_windows WHERE subject = %s FOR UPDATE'
+    # Always in the same order: two requests of one account (two of its keys, or two
+    # key-management calls) locking its rows in opposite orders would deadlock.
+    select = 'SELECT "window", start, count, blocked FROM rate_windows WHERE subject = %s ORDER BY "window" FOR UPDATE'
     rows = conn.execute(select, (subject,)).fetchall()
     if {kind for kind, *_ in rows} < set(kinds):
         conn.execute(
