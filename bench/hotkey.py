@@ -126,34 +126,25 @@ def make_call(backend: str, drill: str, ctx: dict[str, str]) -> tuple[Callable[[
     def admit(subject: str) -> list[int]:
         return script(keys=[ctx["prefix"] + subject], args=argv)
 
-    def use() -> None:
-        # What use_key would do with the windows in Redis: the key row locked (a revocation
-        # waits), the script run, then the key's usage counted, all before the commit.
-        with store._write(durable=False) as conn:
-            row = conn.execute(
-                "SELECT k.id, k.user_id FROM api_keys k JOIN accounts a ON a.user_id = k.user_id "
-                "WHERE k.digest = %s FOR NO KEY UPDATE OF k",
+    def use(locked: bool) -> None:
+        # Locked: what use_key would do with the windows in Redis: the key row locked (a
+        # revocation waits), the script run, then the key's usage counted, all before the
+        # commit. Unlocked: the key read, the script run, the usage counted only if the key is
+        # still live, each on its own; shorter locks, but a key revoked between the read and
+        # the count has been counted in the account's windows all the same.
+        with store._write(durable=False) if locked else store._conn() as conn:
+            lock = " FOR NO KEY UPDATE OF k" if locked else ""
+            row = conn.execute(  # the tier too, which names the limits
+                "SELECT k.id, k.user_id, a.tier FROM api_keys k JOIN accounts a ON a.user_id = k.user_id "
+                f"WHERE k.digest = %s{lock}",
                 (digest,),
             ).fetchone()
             assert row is not None
             if admit(tier_subject(row[1]))[0] == 1:
-                conn.execute(
-                    "UPDATE api_keys SET total_requests = total_requests + 1, last_used_us = %s WHERE id = %s "
-                    "RETURNING total_requests, last_used_us",
-                    (1, row[0]),
-                ).fetchone()
-
-    def unlocked() -> None:
-        # Admission outside any row lock: the key read, the script run, then the usage counted
-        # only if the key is still live. Shorter locks, but a key revoked between the read and
-        # the count has been counted in the account's windows all the same.
-        with store._conn() as conn:
-            row = conn.execute("SELECT id, user_id FROM api_keys WHERE digest = %s", (digest,)).fetchone()
-            assert row is not None
-            if admit(tier_subject(row[1]))[0] == 1:
+                live = "" if locked else " AND revoked_us IS NULL"
                 conn.execute(
                     "UPDATE api_keys SET total_requests = total_requests + 1, last_used_us = %s "
-                    "WHERE id = %s AND revoked_us IS NULL RETURNING total_requests, last_used_us",
+                    f"WHERE id = %s{live} RETURNING total_requests, last_used_us",
                     (1, row[0]),
                 ).fetchone()
 
@@ -161,7 +152,9 @@ def make_call(backend: str, drill: str, ctx: dict[str, str]) -> tuple[Callable[[
         client.close()
         store.close()
 
-    return {"admission": lambda: admit(subject), "key use": use, "unlocked": unlocked}[drill], close
+    return {"admission": lambda: admit(subject), "key use": lambda: use(True), "unlocked": lambda: use(False)}[
+        drill
+    ], close
 
 
 def caller(backend: str, drill: str, ctx: dict[str, str], ready: Any, go: Any, out: Any) -> None:
