@@ -258,7 +258,7 @@ class KeyService:
         if used is None:
             raise InvalidAPIKey("The API key is not recognised.")
         record, result = used  # its usage as this request's own transaction counted it
-        return record, limiter.decide(counted_in[0], result)
+        return record, limiter.decide(counted_in[0], result, now)
 
     @staticmethod
     def authorize(record: KeyRecord, required_scopes: Sequence[str] | None) -> None:
