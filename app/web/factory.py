@@ -100,6 +100,9 @@ def create_app(
         services=services,
         allowed_methods=errors.allowed_methods,
         read_timeout=settings.request_read_timeout,
+        routes={op["operationId"]: path for path, item in document["paths"].items()
+                for op in item.values() if isinstance(op, dict) and "operationId" in op},
+        route_of=errors.route_of,
     )
     if settings.trusted_hosts:
         app.add_middleware(TrustedHostMiddleware, position=MiddlewarePosition.BEFORE_EXCEPTION,
