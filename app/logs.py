@@ -93,8 +93,11 @@ class JSONFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "time": utc_time(record.created), "level": record.levelname, "logger": record.name,
-            "message": record.getMessage(), "pid": record.process,
+            "time": utc_time(record.created),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "pid": record.process,
         }
         for name, value in _fields(record).items():
             entry.setdefault(name, value)
@@ -114,7 +117,8 @@ def dict_config(level: str = "INFO", log_format: str = "text") -> dict[str, Any]
     """
     formatter = JSONFormatter if log_format == "json" else TextFormatter
     server_loggers = {
-        name: {"level": level, "handlers": ["stderr"], "propagate": False} for name in ("gunicorn.error", "uvicorn.error")
+        name: {"level": level, "handlers": ["stderr"], "propagate": False}
+        for name in ("gunicorn.error", "uvicorn.error")
     }
     access_loggers = {name: {"handlers": [], "propagate": False} for name in ("gunicorn.access", "uvicorn.access")}
     return {
@@ -122,8 +126,14 @@ def dict_config(level: str = "INFO", log_format: str = "text") -> dict[str, Any]
         "disable_existing_loggers": False,
         "filters": {"redact": {"()": f"{__name__}.RedactingFilter"}},
         "formatters": {"line": {"()": f"{__name__}.{formatter.__name__}"}},
-        "handlers": {"stderr": {"class": "logging.StreamHandler", "stream": "ext://sys.stderr",
-                                "formatter": "line", "filters": ["redact"]}},
+        "handlers": {
+            "stderr": {
+                "class": "logging.StreamHandler",
+                "stream": "ext://sys.stderr",
+                "formatter": "line",
+                "filters": ["redact"],
+            }
+        },
         "root": {"level": level, "handlers": ["stderr"]},
         "loggers": {**server_loggers, **access_loggers},
     }
@@ -139,9 +149,18 @@ def log_startup(settings: Any, schema_version: int, workers: int, server: str) -
     from app.version import __version__
 
     logging.getLogger("app").info(
-        "socdefenders-keys %s starting (%s)", __version__, server,
-        extra={"fields": {"version": __version__, "env": settings.env, "database": settings.database_location,
-                          "schema_version": schema_version, "workers": workers}},
+        "socdefenders-keys %s starting (%s)",
+        __version__,
+        server,
+        extra={
+            "fields": {
+                "version": __version__,
+                "env": settings.env,
+                "database": settings.database_location,
+                "schema_version": schema_version,
+                "workers": workers,
+            }
+        },
     )
 
 

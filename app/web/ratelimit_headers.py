@@ -20,7 +20,11 @@ from app.domain.ratelimit import DAY, MINUTE, Decision, WindowState, seconds_unt
 RATELIMIT_DRAFT = "draft-ietf-httpapi-ratelimit-headers-11"
 # Every header these functions may set, for CORS' `expose_headers` (with `Retry-After`).
 RATE_LIMIT_HEADER_NAMES = (
-    "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset", "RateLimit", "RateLimit-Policy",
+    "X-RateLimit-Limit",
+    "X-RateLimit-Remaining",
+    "X-RateLimit-Reset",
+    "RateLimit",
+    "RateLimit-Policy",
 )
 
 
