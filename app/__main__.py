@@ -194,9 +194,10 @@ def run(settings: Settings, user: str = "dev-user", note: str = "") -> int:
     from app.web.factory import create_app
     from app.web.transport import protocol_class
 
-    logs.configure(settings.log_level)
+    logs.configure(settings.log_level, settings.log_format)
     logs.warn_weak_secret(settings)
     app = create_app(settings)
+    logs.log_startup(settings, app.app.extensions["services"].store.schema_version(), 1, "uvicorn, one process")
     base = f"http://{settings.host}:{settings.port}"
     if not settings.production:
         token = issue_token(settings.jwt_secret, user, time.time(), 24 * 3600)
@@ -220,6 +221,7 @@ def run(settings: Settings, user: str = "dev-user", note: str = "") -> int:
         )
     uvicorn.run(
         app, host=settings.host, port=settings.port, access_log=False, log_config=None,
+        workers=1,  # one process, whatever WEB_CONCURRENCY (which uvicorn would otherwise read) says
         http=protocol_class(settings.request_read_timeout),
         # No route is a WebSocket: an upgrade request is answered as the HTTP request it also is.
         ws="none",

@@ -27,9 +27,10 @@ def from_env() -> FlaskApp:
     """Build the app from the environment (called once in each worker)."""
     try:
         settings = Settings.from_env()
-        logs.configure(settings.log_level)
+        logs.configure(settings.log_level, settings.log_format)
         logs.warn_weak_secret(settings)
         store = open_store(settings)  # here, after gunicorn has forked this worker: its own pool or file
+        logs.log_startup(settings, store.schema_version(), settings.workers, "gunicorn worker")
     except (ConfigError, StoreStartError, StoreUnavailable) as exc:
         # `serve` checked all of this before starting gunicorn; should it have changed since,
         # one line, and the master stops, rather than a traceback from every worker.

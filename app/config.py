@@ -9,7 +9,7 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 DEFAULT_DATABASE_URL = "sqlite:///data/keys.db"
 DEV_SECRET_FILE = ".supabase-jwt-secret"
@@ -45,6 +45,7 @@ class Settings:
     leak_report_limit_per_minute: int = 10  # per client address (POST /api/v1/leaks)
     leak_report_limit_per_day: int = 1_000
     log_level: str = "INFO"
+    log_format: str = "text"  # or "json": one JSON object per line
     forwarded_allow_ips: tuple[str, ...] = ()  # peers whose X-Forwarded-For and -Proto are believed
     request_read_timeout: int = READ_TIMEOUT_SECONDS  # seconds for a request's head, and again for its body
     database_url: str = ""  # postgresql://...; empty: SQLite at database_path
@@ -71,6 +72,17 @@ class Settings:
     def engine(self) -> str:
         """The store's engine: "postgresql" when DATABASE_URL names one, else "sqlite"."""
         return "postgresql" if self.database_url else "sqlite"
+
+    @property
+    def database_location(self) -> str:
+        """The database, as safe to log: the SQLite path, or the PostgreSQL URL without its
+        user, password and query (which may carry a password too)."""
+        if not self.database_url:
+            return str(self.database_path)
+        parts = urlsplit(self.database_url)
+        host = f"[{parts.hostname}]" if parts.hostname and ":" in parts.hostname else parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+        return urlunsplit((parts.scheme, host + port, parts.path, "", ""))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -105,7 +117,8 @@ class Settings:
             management_limit_per_minute=_int(env, "KEY_MANAGEMENT_LIMIT_PER_MINUTE", 120),
             management_limit_per_day=_int(env, "KEY_MANAGEMENT_LIMIT_PER_DAY", 10_000),
             max_active_keys=_int(env, "MAX_ACTIVE_KEYS", 50),
-            log_level=_log_level(env.get("LOG_LEVEL", "")),
+            log_level=parse_log_level(env.get("LOG_LEVEL", "")),
+            log_format=parse_log_format(env.get("LOG_FORMAT", "")),
             forwarded_allow_ips=parse_forwarded_allow_ips(env.get("FORWARDED_ALLOW_IPS", "")),
             request_read_timeout=_int(env, "REQUEST_READ_TIMEOUT", READ_TIMEOUT_SECONDS),
             database_url=database_url,
@@ -231,11 +244,23 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
 LOG_LEVELS = tuple(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"])
 
 
-def _log_level(raw: str) -> str:
+def parse_log_level(raw: str) -> str:
+    """Return LOG_LEVEL's level (default INFO); ConfigError if it names none."""
     level = raw.strip().upper() or "INFO"
     if level not in LOG_LEVELS:
         raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, not {raw!r}")
     return level
+
+
+LOG_FORMATS = ("text", "json")
+
+
+def parse_log_format(raw: str) -> str:
+    """Return LOG_FORMAT's format (default text); ConfigError if it names none."""
+    log_format = raw.strip().lower() or "text"
+    if log_format not in LOG_FORMATS:
+        raise ConfigError(f"LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}, not {raw!r}")
+    return log_format
 
 
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:

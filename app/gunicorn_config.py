@@ -1,6 +1,6 @@
 """Gunicorn's configuration for `python -m app serve` (`--config python:app.gunicorn_config`).
 
-Hooks only: what the command line cannot say. Settings that are plain values stay on the
+Hooks, and the logging configuration: what the command line cannot say. Settings that are plain values stay on the
 command line `app.__main__.serve` builds, so that one place shows them.
 """
 
@@ -9,6 +9,15 @@ from __future__ import annotations
 import os
 import shutil
 from typing import Any
+
+from app import logs
+from app.config import parse_log_format, parse_log_level
+
+# gunicorn's own lines (the arbiter starting, workers booting and exiting) in the format and
+# at the level the app's use; `serve` checked both settings before starting gunicorn.
+logconfig_dict = logs.dict_config(
+    parse_log_level(os.environ.get("LOG_LEVEL", "")), parse_log_format(os.environ.get("LOG_FORMAT", ""))
+)
 
 
 def on_starting(server: Any) -> None:

@@ -487,7 +487,8 @@ def test_browser_on_another_localhost_port_may_call_with_cookies(make_app, sessi
         assert preflight.headers["access-control-allow-credentials"] == "true"
         response = client.get(KEYS, headers={"Origin": "http://127.0.0.1:3000"}, cookies=session())
         assert response.headers["access-control-allow-origin"] == "http://127.0.0.1:3000"
-        assert "x-ratelimit-remaining" in response.headers["access-control-expose-headers"].lower()
+        exposed = {name.strip().lower() for name in response.headers["access-control-expose-headers"].split(",")}
+        assert {"x-ratelimit-remaining", "ratelimit", "ratelimit-policy", "retry-after"} <= exposed
         other = client.get(KEYS, headers={"Origin": "https://evil.example"}, cookies=session())
         assert "access-control-allow-origin" not in other.headers
 
@@ -497,10 +498,9 @@ def test_access_log_never_contains_the_key(client, mint, caplog):
     with caplog.at_level("INFO", logger="app.access"):
         client.get("/api/v1/whoami", params={"api_key": key})
         client.get("/api/v1/whoami", headers={"Authorization": f"Bearer {key}"})
-    lines = [r.getMessage() for r in caplog.records if r.name == "app.access"]
+    lines = [r.getMessage() + repr(r.fields) for r in caplog.records if r.name == "app.access"]
     assert len(lines) == 2
-    assert "api_key=%5BREDACTED%5D" in lines[0]
-    assert all(key not in line for line in lines)
+    assert all("/api/v1/whoami" in line and key not in line for line in lines)
 
 
 def test_list_pages_keys_minted_in_the_same_instant_once_each_in_minting_order(client, session, mint):
@@ -630,8 +630,8 @@ def test_paths_with_control_characters_are_client_errors(client, session, path):
 def test_access_log_escapes_control_characters(client, caplog):
     with caplog.at_level("INFO", logger="app.access"):
         client.get("/api/v1/nothing%0A2026-11-28 INFO forged line")
-    (line,) = [r.getMessage() for r in caplog.records if r.name == "app.access"]
-    assert "\n" not in line and "%0A2026-11-28%20INFO%20forged%20line" in line
+    (line,) = [r.getMessage() + repr(r.fields) for r in caplog.records if r.name == "app.access"]
+    assert "\n" not in line and "forged" not in line  # no route matched: nothing of the path is logged
 
 
 @pytest.mark.parametrize("validate_responses", [True, False])
@@ -831,10 +831,10 @@ def test_a_path_cannot_forge_the_access_lines_fields(client, caplog):
     with caplog.at_level("INFO", logger="app.access"):
         client.get('/api/v1/keys%22%20201%203.0ms%20req_forged%20%22')
         client.get("/api/v1/keys/%E2%80%AEdesrever")
-    forged, reordered = [r.getMessage() for r in caplog.records if r.name == "app.access"]
-    assert forged.count('"') == 2 and "req_forged" in forged and " 201 3.0ms" not in forged
-    assert "%22%20201%203.0ms%20req_forged%20%22" in forged
-    assert "\u202e" not in reordered and "%E2%80%AEdesrever" in reordered
+    forged, reordered = [r for r in caplog.records if r.name == "app.access"]
+    assert forged.getMessage() == "GET - 404" and "req_forged" not in repr(forged.fields)
+    assert reordered.getMessage() == "GET /api/v1/keys/{key_id} 401"  # the route, not the path
+    assert "\u202e" not in repr(reordered.fields) and "desrever" not in repr(reordered.fields)
 
 
 @pytest.mark.parametrize("path", ["/ui/openapi.json", "/ui/openapi.yaml"])

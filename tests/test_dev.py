@@ -237,3 +237,18 @@ def test_a_forced_503_says_when_to_retry_as_a_real_one_does(client):
     response = client.get("/healthz", headers={"Prefer": "code=503"})
     assert_error(response, 503, "service_unavailable")
     assert int(response.headers["retry-after"]) >= 1
+
+
+def test_prefer_answers_carry_ratelimit_fields_for_the_operations_real_limits(client, settings):
+    admitted = client.get("/api/v1/whoami", headers={"Prefer": "code=200"})
+    assert admitted.headers["ratelimit-policy"] == '"minute";q=10;w=60, "day";q=1000;w=86400'  # a free key's
+    assert re.fullmatch(r'"minute";r=9;t=([0-9]+), "day";r=999;t=([0-9]+)', admitted.headers["ratelimit"])
+    refused = client.get("/api/v1/whoami", headers={"Prefer": "code=429"})
+    retry_after = refused.headers["retry-after"]
+    assert re.fullmatch(rf'"minute";r=0;t={retry_after}, "day";r=990;t=[0-9]+', refused.headers["ratelimit"])
+    day = client.get(KEYS, headers={"Prefer": "code=429, example=day"})
+    assert day.headers["ratelimit-policy"] == (
+        f'"minute";q={settings.management_limit_per_minute};w=60, "day";q={settings.management_limit_per_day};w=86400')
+    wait = day.json()["error"]["details"]["retry_after"]
+    assert day.headers["retry-after"] == str(wait)
+    assert re.fullmatch(rf'"minute";r=0;t=[0-9]+, "day";r=0;t={wait}', day.headers["ratelimit"])

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 
 import pytest
@@ -15,6 +16,11 @@ NOW = DAY_START + 10 * 3600 + 30 * 60 + 15.25  # 10:30:15.25 UTC
 MINUTE_END = DAY_START + 10 * 3600 + 31 * 60  # 10:31:00 UTC
 DAY_END = DAY_START + 86_400
 FREE = Limits(TIERS["free"].per_minute, TIERS["free"].per_day)
+
+
+def x_headers(decision) -> dict[str, str]:
+    """The vendor's X-RateLimit-* headers of a decision."""
+    return {name: value for name, value in rate_limit_headers(decision).items() if name.startswith("X-")}
 
 
 @pytest.fixture
@@ -36,7 +42,7 @@ def test_free_tier_admits_ten_a_minute_then_refuses(limiter):
 
 def test_headers_count_down_remaining_in_the_minute(limiter):
     for expected_remaining in range(9, -1, -1):
-        headers = rate_limit_headers(limiter.admit("key:a", FREE, NOW))
+        headers = x_headers(limiter.admit("key:a", FREE, NOW))
         assert headers == {
             "X-RateLimit-Limit": "10",
             "X-RateLimit-Remaining": str(expected_remaining),
@@ -48,14 +54,14 @@ def test_refused_request_reports_zero_remaining_and_minute_reset(limiter):
     for _ in range(10):
         limiter.admit("key:a", FREE, NOW)
     refused = limiter.admit("key:a", FREE, NOW)
-    assert rate_limit_headers(refused) == {"X-RateLimit-Limit": "10", "X-RateLimit-Remaining": "0",
+    assert x_headers(refused) == {"X-RateLimit-Limit": "10", "X-RateLimit-Remaining": "0",
                                "X-RateLimit-Reset": str(MINUTE_END)}
 
 
 def test_reset_is_end_of_minute_even_on_the_minute_boundary(limiter):
-    assert rate_limit_headers(limiter.admit("key:a", FREE, MINUTE_END - 60))["X-RateLimit-Reset"] == str(MINUTE_END)
-    assert rate_limit_headers(limiter.admit("key:b", FREE, MINUTE_END - 0.001))["X-RateLimit-Reset"] == str(MINUTE_END)
-    assert rate_limit_headers(limiter.admit("key:c", FREE, MINUTE_END))["X-RateLimit-Reset"] == str(MINUTE_END + 60)
+    assert x_headers(limiter.admit("key:a", FREE, MINUTE_END - 60))["X-RateLimit-Reset"] == str(MINUTE_END)
+    assert x_headers(limiter.admit("key:b", FREE, MINUTE_END - 0.001))["X-RateLimit-Reset"] == str(MINUTE_END)
+    assert x_headers(limiter.admit("key:c", FREE, MINUTE_END))["X-RateLimit-Reset"] == str(MINUTE_END + 60)
 
 
 def test_next_minute_admits_again(limiter):
@@ -64,8 +70,8 @@ def test_next_minute_admits_again(limiter):
     assert not limiter.admit("key:a", FREE, MINUTE_END - 0.001).allowed
     again = limiter.admit("key:a", FREE, MINUTE_END)
     assert again.allowed
-    assert rate_limit_headers(again)["X-RateLimit-Remaining"] == "9"
-    assert rate_limit_headers(again)["X-RateLimit-Reset"] == str(MINUTE_END + 60)
+    assert x_headers(again)["X-RateLimit-Remaining"] == "9"
+    assert x_headers(again)["X-RateLimit-Reset"] == str(MINUTE_END + 60)
     assert again.day.remaining == 1000 - 11  # 10 + this one; the refused request was not counted
 
 
@@ -82,7 +88,7 @@ def test_day_limit_binds_when_exhausted(limiter):
     assert all(d.allowed for d in first_minute + later)
     refused = limiter.admit("key:a", limits, NOW + 60)
     assert (refused.allowed, refused.blocked_by) == (False, "day")
-    assert rate_limit_headers(refused) == {"X-RateLimit-Limit": "5", "X-RateLimit-Remaining": "0",
+    assert x_headers(refused) == {"X-RateLimit-Limit": "5", "X-RateLimit-Remaining": "0",
                                "X-RateLimit-Reset": str(DAY_END)}
     assert not limiter.admit("key:a", limits, NOW + 3600).allowed  # still refused hours later
     assert limiter.admit("key:a", limits, DAY_END).allowed  # the next UTC day starts afresh
@@ -92,7 +98,7 @@ def test_headers_follow_the_day_when_it_has_less_room_than_the_minute(limiter):
     limits = Limits(per_minute=5, per_day=7)
     for _ in range(5):
         limiter.admit("key:a", limits, NOW)
-    headers = rate_limit_headers(limiter.admit("key:a", limits, NOW + 60))
+    headers = x_headers(limiter.admit("key:a", limits, NOW + 60))
     assert (headers["X-RateLimit-Remaining"], headers["X-RateLimit-Reset"]) == ("1", str(DAY_END))
 
 
@@ -111,7 +117,7 @@ def test_retry_after_is_seconds_to_day_reset_when_day_binds(limiter):
     refused = limiter.admit("key:a", limits, NOW + 60)
     retry = refused.retry_after(NOW + 60)
     assert retry > 0
-    assert retry == DAY_END - int(NOW + 60) == int(rate_limit_headers(refused)["X-RateLimit-Reset"]) - int(NOW + 60)
+    assert retry == DAY_END - int(NOW + 60) == int(x_headers(refused)["X-RateLimit-Reset"]) - int(NOW + 60)
 
 
 def test_waiting_until_reset_admits_again_when_both_windows_are_exhausted(limiter):
@@ -120,7 +126,7 @@ def test_waiting_until_reset_admits_again_when_both_windows_are_exhausted(limite
         assert limiter.admit("key:a", limits, t).allowed
     refused = limiter.admit("key:a", limits, NOW + 60)
     assert not refused.allowed
-    reset = int(rate_limit_headers(refused)["X-RateLimit-Reset"])
+    reset = int(x_headers(refused)["X-RateLimit-Reset"])
     assert refused.retry_after(NOW + 60) == reset - int(NOW + 60)
     assert limiter.admit("key:a", limits, reset).allowed
 
@@ -143,8 +149,8 @@ def test_every_key_of_an_account_shares_its_tiers_minute(store, limiter):
     secrets = [keys.mint("user-1", name, None, "req_0").secret for name in ("siem", "soar", "laptop")]
     decisions = [keys.use(secrets[n % 3], None, limiter, NOW, f"req_{n}")[1] for n in range(12)]
     assert [d.allowed for d in decisions] == [True] * 10 + [False] * 2
-    assert [rate_limit_headers(d)["X-RateLimit-Remaining"] for d in decisions] == [str(9 - n) for n in range(10)] + ["0", "0"]
-    assert {rate_limit_headers(d)["X-RateLimit-Limit"] for d in decisions} == {"10"}
+    assert [x_headers(d)["X-RateLimit-Remaining"] for d in decisions] == [str(9 - n) for n in range(10)] + ["0", "0"]
+    assert {x_headers(d)["X-RateLimit-Limit"] for d in decisions} == {"10"}
     other = keys.mint("user-2", "siem", None, "req_0").secret
     assert keys.use(other, None, limiter, NOW, "req_other")[1].allowed
 
@@ -168,12 +174,12 @@ def test_decide_applies_the_limits_it_is_given_to_the_counts_carried_over():
     from app.domain.records import Consumption
 
     pro = RateLimiter.windows(Limits(1000, 1_000_000), NOW)
-    decision = RateLimiter.decide(pro, Consumption(True, {"minute": 11, "day": 500}, None, False))
-    assert rate_limit_headers(decision) == {"X-RateLimit-Limit": "1000", "X-RateLimit-Remaining": "989",
+    decision = RateLimiter.decide(pro, Consumption(True, {"minute": 11, "day": 500}, None, False), NOW)
+    assert x_headers(decision) == {"X-RateLimit-Limit": "1000", "X-RateLimit-Remaining": "989",
                                 "X-RateLimit-Reset": str(MINUTE_END)}
     free = RateLimiter.windows(FREE, NOW)
-    refused = RateLimiter.decide(free, Consumption(False, {"minute": 11, "day": 500}, "minute", False))
-    assert rate_limit_headers(refused)["X-RateLimit-Remaining"] == "0" and refused.minute.remaining == 0
+    refused = RateLimiter.decide(free, Consumption(False, {"minute": 11, "day": 500}, "minute", False), NOW)
+    assert x_headers(refused)["X-RateLimit-Remaining"] == "0" and refused.minute.remaining == 0
 
 
 # -- the rule, without a store ---------------------------------------------------------------
@@ -209,3 +215,72 @@ def test_rule_lets_the_longest_exhausted_window_refuse_and_marks_only_its_first_
     assert not first.allowed and first.blocked_by == "day" and first.first_block
     again = count_in(windows, {**both, "day": StoredWindow(0, 10, True)})
     assert not again.first_block and again.counts == {"minute": 3, "day": 10}
+
+
+# -- the IETF RateLimit fields, and Retry-After, over HTTP ---------------------------------
+
+FREE_POLICY = '"minute";q=10;w=60, "day";q=1000;w=86400'
+
+
+def seconds_left(end: int, now: float) -> int:
+    return math.ceil(end - now)
+
+
+def test_ratelimit_fields_count_down_both_windows_of_a_free_key(client, mint, clock):
+    key = mint()
+    clock.now = MINUTE_END - 17.75  # 10:30:42.25 UTC
+    for n in range(10):
+        response = client.get("/api/v1/whoami", headers={"X-API-Key": key["key"]})
+        assert response.status_code == 200
+        assert response.headers["ratelimit-policy"] == FREE_POLICY
+        assert response.headers["ratelimit"] == f'"minute";r={9 - n};t=18, "day";r={999 - n};t={DAY_END - MINUTE_END + 18}'
+    refused = client.get("/api/v1/whoami", headers={"X-API-Key": key["key"]})
+    assert refused.status_code == 429
+    assert refused.headers["ratelimit-policy"] == FREE_POLICY
+    assert refused.headers["ratelimit"] == f'"minute";r=0;t=18, "day";r=990;t={DAY_END - MINUTE_END + 18}'
+    assert refused.headers["retry-after"] == "18"
+
+
+def test_ratelimit_fields_on_key_management_name_the_accounts_management_limits(make_app, session):
+    with make_app(management_limit_per_minute=3, management_limit_per_day=50).test_client() as client:
+        response = client.get("/api/v1/keys", cookies=session())
+        assert response.headers["ratelimit-policy"] == '"minute";q=3;w=60, "day";q=50;w=86400'
+        assert response.headers["ratelimit"].startswith('"minute";r=2;t=')
+
+
+@pytest.mark.parametrize("second", [0, 0.001, 0.5, 0.999, 31.5, 59, 59.999])
+def test_a_client_waiting_exactly_retry_after_is_admitted_and_a_second_less_is_not(client, mint, clock, second):
+    key = mint()
+    clock.now = MINUTE_END - 60 + second
+    for _ in range(10):
+        assert client.get("/api/v1/whoami", headers={"X-API-Key": key["key"]}).status_code == 200
+    refused = client.get("/api/v1/whoami", headers={"X-API-Key": key["key"]})
+    retry_after = int(refused.headers["retry-after"])
+    assert retry_after == seconds_left(MINUTE_END, clock()) >= 1
+    assert clock() + retry_after >= MINUTE_END
+    clock.advance(retry_after - 1)
+    assert client.get("/api/v1/whoami", headers={"X-API-Key": key["key"]}).status_code == 429
+    clock.advance(1)
+    assert client.get("/api/v1/whoami", headers={"X-API-Key": key["key"]}).status_code == 200
+
+
+@pytest.mark.parametrize("second", [0.25, 59.999])
+def test_retry_after_waits_for_the_day_when_both_windows_are_exhausted(client, app, mint, clock, second):
+    from app.domain.ratelimit import tier_subject
+
+    key = mint()
+    clock.now = DAY_END - 3600 + second  # 23:00 UTC and a fraction
+    limiter = app.app.extensions["services"].limiter
+    for _ in range(1000):  # the account's whole day, in this minute
+        limiter.admit(tier_subject("user-1"), Limits(1000, 1000), clock())
+    refused = client.get("/api/v1/whoami", headers={"X-API-Key": key["key"]})
+    assert refused.status_code == 429 and refused.json()["error"]["details"]["window"] == "day"
+    retry_after = int(refused.headers["retry-after"])
+    assert retry_after == seconds_left(DAY_END, clock())
+    assert refused.headers["ratelimit"] == f'"minute";r=0;t={seconds_left(DAY_END - 3540, clock())}, "day";r=0;t={retry_after}'
+    clock.advance(60)  # a new minute does not help
+    assert client.get("/api/v1/whoami", headers={"X-API-Key": key["key"]}).status_code == 429
+    clock.advance(retry_after - 61)
+    assert client.get("/api/v1/whoami", headers={"X-API-Key": key["key"]}).status_code == 429
+    clock.advance(1)
+    assert client.get("/api/v1/whoami", headers={"X-API-Key": key["key"]}).status_code == 200

@@ -100,6 +100,7 @@ def unusable_configurations(tmp_path) -> list[tuple[str, dict[str, str], str]]:
         ("unopenable", {"DATABASE_URL": f"sqlite:///{tmp_path}/a-file/keys.db", "CREATE_DATABASE": "on"},
          "cannot open the SQLite database"),
         ("log level", {"DATABASE_URL": f"sqlite:///{good}", "LOG_LEVEL": "bogus"}, "LOG_LEVEL must be one of"),
+        ("log format", {"DATABASE_URL": f"sqlite:///{good}", "LOG_FORMAT": "logfmt"}, "LOG_FORMAT must be one of"),
         ("port", {"DATABASE_URL": f"sqlite:///{good}", "PORT": "80a"}, "PORT must be a whole number"),
         ("workers", {"DATABASE_URL": f"sqlite:///{good}", "WEB_CONCURRENCY": "0"}, "WEB_CONCURRENCY must be at least 1"),
     ]

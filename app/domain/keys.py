@@ -221,7 +221,8 @@ class KeyService:
         return _page(events, limit, lambda e: (e.occurred_us, e.id))
 
     def use(
-        self, presented: str, required_scopes: Sequence[str] | None, limiter: RateLimiter, now: float, request_id: str
+        self, presented: str, required_scopes: Sequence[str] | None, limiter: RateLimiter, now: float, request_id: str,
+        identified: Callable[[KeyRecord], None] | None = None,
     ) -> tuple[KeyRecord, Decision]:
         """Authenticate `presented`, check its scopes and count it against its account's tier limits.
 
@@ -230,7 +231,8 @@ class KeyService:
         all its keys count in one minute and one day window, which a new tier's limits apply
         to from the next request on, counts kept. The lookup and the count are one
         transaction, so a key revoked or moved to another tier in any worker is treated as
-        such from the next request on.
+        such from the next request on. `identified` is told which key was presented as soon
+        as it is found, before any of the checks that may refuse it.
         """
         if not keymaterial.is_well_formed(presented):
             # Caught by the checksum: no database access for a mistyped or made-up key.
@@ -239,6 +241,8 @@ class KeyService:
         counted_in: list[tuple[Window, Window]] = []
 
         def admit(record: KeyRecord) -> tuple[Window, Window]:
+            if identified is not None:
+                identified(record)
             if record.revoked_us is not None:
                 raise RevokedAPIKey("This API key has been revoked.", {"key_id": record.id})
             if record.expires_us is not None and record.expires_us <= now_us:
@@ -258,7 +262,7 @@ class KeyService:
         if used is None:
             raise InvalidAPIKey("The API key is not recognised.")
         record, result = used  # its usage as this request's own transaction counted it
-        return record, limiter.decide(counted_in[0], result)
+        return record, limiter.decide(counted_in[0], result, now)
 
     @staticmethod
     def authorize(record: KeyRecord, required_scopes: Sequence[str] | None) -> None:

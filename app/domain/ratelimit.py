@@ -7,6 +7,7 @@ transaction that reads and writes them. Fail-closed: if the store cannot count a
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -39,6 +40,7 @@ class Decision:
     minute: WindowState
     day: WindowState
     blocked_by: str | None
+    at: float  # the clock reading the request was counted at (Unix seconds)
     usage: tuple[int, int] | None = None  # the key's total_requests and last_used_us, counted with it
 
     @property
@@ -58,9 +60,14 @@ class Decision:
         }
 
     def retry_after(self, now: float) -> int:
-        """Return whole seconds until the refusing window resets."""
+        """Return whole seconds until the refusing window resets, rounded up.
+
+        Rounded up, never to the nearest: a client that waits exactly this long, from any
+        fraction of a second, arrives at or after the reset. When both windows are exhausted
+        the day refuses (`count_in`), so this is the wait for the day, not the minute.
+        """
         window = self.day if self.blocked_by == "day" else self.minute
-        return max(1, window.reset - int(now))
+        return max(1, seconds_until(window.reset, now))
 
     def refusal(self, now: float, subject: str) -> RateLimited:
         """The 429 for this refused request, `subject` saying whose limit it was."""
@@ -84,7 +91,7 @@ class RateLimiter:
     def admit(self, subject: str, limits: Limits, now: float) -> Decision:
         """Count a request for `subject` if both its windows have room."""
         windows = self.windows(limits, now)
-        return self.decide(windows, self._store.consume(subject, windows, int(now * 1_000_000)))
+        return self.decide(windows, self._store.consume(subject, windows, int(now * 1_000_000)), now)
 
     def require(self, subject: str, limits: Limits, now: float, whose: str) -> Decision:
         """Count a request for `subject`; RateLimited (naming `whose` limit it is) if there is no room."""
@@ -103,8 +110,8 @@ class RateLimiter:
         )
 
     @staticmethod
-    def decide(windows: tuple[Window, Window], result: Consumption) -> Decision:
-        """The decision, and its headers, from what counting in `windows` did."""
+    def decide(windows: tuple[Window, Window], result: Consumption, now: float) -> Decision:
+        """The decision, and its headers, from what counting in `windows` at `now` did."""
         minute, day = windows
         starts = result.starts or {}
         minute = Window("minute", starts.get("minute", minute.start), minute.limit)
@@ -114,8 +121,14 @@ class RateLimiter:
             minute=_state(minute, result.counts["minute"], MINUTE),
             day=_state(day, result.counts["day"], DAY),
             blocked_by=result.blocked_by,
+            at=now,
             usage=result.usage,
         )
+
+
+def seconds_until(moment: int, now: float) -> int:
+    """Return the whole seconds from `now` to `moment` (Unix seconds), rounded up; 0 if past."""
+    return max(0, moment - math.floor(now))
 
 
 def _state(window: Window, count: int, length: int) -> WindowState:

@@ -2,7 +2,7 @@
 
 `Prefer: code=NNN` answers a routed operation with a status its contract documents for it,
 as the contract documents it (the `Error` envelope with a realistic code and message, the
-documented headers such as `Retry-After` and `X-RateLimit-*`), without authenticating or
+documented headers such as `Retry-After`, `X-RateLimit-*` and `RateLimit`), without authenticating or
 doing the operation; `Prefer: example=NAME` answers with one of its named examples;
 `Prefer: delay=MS` (and the `MOCK_DELAY_MS` setting) waits first. None of it exists in
 production: the factory does not install this middleware there, so the header is ignored.
@@ -23,7 +23,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from app.config import MAX_MOCK_DELAY_MS
 from app.domain.errors import InvalidParameter
 from app.domain.keys import rfc3339
+from app.domain.ratelimit import DAY, MINUTE, Decision, Limits, WindowState
+from app.domain.tiers import TIERS
 from app.web.errors import envelope
+from app.web.ratelimit_headers import rate_limit_headers
 
 HTTP_METHODS = {"get", "put", "post", "delete", "patch"}
 PREFERENCE = re.compile(r'^\s*([A-Za-z-]+)\s*(?:=\s*("[^"]*"|[^;,\s]*))?')
@@ -52,6 +55,8 @@ KEY_ERRORS = {
           {"required_scopes": ["taxii:read"], "missing_scopes": ["taxii:read"]}),
 }
 FORCED_RETRY_AFTER_S = 42
+# API-key operations answer as for a free key (10 a minute, 1,000 a day).
+FREE_TIER_LIMITS = Limits(TIERS["free"].per_minute, TIERS["free"].per_day)
 
 
 def preferences(headers: Headers) -> dict[str, str]:
@@ -139,11 +144,11 @@ def sample(schema: dict[str, Any], now: float) -> Any:
 class PreferMiddleware:
     """Force an operation's documented answer, a named example, or latency (development only)."""
 
-    def __init__(self, app: ASGIApp, spec: dict, delay_ms: int = 0, management_limit: int = 120) -> None:
+    def __init__(self, app: ASGIApp, spec: dict, delay_ms: int = 0, management_limits: Limits | None = None) -> None:
         self.app = app
         self.contract = Contract(spec)
         self.delay_ms = delay_ms
-        self.management_limit = management_limit
+        self.management_limits = management_limits or Limits(120, 10_000)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -205,29 +210,31 @@ class PreferMiddleware:
         status = int(chosen)
         now = time.time()
         request_id = scope["state"]["request_id"]
-        headers = self._headers(responses[chosen], status, now, self._limit(operation))
+        # A 429's refusing window ends `retry_after` seconds from now: a named example's
+        # figure, else FORCED_RETRY_AFTER_S; its details and headers all say the same.
+        window, retry_after = "minute", FORCED_RETRY_AFTER_S
+        example_error = body.get("error") if isinstance(body, dict) else None
+        if isinstance(example_error, dict) and isinstance(example_error.get("details", {}).get("retry_after"), int):
+            window = example_error["details"].get("window", "minute")
+            retry_after = example_error["details"]["retry_after"]
+        decision = self._decision(operation, now, window if status == 429 else None, retry_after)
+        headers = self._headers(responses[chosen], decision, retry_after if status == 429 else 1)
         if status == 204:
             raw = b""
         elif body is not None:
-            if isinstance(body, dict) and isinstance(body.get("error"), dict):
-                body = {"error": {**body["error"], "request_id": request_id}}
-                retry_after = body["error"].get("details", {}).get("retry_after")
-                if status == 429 and isinstance(retry_after, int):
-                    # A named example's window: its reset from now, and the headers saying the same.
-                    reset = int(now) + retry_after
-                    body["error"]["details"] = {**body["error"]["details"], "reset": reset}
-                    headers = [(n, v) for n, v in headers if n not in (b"retry-after", b"x-ratelimit-reset")]
-                    headers += [(b"retry-after", str(retry_after).encode()), (b"x-ratelimit-reset", str(reset).encode())]
+            if isinstance(example_error, dict):
+                body = {"error": {**example_error, "request_id": request_id}}
+                if status == 429 and "retry_after" in example_error.get("details", {}):
+                    # A named example's window: its reset from now, as the headers say.
+                    body["error"]["details"] = {**body["error"]["details"], "reset": int(now) + retry_after}
             raw = json.dumps(body).encode()
         elif status >= 400:
             table = SESSION_ERRORS if operation in self.contract.cookie_auth else KEY_ERRORS
             code_, message, details = table.get(status, ("bad_request", "Bad request.", {}))
             if status == 429:
-                reset = int(now) - int(now) % 60 + 60
-                details = {"window": "minute", "limit": self._limit(operation), "reset": reset,
-                           "retry_after": FORCED_RETRY_AFTER_S}
-                message = (f"Rate limit of {details['limit']} requests per minute exceeded; "
-                           f"retry after {FORCED_RETRY_AFTER_S} s.")
+                details = {"window": "minute", "limit": decision.minute.limit, "reset": int(now) + retry_after,
+                           "retry_after": retry_after}
+                message = f"Rate limit of {details['limit']} requests per minute exceeded; retry after {retry_after} s."
             raw = envelope(code_, message, details, request_id)
         else:
             media = _media(responses[chosen])
@@ -241,20 +248,27 @@ class PreferMiddleware:
             *start, (b"content-length", str(len(raw)).encode()), *headers]})
         await send({"type": "http.response.body", "body": raw})
 
-    def _limit(self, operation: str) -> int:
-        return self.management_limit if operation in self.contract.cookie_auth else 10
+    def _decision(self, operation: str, now: float, refused_by: str | None, retry_after: int) -> Decision:
+        """A rate-limit decision as the operation's real limits would give it at `now`.
+
+        Admitted: this request counted in both windows. Refused by a window: that window is
+        empty and ends `retry_after` seconds from now (and a refusing day empties the minute).
+        """
+        limits = self.management_limits if operation in self.contract.cookie_auth else FREE_TIER_LIMITS
+        second = int(now)
+        minute = WindowState(limits.per_minute, limits.per_minute - 1, second - second % MINUTE + MINUTE)
+        day = WindowState(limits.per_day, limits.per_day - 1, second - second % DAY + DAY)
+        if refused_by is not None:
+            refused = WindowState(minute.limit if refused_by == "minute" else day.limit, 0, second + retry_after)
+            minute = refused if refused_by == "minute" else WindowState(minute.limit, 0, minute.reset)
+            day = refused if refused_by == "day" else WindowState(day.limit, day.limit - minute.limit, day.reset)
+        return Decision(allowed=refused_by is None, minute=minute, day=day, blocked_by=refused_by, at=now)
 
     @staticmethod
-    def _headers(response: dict[str, Any], status: int, now: float, limit: int) -> list[tuple[bytes, bytes]]:
+    def _headers(response: dict[str, Any], decision: Decision, retry_after: int) -> list[tuple[bytes, bytes]]:
         documented = {name.lower() for name in response.get("headers", {})}
-        reset = int(now) - int(now) % 60 + 60
-        values = {
-            "x-ratelimit-limit": str(limit),
-            "x-ratelimit-remaining": "0" if status == 429 else str(limit - 1),
-            "x-ratelimit-reset": str(reset),
-            "retry-after": str(FORCED_RETRY_AFTER_S if status == 429 else 1),
-        }
-        return [(name.encode(), value.encode()) for name, value in values.items() if name in documented]
+        values = {**rate_limit_headers(decision), "Retry-After": str(retry_after)}
+        return [(name.lower().encode(), value.encode()) for name, value in values.items() if name.lower() in documented]
 
 
 def _media(response: dict[str, Any]) -> dict[str, Any]:

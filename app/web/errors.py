@@ -129,6 +129,21 @@ def envelope(code: str, message: str, details: dict[str, Any] | None, request_id
     ).encode()
 
 
+# How every envelope begins (`envelope`, and the development server's examples, which name
+# `code` first): the access log reads an answer's code from here, without parsing the body.
+ENVELOPE_START = b'{"error": {"code": "'
+ERROR_CODE = re.compile(rb"[a-z_]{1,64}")
+
+
+def error_code_of(body: bytes) -> str | None:
+    """Return the error code of an `Error` envelope's serialisation, or None for any other body."""
+    if not body.startswith(ENVELOPE_START):
+        return None
+    end = body.find(b'"', len(ENVELOPE_START))
+    code = body[len(ENVELOPE_START):end]
+    return code.decode() if end > 0 and ERROR_CODE.fullmatch(code) else None
+
+
 def error_response(
     request: ConnexionRequest,
     status: int,
@@ -154,7 +169,7 @@ class ErrorHandlers:
         self._key_operations = key_operations(spec)
         self._routes = [
             (re.compile("^" + re.sub(r"\\{[^}]+\\}", "[^/]+", re.escape(path)) + "$"),
-             ", ".join(sorted(m.upper() for m in item if m in HTTP_METHODS)))
+             ", ".join(sorted(m.upper() for m in item if m in HTTP_METHODS)), path)
             for path, item in spec["paths"].items()
         ]
 
@@ -198,9 +213,16 @@ class ErrorHandlers:
 
     def allowed_methods(self, path: str) -> str | None:
         """Return the Allow header value for a path, from the spec."""
-        for pattern, methods in self._routes:
+        for pattern, methods, _ in self._routes:
             if pattern.match(path):
                 return methods
+        return None
+
+    def route_of(self, path: str) -> str | None:
+        """Return the contract's path template that `path` matches (`/api/v1/keys/{key_id}`), or None."""
+        for pattern, _, template in self._routes:
+            if pattern.match(path):
+                return template
         return None
 
     async def unexpected(self, request: ConnexionRequest, exc: Exception) -> ConnexionResponse:

@@ -35,12 +35,12 @@ from app.web.middleware import (
     SpecCacheMiddleware,
 )
 from app.web.pages import PagesMiddleware
+from app.web.ratelimit_headers import RATE_LIMIT_HEADER_NAMES
 from app.web.security import SECURITY_MAP
 from app.web.services import Services
 from app.web.validation import validator_map
 
 SPEC_PATH = Path(__file__).resolve().parent.parent.parent / "openapi.json"
-RATE_LIMIT_HEADERS = ["X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset", "Retry-After"]
 # Swagger UI reads Connexion's copy of the contract (servers pointed at this server, so that
 # "Try it out" calls it); /openapi.json is the repository's file (app.web.pages).
 DOCS_SPEC_PATH = "/ui/openapi.json"
@@ -100,6 +100,9 @@ def create_app(
         services=services,
         allowed_methods=errors.allowed_methods,
         read_timeout=settings.request_read_timeout,
+        routes={op["operationId"]: path for path, item in document["paths"].items()
+                for op in item.values() if isinstance(op, dict) and "operationId" in op},
+        route_of=errors.route_of,
     )
     if settings.trusted_hosts:
         app.add_middleware(TrustedHostMiddleware, position=MiddlewarePosition.BEFORE_EXCEPTION,
@@ -123,7 +126,7 @@ def create_app(
             allow_credentials=True,
             allow_methods=["GET", "POST", "DELETE"],
             allow_headers=list(settings.cors_allow_headers),
-            expose_headers=["X-Request-ID", *RATE_LIMIT_HEADERS],
+            expose_headers=["X-Request-ID", *RATE_LIMIT_HEADER_NAMES, "Retry-After"],
             max_age=600,
         )
     app.add_middleware(
@@ -146,7 +149,7 @@ def create_app(
             position=MiddlewarePosition.BEFORE_SECURITY,
             spec=document,
             delay_ms=settings.mock_delay_ms,
-            management_limit=settings.management_limit_per_minute,
+            management_limits=services.management_limits,
         )
     app.add_api(
         document,

@@ -7,9 +7,8 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
 
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
@@ -19,14 +18,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.domain.errors import PayloadTooLarge, ServiceError
 from app.web import metrics
-from app.web.errors import MESSAGES, envelope, status_and_code
+from app.web.errors import MESSAGES, envelope, error_code_of, status_and_code
 from app.web.limits import MAX_BODY_BYTES, READ_TIMEOUT_SECONDS, HeadLimits
 from app.web.refusals import RequestTimeout
 
 access_log = logging.getLogger("app.access")
-SECRET_QUERY_PARAMS = frozenset({"api_key"})
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-UNSAFE_IN_LOG = re.compile(r'[^\x21-\x7e]|["\\]')  # all but printable ASCII, and `"` and `\`
 ENCODED_SLASH = re.compile(rb"%2f|%5c", re.IGNORECASE)  # `/` and `\`
 # On every response: the API's answers are JSON for programs, never a page to frame, sniff
 # as HTML or follow links from.
@@ -46,6 +43,10 @@ DOCS_PREFIX = "/ui"
 # (a proxy's X-Forwarded-For is free text) is escaped, so it cannot pose as other fields.
 NOT_IN_ADDRESSES = re.compile(r"[^0-9A-Za-z.:\[\]_-]")
 CLIENT_CLOSED_REQUEST = 499  # logged, as nginx does, for a request whose client left before sending it whole
+# The access log's route for requests no operation matched: the pages' fixed paths as they
+# are, and nothing of any other path (it could carry a secret pasted into the wrong place).
+PAGE_ROUTES = frozenset({"/", "/openapi.json", "/dev/login"})
+NO_ROUTE = "-"
 
 
 def new_request_id() -> str:
@@ -69,14 +70,20 @@ class RequestContextMiddleware:
       one without a body);
     - answers HEAD where the contract defines it (the probes) without the body, and
       elsewhere with 405 before any work is done;
-    - writes one access-log line with secrets redacted and control characters escaped.
+    - writes one access-log line (`log_access`) with what an operator needs and no secret:
+      the operation's route template, never the raw path or query; the account and key the
+      security functions identified (`state["account_id"]`, `state["key_id"]`); the error
+      code of an error answer, read from the start of its envelope as it is sent.
     """
 
     def __init__(self, app: ASGIApp, services: Any, allowed_methods: Callable[[str], str | None],
                  max_body_bytes: int = MAX_BODY_BYTES, read_timeout: float = READ_TIMEOUT_SECONDS,
-                 head_limits: HeadLimits | None = None) -> None:
+                 head_limits: HeadLimits | None = None, routes: Mapping[str, str] | None = None,
+                 route_of: Callable[[str], str | None] | None = None) -> None:
         self.app = app
         self.services = services
+        self.routes = routes or {}  # operationId: path template
+        self.route_of = route_of or (lambda path: None)  # the template a path matches, before routing
         self.allowed_methods = allowed_methods
         self.max_body_bytes = max_body_bytes
         self.read_timeout = read_timeout
@@ -96,13 +103,17 @@ class RequestContextMiddleware:
         # error handlers (Starlette's test client adds it; uvicorn does not).
         scope.setdefault("extensions", {})
         started = time.perf_counter()
+        method = scope["method"]  # as sent: HEAD is answered as GET below
         status = 500
+        error_code: str | None = None
 
         async def stamped(message: Message) -> None:
-            nonlocal status
+            nonlocal status, error_code
             if message["type"] == "http.response.start":
                 status = message["status"]
                 stamp(message, state)
+            elif status >= 400 and error_code is None:
+                error_code = error_code_of(message.get("body", b"")) or ""
             await send(message)
 
         send_with_headers: Send = stamped
@@ -122,8 +133,9 @@ class RequestContextMiddleware:
                     status = await self._refuse_head(scope, send_with_headers)
                     return
                 # Answered as its GET (as Starlette's router would route it anyway), so that
-                # response validation checks the GET's answer; the body is then left out.
-                scope["method"] = "GET"
+                # response validation checks the GET's answer; the body is then left out. A
+                # copy: the server's own scope stays HEAD, so it expects no body either.
+                scope = {**scope, "method": "GET"}
                 send_with_headers = _without_body(send_with_headers)
             path = scope["path"]
             if (CONTROL_CHARACTERS.search(path) or (path.endswith("/") and path != "/" and not path.startswith("/ui"))
@@ -150,10 +162,17 @@ class RequestContextMiddleware:
             operation = scope["extensions"].get("connexion_routing", {}).get("operation_id")
             metrics.record(operation, scope["method"], status, elapsed)
             if access_log.isEnabledFor(logging.INFO):
-                access_log.info(
-                    '%s "%s %s" %d %.1fms %s',
-                    _client(scope), scope["method"], redacted_target(scope), status, elapsed * 1000, request_id,
-                )
+                route = self.routes.get(operation, NO_ROUTE) if operation else self._unrouted(scope["path"])
+                log_access(request_id, method, route, status, elapsed, client_field(scope.get("client")),
+                           state.get("account_id"), state.get("key_id"), error_code or None)
+
+    def _unrouted(self, path: str) -> str:
+        """The route of a request no operation took: refused before routing (its template,
+        if its path matches one), a page, or none."""
+        if CONTROL_CHARACTERS.search(path):
+            return NO_ROUTE
+        return self.route_of(path) or (
+            path if path in PAGE_ROUTES else "/ui/*" if path.startswith(DOCS_PREFIX + "/") else NO_ROUTE)
 
     async def _read_body(self, receive: Receive, has_body: bool) -> bytes:
         """Receive the whole body; raise PayloadTooLarge, RequestTimeout or ClientDisconnect."""
@@ -323,27 +342,14 @@ def stamp(message: Message, state: dict[str, Any]) -> None:
     message["headers"] = kept + list(added.items())
 
 
-def redacted_target(scope: Scope) -> str:
-    """Return the request path and query with secret query parameters masked, safe to log."""
-    # The decoded path may hold a line break, what a field separator looks like (a space, a
-    # quote) or what reorders a line on screen (a right-to-left override): all percent-encoded,
-    # so a crafted path can neither start a forged line nor pose as the fields after it.
-    path = UNSAFE_IN_LOG.sub(_percent_encoded, scope.get("path", ""))
-    query = scope.get("query_string", b"").decode("latin-1")
-    if not query:
-        return path
-    pairs = parse_qsl(query, keep_blank_values=True)
-    if any(name in SECRET_QUERY_PARAMS for name, _ in pairs):
-        query = urlencode([(n, "[REDACTED]" if n in SECRET_QUERY_PARAMS else v) for n, v in pairs])
-    return f"{path}?{UNSAFE_IN_LOG.sub(_percent_encoded, query)}"
-
-
-def _percent_encoded(match: re.Match[str]) -> str:
-    return "".join(f"%{byte:02X}" for byte in match.group().encode("utf-8", "surrogateescape"))
-
-
-def _client(scope: Scope) -> str:
-    return client_field(scope.get("client"))
+def log_access(request_id: str, method: str, route: str, status: int, elapsed: float, client: str,
+               account_id: str | None = None, key_id: str | None = None, error_code: str | None = None) -> None:
+    """Write one access line: the message for people, the same facts as fields for programs."""
+    access_log.info("%s %s %d", method, route, status, extra={"fields": {
+        "request_id": request_id, "method": method, "route": route, "status": status,
+        "duration_ms": round(elapsed * 1000, 1), "client": client,
+        "account_id": account_id, "key_id": key_id, "error_code": error_code,
+    }})
 
 
 def client_field(client: Any) -> str:

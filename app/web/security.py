@@ -16,6 +16,7 @@ from connexion.security import NO_VALUE, ApiKeySecurityHandler, BearerSecurityHa
 
 from app.domain.errors import InvalidAPIKey, InvalidSession, ServiceError
 from app.domain.ratelimit import Decision, management_subject
+from app.domain.records import KeyRecord
 from app.web.credentials import cookie_values, presented_keys
 from app.web.errors import HTTPServiceError
 from app.web.ratelimit_headers import rate_limit_headers
@@ -28,6 +29,7 @@ def verify_session(token: str, request: ConnexionRequest) -> dict[str, Any]:
     try:
         now = services.clock()
         user_id = services.sessions.user_id(token, now)
+        state["account_id"] = user_id  # for the access line
         decision = services.limiter.admit(management_subject(user_id), services.management_limits, now)
         _apply(state, decision, now, "key management for this account")
     except ServiceError as refusal:
@@ -58,7 +60,12 @@ def _verify_api_key(token: str, scope: dict[str, Any], required_scopes: Sequence
         # Which one is meant? Guessing would let a stale or stolen key hide behind a good one.
         raise InvalidAPIKey("Send one API key, one way: this request carries more than one.")
     now = services.clock()
-    record, decision = services.keys.use(token, required_scopes, services.limiter, now, state["request_id"])
+
+    def identified(record: KeyRecord) -> None:
+        # For the access line, also when the key is then refused (revoked, expired, scope).
+        state["account_id"], state["key_id"] = record.user_id, record.id
+
+    record, decision = services.keys.use(token, required_scopes, services.limiter, now, state["request_id"], identified)
     _apply(state, decision, now, "this account's API keys, which share its tier's limits")
     return {"sub": record.user_id, "key": record, "rate_limit": decision}
 

@@ -32,7 +32,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from app.domain.errors import ServiceError
 from app.web.errors import envelope, status_and_code
 from app.web.limits import HeadLimits
-from app.web.middleware import access_log, client_field, new_request_id, stamp
+from app.web.middleware import NO_ROUTE, client_field, log_access, new_request_id, stamp
 from app.web.refusals import HeadersTooLarge, RequestTargetTooLong, RequestTimeout
 
 # After a refusal, what the client is still sending is read and dropped for this long (or
@@ -210,8 +210,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         for name, value in [*self.server_state.default_headers, *start["headers"]]:
             lines += [name, b": ", value, b"\r\n"]
         self.transport.write(b"".join([*lines, b"\r\n", body]))
-        access_log.info('%s "- -" %d %.1fms %s', client_field(self.client), status,
-                        (time.perf_counter() - self._head_started) * 1000, request_id)
+        log_access(request_id, "-", NO_ROUTE, status, time.perf_counter() - self._head_started,
+                   client_field(self.client), error_code=code)
         if self.transport.can_write_eof():
             self.transport.write_eof()
         self._linger_timer = self.loop.call_later(LINGER_SECONDS, self.transport.close)
