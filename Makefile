@@ -85,11 +85,14 @@ audit: $(DEV_STAMP)
 fuzz: $(DEV_STAMP)
 	$(PY) fuzz/run.py
 
-## Our server (1 and 2 workers) beside Prism's mock and a bare Starlette floor; writes bench/RESULTS.md.
+## Our server (1 and 2 workers) beside Prism's mock and a bare Starlette floor, then one and two
+## instances on PostgreSQL beside SQLite; writes bench/RESULTS.md. `make bench BENCH=pg`: the
+## PostgreSQL part alone (BENCH_DATABASE_URL, default TEST_DATABASE_URL or the local test database).
 PRISM := bench/.prism/node_modules/.bin/prism
-bench: $(RUNTIME_STAMP) $(PRISM)
+BENCH ?= all
+bench: $(RUNTIME_STAMP) $(if $(filter pg,$(BENCH)),,$(PRISM))
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
-	$(PY) bench/run.py
+	$(PY) bench/run.py $(BENCH)
 
 $(PRISM):
 	npm install --prefix bench/.prism --no-audit --no-fund --loglevel=error @stoplight/prism-cli@5.16.0

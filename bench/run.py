@@ -1,9 +1,15 @@
-"""`make bench`: our server beside Prism's mock and a bare Starlette floor, under wrk.
+"""`make bench`: our server beside Prism's mock and a bare Starlette floor, then on PostgreSQL, under wrk.
 
 One run: start every target, prepare users and keys, warm up, then alternate the targets
 workload by workload for ROUNDS rounds; report medians and the issue's ratios. The load
-generator is pinned to CPU 0 and single-worker servers to CPU 1. Results are printed and
-written to bench/RESULTS.md.
+generator is pinned to CPU 0 and single-worker servers to CPU 1. Then the PostgreSQL part:
+one and two instances (`serve`, 2 workers each) on PostgreSQL beside one on SQLite, with the
+CPU the app and the database server spend per request. Results are printed and written to
+bench/RESULTS.md.
+
+    bench/run.py        everything (`make bench`)
+    bench/run.py pg     the PostgreSQL part alone (`make bench BENCH=pg`); rewrites only its
+                        section of bench/RESULTS.md
 """
 
 from __future__ import annotations
@@ -11,6 +17,8 @@ from __future__ import annotations
 import json
 import os
 import platform
+import pwd
+import re
 import signal
 import socket
 import statistics
@@ -18,8 +26,10 @@ import subprocess
 import sys
 import time
 import urllib.request
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from urllib.parse import quote
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
@@ -36,6 +46,7 @@ WORKLOADS = ("mint", "whoami", "healthz")
 sys.path.insert(0, str(ROOT))
 from app.domain.keys import KeyService
 from app.domain.sessions import issue_token
+from app.domain.store import Store
 from app.store import SQLiteStore
 
 
@@ -65,8 +76,11 @@ def post_json(url: str, body: dict, cookie: str) -> dict:
 class Target:
     """One server under test."""
 
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], db: Path | None, cpus: str | None) -> None:
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], db: Path | None, cpus: str | None,
+                 store: Callable[[], Store] | None = None) -> None:
         self.name, self.argv, self.db, self.cpus = name, argv, db, cpus
+        # Opens the target's store, to move bench accounts to the pro tier (None: it stores no keys).
+        self.store = store or ((lambda: SQLiteStore(db)) if db is not None else None)
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, **env, "PORT": str(self.port), "HOST": "127.0.0.1"}
@@ -141,11 +155,13 @@ def prepare(target: Target, tag: str) -> None:
     now = time.time()
     tokens = [issue_token(SECRET, f"bench-{tag}-{target.name}-{i}", now, 7200) for i in range(USERS)]
     (OUT / f"tokens-{target.name}.lua").write_text("tokens = {" + ",".join(f'"{t}"' for t in tokens) + "}\n")
-    if target.db is not None and not target.keys:
-        keys = KeyService(SQLiteStore(target.db), time.time)
+    if target.store is not None and not target.keys:
+        store = target.store()
+        keys = KeyService(store, time.time)
         owners = [f"bench-owner-{target.name}-{i}" for i in range(PRO_KEYS)]
         for owner in owners:
             keys.set_tier(owner, "pro")
+        store.close()
         for i in range(PRO_KEYS):
             owner = owners[i % len(owners)]
             cookie = "sb-access-token=" + issue_token(SECRET, owner, now, 7200)
@@ -167,23 +183,27 @@ done = function(summary, latency, requests)
 end
 """
 
+# `tid` numbers wrk's threads when there are several (see `wrk`), so that no two threads send
+# the same name for the same account or walk the keys in step.
 LUA = {
     "mint": """
 dofile("{out}/tokens-{name}.lua")
+tid = 0
 local i = 0
 request = function()
   i = i + 1
   return wrk.format("POST", "/api/v1/keys", {{["Content-Type"] = "application/json",
-    ["Cookie"] = "sb-access-token=" .. tokens[(i % #tokens) + 1]}},
-    '{{"name":"bench-{run}-' .. i .. '","expires_in_days":90}}')
+    ["Cookie"] = "sb-access-token=" .. tokens[((i + tid * 757) % #tokens) + 1]}},
+    '{{"name":"bench-{run}-' .. tid .. '-' .. i .. '","expires_in_days":90}}')
 end
 """,
     "whoami": """
 dofile("{out}/keys-{name}.lua")
+tid = 0
 local i = 0
 request = function()
   i = i + 1
-  return wrk.format("GET", "/api/v1/whoami", {{["X-API-Key"] = keys[(i % #keys) + 1]}})
+  return wrk.format("GET", "/api/v1/whoami", {{["X-API-Key"] = keys[((i + tid * 199) % #keys) + 1]}})
 end
 {delay}
 """,
@@ -193,7 +213,10 @@ request = function() return wrk.format("GET", "/healthz") end
 }
 
 
-def wrk(target: Target, workload: str, seconds: int, rate: float | None = None) -> dict:
+def wrk(target: Target, workload: str, seconds: int, rate: float | None = None, peers: Sequence[Target] = (),
+        database: PostgresCPU | None = None) -> dict:
+    """One wrk run against `target` (and `peers`: one wrk thread per server, the connections split
+    evenly, all sending `target`'s tokens and keys); with `database`, its CPU time too."""
     delay = ""
     if rate:
         # A fixed offered load: each connection waits a random (exponential) time between
@@ -204,20 +227,77 @@ def wrk(target: Target, workload: str, seconds: int, rate: float | None = None) 
                  f"delay = function() return -{mean_ms:.4f} * math.log(1 - math.random()) end")
     script = OUT / f"{workload}-{target.name}.lua"
     run_id = f"{target.name}-{time.time_ns()}"
-    script.write_text(LUA[workload].format(out=OUT, name=target.name, delay=delay, run=run_id) + LUA_DONE)
-    cpu_before = target.cpu_seconds()
+    servers = [target, *peers]
+    spread = ""
+    if peers:
+        ports = ", ".join(f'"{s.port}"' for s in servers)
+        spread = ("local ports, n = {" + ports + "}, 0\n"
+                  "setup = function(thread)\n  n = n + 1\n"
+                  '  thread.addr = wrk.lookup("127.0.0.1", ports[n])[1]\n  thread:set("tid", n)\nend\n')
+    script.write_text(LUA[workload].format(out=OUT, name=target.name, delay=delay, run=run_id) + spread + LUA_DONE)
+    cpu_before = sum(s.cpu_seconds() for s in servers)
+    db_before = database.sample() if database else None
     result = subprocess.run(
-        ["taskset", "-c", "0", "wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency", "-s", str(script),
-         target.base + ("/healthz" if workload == "healthz" else "/")],
+        ["taskset", "-c", "0", "wrk", f"-t{len(servers)}", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency",
+         "-s", str(script), target.base + ("/healthz" if workload == "healthz" else "/")],
         capture_output=True, text=True, check=True,
     )
-    cpu = target.cpu_seconds() - cpu_before
+    cpu = sum(s.cpu_seconds() for s in servers) - cpu_before
     line = next(x for x in result.stdout.splitlines() if x.startswith("RESULT "))
     data = json.loads(line[len("RESULT "):])
     data["rps"] = data["requests"] / (data["duration_us"] / 1e6)
     data["cpu_ms_per_req"] = 1000 * cpu / max(1, data["requests"])
+    if database and db_before:
+        server, own = database.since(db_before)
+        data["db_ms_per_req"] = 1000 * server / max(1, data["requests"])
+        data["db_own_ms_per_req"] = 1000 * own / max(1, data["requests"])
     data["rss_mb"] = target.worker_rss_mb()
     return data
+
+
+class PostgresCPU:
+    """CPU time of the local PostgreSQL server: every process of its user, and one application's backends.
+
+    Server: utime + stime of every process the server's user runs (`pgrep -u postgres`), plus
+    what they reaped (cutime + cstime: backends that ended in between). Own: the backends whose
+    `application_name` is this bench's, alone (other clients of a shared server excluded).
+    """
+
+    def __init__(self, url: str, application_name: str, user: str = os.environ.get("BENCH_PG_USER", "postgres")) -> None:
+        self.url, self.application_name = url, application_name
+        self.uid = pwd.getpwnam(user).pw_uid
+
+    @staticmethod
+    def _ticks(pid: int, reaped: bool) -> int:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return sum(int(f) for f in fields[11:15 if reaped else 13])
+
+    def sample(self) -> tuple[int, dict[int, int]]:
+        import psycopg
+
+        server = 0
+        for entry in Path("/proc").iterdir():
+            try:
+                if entry.name.isdigit() and entry.stat().st_uid == self.uid:
+                    server += self._ticks(int(entry.name), reaped=True)
+            except (OSError, ValueError):
+                pass  # ended meanwhile: its parent has reaped (or will reap) its time
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            pids = [pid for (pid,) in conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = %s", (self.application_name,))]
+        own = {}
+        for pid in pids:
+            try:
+                own[pid] = self._ticks(pid, reaped=False)
+            except OSError:
+                pass
+        return server, own
+
+    def since(self, before: tuple[int, dict[int, int]]) -> tuple[float, float]:
+        """Seconds of CPU since `before`: the whole server's, and this application's backends'."""
+        server, own = self.sample()
+        tick = os.sysconf("SC_CLK_TCK")
+        return (server - before[0]) / tick, sum(t - before[1].get(pid, 0) for pid, t in own.items()) / tick
 
 
 def fill_keys(db: Path, count: int) -> None:
@@ -243,12 +323,152 @@ def fill_keys(db: Path, count: int) -> None:
 
 def ours(name: str, workers: int, db: Path, cpus: str | None) -> Target:
     env = {"APP_ENV": "production", "SUPABASE_JWT_SECRET": SECRET, "WEB_CONCURRENCY": str(workers),
-           "DATABASE_URL": f"sqlite:///{db}", "LOG_LEVEL": "WARNING"}
+           "DATABASE_URL": f"sqlite:///{db}", "LOG_LEVEL": "WARNING",
+           "CREATE_DATABASE": "on"}  # a fresh file each run
     return Target(name, [sys.executable, "-m", "app", "serve"], env, db, cpus)
+
+
+PG_URL = os.environ.get("BENCH_DATABASE_URL") or os.environ.get("TEST_DATABASE_URL", "postgresql://root@127.0.0.1:5432/test")
+PG_WORKLOADS = ("mint", "whoami")
+
+
+@contextmanager
+def fresh_schema() -> Iterator[str]:
+    """A new schema of PG_URL for one configuration's run, dropped (with its connections) afterwards."""
+    import uuid
+
+    import psycopg
+
+    schema = f"bench_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    try:
+        yield schema
+    finally:
+        with psycopg.connect(PG_URL, autocommit=True) as conn:
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s", (schema,))
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+def on_postgres(name: str, schema: str) -> Target:
+    """`python -m app serve`, 2 workers, on `schema` of PG_URL (also its connections' application_name)."""
+    from app.store.postgres import PostgresStore
+
+    url = f"{PG_URL}{'&' if '?' in PG_URL else '?'}options={quote(f'-c search_path={schema}', safe='')}&application_name={schema}"
+    env = {"APP_ENV": "production", "SUPABASE_JWT_SECRET": SECRET, "WEB_CONCURRENCY": "2", "DATABASE_URL": url,
+           "LOG_LEVEL": "WARNING"}
+    return Target(name, [sys.executable, "-m", "app", "serve"], env, None, None,
+                  store=lambda: PostgresStore(url, pool_size=1, migrate=False))
+
+
+def postgres_part() -> dict:
+    """One instance and two on PostgreSQL beside one on SQLite: mint and whoami, alternated, medians."""
+    runs: dict[tuple[str, str], list[dict]] = {}
+    with ExitStack() as stack:
+        one, two = stack.enter_context(fresh_schema()), stack.enter_context(fresh_schema())
+        setups: dict[str, tuple[list[Target], PostgresCPU | None]] = {
+            "sqlite, 1 instance": ([ours("sqlite-1i", 2, OUT / "sqlite-1i.db", None)], None),
+            "postgresql, 1 instance": ([on_postgres("pg-1i", one)], PostgresCPU(PG_URL, one)),
+            "postgresql, 2 instances": ([on_postgres("pg-2i-a", two), on_postgres("pg-2i-b", two)],
+                                        PostgresCPU(PG_URL, two)),
+        }
+        for servers, _ in setups.values():
+            for server in servers:
+                server.start()
+                stack.callback(server.stop)
+            prepare(servers[0], "warm")
+            for peer in servers[1:]:  # one truth: keys minted through one instance work in both
+                peer.keys = servers[0].keys
+            print(f"{servers[0].name}: up on {', '.join(s.base for s in servers)}", flush=True)
+        for round_ in range(ROUNDS):
+            for workload in PG_WORKLOADS:
+                order = list(setups.items()) if round_ % 2 == 0 else list(reversed(setups.items()))
+                for label, (servers, database) in order:
+                    prepare(servers[0], f"r{round_}-{workload}")
+                    wrk(servers[0], workload, WARMUP, peers=servers[1:])
+                    run = wrk(servers[0], workload, DURATION, peers=servers[1:], database=database)
+                    runs.setdefault((label, workload), []).append(run)
+                    db = f"  db {run['db_ms_per_req']:.2f} ms/req" if database else ""
+                    print(f"round {round_ + 1} {workload:8} {label:24} {run['rps']:8.0f} req/s  "
+                          f"p50 {run['p50_us'] / 1000:6.2f} ms  p99 {run['p99_us'] / 1000:6.2f} ms  "
+                          f"app {run['cpu_ms_per_req']:.2f} ms/req{db}  "
+                          f"errors {run['errors'] + run['status_errors']}", flush=True)
+    return {"runs": runs, "labels": list(setups)}
+
+
+PG_HEADING = "## On PostgreSQL"
+
+
+def report_postgres(part: dict) -> str:
+    """The PostgreSQL section of bench/RESULTS.md."""
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    lines = [
+        PG_HEADING,
+        "",
+        f"Commit `{commit}`, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; PostgreSQL at `{PG_URL.split('@')[-1]}`, "
+        f"on this machine. Each instance is `python -m app serve` with 2 workers (unpinned); two instances share "
+        f"one schema and wrk sends half the {CONNECTIONS} connections to each (one wrk thread per instance, on CPU 0). "
+        f"Each configuration runs on its own fresh schema, dropped afterwards; configurations alternated, {ROUNDS} "
+        f"rounds of {DURATION} s after a {WARMUP} s warm-up: medians. This machine has 2 cores shared with other "
+        "users: req/s is what was left for us, CPU ms per request is the figure to plan with.",
+        "",
+        "CPU ms/req: app = the gunicorn master and workers of every instance (/proc/PID/stat, utime + stime); "
+        "database = every PostgreSQL server process (its user's, reaped backends included), which counts anyone "
+        "else's queries on the shared server too; own backends = the connections of this configuration alone.",
+        "",
+        "| workload | store | req/s | p50 ms | p99 ms | errors | app CPU ms/req | database CPU ms/req | own backends ms/req |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for workload in PG_WORKLOADS:
+        for label in part["labels"]:
+            runs = part["runs"][(label, workload)]
+            errors = sum(r["errors"] + r["status_errors"] for r in runs)
+            db = (f"{median(runs, 'db_ms_per_req'):.2f} | {median(runs, 'db_own_ms_per_req'):.2f}"
+                  if "db_ms_per_req" in runs[0] else "in the app | in the app")
+            lines.append(
+                f"| {workload} | {label} | {median(runs, 'rps'):,.0f} | {median(runs, 'p50_us') / 1000:.2f} | "
+                f"{median(runs, 'p99_us') / 1000:.2f} | {errors} | {median(runs, 'cpu_ms_per_req'):.2f} | {db} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+RESULTS = ROOT / "bench" / "RESULTS.md"
+
+
+def sections(text: str) -> tuple[str, dict[str, str]]:
+    """Split RESULTS.md into its head (before the first `## ` heading) and its `## ` sections by heading."""
+    head, *rest = re.split(r"^(?=## )", text, flags=re.M)
+    return head, {part.split("\n", 1)[0]: part for part in rest}
+
+
+def write_results(head: str | None = None, section: str | None = None) -> None:
+    """Rewrite the head of bench/RESULTS.md, or one `## ` section of it; every other part is kept
+    (the hot-key section, written by hand from bench/hotkey.py, survives any run)."""
+    old_head, parts = sections(RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n")
+    if section is not None:
+        parts[section.split("\n", 1)[0]] = section
+    body = [(head if head is not None else old_head).rstrip("\n") + "\n"]
+    body += [part.rstrip("\n") + "\n" for part in parts.values()]
+    RESULTS.write_text("\n".join(body))
+
+
+def write_postgres_section(section: str) -> None:
+    """Put `section` in bench/RESULTS.md in place of the PostgreSQL section there (the rest kept)."""
+    write_results(section=section)
+    print("\n" + section)
 
 
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
+    if sys.argv[1:] == ["pg"]:
+        for old in OUT.glob("*.db*"):
+            old.unlink()
+        write_postgres_section(report_postgres(postgres_part()))
+        for script in OUT.glob("*.lua"):
+            script.unlink()
+        return
+    if sys.argv[1:] not in ([], ["all"]):
+        raise SystemExit("usage: bench/run.py [all|pg]")
     for old in OUT.glob("*.db*"):
         old.unlink()
     floor_db = OUT / "floor.db"
@@ -334,6 +554,7 @@ def main() -> None:
         cold[name] = times
     extra["cold"] = cold
     report(results, extra)
+    write_postgres_section(report_postgres(postgres_part()))
     for script in OUT.glob("*.lua"):
         script.unlink()  # they hold the run's session tokens and API keys
 
@@ -401,7 +622,7 @@ def report(results: dict[tuple[str, str], list[dict]], extra: dict) -> None:
         f"Filling the 1,000,000-key database took {extra['fill_seconds']:.0f} s.",
     ]
     text = "\n".join(lines) + "\n"
-    (ROOT / "bench" / "RESULTS.md").write_text(text)
+    write_results(head=text)
     print("\n" + text)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from datetime import datetime, timedelta
 
@@ -685,6 +686,36 @@ def test_a_key_row_held_past_the_timeout_on_postgresql_is_a_503_and_nothing_is_c
         # Released: the same key is admitted again at once, and only that request was counted.
         assert client.get("/api/v1/whoami", headers={"X-API-Key": key["key"]}).status_code == 200
         assert client.get(f"{KEYS}/{key['id']}", cookies=session()).json()["data"]["total_requests"] == 1
+
+
+@pytest.mark.postgresql_only
+def test_pooled_connections_cut_by_the_server_cost_no_request_a_503(engine, client, session, settings, mint):
+    # What a PostgreSQL restart or failover does to idle pooled connections, done to this
+    # app's connections alone (the test's application_name), not to the shared server.
+    import psycopg
+
+    from tests.conftest import TEST_DATABASE_URL
+
+    key = mint()
+    assert client.get("/api/v1/whoami", headers={"X-API-Key": key["key"]}).status_code == 200
+    name = psycopg.conninfo.conninfo_to_dict(settings.database_url)["application_name"]
+    with psycopg.connect(TEST_DATABASE_URL, autocommit=True) as admin:
+        cut = admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s", (name,)
+        ).fetchall()
+        assert cut and all(ok for (ok,) in cut)
+        for _ in range(500):  # gone from the server (their sockets closed) before the next request
+            if not admin.execute("SELECT 1 FROM pg_stat_activity WHERE application_name = %s", (name,)).fetchall():
+                break
+            time.sleep(0.01)
+    statuses = [
+        client.get("/api/v1/whoami", headers={"X-API-Key": key["key"]}).status_code,
+        client.get(KEYS, cookies=session()).status_code,
+        client.post(KEYS, json={"name": "after-the-cut"}, cookies=session()).status_code,
+        client.get("/api/v1/whoami", headers={"X-API-Key": key["key"]}).status_code,
+    ]
+    assert statuses == [200, 200, 201, 200]
+    assert client.get(f"{KEYS}/{key['id']}", cookies=session()).json()["data"]["total_requests"] == 3
 
 
 def test_a_refused_cors_preflight_is_an_envelope(make_app):

@@ -843,6 +843,36 @@ def test_postgresql_away_is_store_unavailable_and_the_store_recovers_when_it_ret
         proxy.stop()
 
 
+def test_pooled_connections_the_server_ended_are_replaced_before_a_request_gets_one(pg_schema):
+    # A restart or failover of PostgreSQL ends every idle connection of every pool; here the
+    # server ends this store's own (found by the application_name schema_url gives them).
+    import psycopg
+
+    from app.store.postgres import PostgresStore
+    from tests.conftest import TEST_DATABASE_URL, schema_url
+
+    store = PostgresStore(schema_url(pg_schema), timeout_ms=1000, pool_size=4)
+    try:
+        _, digest = stored_key(store)
+        lent = [store._pool.getconn() for _ in range(4)]  # four connections open and idle in the pool
+        for conn in lent:
+            store._pool.putconn(conn)
+        with psycopg.connect(TEST_DATABASE_URL, autocommit=True) as admin:
+            ended = admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s", (pg_schema,)
+            ).fetchall()
+            assert len(ended) == 4
+            assert wait_for(lambda: not admin.execute(
+                "SELECT 1 FROM pg_stat_activity WHERE application_name = %s", (pg_schema,)).fetchall())
+        # Each of the next requests is served (none lent a dead connection, none kept waiting
+        # past the 1 s timeout behind them), and each is counted once.
+        assert store.use_key(digest, T0, admit_all, "req_1")[1].allowed
+        assert store.use_key(digest, T0, admit_all, "req_2")[1].allowed
+        assert store.list_keys(USER, 1, None)[0].total_requests == 2
+    finally:
+        store.close()
+
+
 def _admitted(store, digest: str) -> bool:
     from app.domain.errors import StoreUnavailable
 

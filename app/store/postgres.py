@@ -5,7 +5,9 @@ holds a bounded pool of connections (`psycopg_pool`). Every wait is bounded: con
 statement (locks included) and the wait for a free connection; past it, or with the server
 unreachable, the store raises `StoreUnavailable` (the service answers 503 and the rate
 limiter fails closed). Broken connections are dropped by the pool and replaced, so the
-service recovers by itself when the server is back.
+service recovers by itself when the server is back; a pooled connection the server closed
+while it sat idle (a restart, a failover) is found out before it is lent, so it costs no
+request a 503.
 
 Writes that must be atomic across instances lock the rows they decide on:
 - minting locks the account row (`FOR UPDATE`), so the name check, the key cap and the insert
@@ -20,6 +22,7 @@ from __future__ import annotations
 import hmac
 import json
 import re
+import select
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
@@ -92,6 +95,7 @@ class PostgresStore:
             min_size=min(2, pool_size),
             max_size=pool_size,
             timeout=self._timeout_s,
+            check=self._check_idle,
             # Never log the connection string: it may carry a password.
             name="keys",
             open=False,
@@ -101,6 +105,26 @@ class PostgresStore:
             self.migrate()
 
     # -- connections ----------------------------------------------------------------------
+
+    def _check_idle(self, conn: psycopg.Connection) -> None:
+        """Raise if the server closed `conn` while it sat in the pool (the pool then lends another).
+
+        An idle connection has nothing to read unless the server spoke first: one that restarts,
+        fails over or ends the connection sends its farewell and closes the socket. So polling
+        the socket, a system call with no round trip, is the check; only a connection with
+        something to read is tried with an empty query. One found dead means its idle siblings
+        likely died with it: the pool tests them all now, rather than lend each in turn, with
+        its growing pause between failed checks.
+        """
+        poller = select.poll()
+        poller.register(conn.fileno(), select.POLLIN)
+        if not poller.poll(0):
+            return
+        try:
+            ConnectionPool.check_connection(conn)
+        except psycopg.Error:
+            self._pool.check()
+            raise
 
     @contextmanager
     def _conn(self) -> Iterator[psycopg.Connection]:
