@@ -119,6 +119,9 @@ def test_roll_mints_a_replacement_with_the_same_name_tier_and_expiry(client, ses
     assert response.headers["cache-control"] == "no-store"
     assert whoami(client, old["key"]).status_code == 200
     assert whoami(client, new["key"]).status_code == 200
+    listed = {k["id"]: k for k in client.get(KEYS, cookies=session()).json()["data"]}
+    assert listed[old["id"]]["replaced_by"] == new["id"] and listed[old["id"]]["expires_at"] == body["meta"]["rolled_from"]["expires_at"]
+    assert "replaced_by" not in listed[new["id"]]
 
 
 def test_rolled_key_answers_expired_naming_its_replacement_after_the_grace_period(client, session, mint, clock):

@@ -300,6 +300,8 @@ class KeyService:
             "expires_at": rfc3339(record.expires_us),
             "status": "revoked" if record.revoked_us is not None else "expired" if expired else "active",
         }
+        if record.replaced_by is not None:
+            info["replaced_by"] = record.replaced_by
         if record.revoked_us is not None:
             revoked = revocation(record)
             info |= {"revoked_at": revoked["revoked_at"], "revoked_reason": revoked["reason"]}
