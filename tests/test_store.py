@@ -338,7 +338,8 @@ def stored_digest(store, key_id: str) -> str:
 def test_upgrading_a_version_3_database_keeps_why_each_revoked_key_was_revoked(tmp_path):
     path = tmp_path / "keys.db"
     store = SQLiteStore(path)
-    by_owner, leaked, kept = insert(store, "by-owner"), insert(store, "leaked"), insert(store, "kept")
+    by_owner, leaked = insert(store, "by-owner"), insert(store, "leaked")
+    insert(store, "kept")
     store.revoke_key(USER, by_owner.id, T0 + 1, make_event(by_owner, "revoked", T0 + 1))
     store.revoke_leaked([stored_digest(store, leaked.id)], T0 + 2, lambda r: make_event(r, "leaked", T0 + 2))
     store.close()

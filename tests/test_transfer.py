@@ -35,7 +35,8 @@ def test_an_export_imported_keeps_why_each_key_was_revoked(settings, tmp_path):
     assert (before["dropped"].revoked_reason, before["leaked"].revoked_reason) == ("owner", "leaked")
     path = str(tmp_path / "keys.jsonl")
     export_rows(settings, path)
-    header, *rows = (json.loads(line) for line in open(path))
+    with open(path) as exported:
+        header, *rows = (json.loads(line) for line in exported)
     assert header["version"] == VERSION
     assert {r["row"]["name"]: r["row"]["revoked_reason"] for r in rows if r["table"] == "api_keys"} == {
         "dropped": "owner", "leaked": "leaked", "kept": None,
