@@ -30,20 +30,11 @@ from psycopg import sql as pgsql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
 
+from app.domain import records
 from app.domain.errors import StoreUnavailable
 from app.domain.keys import check_room_for_key, roll_over_cap
 from app.domain.ratelimit import count_in, tier_subject
-from app.domain.records import (
-    REVOKED_AS_LEAKED,
-    REVOKED_BY_OWNER,
-    Account,
-    Consumption,
-    KeyEvent,
-    KeyRecord,
-    Rolled,
-    StoredWindow,
-    Window,
-)
+from app.domain.records import Account, Consumption, KeyEvent, KeyRecord, Rolled, StoredWindow, Window
 from app.domain.tiers import DEFAULT_TIER
 from app.store import postgres_migrations
 
@@ -250,7 +241,7 @@ class PostgresStore:
         return [KeyRecord(*row) for row in rows]
 
     def revoke_key(
-        self, user_id: str, key_id: str, now_us: int, event: KeyEvent, reason: str = REVOKED_BY_OWNER
+        self, user_id: str, key_id: str, now_us: int, event: KeyEvent, reason: str = records.REVOKED_BY_OWNER
     ) -> KeyRecord | None:
         """Revoke the user's key for `reason` and record the event; None if there is no such unrevoked key."""
         with self._write() as conn:
@@ -331,13 +322,14 @@ class PostgresStore:
                 "ORDER BY k.digest FOR NO KEY UPDATE OF k",
                 (list(digests), now_us),
             ).fetchall()
-            records = [KeyRecord(*row) for row in rows]
-            for record in records:
+            found = [KeyRecord(*row) for row in rows]
+            for record in found:
                 conn.execute(
-                    "UPDATE api_keys SET revoked_us = %s, revoked_reason = %s WHERE id = %s", (now_us, REVOKED_AS_LEAKED, record.id)
+                    "UPDATE api_keys SET revoked_us = %s, revoked_reason = %s WHERE id = %s",
+                    (now_us, records.REVOKED_AS_LEAKED, record.id),
                 )
                 _insert_event(conn, event(record))
-        return records
+        return found
 
     # -- events ---------------------------------------------------------------------------
 

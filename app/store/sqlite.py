@@ -19,20 +19,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from app.domain import records
 from app.domain.errors import StoreUnavailable
 from app.domain.keys import check_room_for_key, roll_over_cap
 from app.domain.ratelimit import count_in, tier_subject
-from app.domain.records import (
-    REVOKED_AS_LEAKED,
-    REVOKED_BY_OWNER,
-    Account,
-    Consumption,
-    KeyEvent,
-    KeyRecord,
-    Rolled,
-    StoredWindow,
-    Window,
-)
+from app.domain.records import Account, Consumption, KeyEvent, KeyRecord, Rolled, StoredWindow, Window
 from app.domain.tiers import DEFAULT_TIER
 from app.store import migrations
 from app.store.errors import DatabaseMissing, StoreStartError
@@ -295,7 +286,7 @@ class SQLiteStore:
             return [KeyRecord(*row) for row in _newest_first(conn, sql, [user_id], "k", "api_keys", "created_us", before, limit)]
 
     def revoke_key(
-        self, user_id: str, key_id: str, now_us: int, event: KeyEvent, reason: str = REVOKED_BY_OWNER
+        self, user_id: str, key_id: str, now_us: int, event: KeyEvent, reason: str = records.REVOKED_BY_OWNER
     ) -> KeyRecord | None:
         """Revoke the user's key for `reason` and record the event; None if there is no such unrevoked key."""
         with self._write(durable=True) as conn:
@@ -368,13 +359,14 @@ class SQLiteStore:
                 "AND k.revoked_us IS NULL AND (k.expires_us IS NULL OR k.expires_us > ?)",
                 (*digests, now_us),
             ).fetchall()
-            records = [KeyRecord(*row) for row in rows]
-            for record in records:
+            found = [KeyRecord(*row) for row in rows]
+            for record in found:
                 conn.execute(
-                    "UPDATE api_keys SET revoked_us = ?, revoked_reason = ? WHERE id = ?", (now_us, REVOKED_AS_LEAKED, record.id)
+                    "UPDATE api_keys SET revoked_us = ?, revoked_reason = ? WHERE id = ?",
+                    (now_us, records.REVOKED_AS_LEAKED, record.id),
                 )
                 _insert_event(conn, event(record))
-        return records
+        return found
 
     # -- events ---------------------------------------------------------------------------
 

@@ -106,17 +106,23 @@ function expiry(key) {
   return [when(key.expires_at), ""];
 }
 
+// A table row for a key, begun with its name and preview (never its secret).
+function keyRow(key) {
+  const row = document.createElement("tr");
+  row.dataset.keyId = key.id;
+  cell(row, "Name", key.name);
+  const preview = document.createElement("code");
+  preview.textContent = key.key_preview;
+  cell(row, "Key", preview, "preview");
+  return row;
+}
+
 async function loadKeys() {
   const { data } = await api("/api/v1/keys?limit=100");
   const body = $("#keys tbody");
   body.replaceChildren();
   for (const key of data) {
-    const row = document.createElement("tr");
-    row.dataset.keyId = key.id;
-    cell(row, "Name", key.name);
-    const preview = document.createElement("code");
-    preview.textContent = key.key_preview;
-    cell(row, "Key", preview, "preview");
+    const row = keyRow(key);
     cell(row, "Status", key.replaced_by && key.status === "active" ? "active, rolled" : key.status,
       `status-${key.status}`);
     cell(row, "Tier", key.tier);
@@ -155,12 +161,7 @@ async function loadRevoked(events) {
   const body = $("#revoked tbody");
   body.replaceChildren();
   for (const key of revoked) {
-    const row = document.createElement("tr");
-    row.dataset.keyId = key.id;
-    cell(row, "Name", key.name);
-    const preview = document.createElement("code");
-    preview.textContent = key.key_preview;
-    cell(row, "Key", preview, "preview");
+    const row = keyRow(key);
     cell(row, "Revoked", when(key.revoked_at));
     const why = document.createElement("span");
     if (key.revoked_reason === "leaked") {
@@ -271,16 +272,16 @@ async function copySecret() {
   }
 }
 
-function confirmRevoke(key) {
-  const dialog = $("#confirm");
-  $("#confirm-name").textContent = `${key.name} (${key.key_preview})`;
+// Open a confirmation dialog about `key`; run `action` if it closes with the button valued `confirmed`.
+function confirmThen(dialogId, key, confirmed, action) {
+  const dialog = $(`#${dialogId}`);
+  $(`#${dialogId}-name`).textContent = `${key.name} (${key.key_preview})`;
   dialog.returnValue = "";
   dialog.onclose = async () => {
-    if (dialog.returnValue !== "revoke") return;
+    if (dialog.returnValue !== confirmed) return;
     clearError();
     try {
-      await api(`/api/v1/keys/${encodeURIComponent(key.id)}`, { method: "DELETE" });
-      await refresh();
+      await action();
     } catch (error) {
       showError(error);
     }
@@ -288,31 +289,28 @@ function confirmRevoke(key) {
   dialog.showModal();
 }
 
+function confirmRevoke(key) {
+  confirmThen("confirm", key, "revoke", async () => {
+    await api(`/api/v1/keys/${encodeURIComponent(key.id)}`, { method: "DELETE" });
+    await refresh();
+  });
+}
+
 function confirmRoll(key) {
-  const dialog = $("#roll");
-  $("#roll-name").textContent = `${key.name} (${key.key_preview})`;
-  dialog.returnValue = "";
-  dialog.onclose = async () => {
-    if (dialog.returnValue !== "roll") return;
-    clearError();
-    try {
-      const { data, meta } = await api(`/api/v1/keys/${encodeURIComponent(key.id)}/roll`, {
-        method: "POST",
-        headers: { "Content-Type": "application/json" },
-        body: JSON.stringify({ grace_period_minutes: Number($("#roll-grace").value) }),
-      });
-      showSecret(data, meta);
-      const stops = meta.rolled_from.expires_at;
-      $("#secret-rolled").textContent = new Date(stops) <= Date.now()
-        ? `The old key (${key.key_preview}) stopped working now.`
-        : `The old key (${key.key_preview}) keeps working until ${when(stops)}; deploy this one before then.`;
-      $("#secret-rolled").hidden = false;
-      await refresh();
-    } catch (error) {
-      showError(error);
-    }
-  };
-  dialog.showModal();
+  confirmThen("roll", key, "roll", async () => {
+    const { data, meta } = await api(`/api/v1/keys/${encodeURIComponent(key.id)}/roll`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ grace_period_minutes: Number($("#roll-grace").value) }),
+    });
+    showSecret(data, meta);
+    const stops = meta.rolled_from.expires_at;
+    $("#secret-rolled").textContent = new Date(stops) <= Date.now()
+      ? `The old key (${key.key_preview}) stopped working now.`
+      : `The old key (${key.key_preview}) keeps working until ${when(stops)}; deploy this one before then.`;
+    $("#secret-rolled").hidden = false;
+    await refresh();
+  });
 }
 
 document.addEventListener("DOMContentLoaded", () => {
