@@ -22,7 +22,9 @@ def revoked_two_ways(settings):
     store = open_store(settings)
     try:
         keys = KeyService(store, lambda: NOW)
-        dropped, leaked, kept = (keys.mint("alice", name, None, f"req_{name}") for name in ("dropped", "leaked", "kept"))
+        dropped, leaked, kept = (
+            keys.mint("alice", name, None, f"req_{name}") for name in ("dropped", "leaked", "kept")
+        )
         keys.revoke("alice", dropped.record.id, "req_revoke")
         keys.report_leaks([leaked.secret], None, "req_leak")
         return {r.name: r for r in store.list_keys("alice", 10, None, include_revoked=True)}
@@ -39,7 +41,9 @@ def test_an_export_imported_keeps_why_each_key_was_revoked(settings, tmp_path):
         header, *rows = (json.loads(line) for line in exported)
     assert header["version"] == VERSION
     assert {r["row"]["name"]: r["row"]["revoked_reason"] for r in rows if r["table"] == "api_keys"} == {
-        "dropped": "owner", "leaked": "leaked", "kept": None,
+        "dropped": "owner",
+        "leaked": "leaked",
+        "kept": None,
     }
     target = replace(settings, database_path=tmp_path / "target.db", database_url="")  # into SQLite, from either
     import_rows(target, path)
@@ -53,24 +57,73 @@ def test_an_export_imported_keeps_why_each_key_was_revoked(settings, tmp_path):
 
 def version_2_export(path) -> None:
     """An export as version 2 wrote it: no revoked_reason; one key revoked by a leak report, one by its owner."""
-    key = {"user_id": "alice", "preview": "sk_live_Ab12••••••••", "created_us": US, "expires_us": None,
-           "total_requests": 3, "last_used_us": US, "replaced_by": None}
+    key = {
+        "user_id": "alice",
+        "preview": "sk_live_Ab12••••••••",
+        "created_us": US,
+        "expires_us": None,
+        "total_requests": 3,
+        "last_used_us": US,
+        "replaced_by": None,
+    }
     event = {"user_id": "alice", "key_preview": "sk_live_Ab12••••••••", "details": "{}"}
     lines = [
         {"format": FORMAT, "version": 2, "engine": "sqlite"},
         {"table": "accounts", "row": {"user_id": "alice", "tier": "free", "created_us": US}},
-        {"table": "api_keys", "row": {**key, "id": "6e1d2c3b-4a59-4f68-8b7a-9c0d1e2f3a4b", "name": "leaked",
-                                       "digest": "a" * 64, "revoked_us": US + 1}},
-        {"table": "api_keys", "row": {**key, "id": "0b6f3c1e-4a5d-4e2f-9c8b-7a6d5e4f3b2a", "name": "dropped",
-                                       "digest": "b" * 64, "revoked_us": US + 2}},
-        {"table": "api_keys", "row": {**key, "id": "3fa85f64-5717-4562-b3fc-2c963f66afa6", "name": "kept",
-                                       "digest": "c" * 64, "revoked_us": None}},
-        {"table": "key_events", "row": {**event, "id": "e1", "key_id": "6e1d2c3b-4a59-4f68-8b7a-9c0d1e2f3a4b",
-                                         "type": "leaked", "key_name": "leaked", "request_id": "req_1",
-                                         "occurred_us": US + 1}},
-        {"table": "key_events", "row": {**event, "id": "e2", "key_id": "0b6f3c1e-4a5d-4e2f-9c8b-7a6d5e4f3b2a",
-                                         "type": "revoked", "key_name": "dropped", "request_id": "req_2",
-                                         "occurred_us": US + 2}},
+        {
+            "table": "api_keys",
+            "row": {
+                **key,
+                "id": "6e1d2c3b-4a59-4f68-8b7a-9c0d1e2f3a4b",
+                "name": "leaked",
+                "digest": "a" * 64,
+                "revoked_us": US + 1,
+            },
+        },
+        {
+            "table": "api_keys",
+            "row": {
+                **key,
+                "id": "0b6f3c1e-4a5d-4e2f-9c8b-7a6d5e4f3b2a",
+                "name": "dropped",
+                "digest": "b" * 64,
+                "revoked_us": US + 2,
+            },
+        },
+        {
+            "table": "api_keys",
+            "row": {
+                **key,
+                "id": "3fa85f64-5717-4562-b3fc-2c963f66afa6",
+                "name": "kept",
+                "digest": "c" * 64,
+                "revoked_us": None,
+            },
+        },
+        {
+            "table": "key_events",
+            "row": {
+                **event,
+                "id": "e1",
+                "key_id": "6e1d2c3b-4a59-4f68-8b7a-9c0d1e2f3a4b",
+                "type": "leaked",
+                "key_name": "leaked",
+                "request_id": "req_1",
+                "occurred_us": US + 1,
+            },
+        },
+        {
+            "table": "key_events",
+            "row": {
+                **event,
+                "id": "e2",
+                "key_id": "0b6f3c1e-4a5d-4e2f-9c8b-7a6d5e4f3b2a",
+                "type": "revoked",
+                "key_name": "dropped",
+                "request_id": "req_2",
+                "occurred_us": US + 2,
+            },
+        },
     ]
     with open(path, "w") as out:
         out.writelines(json.dumps(line) + "\n" for line in lines)
