@@ -18,9 +18,11 @@ def create_api_key(body: dict[str, Any], user: str) -> tuple[dict[str, Any], int
     return {"data": data, "meta": meta}, 201
 
 
-def list_api_keys(user: str, limit: int = 20, cursor: str | None = None) -> dict[str, Any]:
+def list_api_keys(
+    user: str, limit: int = 20, cursor: str | None = None, include_revoked: bool = False
+) -> dict[str, Any]:
     keys = services().keys
-    page = keys.list(user, limit, cursor)
+    page = keys.list(user, limit, cursor, include_revoked)
     return {"data": [keys.key_info(r) for r in page.items], "meta": {"limit": limit, "next_cursor": page.next_cursor}}
 
 

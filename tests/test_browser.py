@@ -12,6 +12,7 @@ import shutil
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -163,6 +164,90 @@ def test_the_key_page_shows_the_name_hint_and_envelope_errors_readably(page, ser
     page.click("#mint-button")
     expect(page.locator("#error")).to_contain_text("429 rate_limit_exceeded")
     expect(page.locator("#error")).to_contain_text(re.compile(r"Try again in \d+ s"))
+
+
+def mint_on_the_page(page: Page, name: str) -> str:
+    """Mint a key with the page's form and return its secret, as the page showed it once."""
+    page.fill("#name", name)
+    page.press("#name", "Enter")
+    expect(page.locator("#secret")).to_be_visible()
+    secret = page.locator("#secret-value").inner_text()
+    page.click("#secret-done")
+    return secret
+
+
+def test_the_key_page_rolls_a_key_with_a_grace_period_and_shows_when_the_old_one_stops(page, server):
+    sign_in(page, server, "roll-user")
+    old_secret = mint_on_the_page(page, "prod-splunk-2026q2")
+    old_row = page.locator("#keys tbody tr", has_text=old_secret[:12])
+
+    # Keyboard only: to the row's Roll button, Enter; choose 7 days; Tab to "Roll key", Enter.
+    old_row.get_by_role("button", name="Roll prod-splunk-2026q2").focus()
+    page.keyboard.press("Enter")
+    expect(page.locator("#roll")).to_be_visible()
+    expect(page.locator("#roll-grace")).to_be_focused()
+    expect(page.locator("#roll-grace option")).to_have_text(
+        ["not at all: it stops now", "for 1 hour", "for 24 hours", "for 7 days"])
+    page.locator("#roll-grace").select_option("10080")
+    page.keyboard.press("Tab")
+    page.keyboard.press("Tab")
+    expect(page.locator("#confirm-roll")).to_be_focused()
+    page.keyboard.press("Enter")
+
+    expect(page.locator("#secret")).to_be_visible()
+    expect(page.locator("#secret-warning")).to_have_text(MINT_WARNING)
+    new_secret = page.locator("#secret-value").inner_text()
+    assert re.fullmatch(r"sk_live_[0-9A-Za-z]{38}", new_secret) and new_secret != old_secret
+    expect(page.locator("#secret-rolled")).to_contain_text(f"The old key ({old_secret[:12]}••••••••) keeps working until")
+
+    keys = {k["key_preview"][:12]: k for k in keys_of(server, "roll-user")}
+    old, new = keys[old_secret[:12]], keys[new_secret[:12]]
+    assert old["replaced_by"] == new["id"] and new["name"] == old["name"] == "prod-splunk-2026q2"
+    grace = datetime.fromisoformat(old["expires_at"][:-1]) - datetime.fromisoformat(new["created_at"][:-1])
+    assert grace == timedelta(days=7)
+    expect(old_row).to_contain_text("active, rolled")
+    expect(old_row).to_contain_text("stops working")
+    expect(old_row.get_by_role("button", name="Roll prod-splunk-2026q2")).to_have_count(0)  # rolled once
+    new_row = page.locator("#keys tbody tr", has_text=new_secret[:12])
+    expect(new_row.get_by_role("button", name="Roll prod-splunk-2026q2")).to_have_count(1)
+    for secret in (old_secret, new_secret):  # both work during the grace period
+        assert server.request("GET", "/api/v1/whoami", headers={"X-API-Key": secret})[0] == 200
+
+    # Rolled again with no grace: the key shown as stopped, refused from now on.
+    page.click("#secret-done")
+    new_row.get_by_role("button", name="Roll prod-splunk-2026q2").click()
+    page.locator("#roll-grace").select_option("0")
+    page.click("#confirm-roll")
+    expect(page.locator("#secret-rolled")).to_have_text(f"The old key ({new_secret[:12]}••••••••) stopped working now.")
+    expect(new_row).to_contain_text("expired")
+    status, _, body = server.request("GET", "/api/v1/whoami", headers={"X-API-Key": new_secret})
+    assert (status, body["error"]["code"], body["error"]["details"]["rolled"]) == (401, "expired_api_key", True)
+
+
+def test_the_key_page_shows_a_leaked_key_as_leaked_with_where_it_was_found(page, server):
+    sign_in(page, server, "leak-user")
+    leaked = mint_on_the_page(page, "ci-runner-github")
+    dropped = mint_on_the_page(page, "old-laptop")
+    expect(page.locator("#revoked-section")).to_be_hidden()
+    source = "https://github.com/example/repo/blob/main/.env"
+    status, _, _ = server.request("POST", "/api/v1/leaks", {"keys": [leaked], "source": source})
+    assert status == 202
+    page.locator("#keys tbody tr", has_text="old-laptop").get_by_role("button", name="Revoke old-laptop").click()
+    page.click("#confirm-revoke")
+
+    expect(page.locator("#keys tbody tr", has_text="ci-runner-github")).to_have_count(0)
+    leaked_row = page.locator("#revoked tbody tr", has_text="ci-runner-github")
+    expect(leaked_row.locator(".badge-leaked")).to_have_text("leaked")
+    expect(leaked_row).to_contain_text(f"found at {source}")
+    expect(leaked_row).to_contain_text(leaked[:12])
+    dropped_row = page.locator("#revoked tbody tr", has_text="old-laptop")
+    expect(dropped_row).to_contain_text("revoked by you")
+    expect(dropped_row.locator(".badge-leaked")).to_have_count(0)
+    expect(dropped_row).to_contain_text(dropped[:12])
+    expect(page.locator("#events tbody")).to_contain_text("leaked")
+    page.reload()
+    expect(page.locator("#revoked tbody tr", has_text="ci-runner-github")).to_contain_text("leaked")
+    assert leaked not in page.content() and dropped not in page.content()
 
 
 def test_a_page_on_an_allowed_origin_calls_the_api_with_credentials(page, server, pages):

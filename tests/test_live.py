@@ -279,18 +279,91 @@ def test_leak_reports_of_real_revoked_malformed_and_unknown_keys_answer_identica
     real = served.request("POST", "/api/v1/keys", {"name": "real-one"}, owner)[2]["data"]
     revoked = served.request("POST", "/api/v1/keys", {"name": "revoked-one"}, owner)[2]["data"]
     assert served.request("DELETE", f"/api/v1/keys/{revoked['id']}", headers=owner)[0] == 204
-    answers = []
+    answers, remaining = [], []
     for candidate in (real["key"], revoked["key"], "sk_live_not-a-key", keymaterial.generate()):
         conn = http.client.HTTPConnection("127.0.0.1", served.port, timeout=30)
         conn.request("POST", "/api/v1/leaks", body=f'{{"keys": ["{candidate}"], "source": "https://paste.example/x"}}',
                      headers={"Content-Type": "application/json"})
         response = conn.getresponse()
-        headers = {k.lower(): v for k, v in response.getheaders() if k.lower() not in ("x-request-id", "date")}
-        answers.append((response.status, headers, response.read()))
+        headers = {k.lower(): v for k, v in response.getheaders()}
+        remaining.append(int(headers["x-ratelimit-remaining"]))
+        # What differs from one answer to the next whatever the candidate: the request's id, the
+        # time, and how much of this address's rate limit is left (any header carrying that).
+        kept = {k: v for k, v in headers.items()
+                if k not in ("x-request-id", "date", "x-ratelimit-remaining", "x-ratelimit-reset", "ratelimit")}
+        answers.append((response.status, kept, response.read()))
         conn.close()
     assert all(answer == answers[0] for answer in answers), answers
-    assert answers[0][0] == 202
+    assert answers[0][0] == 202 and answers[0][1]["x-ratelimit-limit"] == "10"
+    if remaining[0] >= 3:  # all four in one minute window (else one straddled its end)
+        assert remaining == [remaining[0] - n for n in range(4)]
     assert served.request("GET", "/api/v1/whoami", headers={"X-API-Key": real["key"]})[0] == 401
     _, _, trail = served.request("GET", "/api/v1/key-events", headers=owner)
     leaked = [e for e in trail["data"] if e["type"] == "leaked"]
     assert [(e["key_id"], e["details"]) for e in leaked] == [(real["id"], {"source": "https://paste.example/x"})]
+
+
+def test_a_roll_without_grace_under_load_admits_every_request_before_it_and_refuses_every_one_after(served):
+    """Threads keep calling with the old key, three ways, on two workers, while it is rolled with no grace."""
+    import threading
+
+    from app.store import SQLiteStore
+
+    owner = cookie("drill-roller")
+    status, _, body = served.request("POST", "/api/v1/keys", {"name": "siem-under-load"}, owner)
+    assert status == 201, body
+    old = body["data"]
+    store = SQLiteStore(served.database_path, create=False)  # pro: the drill is about the roll, not the limit
+    try:
+        store.set_tier("drill-roller", "pro", time.time_ns() // 1000)
+    finally:
+        store.close()
+    ways = [{"headers": {"X-API-Key": old["key"]}}, {"headers": {"Authorization": f"Bearer {old['key']}"}},
+            {"path": f"/api/v1/whoami?api_key={old['key']}"}]
+    stop = threading.Event()
+    results: list[tuple[float, float, int, dict]] = []  # sent, answered (monotonic), status, body
+
+    def call_until_stopped(n: int) -> None:
+        way = ways[n % len(ways)]
+        while not stop.is_set():
+            sent = time.monotonic()
+            status, _, answer = served.request("GET", way.get("path", "/api/v1/whoami"), headers=way.get("headers"))
+            results.append((sent, time.monotonic(), status, answer))
+
+    threads = [threading.Thread(target=call_until_stopped, args=(n,)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    try:
+        while len(results) < 30:
+            time.sleep(0.01)
+        roll_sent = time.monotonic()
+        status, _, rolled = served.request("POST", f"/api/v1/keys/{old['id']}/roll", {"grace_period_minutes": 0}, owner)
+        roll_answered = time.monotonic()
+        assert status == 201, rolled
+        while sum(sent > roll_answered for sent, *_ in list(results)) < 30:
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+
+    new_id = rolled["data"]["id"]
+    before = [status for sent, answered, status, _ in results if answered < roll_sent]
+    after = [answer for sent, _, status, answer in results if sent > roll_answered]
+    overlapping = [(status, answer) for sent, answered, status, answer in results
+                   if answered >= roll_sent and sent <= roll_answered]
+    assert len(before) >= 30 and set(before) == {200}, Counter(before)
+    assert len(after) >= 30
+    for answer in after:
+        assert answer["error"]["code"] == "expired_api_key", answer
+        assert answer["error"]["details"] == {"key_id": old["id"], "expired_at": rolled["meta"]["rolled_from"]["expires_at"],
+                                              "rolled": True, "replaced_by": new_id}
+    # Requests in flight during the roll: admitted, or refused as rolled; nothing else.
+    assert {s if s == 200 else (s, a["error"]["code"]) for s, a in overlapping} <= {200, (401, "expired_api_key")}
+    # Every admitted request was counted on the old key, and none after the roll.
+    admitted = sum(status == 200 for _, _, status, _ in results)
+    _, _, listed = served.request("GET", "/api/v1/keys", headers=owner)
+    by_id = {k["id"]: k for k in listed["data"]}
+    assert by_id[old["id"]]["total_requests"] == admitted
+    assert by_id[old["id"]]["replaced_by"] == new_id and by_id[old["id"]]["status"] == "expired"
+    assert served.request("GET", "/api/v1/whoami", headers={"X-API-Key": rolled["data"]["key"]})[0] == 200

@@ -119,6 +119,9 @@ def test_roll_mints_a_replacement_with_the_same_name_tier_and_expiry(client, ses
     assert response.headers["cache-control"] == "no-store"
     assert whoami(client, old["key"]).status_code == 200
     assert whoami(client, new["key"]).status_code == 200
+    listed = {k["id"]: k for k in client.get(KEYS, cookies=session()).json()["data"]}
+    assert listed[old["id"]]["replaced_by"] == new["id"] and listed[old["id"]]["expires_at"] == body["meta"]["rolled_from"]["expires_at"]
+    assert "replaced_by" not in listed[new["id"]]
 
 
 def test_rolled_key_answers_expired_naming_its_replacement_after_the_grace_period(client, session, mint, clock):
@@ -260,14 +263,96 @@ def test_leak_report_answers_the_same_whatever_was_found(client, session, mint):
     assert [e["type"] for e in events(client, session)].count("leaked") == 1
 
 
-def test_leak_report_is_rate_limited_per_client_address(make_app):
+def test_leak_report_is_rate_limited_per_client_address_and_says_how_much_is_left(make_app, clock):
+    minute_ends = str(int(clock()) - int(clock()) % 60 + 60)
     with make_app(leak_report_limit_per_minute=2).test_client() as client:
-        for _ in range(2):
-            assert client.post(LEAKS, json={"keys": ["junk"]}).status_code == 202
+        accepted = [client.post(LEAKS, json={"keys": ["junk"]}) for _ in range(2)]
+        assert [a.status_code for a in accepted] == [202, 202]
+        assert [a.headers["x-ratelimit-remaining"] for a in accepted] == ["1", "0"]
+        assert {(a.headers["x-ratelimit-limit"], a.headers["x-ratelimit-reset"]) for a in accepted} == {("2", minute_ends)}
+        # The IETF fields describe the same windows, each by name.
+        assert accepted[1].headers["ratelimit-policy"] == '"minute";q=2;w=60, "day";q=1000;w=86400'
+        assert accepted[1].headers["ratelimit"].startswith('"minute";r=0;t=')
+        assert ', "day";r=998;t=' in accepted[1].headers["ratelimit"]
         response = client.post(LEAKS, json={"keys": ["junk"]})
         error = assert_error(response, 429, "rate_limit_exceeded")
         assert error["details"]["limit"] == 2 and error["details"]["window"] == "minute"
         assert int(response.headers["retry-after"]) >= 1
+        assert (response.headers["x-ratelimit-limit"], response.headers["x-ratelimit-remaining"]) == ("2", "0")
+        assert response.headers["x-ratelimit-reset"] == minute_ends
+
+
+# -- why a key was revoked -------------------------------------------------------------------
+
+WAYS = {
+    "bearer": lambda key: {"headers": {"Authorization": f"Bearer {key}"}},
+    "header": lambda key: {"headers": {"X-API-Key": key}},
+    "query": lambda key: {"params": {"api_key": key}},
+}
+
+
+@pytest.mark.parametrize("way", sorted(WAYS))
+def test_a_revoked_key_is_told_why_and_when_however_it_is_sent(client, session, mint, clock, way):
+    leaked, dropped = mint(name="leaked-one"), mint(name="dropped-one")
+    client.post(LEAKS, json={"keys": [leaked["key"]], "source": SOURCE})
+    clock.advance(5)
+    client.delete(f"{KEYS}/{dropped['id']}", cookies=session())
+    trail = {e["key_id"]: e for e in events(client, session) if e["type"] != "minted"}
+    for key, reason, event in ((leaked, "leaked", "leaked"), (dropped, "owner", "revoked")):
+        error = assert_error(client.get(WHOAMI, **WAYS[way](key["key"])), 401, "revoked_api_key")
+        assert error["details"] == {"key_id": key["id"], "reason": reason, "revoked_at": trail[key["id"]]["occurred_at"]}
+        assert trail[key["id"]]["type"] == event
+    assert "leaked" in assert_error(client.get(WHOAMI, **WAYS[way](leaked["key"])), 401, "revoked_api_key")["message"]
+
+
+def test_the_owner_lists_revoked_keys_with_the_reason_only_when_asking_for_them(client, session, mint, clock):
+    leaked, dropped, kept = mint(name="leaked-one"), mint(name="dropped-one"), mint(name="kept-one")
+    reported = client.post(LEAKS, json={"keys": [leaked["key"]], "source": SOURCE})
+    clock.advance(60)
+    client.delete(f"{KEYS}/{dropped['id']}", cookies=session())
+    assert [k["id"] for k in client.get(KEYS, cookies=session()).json()["data"]] == [kept["id"]]
+    for value in ("false", "FALSE"):
+        listed = client.get(KEYS, params={"include_revoked": value}, cookies=session()).json()["data"]
+        assert [k["id"] for k in listed] == [kept["id"]]
+
+    listed = client.get(KEYS, params={"include_revoked": "true"}, cookies=session()).json()["data"]
+    by_id = {k["id"]: k for k in listed}
+    assert [k["id"] for k in listed] == [kept["id"], dropped["id"], leaked["id"]]  # newest first, as ever
+    assert (by_id[leaked["id"]]["status"], by_id[leaked["id"]]["revoked_reason"]) == ("revoked", "leaked")
+    assert (by_id[dropped["id"]]["status"], by_id[dropped["id"]]["revoked_reason"]) == ("revoked", "owner")
+    assert parse_time(by_id[dropped["id"]]["revoked_at"]) - parse_time(by_id[leaked["id"]]["revoked_at"]) == timedelta(seconds=60)
+    assert reported.status_code == 202
+    assert by_id[kept["id"]]["status"] == "active"
+    assert "revoked_at" not in by_id[kept["id"]] and "revoked_reason" not in by_id[kept["id"]]
+    assert "key" not in by_id[leaked["id"]] and by_id[leaked["id"]]["key_preview"] == leaked["key_preview"]
+
+
+def test_revoked_keys_page_on_like_any_other(client, session, mint):
+    minted = [mint(name=f"sensor-{n}") for n in range(5)]
+    for key in minted[::2]:
+        client.delete(f"{KEYS}/{key['id']}", cookies=session())
+    seen, cursor = [], None
+    while True:
+        params = {"include_revoked": "true", "limit": 2, **({"cursor": cursor} if cursor else {})}
+        body = client.get(KEYS, params=params, cookies=session()).json()
+        seen += [(k["name"], k["status"]) for k in body["data"]]
+        if not (cursor := body["meta"]["next_cursor"]):
+            break
+    assert seen == [(f"sensor-{n}", "revoked" if n % 2 == 0 else "active") for n in reversed(range(5))]
+
+
+def test_reading_ones_own_revoked_key_is_a_404_that_says_when_and_why(client, session, mint):
+    leaked = mint(name="leaked-one")
+    client.post(LEAKS, json={"keys": [leaked["key"]]})
+    leaked_at = events(client, session)[0]["occurred_at"]
+    error = assert_error(client.get(f"{KEYS}/{leaked['id']}", cookies=session()), 404, "key_not_found")
+    assert error["details"] == {"key_id": leaked["id"], "revoked": True, "reason": "leaked", "revoked_at": leaked_at}
+    again = assert_error(client.delete(f"{KEYS}/{leaked['id']}", cookies=session()), 404, "key_not_found")
+    assert again["details"]["reason"] == "leaked"  # revoking it again changes nothing
+    assert [e["type"] for e in events(client, session)] == ["leaked", "minted"]
+    # To anyone else the key does not exist.
+    theirs = assert_error(client.get(f"{KEYS}/{leaked['id']}", cookies=session("bob")), 404, "key_not_found")
+    assert theirs["details"] == {"key_id": leaked["id"]}
 
 
 @pytest.mark.parametrize(

@@ -311,6 +311,84 @@ def test_revoke_key_of_another_user_returns_none(store):
     assert store.get_key(USER, record.id) == record
 
 
+def test_a_revoked_key_keeps_why_it_was_revoked_and_is_read_only_when_asked_for(store):
+    by_owner, leaked, kept = insert(store, "by-owner", T0), insert(store, "leaked", T0 + 1), insert(store, "kept", T0 + 2)
+    store.revoke_key(USER, by_owner.id, T0 + 3, make_event(by_owner, "revoked", T0 + 3))
+    digest = stored_digest(store, leaked.id)
+    assert [r.id for r in store.revoke_leaked([digest], T0 + 4, lambda r: make_event(r, "leaked", T0 + 4))] == [leaked.id]
+
+    assert store.get_key(USER, leaked.id) is None
+    seen = store.get_key(USER, leaked.id, include_revoked=True)
+    assert (seen.revoked_us, seen.revoked_reason) == (T0 + 4, "leaked")
+    listed = {r.name: r for r in store.list_keys(USER, 10, None, include_revoked=True)}
+    assert [r.name for r in store.list_keys(USER, 10, None, include_revoked=True)] == ["kept", "leaked", "by-owner"]
+    assert (listed["by-owner"].revoked_us, listed["by-owner"].revoked_reason) == (T0 + 3, "owner")
+    assert (listed["kept"].revoked_us, listed["kept"].revoked_reason) == (None, None)
+    assert store.list_keys(USER, 10, None) == [kept]
+    assert store.get_key("user-2", leaked.id, include_revoked=True) is None
+
+
+def stored_digest(store, key_id: str) -> str:
+    """The digest a key is stored under, read back through a lookup that finds it."""
+    with store._conn() as conn:
+        marker = "?" if isinstance(store, SQLiteStore) else "%s"
+        return conn.execute(f"SELECT digest FROM api_keys WHERE id = {marker}", (key_id,)).fetchone()[0]
+
+
+def test_upgrading_a_version_3_database_keeps_why_each_revoked_key_was_revoked(tmp_path):
+    path = tmp_path / "keys.db"
+    store = SQLiteStore(path)
+    by_owner, leaked = insert(store, "by-owner"), insert(store, "leaked")
+    insert(store, "kept")
+    store.revoke_key(USER, by_owner.id, T0 + 1, make_event(by_owner, "revoked", T0 + 1))
+    store.revoke_leaked([stored_digest(store, leaked.id)], T0 + 2, lambda r: make_event(r, "leaked", T0 + 2))
+    store.close()
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("ALTER TABLE api_keys DROP COLUMN revoked_reason")  # as version 3 had it
+    conn.execute("PRAGMA user_version = 3")
+    conn.close()
+    SQLiteStore(path)
+    assert raw(path, "SELECT name, revoked_reason FROM api_keys ORDER BY name") == [
+        ("by-owner", "owner"), ("kept", None), ("leaked", "leaked"),
+    ]
+    assert raw(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+
+
+def test_upgrading_a_version_2_postgresql_schema_keeps_why_each_revoked_key_was_revoked(pg_schema):
+    import psycopg
+
+    from app.store.postgres import PostgresStore
+    from app.store.postgres_migrations import STEPS
+    from tests.conftest import schema_url
+
+    url = schema_url(pg_schema)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE schema_version (version integer PRIMARY KEY, applied_us bigint NOT NULL)")
+        for version, sql in STEPS[:2]:
+            conn.execute(sql)
+            conn.execute("INSERT INTO schema_version VALUES (%s, 0)", (version,))
+        conn.execute("INSERT INTO accounts VALUES (%s, 'free', 0)", (USER,))
+        for name, revoked in (("by-owner", T0), ("leaked", T0), ("kept", None)):
+            conn.execute(
+                "INSERT INTO api_keys (id, user_id, name, digest, preview, created_us, revoked_us) "
+                "VALUES (%s, %s, %s, %s, 'sk_live_Ab12', 0, %s)",
+                (name, USER, name, name, revoked),
+            )
+        conn.execute(
+            "INSERT INTO key_events (id, user_id, key_id, type, key_name, key_preview, request_id, occurred_us, details) "
+            "VALUES ('e1', %s, 'leaked', 'leaked', 'leaked', 'sk_live_Ab12', 'req_1', %s, '{}')",
+            (USER, T0),
+        )
+    store = PostgresStore(url, pool_size=2)
+    try:
+        assert store.schema_version() == STEPS[-1][0]
+        with store._conn() as conn:
+            rows = conn.execute("SELECT name, revoked_reason FROM api_keys ORDER BY name").fetchall()
+    finally:
+        store.close()
+    assert rows == [("by-owner", "owner"), ("kept", None), ("leaked", "leaked")]
+
+
 def admit_all(record: KeyRecord) -> list[Window]:
     return windows(60)
 

@@ -23,7 +23,7 @@ from app.domain.errors import (
     RevokedAPIKey,
 )
 from app.domain.ratelimit import Decision, Limits, RateLimiter
-from app.domain.records import Account, KeyEvent, KeyRecord, Rolled, Window
+from app.domain.records import REVOKED_AS_LEAKED, Account, KeyEvent, KeyRecord, Rolled, Window
 from app.domain.store import Store
 from app.domain.tiers import get_tier
 
@@ -194,16 +194,25 @@ class KeyService:
             )
         return len(candidates)
 
-    def list(self, user_id: str, limit: int, cursor: str | None) -> Page:
-        """Return a page of the user's unrevoked keys, newest first."""
-        records = self._store.list_keys(user_id, limit + 1, decode_cursor(cursor))
+    def list(self, user_id: str, limit: int, cursor: str | None, include_revoked: bool = False) -> Page:
+        """Return a page of the user's keys, newest first: unrevoked ones, or all with `include_revoked`."""
+        records = self._store.list_keys(user_id, limit + 1, decode_cursor(cursor), include_revoked)
         return _page(records, limit, lambda r: (r.created_us, r.id))
 
     def get(self, user_id: str, key_id: str) -> KeyRecord:
-        """Return the user's unrevoked key; KeyNotFound otherwise, whoever owns it."""
-        record = self._store.get_key(user_id, key_id.lower())
+        """Return the user's unrevoked key; KeyNotFound otherwise, whoever owns it.
+
+        A revoked key is gone, as DELETE promised, but its owner is told when and why.
+        """
+        record = self._store.get_key(user_id, key_id.lower(), include_revoked=True)
         if record is None:
             raise KeyNotFound("No API key with this id exists for this account.", {"key_id": key_id})
+        if record.revoked_us is not None:
+            revoked = revocation(record)
+            raise KeyNotFound(
+                f"This API key was revoked ({revoked['reason']}); it is listed with include_revoked=true.",
+                {"key_id": record.id, "revoked": True, **revoked},
+            )
         return record
 
     def revoke(self, user_id: str, key_id: str, request_id: str) -> KeyRecord:
@@ -244,7 +253,10 @@ class KeyService:
             if identified is not None:
                 identified(record)
             if record.revoked_us is not None:
-                raise RevokedAPIKey("This API key has been revoked.", {"key_id": record.id})
+                message = "This API key has been revoked."
+                if record.revoked_reason == REVOKED_AS_LEAKED:
+                    message = "This API key was reported as leaked and has been revoked; use another key."
+                raise RevokedAPIKey(message, {"key_id": record.id, **revocation(record)})
             if record.expires_us is not None and record.expires_us <= now_us:
                 details: dict[str, Any] = {"key_id": record.id, "expired_at": rfc3339(record.expires_us)}
                 if record.replaced_by is not None:
@@ -278,7 +290,7 @@ class KeyService:
         """Describe a key as the contract's APIKeyInfo (never its secret)."""
         tier = get_tier(record.tier)
         expired = record.expires_us is not None and record.expires_us <= self.now_us()
-        return {
+        info: dict[str, Any] = {
             "id": record.id,
             "name": record.name,
             "key_preview": record.preview,
@@ -290,8 +302,19 @@ class KeyService:
             "last_used_at": rfc3339(record.last_used_us),
             "created_at": rfc3339(record.created_us),
             "expires_at": rfc3339(record.expires_us),
-            "status": "expired" if expired else "active",
+            "status": "revoked" if record.revoked_us is not None else "expired" if expired else "active",
         }
+        if record.replaced_by is not None:
+            info["replaced_by"] = record.replaced_by
+        if record.revoked_us is not None:
+            revoked = revocation(record)
+            info |= {"revoked_at": revoked["revoked_at"], "revoked_reason": revoked["reason"]}
+        return info
+
+
+def revocation(key: KeyRecord) -> dict[str, Any]:
+    """Say when a revoked key was revoked and why (`owner`, `leaked`), as error details and key fields show it."""
+    return {"reason": key.revoked_reason, "revoked_at": rfc3339(key.revoked_us)}
 
 
 def refuse_roll(key: KeyRecord, now_us: int) -> None:

@@ -9,6 +9,10 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+# Why a key was revoked, as stored with it and told to whoever presents or lists it.
+REVOKED_BY_OWNER = "owner"  # DELETE /api/v1/keys/{key_id}
+REVOKED_AS_LEAKED = "leaked"  # a leak report (POST /api/v1/leaks)
+
 
 @dataclass(frozen=True)
 class Account:
@@ -30,6 +34,7 @@ class KeyRecord:
     total_requests: int
     last_used_us: int | None
     replaced_by: str | None = None  # the key that replaced this one when it was rolled
+    revoked_reason: str | None = None  # why it was revoked: REVOKED_BY_OWNER or REVOKED_AS_LEAKED
 
 
 @dataclass(frozen=True)

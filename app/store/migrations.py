@@ -7,9 +7,19 @@ import sqlite3
 import sqlite_utils
 
 from app.domain.ratelimit import tier_subject
+from app.domain.records import REVOKED_AS_LEAKED, REVOKED_BY_OWNER
 from app.store.errors import SchemaTooNew
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
+# Why each key revoked before version 4 was revoked, from its events: a `leaked` event says a
+# leak report did it, anything else was its owner. The same statement on either engine, and
+# after importing an export written before the reason was kept.
+# bandit B608: SQL from this module's constants; no input reaches it.
+REVOKED_REASON_BACKFILL = (
+    f"UPDATE api_keys SET revoked_reason = CASE WHEN EXISTS (SELECT 1 FROM key_events e "  # nosec B608
+    f"WHERE e.key_id = api_keys.id AND e.type = 'leaked') THEN '{REVOKED_AS_LEAKED}' ELSE '{REVOKED_BY_OWNER}' END "
+    "WHERE revoked_us IS NOT NULL AND revoked_reason IS NULL"
+)
 
 
 def migrate(conn: sqlite3.Connection) -> None:
@@ -27,6 +37,8 @@ def migrate(conn: sqlite3.Connection) -> None:
         _account_windows_v2(conn)
     if version < 3:
         _replaced_by_v3(conn)
+    if version < 4:
+        _revoked_reason_v4(conn)
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
@@ -89,3 +101,10 @@ def _replaced_by_v3(conn: sqlite3.Connection) -> None:
     """Add the key that replaced a rolled one (its expiry is when it stops), unless it is there."""
     if "replaced_by" not in {row[1] for row in conn.execute("PRAGMA table_info(api_keys)")}:
         conn.execute("ALTER TABLE api_keys ADD COLUMN replaced_by TEXT")
+
+
+def _revoked_reason_v4(conn: sqlite3.Connection) -> None:
+    """Keep why a key was revoked (its owner, or a leak report), filled in for keys revoked already."""
+    if "revoked_reason" not in {row[1] for row in conn.execute("PRAGMA table_info(api_keys)")}:
+        conn.execute("ALTER TABLE api_keys ADD COLUMN revoked_reason TEXT")
+    conn.execute(REVOKED_REASON_BACKFILL)

@@ -33,6 +33,7 @@ from psycopg import sql as pgsql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
 
+from app.domain import records
 from app.domain.errors import StoreUnavailable
 from app.domain.keys import check_room_for_key, roll_over_cap
 from app.domain.ratelimit import count_in, tier_subject
@@ -47,7 +48,7 @@ SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 _KEY_COLUMNS = (
     "k.id, k.user_id, k.name, k.preview, a.tier, k.created_us, k.expires_us, k.revoked_us, "
-    "k.total_requests, k.last_used_us, k.replaced_by"
+    "k.total_requests, k.last_used_us, k.replaced_by, k.revoked_reason"
 )
 _KEY_FROM = "api_keys k JOIN accounts a ON a.user_id = k.user_id"
 _EVENT_COLUMNS = (
@@ -242,25 +243,31 @@ class PostgresStore:
             )
             _insert_event(conn, event)
 
-    def get_key(self, user_id: str, key_id: str) -> KeyRecord | None:
-        """Return the user's key with this id unless it is revoked."""
+    def get_key(self, user_id: str, key_id: str, include_revoked: bool = False) -> KeyRecord | None:
+        """Return the user's key with this id unless it is revoked (or, with `include_revoked`, even so)."""
         with self._conn() as conn:
             row = conn.execute(
                 f"SELECT {_KEY_COLUMNS} FROM {_KEY_FROM} "  # nosec B608 -- module constants; values bound
-                "WHERE k.id = %s AND k.user_id = %s AND k.revoked_us IS NULL",
+                "WHERE k.id = %s AND k.user_id = %s" + ("" if include_revoked else " AND k.revoked_us IS NULL"),
                 (key_id, user_id),
             ).fetchone()
         return KeyRecord(*row) if row else None
 
-    def list_keys(self, user_id: str, limit: int, before: tuple[int, str] | None) -> list[KeyRecord]:
-        """Return up to `limit` unrevoked keys, newest first, older than the `before` position."""
-        sql = f"SELECT {_KEY_COLUMNS} FROM {_KEY_FROM} WHERE k.user_id = %s AND k.revoked_us IS NULL"  # nosec B608
+    def list_keys(
+        self, user_id: str, limit: int, before: tuple[int, str] | None, include_revoked: bool = False
+    ) -> list[KeyRecord]:
+        """Return up to `limit` keys, newest first, older than the `before` position; revoked ones only if asked."""
+        sql = f"SELECT {_KEY_COLUMNS} FROM {_KEY_FROM} WHERE k.user_id = %s"  # nosec B608
+        if not include_revoked:
+            sql += " AND k.revoked_us IS NULL"
         with self._conn() as conn:
             rows = _newest_first(conn, sql, [user_id], "k", "api_keys", "created_us", before, limit)
         return [KeyRecord(*row) for row in rows]
 
-    def revoke_key(self, user_id: str, key_id: str, now_us: int, event: KeyEvent) -> KeyRecord | None:
-        """Revoke the user's key and record the event; None if there is no such unrevoked key."""
+    def revoke_key(
+        self, user_id: str, key_id: str, now_us: int, event: KeyEvent, reason: str = records.REVOKED_BY_OWNER
+    ) -> KeyRecord | None:
+        """Revoke the user's key for `reason` and record the event; None if there is no such unrevoked key."""
         with self._write() as conn:
             # Locking the key row waits for a request counting it to finish; a second revocation
             # waits for the first and then finds the key revoked.
@@ -272,7 +279,9 @@ class PostgresStore:
             if row is None:
                 return None
             # The account's rate windows stay: its other keys, and any minted next, share them.
-            conn.execute("UPDATE api_keys SET revoked_us = %s WHERE id = %s", (now_us, key_id))
+            conn.execute(
+                "UPDATE api_keys SET revoked_us = %s, revoked_reason = %s WHERE id = %s", (now_us, reason, key_id)
+            )
             _insert_event(conn, event)
         return KeyRecord(*row)
 
@@ -323,7 +332,7 @@ class PostgresStore:
     def revoke_leaked(
         self, digests: Sequence[str], now_us: int, event: Callable[[KeyRecord], KeyEvent]
     ) -> list[KeyRecord]:
-        """Revoke every active key stored under one of `digests`, each with its `event`, at once.
+        """Revoke every active key stored under one of `digests` as leaked, each with its `event`, at once.
 
         The key rows are locked in digest order, so two reports naming the same keys take turns
         rather than deadlock.
@@ -337,11 +346,14 @@ class PostgresStore:
                 "ORDER BY k.digest FOR NO KEY UPDATE OF k",
                 (list(digests), now_us),
             ).fetchall()
-            records = [KeyRecord(*row) for row in rows]
-            for record in records:
-                conn.execute("UPDATE api_keys SET revoked_us = %s WHERE id = %s", (now_us, record.id))
+            found = [KeyRecord(*row) for row in rows]
+            for record in found:
+                conn.execute(
+                    "UPDATE api_keys SET revoked_us = %s, revoked_reason = %s WHERE id = %s",
+                    (now_us, records.REVOKED_AS_LEAKED, record.id),
+                )
                 _insert_event(conn, event(record))
-        return records
+        return found
 
     # -- events ---------------------------------------------------------------------------
 

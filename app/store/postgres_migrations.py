@@ -11,6 +11,7 @@ import time
 import psycopg
 
 from app.store.errors import SchemaTooNew
+from app.store.migrations import REVOKED_REASON_BACKFILL
 
 # Each step runs in its own transaction with the row that records it.
 STEPS: tuple[tuple[int, str], ...] = (
@@ -58,6 +59,8 @@ STEPS: tuple[tuple[int, str], ...] = (
     """),
     # Rolling a key: the key that replaced it (its expiry is when it stops).
     (2, "ALTER TABLE api_keys ADD COLUMN replaced_by text;"),
+    # Why a key was revoked (its owner, or a leak report), filled in for keys revoked already.
+    (3, "ALTER TABLE api_keys ADD COLUMN revoked_reason text; " + REVOKED_REASON_BACKFILL + ";"),
 )
 SCHEMA_VERSION = STEPS[-1][0]
 MIGRATION_TIMEOUT_MS = 60_000

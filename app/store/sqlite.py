@@ -19,6 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from app.domain import records
 from app.domain.errors import StoreUnavailable
 from app.domain.keys import check_room_for_key, roll_over_cap
 from app.domain.ratelimit import count_in, tier_subject
@@ -41,7 +42,7 @@ UNAVAILABLE_CODES = frozenset({
 
 _KEY_COLUMNS = (
     "k.id, k.user_id, k.name, k.preview, a.tier, k.created_us, k.expires_us, k.revoked_us, "
-    "k.total_requests, k.last_used_us, k.replaced_by"
+    "k.total_requests, k.last_used_us, k.replaced_by, k.revoked_reason"
 )
 _KEY_FROM = "api_keys k JOIN accounts a ON a.user_id = k.user_id"
 
@@ -262,26 +263,32 @@ class SQLiteStore:
             )
             _insert_event(conn, event)
 
-    def get_key(self, user_id: str, key_id: str) -> KeyRecord | None:
-        """Return the user's key with this id unless it is revoked."""
+    def get_key(self, user_id: str, key_id: str, include_revoked: bool = False) -> KeyRecord | None:
+        """Return the user's key with this id unless it is revoked (or, with `include_revoked`, even so)."""
         with self._conn() as conn:
             # bandit B608: SQL from module constants; every value is a bound parameter.
             row = conn.execute(
                 f"SELECT {_KEY_COLUMNS} FROM {_KEY_FROM} "  # nosec B608
-                "WHERE k.id = ? AND k.user_id = ? AND k.revoked_us IS NULL",
+                "WHERE k.id = ? AND k.user_id = ?" + ("" if include_revoked else " AND k.revoked_us IS NULL"),
                 (key_id, user_id),
             ).fetchone()
         return KeyRecord(*row) if row else None
 
-    def list_keys(self, user_id: str, limit: int, before: tuple[int, str] | None) -> list[KeyRecord]:
-        """Return up to `limit` unrevoked keys, newest first, older than the `before` position."""
+    def list_keys(
+        self, user_id: str, limit: int, before: tuple[int, str] | None, include_revoked: bool = False
+    ) -> list[KeyRecord]:
+        """Return up to `limit` keys, newest first, older than the `before` position; revoked ones only if asked."""
         # bandit B608: SQL from module constants; every value is a bound parameter.
-        sql = f"SELECT {_KEY_COLUMNS} FROM {_KEY_FROM} WHERE k.user_id = ? AND k.revoked_us IS NULL"  # nosec B608
+        sql = f"SELECT {_KEY_COLUMNS} FROM {_KEY_FROM} WHERE k.user_id = ?"  # nosec B608
+        if not include_revoked:
+            sql += " AND k.revoked_us IS NULL"
         with self._conn() as conn:
             return [KeyRecord(*row) for row in _newest_first(conn, sql, [user_id], "k", "api_keys", "created_us", before, limit)]
 
-    def revoke_key(self, user_id: str, key_id: str, now_us: int, event: KeyEvent) -> KeyRecord | None:
-        """Revoke the user's key and record the event; None if there is no such unrevoked key."""
+    def revoke_key(
+        self, user_id: str, key_id: str, now_us: int, event: KeyEvent, reason: str = records.REVOKED_BY_OWNER
+    ) -> KeyRecord | None:
+        """Revoke the user's key for `reason` and record the event; None if there is no such unrevoked key."""
         with self._write(durable=True) as conn:
             # bandit B608: SQL from module constants; every value is a bound parameter.
             row = conn.execute(
@@ -292,7 +299,7 @@ class SQLiteStore:
             if row is None:
                 return None
             # The account's rate windows stay: its other keys, and any minted next, share them.
-            conn.execute("UPDATE api_keys SET revoked_us = ? WHERE id = ?", (now_us, key_id))
+            conn.execute("UPDATE api_keys SET revoked_us = ?, revoked_reason = ? WHERE id = ?", (now_us, reason, key_id))
             record = KeyRecord(*row)
             _insert_event(conn, event)
         return record
@@ -341,7 +348,7 @@ class SQLiteStore:
     def revoke_leaked(
         self, digests: Sequence[str], now_us: int, event: Callable[[KeyRecord], KeyEvent]
     ) -> list[KeyRecord]:
-        """Revoke every active key stored under one of `digests`, each with its `event`, at once."""
+        """Revoke every active key stored under one of `digests` as leaked, each with its `event`, at once."""
         if not digests:
             return []
         marks = ", ".join("?" * len(digests))
@@ -352,11 +359,14 @@ class SQLiteStore:
                 "AND k.revoked_us IS NULL AND (k.expires_us IS NULL OR k.expires_us > ?)",
                 (*digests, now_us),
             ).fetchall()
-            records = [KeyRecord(*row) for row in rows]
-            for record in records:
-                conn.execute("UPDATE api_keys SET revoked_us = ? WHERE id = ?", (now_us, record.id))
+            found = [KeyRecord(*row) for row in rows]
+            for record in found:
+                conn.execute(
+                    "UPDATE api_keys SET revoked_us = ?, revoked_reason = ? WHERE id = ?",
+                    (now_us, records.REVOKED_AS_LEAKED, record.id),
+                )
                 _insert_event(conn, event(record))
-        return records
+        return found
 
     # -- events ---------------------------------------------------------------------------
 

@@ -18,15 +18,20 @@ from typing import Any
 
 from app.config import Settings
 from app.store import open_store
+from app.store.migrations import REVOKED_REASON_BACKFILL
 
 FORMAT = "socdefenders-keys export"
-VERSION = 2
-# Columns added since version 1, filled with their default on an older export's rows.
-ADDED_SINCE_V1: dict[str, dict[str, Any]] = {"api_keys": {"replaced_by": None}}
+VERSION = 3
+# Columns each version added, filled on an older export's rows: with their default, then (the
+# reason a key was revoked) from its events once every row is in, as the schema migration does.
+ADDED_IN: dict[int, dict[str, dict[str, Any]]] = {
+    2: {"api_keys": {"replaced_by": None}},
+    3: {"api_keys": {"revoked_reason": None}},
+}
 TABLES: dict[str, tuple[str, ...]] = {
     "accounts": ("user_id", "tier", "created_us"),
     "api_keys": ("id", "user_id", "name", "digest", "preview", "created_us", "expires_us", "revoked_us",
-                 "total_requests", "last_used_us", "replaced_by"),
+                 "total_requests", "last_used_us", "replaced_by", "revoked_reason"),
     "key_events": ("id", "user_id", "key_id", "type", "key_name", "key_preview", "request_id", "occurred_us",
                    "details"),
     "rate_windows": ("subject", "window", "start", "count", "blocked"),
@@ -90,8 +95,14 @@ def import_rows(settings: Settings, path: str) -> dict[str, int]:
     try:
         with open(path) as source:
             header = json.loads(source.readline() or "null")
-            if not isinstance(header, dict) or header.get("format") != FORMAT or header.get("version") not in (1, VERSION):
-                raise TransferError(f"{path} is not an export of this service (version {VERSION})")
+            if not isinstance(header, dict) or header.get("format") != FORMAT or header.get("version") not in range(1, VERSION + 1):
+                raise TransferError(f"{path} is not an export of this service (version {VERSION} or older)")
+            version: int = header["version"]
+            added: dict[str, dict[str, Any]] = {}
+            for since, new_columns in ADDED_IN.items():
+                if version < since:
+                    for table, defaults in new_columns.items():
+                        added[table] = {**added.get(table, {}), **defaults}
             with _connection(settings) as conn:
                 for table in TABLES:
                     # bandit B608: table names are this module's constants.
@@ -100,8 +111,8 @@ def import_rows(settings: Settings, path: str) -> dict[str, int]:
                 for number, line in enumerate(source, start=2):
                     item = json.loads(line)
                     table, row = item.get("table"), item.get("row")
-                    if header["version"] == 1 and isinstance(row, dict):
-                        row = {**ADDED_SINCE_V1.get(table, {}), **row}
+                    if isinstance(row, dict):
+                        row = {**added.get(table, {}), **row}
                     if table not in TABLES or not isinstance(row, dict) or set(row) != set(TABLES[table]):
                         raise TransferError(f"{path} line {number}: not a row of this service's tables")
                     columns = TABLES[table]
@@ -115,6 +126,8 @@ def import_rows(settings: Settings, path: str) -> dict[str, int]:
                         values,
                     )
                     counts[table] += 1
+                if version < 3:
+                    conn.execute(REVOKED_REASON_BACKFILL)
     except (OSError, ValueError) as error:
         raise TransferError(str(error)) from error
     return counts

@@ -6,11 +6,12 @@ from dataclasses import dataclass
 
 from app.config import Settings
 from app.domain.keys import Clock, KeyService
-from app.domain.ratelimit import Limits, RateLimiter
+from app.domain.ratelimit import Limits, RateLimiter, leak_report_subject
 from app.domain.sessions import SessionVerifier
 from app.domain.store import Store
 from app.version import __version__
 from app.web import metrics, probes
+from app.web.ratelimit_headers import rate_limit_headers
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,13 @@ class Services:
     def check_ready(self) -> None:
         """Raise StoreUnavailable unless the store accepts a write within the readiness bound."""
         probes.check_ready(self.store)
+
+    def admit_leak_report(self, address: str) -> dict[str, str]:
+        """Count a leak report from `address` (RateLimited past its limit); return its answer's rate-limit headers."""
+        decision = self.limiter.require(
+            leak_report_subject(address), self.leak_report_limits, self.clock(), "leak reports from this address"
+        )
+        return rate_limit_headers(decision)
 
     def metrics_for(self, client: str | None) -> tuple[bytes, str] | None:
         """The metrics page and its content type, or None for a client outside METRICS_ALLOW."""

@@ -1,4 +1,4 @@
-// The key page: list, mint, revoke and audit API keys with the session cookie, the way the
+// The key page: list, mint, roll, revoke and audit API keys with the session cookie, the way the
 // vendor's own sample calls the API: fetch('/api/v1/keys', {credentials: 'include', ...}).
 // No framework and no build step; the secret lives only in the page until it is dismissed.
 "use strict";
@@ -43,6 +43,8 @@ function explain(error) {
     case "duplicate_name":
       return `${error.message} Choose another name, or revoke the old key first.`;
     case "key_limit_reached":
+      return `${error.message}`;
+    case "key_not_rollable":
       return `${error.message}`;
     case "rate_limit_exceeded": {
       const seconds = error.details.retry_after || error.retryAfter;
@@ -94,9 +96,25 @@ function cell(row, label, value, className) {
 function expiry(key) {
   if (!key.expires_at) return ["never", ""];
   const left = new Date(key.expires_at) - Date.now();
+  if (key.replaced_by) {
+    // A rolled key: its expiry is the end of its grace period.
+    if (key.status === "expired") return [`stopped working ${when(key.expires_at)} (rolled)`, "status-expired"];
+    return [`stops working ${when(key.expires_at)} (rolled)`, "expiring"];
+  }
   if (key.status === "expired") return [`expired ${when(key.expires_at)}`, "status-expired"];
   if (left < 7 * 24 * 3600 * 1000) return [`${when(key.expires_at)} (within a week)`, "expiring"];
   return [when(key.expires_at), ""];
+}
+
+// A table row for a key, begun with its name and preview (never its secret).
+function keyRow(key) {
+  const row = document.createElement("tr");
+  row.dataset.keyId = key.id;
+  cell(row, "Name", key.name);
+  const preview = document.createElement("code");
+  preview.textContent = key.key_preview;
+  cell(row, "Key", preview, "preview");
+  return row;
 }
 
 async function loadKeys() {
@@ -104,28 +122,61 @@ async function loadKeys() {
   const body = $("#keys tbody");
   body.replaceChildren();
   for (const key of data) {
-    const row = document.createElement("tr");
-    row.dataset.keyId = key.id;
-    cell(row, "Name", key.name);
-    const preview = document.createElement("code");
-    preview.textContent = key.key_preview;
-    cell(row, "Key", preview, "preview");
-    cell(row, "Status", key.status, `status-${key.status}`);
+    const row = keyRow(key);
+    cell(row, "Status", key.replaced_by && key.status === "active" ? "active, rolled" : key.status,
+      `status-${key.status}`);
     cell(row, "Tier", key.tier);
     cell(row, "Requests", key.total_requests.toLocaleString(), "num");
     cell(row, "Last used", when(key.last_used_at));
     const [text, className] = expiry(key);
     cell(row, "Expires", text, className);
-    const revoke = document.createElement("button");
-    revoke.type = "button";
-    revoke.className = "danger";
-    revoke.textContent = "Revoke";
-    revoke.setAttribute("aria-label", `Revoke ${key.name}`);
-    revoke.addEventListener("click", () => confirmRevoke(key));
-    cell(row, "Actions", revoke);
+    const actions = document.createElement("div");
+    actions.className = "actions";
+    if (key.status === "active" && !key.replaced_by) {
+      actions.append(button("Roll", `Roll ${key.name}`, "secondary", () => confirmRoll(key)));
+    }
+    actions.append(button("Revoke", `Revoke ${key.name}`, "danger", () => confirmRevoke(key)));
+    cell(row, "Actions", actions);
     body.append(row);
   }
   $("#keys-empty").hidden = data.length > 0;
+}
+
+function button(text, label, className, onClick) {
+  const element = document.createElement("button");
+  element.type = "button";
+  element.className = className;
+  element.textContent = text;
+  element.setAttribute("aria-label", label);
+  element.addEventListener("click", onClick);
+  return element;
+}
+
+// Revoked keys, each with why: by its owner, or leaked (with where it was found, from the
+// `leaked` event, when it is among the events loaded).
+async function loadRevoked(events) {
+  const { data } = await api("/api/v1/keys?include_revoked=true&limit=100");
+  const revoked = data.filter((key) => key.status === "revoked");
+  const leaks = new Map(events.filter((e) => e.type === "leaked").map((e) => [e.key_id, e]));
+  const body = $("#revoked tbody");
+  body.replaceChildren();
+  for (const key of revoked) {
+    const row = keyRow(key);
+    cell(row, "Revoked", when(key.revoked_at));
+    const why = document.createElement("span");
+    if (key.revoked_reason === "leaked") {
+      const badge = document.createElement("span");
+      badge.className = "badge badge-leaked";
+      badge.textContent = "leaked";
+      const source = leaks.get(key.id)?.details?.source;
+      why.append(badge, ` reported ${when(key.revoked_at)}` + (source ? `, found at ${source}` : ""));
+    } else {
+      why.textContent = "revoked by you";
+    }
+    cell(row, "Why", why);
+    body.append(row);
+  }
+  $("#revoked-section").hidden = revoked.length === 0;
 }
 
 async function loadEvents() {
@@ -142,12 +193,13 @@ async function loadEvents() {
     body.append(row);
   }
   $("#events-empty").hidden = data.length > 0;
+  return data;
 }
 
 async function refresh() {
   try {
     await loadKeys();
-    await loadEvents();
+    await loadRevoked(await loadEvents());
     $("#session").textContent = "Signed in.";
     $("#signin").hidden = true;
     $("#mint").hidden = false;
@@ -191,6 +243,7 @@ function showSecret(data, meta) {
   $("#secret-hint").textContent = meta.name_hint || "";
   $("#secret-hint").hidden = !meta.name_hint;
   $("#secret-value").textContent = data.full_key;
+  $("#secret-rolled").hidden = true;
   $("#copied").textContent = "";
   $("#secret").hidden = false;
   $("#secret").focus();
@@ -198,6 +251,7 @@ function showSecret(data, meta) {
 
 function hideSecret() {
   $("#secret-value").textContent = "";
+  $("#secret-rolled").textContent = "";
   $("#secret").hidden = true;
   $("#name").focus();
 }
@@ -218,21 +272,45 @@ async function copySecret() {
   }
 }
 
-function confirmRevoke(key) {
-  const dialog = $("#confirm");
-  $("#confirm-name").textContent = `${key.name} (${key.key_preview})`;
+// Open a confirmation dialog about `key`; run `action` if it closes with the button valued `confirmed`.
+function confirmThen(dialogId, key, confirmed, action) {
+  const dialog = $(`#${dialogId}`);
+  $(`#${dialogId}-name`).textContent = `${key.name} (${key.key_preview})`;
   dialog.returnValue = "";
   dialog.onclose = async () => {
-    if (dialog.returnValue !== "revoke") return;
+    if (dialog.returnValue !== confirmed) return;
     clearError();
     try {
-      await api(`/api/v1/keys/${encodeURIComponent(key.id)}`, { method: "DELETE" });
-      await refresh();
+      await action();
     } catch (error) {
       showError(error);
     }
   };
   dialog.showModal();
+}
+
+function confirmRevoke(key) {
+  confirmThen("confirm", key, "revoke", async () => {
+    await api(`/api/v1/keys/${encodeURIComponent(key.id)}`, { method: "DELETE" });
+    await refresh();
+  });
+}
+
+function confirmRoll(key) {
+  confirmThen("roll", key, "roll", async () => {
+    const { data, meta } = await api(`/api/v1/keys/${encodeURIComponent(key.id)}/roll`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ grace_period_minutes: Number($("#roll-grace").value) }),
+    });
+    showSecret(data, meta);
+    const stops = meta.rolled_from.expires_at;
+    $("#secret-rolled").textContent = new Date(stops) <= Date.now()
+      ? `The old key (${key.key_preview}) stopped working now.`
+      : `The old key (${key.key_preview}) keeps working until ${when(stops)}; deploy this one before then.`;
+    $("#secret-rolled").hidden = false;
+    await refresh();
+  });
 }
 
 document.addEventListener("DOMContentLoaded", () => {
