@@ -201,3 +201,18 @@ def test_export_of_a_missing_or_newer_database_is_one_line_and_creates_nothing(t
         assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
         assert "version 99" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "x.jsonl").exists()
+
+
+def test_an_unreachable_postgresql_is_one_line_with_the_reason(tmp_path):
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"postgresql://keys:hunter2-secret@127.0.0.1:{port}/keys"
+    for args in (("migrate",), ("set-tier", "alice", "pro")):
+        result = run(tmp_path, *args, DATABASE_URL=url)
+        assert result.returncode != 0 and "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert "cannot be reached" in result.stderr and "refused" in result.stderr.lower()
+        assert "hunter2" not in result.stderr
