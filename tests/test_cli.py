@@ -210,7 +210,10 @@ def test_an_unreachable_postgresql_is_one_line_with_the_reason(tmp_path):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     url = f"postgresql://keys:hunter2-secret@127.0.0.1:{port}/keys"
-    for args in (("migrate",), ("set-tier", "alice", "pro")):
+    export = tmp_path / "keys.jsonl"
+    export.write_text('{"format": "socdefenders-keys export", "version": 2, "engine": "sqlite"}\n')
+    for args in (("migrate",), ("set-tier", "alice", "pro"), ("export", str(tmp_path / "out.jsonl")),
+                 ("import", str(export))):
         result = run(tmp_path, *args, DATABASE_URL=url)
         assert result.returncode != 0 and "Traceback" not in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr

@@ -48,12 +48,20 @@ def _connection(settings: Settings, create: bool | None = None) -> Iterator[Any]
     A store that cannot be opened (a missing file where none may be created, a schema newer
     than this code, a database out of reach) is a TransferError, in one line.
     """
+    if settings.engine == "postgresql":
+        import psycopg
+
+        from app.store.postgres import connection_kwargs
+
+        try:  # once, for the reason in one line, before the pool would retry and log each attempt
+            psycopg.connect(**connection_kwargs(settings.database_url, settings.database_timeout_ms)).close()
+        except psycopg.Error as error:
+            raise TransferError(f"the postgresql database cannot be reached: {' '.join(str(error).split())}") from None
     try:
         open_store(settings, create=create).close()  # creates (if allowed) or upgrades the schema
     except (StoreStartError, StoreUnavailable) as error:
         raise TransferError(str(error)) from None
     if settings.engine == "postgresql":
-        import psycopg
 
         with psycopg.connect(settings.database_url) as conn:  # commits on success, rolls back on error
             yield conn
