@@ -228,6 +228,10 @@ def development_secret(directory: Path) -> str:
     return path.read_text().strip()
 
 
+# Upper bounds on numbers whose excess harms the machine itself rather than just the service.
+MAX_WORKERS = 64  # WEB_CONCURRENCY: gunicorn would fork every one of them at start
+
+
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
     raw = env.get(name)
     if raw is None or raw == "":
@@ -238,6 +242,8 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         raise ConfigError(f"{name} must be a whole number, not {raw!r}") from None
     if value < 1 or (name == "PORT" and value > 65535):
         raise ConfigError(f"{name} must be {'a port from 1 to 65535' if name == 'PORT' else 'at least 1'}, not {raw!r}")
+    if name == "WEB_CONCURRENCY" and value > MAX_WORKERS:
+        raise ConfigError(f"WEB_CONCURRENCY must be from 1 to {MAX_WORKERS} worker processes, not {raw!r}")
     return value
 
 

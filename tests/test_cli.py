@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 import time
@@ -177,3 +178,44 @@ def test_seed_demo_leaves_the_account_near_its_daily_limit(tmp_path):
     day = RateLimiter.windows(Limits(10, 1000), time.time())[1]
     counted = store.consume(tier_subject("demo-user"), [day], int(time.time() * 1_000_000)).counts["day"]
     assert counted == 1000 - LEFT_TODAY + 1
+
+
+def test_export_of_a_missing_or_newer_database_is_one_line_and_creates_nothing(tmp_path):
+    missing = tmp_path / "typo.db"
+    out = tmp_path / "keys.jsonl"
+    result = run(tmp_path, "export", str(out), DATABASE_URL=f"sqlite:///{missing}")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith("export: ")
+    assert not missing.exists() and not out.exists()
+
+    newer = tmp_path / "newer.db"
+    SQLiteStore(newer).close()
+    with sqlite3.connect(newer) as conn:
+        conn.execute("PRAGMA user_version = 99")
+    for command in ("export", "import"):
+        if command == "import":
+            SQLiteStore(tmp_path / "keys.db").close()
+            assert run(tmp_path, "export", str(out)).returncode == 0  # a valid export of an empty store
+        result = run(tmp_path, command, str(out) if command == "import" else str(tmp_path / "x.jsonl"),
+                     DATABASE_URL=f"sqlite:///{newer}")
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        assert "version 99" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "x.jsonl").exists()
+
+
+def test_an_unreachable_postgresql_is_one_line_with_the_reason(tmp_path):
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"postgresql://keys:hunter2-secret@127.0.0.1:{port}/keys"
+    export = tmp_path / "keys.jsonl"
+    export.write_text('{"format": "socdefenders-keys export", "version": 2, "engine": "sqlite"}\n')
+    for args in (("migrate",), ("set-tier", "alice", "pro"), ("export", str(tmp_path / "out.jsonl")),
+                 ("import", str(export))):
+        result = run(tmp_path, *args, DATABASE_URL=url)
+        assert result.returncode != 0 and "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert "cannot be reached" in result.stderr and "refused" in result.stderr.lower()
+        assert "hunter2" not in result.stderr

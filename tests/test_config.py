@@ -189,3 +189,10 @@ def test_forwarded_allow_ips_refuses_what_is_not_an_address_or_network(tmp_path,
 def test_request_read_timeout_must_be_a_positive_whole_number(tmp_path, value):
     with pytest.raises(ConfigError, match="REQUEST_READ_TIMEOUT"):
         Settings.from_env(env(tmp_path, REQUEST_READ_TIMEOUT=value))
+
+
+@pytest.mark.parametrize("raw", ["65", "100000000000000000000000"])
+def test_a_worker_count_no_machine_could_fork_is_refused(tmp_path, raw):
+    with pytest.raises(ConfigError, match="WEB_CONCURRENCY must be from 1 to 64"):
+        Settings.from_env(env(tmp_path, WEB_CONCURRENCY=raw))
+    assert Settings.from_env(env(tmp_path, WEB_CONCURRENCY="64")).workers == 64

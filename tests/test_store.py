@@ -958,3 +958,28 @@ def _admitted(store, digest: str) -> bool:
         return store.use_key(digest, T0, admit_all, "req_back")[1].allowed
     except StoreUnavailable:
         return False
+
+
+@pytest.mark.postgresql_only
+def test_ensure_account_returns_the_account_another_instance_was_creating_meanwhile(store, settings):
+    # Another instance's transaction has inserted the account and not yet committed: this
+    # insert waits for it, finds the row taken, and must still return the account.
+    import psycopg
+
+    with psycopg.connect(settings.database_url) as other:
+        other.execute("INSERT INTO accounts (user_id, tier, created_us) VALUES (%s, 'free', %s)", ("racer", T0))
+        result: list[object] = []
+        waiting = threading.Thread(target=lambda: result.append(_outcome(store.ensure_account, "racer", T0 + SECOND)))
+        waiting.start()
+        time.sleep(0.5)  # the insert is now waiting on the other transaction's row
+        other.commit()
+        waiting.join(10)
+    assert result and not isinstance(result[0], BaseException), result
+    assert (result[0].user_id, result[0].tier, result[0].created_us) == ("racer", "free", T0)
+
+
+def _outcome(function, *args):
+    try:
+        return function(*args)
+    except BaseException as error:  # noqa: BLE001 -- reported by the test
+        return error

@@ -189,13 +189,14 @@ class PostgresStore:
                 "SELECT user_id, tier, created_us FROM accounts WHERE user_id = %s", (user_id,)
             ).fetchone()
             if row is None:
-                # One statement: inserted, or found inserted by another instance meanwhile.
+                # Inserted, or found inserted by another instance meanwhile. DO UPDATE (a no-op
+                # write) returns that row even when it was committed after this statement's
+                # snapshot was taken, which a SELECT beside DO NOTHING would not see.
                 row = conn.execute(
-                    "WITH ins AS (INSERT INTO accounts (user_id, tier, created_us) VALUES (%s, %s, %s) "
-                    "ON CONFLICT (user_id) DO NOTHING RETURNING user_id, tier, created_us) "
-                    "SELECT * FROM ins UNION ALL "
-                    "SELECT user_id, tier, created_us FROM accounts WHERE user_id = %s",
-                    (user_id, DEFAULT_TIER, now_us, user_id),
+                    "INSERT INTO accounts (user_id, tier, created_us) VALUES (%s, %s, %s) "
+                    "ON CONFLICT (user_id) DO UPDATE SET user_id = EXCLUDED.user_id "
+                    "RETURNING user_id, tier, created_us",
+                    (user_id, DEFAULT_TIER, now_us),
                 ).fetchone()
         assert row is not None
         return Account(*row)

@@ -17,7 +17,9 @@ from contextlib import contextmanager
 from typing import Any
 
 from app.config import Settings
+from app.domain.errors import StoreUnavailable
 from app.store import open_store
+from app.store.errors import StoreStartError
 from app.store.migrations import REVOKED_REASON_BACKFILL
 
 FORMAT = "socdefenders-keys export"
@@ -45,11 +47,26 @@ class TransferError(Exception):
 
 
 @contextmanager
-def _connection(settings: Settings) -> Iterator[Any]:
-    """A DB-API connection to the store `settings` name, migrated first, in one transaction."""
-    open_store(settings).close()  # creates or upgrades the schema
+def _connection(settings: Settings, create: bool | None = None) -> Iterator[Any]:
+    """A DB-API connection to the store `settings` name, migrated first, in one transaction.
+
+    A store that cannot be opened (a missing file where none may be created, a schema newer
+    than this code, a database out of reach) is a TransferError, in one line.
+    """
     if settings.engine == "postgresql":
         import psycopg
+
+        from app.store.postgres import connection_kwargs
+
+        try:  # once, for the reason in one line, before the pool would retry and log each attempt
+            psycopg.connect(**connection_kwargs(settings.database_url, settings.database_timeout_ms)).close()
+        except psycopg.Error as error:
+            raise TransferError(f"the postgresql database cannot be reached: {' '.join(str(error).split())}") from None
+    try:
+        open_store(settings, create=create).close()  # creates (if allowed) or upgrades the schema
+    except (StoreStartError, StoreUnavailable) as error:
+        raise TransferError(str(error)) from None
+    if settings.engine == "postgresql":
 
         with psycopg.connect(settings.database_url) as conn:  # commits on success, rolls back on error
             yield conn
@@ -72,8 +89,10 @@ def _columns(columns: tuple[str, ...]) -> str:
 def export_rows(settings: Settings, path: str) -> dict[str, int]:
     """Write every row of the store to `path` (created 0600); return the rows per table."""
     counts = dict.fromkeys(TABLES, 0)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out, _connection(settings) as conn:
+    # The source must exist: a mistyped path is an error, not an empty database exported.
+    with _connection(settings, create=False) as conn, os.fdopen(
+        os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w"
+    ) as out:
         out.write(json.dumps({"format": FORMAT, "version": VERSION, "engine": settings.engine}) + "\n")
         for table, columns in TABLES.items():
             order = ORDER[settings.engine].get(table)
