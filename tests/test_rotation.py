@@ -380,3 +380,17 @@ def test_leak_report_source_is_stored_with_any_key_in_it_masked(client, session,
     assert shown == "https://paste.example/raw?k=sk_live_[REDACTED]&other=sk_live_[REDACTED]"
     stored = str(query("SELECT * FROM key_events"))
     assert leaked["key"] not in stored and bystander["key"] not in stored
+
+
+def test_readme_names_every_header_that_differs_between_two_leak_reports(client, clock):
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("### Reporting a leaked key")[1].split("\n## ")[0]
+    said = section[section.index("Between two reports only"):].split("\n\n")[0].replace("\n", " ").lower()
+    first = client.post(LEAKS, json={"keys": ["junk"]})
+    clock.advance(1)
+    second = client.post(LEAKS, json={"keys": ["junk"]})
+    differing = {h for h in set(first.headers) | set(second.headers) if first.headers.get(h) != second.headers.get(h)}
+    assert differing >= {"x-request-id", "x-ratelimit-remaining", "ratelimit"}
+    assert {h for h in differing if f"`{h}`" not in said} == set()
