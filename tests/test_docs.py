@@ -59,3 +59,13 @@ def test_readme_limits_table_states_the_bounds_the_code_enforces():
     assert rows[next(r for r in rows if r.startswith("Head read time"))] == f"{timeout} s (`REQUEST_READ_TIMEOUT`)"
     assert rows["Body size, chunked or not"] == kib(MAX_BODY_BYTES)
     assert rows["Body read time: from the end of the head"] == f"{timeout} s (`REQUEST_READ_TIMEOUT`)"
+
+
+def test_readme_roll_example_answers_with_the_name_of_the_key_it_minted():
+    import re
+
+    section = README.split("### Rotating a key without downtime")[1].split("\n### ")[0]
+    block = section.split("```sh")[1].split("```")[0]
+    minted = re.search(r"""-d '\{"name": "([^"]+)"\}'""", block)
+    answered = re.search(r'# \{"data": \{[^}]*"name": "([^"]+)"', block)
+    assert minted and answered and minted.group(1) == answered.group(1)

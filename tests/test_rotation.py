@@ -370,3 +370,27 @@ def test_leak_report_rejects_invalid_bodies(client, body, field, constraint):
     error = assert_error(client.post(LEAKS, json=body), 400, "invalid_parameter")
     assert error["details"]["constraint"] == constraint
     assert error["details"]["field"].split("[")[0].split("/")[0].split(".")[0] == field
+
+
+def test_leak_report_source_is_stored_with_any_key_in_it_masked(client, session, mint, query):
+    leaked, bystander = mint(name="leaked-one"), mint(name="bystander")
+    source = f"https://paste.example/raw?k={leaked['key']}&other={bystander['key']}"
+    assert client.post(LEAKS, json={"keys": [leaked["key"]], "source": source}).status_code == 202
+    shown = events(client, session)[0]["details"]["source"]
+    assert shown == "https://paste.example/raw?k=sk_live_[REDACTED]&other=sk_live_[REDACTED]"
+    stored = str(query("SELECT * FROM key_events"))
+    assert leaked["key"] not in stored and bystander["key"] not in stored
+
+
+def test_readme_names_every_header_that_differs_between_two_leak_reports(client, clock):
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("### Reporting a leaked key")[1].split("\n## ")[0]
+    said = section[section.index("Between two reports only"):].split("\n\n")[0].replace("\n", " ").lower()
+    first = client.post(LEAKS, json={"keys": ["junk"]})
+    clock.advance(1)
+    second = client.post(LEAKS, json={"keys": ["junk"]})
+    differing = {h for h in set(first.headers) | set(second.headers) if first.headers.get(h) != second.headers.get(h)}
+    assert differing >= {"x-request-id", "x-ratelimit-remaining", "ratelimit"}
+    assert {h for h in differing if f"`{h}`" not in said} == set()

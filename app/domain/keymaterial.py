@@ -55,6 +55,15 @@ def digest(key: str) -> str:
     return hashlib.sha256(key.encode("ascii")).hexdigest()
 
 
+# Anything that may be a key, wherever it is written (linear: the class holds no `_`).
+KEY_LIKE = re.compile(re.escape(PREFIX) + r"[0-9A-Za-z]+")
+
+
+def redact(text: str) -> str:
+    """Mask every key-like run in `text` (a leak report's source URL may hold the key itself)."""
+    return KEY_LIKE.sub(PREFIX + "[REDACTED]", text)
+
+
 def preview(key: str) -> str:
     """Return the prefix and the first few characters of the secret, the rest masked."""
     shown = key[len(PREFIX) : len(PREFIX) + PREVIEW_SECRET_CHARS]

@@ -187,6 +187,8 @@ class KeyService:
         What was found is not told, so a report is no oracle for which keys exist.
         """
         digests = sorted({keymaterial.digest(c) for c in candidates if keymaterial.is_well_formed(c)})
+        if source is not None:  # stored and shown to the owner: never a secret
+            source = keymaterial.redact(source)
         if digests:
             now = self.now_us()
             self._store.revoke_leaked(
