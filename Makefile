@@ -11,6 +11,8 @@ UV         := tools/venv/bin/uv
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 export UV_PYTHON_DOWNLOADS := never
 export UV_LINK_MODE := copy
+# TLS: trust the machine's own certificate store (where a site adds its proxy's CA), as pip does.
+export UV_SYSTEM_CERTS := 1
 # Runtime packages only (make run, make serve); runtime and development packages (make test, ...).
 RUNTIME_STAMP := $(VENV)/.installed-runtime
 DEV_STAMP     := $(VENV)/.installed-dev
