@@ -122,3 +122,10 @@ def test_metrics_allow_must_be_networks(tmp_path):
 
     with pytest.raises(ConfigError, match="METRICS_ALLOW"):
         Settings.from_env({"METRICS_ALLOW": "localhost", "DATABASE_URL": f"sqlite:///{tmp_path}/k.db"})
+
+
+def test_metrics_answer_the_development_server_which_checks_every_answer_against_the_contract(tmp_path):
+    # `make run` validates responses: the metrics page's media type must be the contract's.
+    with LiveServer("run", tmp_path, {"SUPABASE_JWT_SECRET": SECRET}) as server:
+        text = scrape(server)
+        assert metric(text, "http_requests_total") >= 0 and "# TYPE http_requests_total counter" in text
