@@ -246,9 +246,13 @@ def test_prefer_answers_carry_ratelimit_fields_for_the_operations_real_limits(cl
     refused = client.get("/api/v1/whoami", headers={"Prefer": "code=429"})
     retry_after = refused.headers["retry-after"]
     assert re.fullmatch(rf'"minute";r=0;t={retry_after}, "day";r=990;t=[0-9]+', refused.headers["ratelimit"])
-    day = client.get(KEYS, headers={"Prefer": "code=429, example=day"})
-    assert day.headers["ratelimit-policy"] == (
+    refused = client.get(KEYS, headers={"Prefer": "code=429"})
+    assert refused.headers["ratelimit-policy"] == (
         f'"minute";q={settings.management_limit_per_minute};w=60, "day";q={settings.management_limit_per_day};w=86400')
+    # A named example keeps its own figures: the headers describe the limits its body states.
+    day = client.get(KEYS, headers={"Prefer": "code=429, example=day"})
+    stated = day.json()["error"]["details"]["limit"]
+    assert day.headers["ratelimit-policy"] == f'"minute";q=10;w=60, "day";q={stated};w=86400'
     wait = day.json()["error"]["details"]["retry_after"]
     assert day.headers["retry-after"] == str(wait)
     assert re.fullmatch(rf'"minute";r=0;t=[0-9]+, "day";r=0;t={wait}', day.headers["ratelimit"])

@@ -212,12 +212,13 @@ class PreferMiddleware:
         request_id = scope["state"]["request_id"]
         # A 429's refusing window ends `retry_after` seconds from now: a named example's
         # figure, else FORCED_RETRY_AFTER_S; its details and headers all say the same.
-        window, retry_after = "minute", FORCED_RETRY_AFTER_S
+        window, retry_after, example_limit = "minute", FORCED_RETRY_AFTER_S, None
         example_error = body.get("error") if isinstance(body, dict) else None
         if isinstance(example_error, dict) and isinstance(example_error.get("details", {}).get("retry_after"), int):
             window = example_error["details"].get("window", "minute")
             retry_after = example_error["details"]["retry_after"]
-        decision = self._decision(operation, now, window if status == 429 else None, retry_after)
+            example_limit = example_error["details"].get("limit")
+        decision = self._decision(operation, now, window if status == 429 else None, retry_after, example_limit)
         headers = self._headers(responses[chosen], decision, retry_after if status == 429 else 1)
         if status == 204:
             raw = b""
@@ -248,13 +249,20 @@ class PreferMiddleware:
             *start, (b"content-length", str(len(raw)).encode()), *headers]})
         await send({"type": "http.response.body", "body": raw})
 
-    def _decision(self, operation: str, now: float, refused_by: str | None, retry_after: int) -> Decision:
+    def _decision(self, operation: str, now: float, refused_by: str | None, retry_after: int,
+                  example_limit: int | None = None) -> Decision:
         """A rate-limit decision as the operation's real limits would give it at `now`.
 
         Admitted: this request counted in both windows. Refused by a window: that window is
         empty and ends `retry_after` seconds from now (and a refusing day empties the minute).
+        A named example that states its window's limit is answered with the limits it
+        describes (the shared 429 examples are the API keys' tier), so headers and body agree.
         """
         limits = self.management_limits if operation in self.contract.cookie_auth else FREE_TIER_LIMITS
+        window_limit = {"minute": lambda lim: lim.per_minute, "day": lambda lim: lim.per_day}.get(refused_by or "")
+        if window_limit is not None and example_limit is not None:
+            limits = next((lim for lim in (limits, FREE_TIER_LIMITS, self.management_limits)
+                           if window_limit(lim) == example_limit), limits)
         second = int(now)
         minute = WindowState(limits.per_minute, limits.per_minute - 1, second - second % MINUTE + MINUTE)
         day = WindowState(limits.per_day, limits.per_day - 1, second - second % DAY + DAY)
