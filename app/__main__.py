@@ -167,7 +167,11 @@ def migrate(settings: Settings) -> int:
     if problem:
         print(f"migrate: {problem}", file=sys.stderr)
         return 1
-    print(f"{settings.engine}: schema up to date")
+    store = open_store(settings, create=False)
+    try:
+        print(f"{settings.engine}: schema at version {store.schema_version()}, up to date")
+    finally:
+        store.close()
     return 0
 
 

@@ -61,7 +61,10 @@ def test_a_configuration_error_is_a_clear_message_not_a_traceback(tmp_path):
 
 def test_migrate_creates_the_schema_on_sqlite_and_says_so(tmp_path):
     result = run(tmp_path, "migrate")
-    assert (result.returncode, result.stdout.strip()) == (0, "sqlite: schema up to date"), result.stderr
+    from app.store.migrations import SCHEMA_VERSION
+
+    expected = f"sqlite: schema at version {SCHEMA_VERSION}, up to date"
+    assert (result.returncode, result.stdout.strip()) == (0, expected), result.stderr
     assert SQLiteStore(tmp_path / "keys.db").ensure_account("alice", 0).tier == "free"
 
 
@@ -73,9 +76,11 @@ def test_migrate_on_postgresql_from_several_processes_at_once_applies_each_step_
     env = {"PATH": "/usr/bin:/bin", "SUPABASE_JWT_SECRET": SECRET, "DATABASE_URL": schema_url(pg_schema)}
     procs = [subprocess.Popen([sys.executable, "-m", "app", "migrate"], cwd=ROOT, env=env, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(4)]
+    from app.store.postgres_migrations import SCHEMA_VERSION as PG_SCHEMA_VERSION
+
     for proc in procs:
         out, err = proc.communicate(timeout=60)
-        assert (proc.returncode, out.strip()) == (0, "postgresql: schema up to date"), err
+        assert (proc.returncode, out.strip()) == (0, f"postgresql: schema at version {PG_SCHEMA_VERSION}, up to date"), err
     with psycopg.connect(schema_url(pg_schema)) as conn:
         from app.store.postgres_migrations import SCHEMA_VERSION
 
