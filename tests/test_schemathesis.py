@@ -127,7 +127,9 @@ def test_stateful_mint_read_revoke_read(contract, live_app):
 
     Workflow.run(
         settings=hypothesis_settings(
-            max_examples=60, stateful_step_count=6, deadline=None, suppress_health_check=list(HealthCheck)
+            max_examples=60, stateful_step_count=6, deadline=None, suppress_health_check=list(HealthCheck),
+            # The same walk every run, so the coverage asserted below does not depend on luck.
+            derandomize=True,
         )
     )
     # Every event of the run, not only the newest: the setup's own revocations between runs
