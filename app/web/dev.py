@@ -259,10 +259,9 @@ class PreferMiddleware:
         describes (the shared 429 examples are the API keys' tier), so headers and body agree.
         """
         limits = self.management_limits if operation in self.contract.cookie_auth else FREE_TIER_LIMITS
-        window_limit = {"minute": lambda lim: lim.per_minute, "day": lambda lim: lim.per_day}.get(refused_by or "")
-        if window_limit is not None and example_limit is not None:
+        if refused_by in ("minute", "day") and example_limit is not None:
             limits = next((lim for lim in (limits, FREE_TIER_LIMITS, self.management_limits)
-                           if window_limit(lim) == example_limit), limits)
+                           if getattr(lim, f"per_{refused_by}") == example_limit), limits)
         second = int(now)
         minute = WindowState(limits.per_minute, limits.per_minute - 1, second - second % MINUTE + MINUTE)
         day = WindowState(limits.per_day, limits.per_day - 1, second - second % DAY + DAY)
