@@ -236,6 +236,7 @@ function showSignedIn(account) {
   user.textContent = account.user_id;
   $("#session").replaceChildren("Signed in as ", user, ` (${account.tier} tier).`);
   $("#signout").hidden = false;
+  $("#signout-note").hidden = true;
   $("#signin").hidden = true;
   $("#mint").hidden = false;
   $("#keys-section").hidden = false;
@@ -290,6 +291,10 @@ async function signOut() {
     $("#signin").hidden = true;
     $("#session").textContent = "Still signed in: this page has forgotten your keys, not your session.";
   } catch (error) {
+    if (!(error instanceof ApiError && error.status === 401)) {
+      showError(error);
+      return;
+    }
     note.textContent = "Signed out.";
   }
   note.hidden = false;
