@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import shutil
 import signal
@@ -211,6 +212,17 @@ def mock(settings: Settings) -> int:
     return run(settings, user=DEMO_USER, note="a temporary database, seeded with the demo account; removed on exit")
 
 
+def browser_base(host: str, port: int) -> str:
+    """Return the address a browser on this machine opens the server at when it listens on `host`."""
+    # Vite and Next open apps on localhost, and a cookie belongs to the host name it was set on:
+    # a loopback or all-interfaces HOST is signed in on localhost, so an app there has the session.
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return f"http://{host}:{port}"
+    return f"http://localhost:{port}" if address.is_loopback or address.is_unspecified else f"http://{host}:{port}"
+
+
 def run(settings: Settings, user: str = "dev-user", note: str = "") -> int:
     """Start a development server (uvicorn, one process) and say how to sign in and call it."""
     import uvicorn
@@ -226,16 +238,22 @@ def run(settings: Settings, user: str = "dev-user", note: str = "") -> int:
     base = f"http://{settings.host}:{settings.port}"
     if not settings.production:
         token = issue_token(settings.jwt_secret, user, time.time(), 24 * 3600)
+        browser = browser_base(settings.host, settings.port)
         demo = "" if note else (
             f"  demo data: {sys.executable} -m app seed-demo   then sign in as {DEMO_USER}:\n"
-            f"             {base}/dev/login?user={DEMO_USER}\n"
+            f"             {browser}/dev/login?user={DEMO_USER}\n"
+        )
+        direct = "127.0.0.1" if settings.host == "0.0.0.0" else settings.host  # every interface: loopback too
+        also = "" if browser == base else (
+            f"  (for an app opened on {direct}: http://{direct}:{settings.port}/dev/login?user={user}\n"
+            "   the cookie belongs to the host name you sign in on)\n"
         )
         print(
             f"\nSOC Defenders API-key service ({settings.env}) on {base}\n"
-            f"  spec: {base}/openapi.json   docs: {base}/ui/   key page: {base}/\n"
+            f"  spec: {base}/openapi.json   docs: {base}/ui/   key page: {browser}/\n"
             f"  database: {settings.database_path}{f' ({note})' if note else ''}\n\n"
             f"Sign in as '{user}' in a browser (sets the session cookie, opens the key page):\n\n"
-            f"  {base}/dev/login?user={user}\n\n"
+            f"  {browser}/dev/login?user={user}\n{also}\n"
             f"{demo}{chr(10) if demo else ''}"
             f"Or mint a key as '{user}' with curl (session token valid 24 h):\n\n"
             f"  curl -s -X POST {base}/api/v1/keys \\\n"

@@ -23,7 +23,13 @@ def list_api_keys(
 ) -> dict[str, Any]:
     keys = services().keys
     page = keys.list(user, limit, cursor, include_revoked)
-    return {"data": [keys.key_info(r) for r in page.items], "meta": {"limit": limit, "next_cursor": page.next_cursor}}
+    account = keys.account(user)
+    meta = {
+        "limit": limit,
+        "next_cursor": page.next_cursor,
+        "account": {"user_id": account.user_id, "tier": account.tier},
+    }
+    return {"data": [keys.key_info(r) for r in page.items], "meta": meta}
 
 
 def get_api_key(key_id: str, user: str) -> dict[str, Any]:

@@ -220,6 +220,13 @@ def test_list_is_newest_first_without_secrets_and_marks_expired_keys(client, ses
     assert all("key" not in k and "full_key" not in k for k in data)
 
 
+def test_list_names_the_signed_in_account_and_its_tier(client, session, app):
+    meta = client.get(KEYS, cookies=session("tom@example")).json()["meta"]
+    assert meta["account"] == {"user_id": "tom@example", "tier": "free"}
+    app.app.extensions["services"].keys.set_tier("tom@example", "pro")
+    assert client.get(KEYS, cookies=session("tom@example")).json()["meta"]["account"]["tier"] == "pro"
+
+
 def test_list_paginates_with_a_cursor(client, session, mint, clock):
     ids = []
     for n in range(5):

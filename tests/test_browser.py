@@ -104,7 +104,7 @@ def page(browser: Browser) -> Iterator[Page]:
 def sign_in(page: Page, server: LiveServer, user: str, tier: str = "free") -> None:
     page.goto(f"{server.base}/dev/login?user={user}&tier={tier}")
     assert page.url == f"{server.base}/"
-    expect(page.locator("#session")).to_have_text("Signed in.")
+    expect(page.locator("#session")).to_have_text(f"Signed in as {user} ({tier} tier).")
 
 
 def keys_of(server: LiveServer, user: str) -> list[dict[str, Any]]:
@@ -164,6 +164,53 @@ def test_the_key_page_shows_the_name_hint_and_envelope_errors_readably(page, ser
     page.click("#mint-button")
     expect(page.locator("#error")).to_contain_text("429 rate_limit_exceeded")
     expect(page.locator("#error")).to_contain_text(re.compile(r"Try again in \d+ s"))
+
+
+def test_signing_in_again_with_the_form_keeps_a_pro_account_pro(page, server):
+    sign_in(page, server, "pro-user", "pro")
+    page.click("#signout")
+    expect(page.locator("#session")).to_have_text("Not signed in.")
+    assert [c for c in page.context.cookies() if c["name"] == "sb-access-token"] == []
+    expect(page.locator("#mint")).to_be_hidden()
+    form = page.locator("#signin-form")
+    expect(form).to_be_visible()
+    form.locator("input[name=user]").fill("pro-user")
+    form.get_by_role("button", name="Sign in").click()  # the tier left at its default
+    expect(page.locator("#session")).to_have_text("Signed in as pro-user (pro tier).")
+    assert mint_on_the_page(page, "prod-splunk-2026q2")
+    assert [k["tier"] for k in keys_of(server, "pro-user")] == ["pro"]
+
+
+def test_the_key_page_shows_an_empty_state_flags_poor_names_and_names_the_time_zone(browser, server):
+    context = browser.new_context(timezone_id="Asia/Tokyo", locale="en-GB")
+    page = context.new_page()
+    sign_in(page, server, "tz-user")
+    expect(page.locator("#keys-empty")).to_be_visible()
+    expect(page.locator("#keys-empty")).to_contain_text("No keys yet")
+    expect(page.locator("#keys")).to_be_hidden()
+    page.get_by_role("link", name="Mint your first key").click()
+    expect(page.locator("#name")).to_be_focused()
+
+    cookie = f"sb-access-token={issue_token(SECRET, 'tz-user', time.time(), 600)}"
+    for name in ("key1", "prod-splunk-2026q2"):
+        status, _, _ = server.request(
+            "POST", "/api/v1/keys", {"name": name, "expires_in_days": 30}, headers={"Cookie": cookie}
+        )
+        assert status == 201
+    page.reload()
+    expect(page.locator("#keys-empty")).to_be_hidden()
+    keys = {k["name"]: k for k in keys_of(server, "tz-user")}
+    poor = page.locator(f'#keys tbody tr[data-key-id="{keys["key1"]["id"]}"]')
+    expect(poor.locator(".badge-poor")).to_have_text("poor name")
+    expect(poor).to_contain_text("audit trails")  # the hint, as minting gave it
+    good = page.locator(f'#keys tbody tr[data-key-id="{keys["prod-splunk-2026q2"]["id"]}"]')
+    expect(good).to_be_visible()
+    expect(good.locator(".badge-poor")).to_have_count(0)
+
+    tokyo = datetime.fromisoformat(keys["key1"]["expires_at"].replace("Z", "+00:00")) + timedelta(hours=9)
+    expect(poor.locator("td[data-label=Expires]")).to_have_text(tokyo.strftime("%Y-%m-%d %H:%M GMT+9"))
+    expect(page.locator("#events tbody tr").first.locator("td[data-label=When]")).to_contain_text(" GMT+9")
+    context.close()
 
 
 def mint_on_the_page(page: Page, name: str) -> str:
@@ -345,6 +392,27 @@ def test_in_production_the_key_page_mints_and_revokes_and_dev_login_is_absent(pa
     page.click("#confirm-revoke")
     expect(page.locator("#keys tbody tr", has_text="prod-splunk-2026q4")).to_have_count(0)
     assert keys_of(production, "prod-page-user") == []
+
+
+def test_in_production_sign_out_forgets_the_page_and_explains_that_the_session_outlives_it(page, production):
+    page.goto(production.base + "/")
+    expect(page.locator("#session")).to_have_text("Not signed in.")
+    expect(page.locator("#signin-form")).to_be_hidden()  # no /dev/login here
+    expect(page.locator("#signin-elsewhere")).to_be_visible()
+
+    signed_in_by_cookie(page, production, "prod-signout-user")
+    page.reload()
+    expect(page.locator("#session")).to_have_text("Signed in as prod-signout-user (free tier).")
+    page.fill("#name", "prod-splunk-2026q4")
+    page.press("#name", "Enter")
+    expect(page.locator("#secret")).to_be_visible()
+    secret = page.locator("#secret-value").inner_text()
+    page.click("#signout")
+    expect(page.locator("#signout-note")).to_contain_text("cannot end your session")
+    expect(page.locator("#secret")).to_be_hidden()
+    expect(page.locator("#keys-section")).to_be_hidden()
+    expect(page.locator("#mint")).to_be_hidden()
+    assert secret not in page.content() and "prod-splunk-2026q4" not in page.content()
 
 
 def test_in_production_only_a_configured_origin_may_call_with_credentials(page, production, pages):

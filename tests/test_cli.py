@@ -8,6 +8,7 @@ import sys
 import time
 
 import jwt
+import pytest
 
 from app.domain.sessions import SessionVerifier
 from app.store import SQLiteStore
@@ -224,3 +225,21 @@ def test_an_unreachable_postgresql_is_one_line_with_the_reason(tmp_path):
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
         assert "cannot be reached" in result.stderr and "refused" in result.stderr.lower()
         assert "hunter2" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "host,base",
+    [
+        ("127.0.0.1", "http://localhost:8000"),
+        ("127.0.0.2", "http://localhost:8000"),
+        ("::1", "http://localhost:8000"),
+        ("0.0.0.0", "http://localhost:8000"),
+        ("localhost", "http://localhost:8000"),
+        ("192.168.1.20", "http://192.168.1.20:8000"),
+        ("keys.internal", "http://keys.internal:8000"),
+    ],
+)
+def test_the_sign_in_link_is_printed_for_the_host_a_browser_on_this_machine_uses(host, base):
+    from app.__main__ import browser_base
+
+    assert browser_base(host, 8000) == base

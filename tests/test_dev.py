@@ -65,6 +65,52 @@ def test_dev_login_refuses_a_bad_user_or_tier(client, query):
     assert_error(client.get(f"/dev/login?{query}", follow_redirects=False), 400, "invalid_parameter")
 
 
+def test_dev_login_with_an_empty_tier_keeps_the_accounts_tier(client):
+    # The key page's form sends `tier=` when "keep current tier" is chosen.
+    client.get("/dev/login?user=tom&tier=pro", follow_redirects=False)
+    response = client.get("/dev/login?user=tom&tier=", follow_redirects=False)
+    assert response.status_code == 303
+    cookie = SimpleCookie(response.headers["set-cookie"])["sb-access-token"]
+    minted = client.post(KEYS, json={"name": "tom-laptop-dev"}, cookies={"sb-access-token": cookie.value})
+    assert minted.json()["data"]["tier"] == "pro"
+
+
+def test_the_key_pages_sign_in_form_keeps_the_current_tier_unless_one_is_chosen(client):
+    form = re.search(r'<form id="signin-form".*?</form>', client.get("/").text, re.S).group(0)
+    select = re.search(r'<select name="tier">(.*?)</select>', form, re.S).group(1)
+    options = re.findall(r'<option value="([^"]*)"( selected)?>', select)
+    assert options[0] == ("", " selected")  # sent as `tier=`: the account keeps its tier
+    assert {value for value, _ in options[1:]} == {"free", "pro"}
+
+
+def test_dev_logout_clears_the_session_cookie_and_redirects_to_the_key_page(client):
+    client.get("/dev/login?user=tom", follow_redirects=False)
+    response = client.get("/dev/logout", follow_redirects=False)
+    assert response.status_code == 303
+    assert response.headers["location"] == "/"
+    cookie = SimpleCookie(response.headers["set-cookie"])["sb-access-token"]
+    assert cookie.value == "" and cookie["max-age"] == "0" and cookie["path"] == "/" and cookie["httponly"]
+    assert_error(client.get(KEYS), 401, "missing_session")
+
+
+def test_dev_logout_redirects_only_to_a_path_on_this_server(client):
+    assert client.get("/dev/logout?next=/ui/", follow_redirects=False).headers["location"] == "/ui/"
+    response = client.get("/dev/logout?next=//evil.example/", follow_redirects=False)
+    assert assert_error(response, 400, "invalid_parameter")["details"]["field"] == "next"
+
+
+def test_the_key_page_carries_the_poor_name_rule_that_minting_uses(client):
+    from html import unescape
+
+    from app.domain.keys import NAME_HINT, USELESS_NAME
+
+    body = re.search(r"<body([^>]*)>", client.get("/").text).group(1)
+    attributes = {name: unescape(value) for name, value in re.findall(r'data-([a-z-]+)="([^"]*)"', body)}
+    assert attributes["poor-name"] == USELESS_NAME.pattern and USELESS_NAME.flags & re.IGNORECASE
+    assert attributes["name-hint"] == NAME_HINT
+    assert attributes["dev-login"] == "on"
+
+
 # -- Prefer: code ----------------------------------------------------------------------------
 
 
@@ -206,7 +252,7 @@ def test_the_key_page_allows_no_inline_script_and_no_other_origin(client):
 # -- absent in production --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", ["/dev/login?user=tom", "/", "/static/keys.js"])
+@pytest.mark.parametrize("path", ["/dev/login?user=tom", "/dev/logout", "/", "/static/keys.js"])
 def test_development_routes_are_404_in_production(production, path):
     assert_error(production.get(path, follow_redirects=False), 404, "not_found")
 
@@ -220,7 +266,9 @@ def test_prefer_is_ignored_in_production(production, session, slept):
 
 def test_the_key_page_can_be_turned_on_in_production(make_app):
     with make_app(env="production", key_page=True).test_client() as client:
-        assert client.get("/").status_code == 200
+        page = client.get("/")
+        assert page.status_code == 200
+        assert 'data-dev-login="off"' in page.text  # the page offers no /dev/login or /dev/logout
         assert client.get("/dev/login?user=tom", follow_redirects=False).status_code == 404
 
 

@@ -231,6 +231,8 @@ def test_mock_serves_the_demo_account_on_a_temporary_database_and_leaves_nothing
     before = set(glob.glob(f"{tempfile.gettempdir()}/socdefenders-keys-mock-*"))
     server = LiveServer("mock", tmp_path)
     with server:
+        # Signed in on localhost, where Vite and Next open an app; 127.0.0.1 offered beside it.
+        assert f"  http://localhost:{server.port}/dev/login?user=demo-user\n" in server.output()
         assert f"{server.base}/dev/login?user=demo-user" in server.output()
         connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
         connection.request("GET", "/dev/login?user=demo-user")

@@ -80,8 +80,30 @@ function clearError() {
   $("#error").replaceChildren();
 }
 
-const dateFormat = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "short" });
-const when = (iso) => (iso ? dateFormat.format(new Date(iso)) : "—");
+// Times as 2026-12-05 14:03 UTC: in the browser's time zone, always named (GMT+9, EST, ...).
+const timeParts = new Intl.DateTimeFormat("en-US", {
+  year: "numeric", month: "2-digit", day: "2-digit", hour: "2-digit", minute: "2-digit", hourCycle: "h23",
+  timeZoneName: "short",
+});
+
+function when(iso) {
+  if (!iso) return "—";
+  const part = Object.fromEntries(timeParts.formatToParts(new Date(iso)).map(({ type, value }) => [type, value]));
+  return `${part.year}-${part.month}-${part.day} ${part.hour}:${part.minute} ${part.timeZoneName}`;
+}
+
+// A <time> for a table cell: the time as `when` writes it, the instant itself in `datetime`.
+function timeElement(iso) {
+  if (!iso) return "—";
+  const element = document.createElement("time");
+  element.dateTime = iso;
+  element.textContent = when(iso);
+  return element;
+}
+
+// The rule minting's meta.name_hint follows, as the server put it in the page.
+const poorName = document.body.dataset.poorName ? new RegExp(document.body.dataset.poorName, "i") : null;
+const devLogin = document.body.dataset.devLogin === "on";
 
 function cell(row, label, value, className) {
   const td = document.createElement("td");
@@ -106,11 +128,22 @@ function expiry(key) {
   return [when(key.expires_at), ""];
 }
 
-// A table row for a key, begun with its name and preview (never its secret).
-function keyRow(key) {
+// A table row for a key, begun with its name and preview (never its secret); with `flagPoor`, a
+// name the naming convention calls useless for audit trails is flagged, as minting it was.
+function keyRow(key, flagPoor = false) {
   const row = document.createElement("tr");
   row.dataset.keyId = key.id;
-  cell(row, "Name", key.name);
+  const name = cell(row, "Name", key.name);
+  if (flagPoor && poorName && poorName.test(key.name)) {
+    const badge = document.createElement("span");
+    badge.className = "badge badge-poor";
+    badge.textContent = "poor name";
+    badge.title = document.body.dataset.nameHint;
+    const hint = document.createElement("span");
+    hint.className = "visually-hidden";
+    hint.textContent = document.body.dataset.nameHint;
+    name.append(" ", badge, hint);
+  }
   const preview = document.createElement("code");
   preview.textContent = key.key_preview;
   cell(row, "Key", preview, "preview");
@@ -118,16 +151,16 @@ function keyRow(key) {
 }
 
 async function loadKeys() {
-  const { data } = await api("/api/v1/keys?limit=100");
+  const { data, meta } = await api("/api/v1/keys?limit=100");
   const body = $("#keys tbody");
   body.replaceChildren();
   for (const key of data) {
-    const row = keyRow(key);
+    const row = keyRow(key, true);
     cell(row, "Status", key.replaced_by && key.status === "active" ? "active, rolled" : key.status,
       `status-${key.status}`);
     cell(row, "Tier", key.tier);
     cell(row, "Requests", key.total_requests.toLocaleString(), "num");
-    cell(row, "Last used", when(key.last_used_at));
+    cell(row, "Last used", timeElement(key.last_used_at));
     const [text, className] = expiry(key);
     cell(row, "Expires", text, className);
     const actions = document.createElement("div");
@@ -140,6 +173,8 @@ async function loadKeys() {
     body.append(row);
   }
   $("#keys-empty").hidden = data.length > 0;
+  $("#keys-wrap").hidden = data.length === 0;
+  return meta.account;
 }
 
 function button(text, label, className, onClick) {
@@ -162,7 +197,7 @@ async function loadRevoked(events) {
   body.replaceChildren();
   for (const key of revoked) {
     const row = keyRow(key);
-    cell(row, "Revoked", when(key.revoked_at));
+    cell(row, "Revoked", timeElement(key.revoked_at));
     const why = document.createElement("span");
     if (key.revoked_reason === "leaked") {
       const badge = document.createElement("span");
@@ -185,7 +220,7 @@ async function loadEvents() {
   body.replaceChildren();
   for (const event of data) {
     const row = document.createElement("tr");
-    cell(row, "When", when(event.occurred_at));
+    cell(row, "When", timeElement(event.occurred_at));
     cell(row, "Event", event.type.replace("_", " "));
     cell(row, "Key", `${event.key_name} (${event.key_preview})`);
     const details = Object.entries(event.details || {}).map(([k, v]) => `${k}: ${v}`).join(", ");
@@ -196,22 +231,73 @@ async function loadEvents() {
   return data;
 }
 
+function showSignedIn(account) {
+  const user = document.createElement("strong");
+  user.textContent = account.user_id;
+  $("#session").replaceChildren("Signed in as ", user, ` (${account.tier} tier).`);
+  $("#signout").hidden = false;
+  $("#signout-note").hidden = true;
+  $("#signin").hidden = true;
+  $("#mint").hidden = false;
+  $("#keys-section").hidden = false;
+  $("#events-section").hidden = false;
+}
+
+function showSignedOut() {
+  $("#session").textContent = "Not signed in.";
+  $("#signout").hidden = true;
+  $("#signin").hidden = false;
+  $("#signin-dev").hidden = !devLogin;
+  $("#signin-elsewhere").hidden = devLogin;
+  $("#mint").hidden = true;
+  $("#keys-section").hidden = true;
+  $("#revoked-section").hidden = true;
+  $("#events-section").hidden = true;
+}
+
 async function refresh() {
   try {
-    await loadKeys();
+    const account = await loadKeys();
     await loadRevoked(await loadEvents());
-    $("#session").textContent = "Signed in.";
-    $("#signin").hidden = true;
-    $("#mint").hidden = false;
+    showSignedIn(account);
   } catch (error) {
     if (error instanceof ApiError && error.status === 401) {
-      $("#session").textContent = "Not signed in.";
-      $("#signin").hidden = false;
-      $("#mint").hidden = true;
+      showSignedOut();
       return;
     }
     showError(error);
   }
+}
+
+// Sign out. The session cookie is HttpOnly, out of any page's reach: the development server's
+// /dev/logout clears it; elsewhere the page forgets what it shows, expires what cookies it can,
+// and says how the session ends if it still stands.
+async function signOut() {
+  if (devLogin) {
+    window.location.assign("/dev/logout");
+    return;
+  }
+  clearError();
+  hideSecret();
+  for (const table of ["#keys", "#revoked", "#events"]) $(`${table} tbody`).replaceChildren();
+  for (const name of ["sb-access-token", "sb-refresh-token"]) document.cookie = `${name}=; Max-Age=0; Path=/`;
+  showSignedOut();
+  const note = $("#signout-note");
+  try {
+    await api("/api/v1/keys?limit=1");
+    note.textContent = "This page cannot end your session: its sb-access-token cookie is HttpOnly, set by your "
+      + "sign-in, and no page can remove it. Sign out of SOC Defenders where you signed in, or close the "
+      + "browser; the session also ends when its token expires. Reload this page to see your keys again.";
+    $("#signin").hidden = true;
+    $("#session").textContent = "Still signed in: this page has forgotten your keys, not your session.";
+  } catch (error) {
+    if (!(error instanceof ApiError && error.status === 401)) {
+      showError(error);
+      return;
+    }
+    note.textContent = "Signed out.";
+  }
+  note.hidden = false;
 }
 
 async function mint(event) {
@@ -250,10 +336,9 @@ function showSecret(data, meta) {
 }
 
 function hideSecret() {
-  $("#secret-value").textContent = "";
-  $("#secret-rolled").textContent = "";
+  for (const id of ["#secret-name", "#secret-value", "#secret-hint", "#secret-rolled"]) $(id).textContent = "";
   $("#secret").hidden = true;
-  $("#name").focus();
+  if (!$("#mint").hidden) $("#name").focus();
 }
 
 async function copySecret() {
@@ -317,5 +402,10 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#mint-form").addEventListener("submit", mint);
   $("#copy").addEventListener("click", copySecret);
   $("#secret-done").addEventListener("click", hideSecret);
+  $("#signout").addEventListener("click", signOut);
+  $("#mint-first").addEventListener("click", (event) => {
+    event.preventDefault();
+    $("#name").focus();
+  });
   refresh();
 });
