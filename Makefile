@@ -17,8 +17,8 @@ export UV_SYSTEM_CERTS := 1
 RUNTIME_STAMP := $(VENV)/.installed-runtime
 DEV_STAMP     := $(VENV)/.installed-dev
 
-# Node.js tools the tests use (Spectral), pinned in tools/package-lock.json. Without npm the
-# Spectral test says it was skipped and how to install it; .ci/run installs npm.
+# Node.js tools the tests use (Spectral, Redocly CLI), pinned in tools/package-lock.json. Without
+# npm their tests say they were skipped and how to install them; .ci/run installs npm.
 SPECTRAL   := tools/node_modules/.bin/spectral
 TEST_TOOLS := $(if $(shell command -v npm),$(SPECTRAL))
 

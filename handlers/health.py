@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import flask
 from connexion import context
 from starlette.exceptions import HTTPException
 
@@ -35,4 +36,8 @@ def get_metrics() -> Any:
     if page is None:
         raise HTTPException(404)  # to anyone else, no such path
     body, content_type = page
-    return body, 200, {"Content-Type": content_type}
+    # A finished response, so the media type is sent as given: from a plain (body, status,
+    # headers) tuple, Connexion hands it to Flask as a mimetype, and Werkzeug appends a
+    # second `; charset=utf-8` to any text/ type. The headers still name it, for Connexion
+    # to check against the contract.
+    return flask.Response(body, 200, content_type=content_type), 200, {"Content-Type": content_type}

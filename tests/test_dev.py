@@ -163,6 +163,97 @@ def test_prefer_code_the_operation_does_not_document_is_a_400_listing_those_it_d
     assert ", ".join(map(str, documented)) in error["message"]
 
 
+SUCCESSES = [(op, code) for op, responses in CONTRACT.responses.items() for code in responses if code.startswith("2")]
+NAMED_EXAMPLES = [
+    (op, code, name) for op, responses in CONTRACT.responses.items() for code, response in responses.items()
+    for media in response.get("content", {}).values() for name in media.get("examples", {})
+]
+
+
+def strings(value):
+    """Every string in a JSON value."""
+    if isinstance(value, dict):
+        for item in value.values():
+            yield from strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from strings(item)
+    elif isinstance(value, str):
+        yield value
+
+
+def keys_shown(value):
+    """Every object in a JSON value that shows a key's secret."""
+    if isinstance(value, dict):
+        if "key" in value:
+            yield value
+        for item in value.values():
+            yield from keys_shown(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from keys_shown(item)
+
+
+def assert_coherent(response, operation: str, code: str) -> None:
+    """The answer is valid, realistic, and its body and rate-limit headers tell the same story."""
+    from app.domain import keymaterial
+
+    documented = CONTRACT.responses[operation][code]
+    for name, header in documented.get("headers", {}).items():
+        if header.get("required"):
+            assert name.lower() in response.headers, (operation, code, name)
+    if code == "204":
+        assert response.content == b""
+        return
+    if "application/json" not in documented["content"]:
+        media_type = next(iter(documented["content"]))
+        assert response.headers["content-type"] == media_type
+        assert response.text == documented["content"][media_type]["examples"]["counters"]["value"]
+        return
+    body = response.json()
+    Draft4ResponseValidator(documented["content"]["application/json"]["schema"]).validate(body)
+    assert "string" not in set(strings(body)), (operation, code)  # schema filler
+    for shown in keys_shown(body):
+        assert keymaterial.is_well_formed(shown["key"]), shown["key"]
+        assert shown["full_key"] == shown["key"] and shown["key_preview"] == keymaterial.preview(shown["key"])
+    if "ratelimit-policy" in response.headers:
+        policy = re.fullmatch(r'"minute";q=([0-9]+);w=60, "day";q=([0-9]+);w=86400', response.headers["ratelimit-policy"])
+        left = re.fullmatch(r'"minute";r=([0-9]+);t=[0-9]+, "day";r=([0-9]+);t=[0-9]+', response.headers["ratelimit"])
+        assert policy and left
+        assert response.headers["x-ratelimit-limit"] == policy.group(1)
+        assert int(response.headers["x-ratelimit-remaining"]) == min(int(left.group(1)), int(left.group(2)))
+        windows = body["data"].get("rate_limit") if isinstance(body.get("data"), dict) else None
+        if windows is not None:  # whoami: the windows it states are the ones the headers describe
+            minute, day = windows["minute"], windows["day"]
+            assert (minute["limit"], day["limit"]) == (int(policy.group(1)), int(policy.group(2)))
+            assert (minute["remaining"], day["remaining"]) == (int(left.group(1)), int(left.group(2)))
+            assert (body["data"]["rate_limit_per_minute"], body["data"]["rate_limit_per_day"]) == (
+                minute["limit"], day["limit"])
+            binding = minute if minute["remaining"] <= day["remaining"] else day
+            assert response.headers["x-ratelimit-reset"] == str(binding["reset"])
+
+
+@pytest.mark.parametrize("operation,code", SUCCESSES)
+def test_prefer_code_2xx_answers_a_realistic_example_that_agrees_with_its_headers(client, operation, code):
+    method, path = OPERATIONS[operation]
+    response = client.request(method, path, headers={"Prefer": f"code={code}"})
+    assert response.status_code == int(code)
+    assert_coherent(response, operation, code)
+
+
+def test_every_documented_success_has_a_named_example():
+    for operation, code in SUCCESSES:
+        if code != "204":
+            assert any(media.get("examples") for media in CONTRACT.responses[operation][code]["content"].values()), (
+                operation, code)
+
+
+def test_a_forced_key_is_freshly_minted_for_each_answer(client):
+    first = client.post(KEYS, headers={"Prefer": "code=201"}).json()["data"]
+    second = client.post(KEYS, headers={"Prefer": "example=descriptive_name"}).json()["data"]
+    assert first["key"] != second["key"]
+
+
 # -- Prefer: example -------------------------------------------------------------------------
 
 
@@ -174,6 +265,32 @@ def test_prefer_example_answers_with_the_named_example(client):
     assert_error(conflict, 409, "key_limit_reached")
     day = client.get("/api/v1/whoami", headers={"Prefer": 'code=429; example="day"'})
     assert assert_error(day, 429, "rate_limit_exceeded")["details"]["window"] == "day"
+
+
+@pytest.mark.parametrize("operation,code,name", NAMED_EXAMPLES)
+def test_prefer_every_named_example_can_be_forced(client, operation, code, name):
+    method, path = OPERATIONS[operation]
+    response = client.request(method, path, headers={"Prefer": f"code={code}, example={name}"})
+    assert response.status_code == int(code)
+    example = next(m["examples"][name]["value"] for m in CONTRACT.responses[operation][code]["content"].values()
+                   if name in m.get("examples", {}))
+    if code.startswith(("4", "5")):
+        error = assert_error(response, int(code), example["error"]["code"])
+        assert error["message"] == example["error"]["message"]
+        assert set(error["details"]) == set(example["error"]["details"])
+    else:
+        assert_coherent(response, operation, code)
+
+
+@pytest.mark.parametrize("name,code,reason", [("revoked_by_owner", "revoked_api_key", "owner"),
+                                              ("revoked_as_leaked", "revoked_api_key", "leaked"),
+                                              ("expired", "expired_api_key", None),
+                                              ("rolled", "expired_api_key", None)])
+def test_prefer_forces_each_state_a_key_is_refused_in_on_whoami(client, name, code, reason):
+    response = client.get("/api/v1/whoami", headers={"Prefer": f"code=401, example={name}"})
+    details = assert_error(response, 401, code)["details"]
+    assert details.get("reason") == reason
+    assert ("replaced_by" in details) == (name == "rolled")
 
 
 def test_prefer_example_unknown_is_a_400_naming_the_known_ones(client):
@@ -290,7 +407,11 @@ def test_a_forced_503_says_when_to_retry_as_a_real_one_does(client):
 def test_prefer_answers_carry_ratelimit_fields_for_the_operations_real_limits(client, settings):
     admitted = client.get("/api/v1/whoami", headers={"Prefer": "code=200"})
     assert admitted.headers["ratelimit-policy"] == '"minute";q=10;w=60, "day";q=1000;w=86400'  # a free key's
-    assert re.fullmatch(r'"minute";r=9;t=([0-9]+), "day";r=999;t=([0-9]+)', admitted.headers["ratelimit"])
+    windows = admitted.json()["data"]["rate_limit"]  # the counts the example states
+    assert re.fullmatch(rf'"minute";r={windows["minute"]["remaining"]};t=([0-9]+), "day";r={windows["day"]["remaining"]};t=([0-9]+)',
+                        admitted.headers["ratelimit"])
+    pro = client.get("/api/v1/whoami", headers={"Prefer": "code=200, example=pro_key"})
+    assert pro.headers["ratelimit-policy"] == '"minute";q=1000;w=60, "day";q=1000000;w=86400'  # the tier it shows
     refused = client.get("/api/v1/whoami", headers={"Prefer": "code=429"})
     retry_after = refused.headers["retry-after"]
     assert re.fullmatch(rf'"minute";r=0;t={retry_after}, "day";r=990;t=[0-9]+', refused.headers["ratelimit"])

@@ -73,7 +73,7 @@ def scrape(server: LiveServer) -> str:
     import urllib.request
 
     with urllib.request.urlopen(server.base + "/metrics", timeout=30) as response:
-        assert response.headers["content-type"].startswith("text/plain")
+        assert response.headers.get_all("content-type") == ["text/plain; version=0.0.4; charset=utf-8"]
         return response.read().decode()
 
 
@@ -129,3 +129,10 @@ def test_metrics_answer_the_development_server_which_checks_every_answer_against
     with LiveServer("run", tmp_path, {"SUPABASE_JWT_SECRET": SECRET}) as server:
         text = scrape(server)
         assert metric(text, "http_requests_total") >= 0 and "# TYPE http_requests_total counter" in text
+
+
+def test_metrics_name_their_media_type_and_charset_once(app):
+    with app.test_client(client=("127.0.0.1", 50000)) as loopback:
+        response = loopback.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers.get_list("content-type") == ["text/plain; version=0.0.4; charset=utf-8"]

@@ -235,6 +235,20 @@ def test_a_request_that_is_not_http_is_400_in_the_envelope(server, request_bytes
     assert_envelope(exchange(server, request_bytes), 400, "bad_request")
 
 
+@pytest.mark.parametrize("request_head,status", [
+    (head("/healthz?" + "q" * 8 * 1024, method="HEAD"), 414),
+    (head("/healthz", [("X-Big", "a" * 8 * 1024)], method="HEAD"), 431),
+    (head("/readyz", [(f"X-Many-{n}", "1") for n in range(101)], method="HEAD"), 431),
+], ids=["target", "header", "headers"])
+def test_a_head_request_the_server_refuses_gets_the_status_and_headers_without_a_body(server, request_head, status):
+    from tests.rawhttp import exchange as raw_exchange
+
+    answer = raw_exchange(server.port, request_head)
+    assert answer.status == status
+    assert answer.header("x-request-id") and int(answer.header("content-length")) > 0
+    assert answer.body == b""  # the connection closes after the head: nothing follows it
+
+
 # -- the request body ------------------------------------------------------------------------
 
 

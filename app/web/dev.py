@@ -21,6 +21,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.config import MAX_MOCK_DELAY_MS
+from app.domain import keymaterial
 from app.domain.errors import InvalidParameter
 from app.domain.keys import rfc3339
 from app.domain.ratelimit import DAY, MINUTE, Decision, Limits, WindowState
@@ -190,15 +191,16 @@ class PreferMiddleware:
             candidates = documented
         name = prefer.get("example")
         body: Any = None
+        media_type = "application/json"
         chosen = None
         if name is not None:
             for code in candidates:
-                examples = _media(responses[code]).get("examples", {})
+                examples = _examples(responses[code])
                 if name in examples:
-                    chosen, body = code, examples[name]["value"]
+                    chosen, (media_type, body) = code, examples[name]
                     break
             if chosen is None:
-                named = sorted({n for c in candidates for n in _media(responses[c]).get("examples", {})})
+                named = sorted({n for c in candidates for n in _examples(responses[c])})
                 raise InvalidParameter(
                     f"Prefer: example={name[:40]} is not an example {operation} documents"
                     + (f" for {candidates[0]}" if "code" in prefer else "")
@@ -210,6 +212,13 @@ class PreferMiddleware:
         status = int(chosen)
         now = time.time()
         request_id = scope["state"]["request_id"]
+        if status < 300 and status != 204 and body is None:
+            # The first named example (each success documents one), else the schema's sample.
+            media_type, body = next(iter(_examples(responses[chosen]).values()), (media_type, None))
+            if body is None:
+                media = _media(responses[chosen])
+                body = media.get("example", sample(media.get("schema", {}), now))
+        stated = _stated_windows(body) if status < 300 else None
         # A 429's refusing window ends `retry_after` seconds from now: a named example's
         # figure, else FORCED_RETRY_AFTER_S; its details and headers all say the same.
         window, retry_after, example_limit = "minute", FORCED_RETRY_AFTER_S, None
@@ -218,10 +227,16 @@ class PreferMiddleware:
             window = example_error["details"].get("window", "minute")
             retry_after = example_error["details"]["retry_after"]
             example_limit = example_error["details"].get("limit")
-        decision = self._decision(operation, now, window if status == 429 else None, retry_after, example_limit)
+        decision = self._decision(operation, now, window if status == 429 else None, retry_after, example_limit, stated)
         headers = self._headers(responses[chosen], decision, retry_after if status == 429 else 1)
+        if stated is not None:
+            body = _with_windows(body, decision)
+        if status < 300:
+            body = _with_fresh_keys(body)
         if status == 204:
             raw = b""
+        elif isinstance(body, str) and media_type != "application/json":
+            raw = body.encode()
         elif body is not None:
             if isinstance(example_error, dict):
                 body = {"error": {**example_error, "request_id": request_id}}
@@ -238,31 +253,32 @@ class PreferMiddleware:
                 message = f"Rate limit of {details['limit']} requests per minute exceeded; retry after {retry_after} s."
             raw = envelope(code_, message, details, request_id)
         else:
-            media = _media(responses[chosen])
-            if media.get("examples"):
-                body = next(iter(media["examples"].values()))["value"]
-            else:
-                body = media.get("example", sample(media.get("schema", {}), now))
             raw = json.dumps(body).encode()
-        start = [(b"content-type", b"application/json")] if raw else []
+        start = [(b"content-type", media_type.encode())] if raw else []
         await send({"type": "http.response.start", "status": status, "headers": [
             *start, (b"content-length", str(len(raw)).encode()), *headers]})
         await send({"type": "http.response.body", "body": raw})
 
     def _decision(self, operation: str, now: float, refused_by: str | None, retry_after: int,
-                  example_limit: int | None = None) -> Decision:
+                  example_limit: int | None = None, stated: tuple[WindowState, WindowState] | None = None) -> Decision:
         """A rate-limit decision as the operation's real limits would give it at `now`.
 
         Admitted: this request counted in both windows. Refused by a window: that window is
         empty and ends `retry_after` seconds from now (and a refusing day empties the minute).
         A named example that states its window's limit is answered with the limits it
-        describes (the shared 429 examples are the API keys' tier), so headers and body agree.
+        describes (the shared 429 examples are the API keys' tier), so headers and body agree;
+        so is a success that states its windows (whoami's tier and counts), their ends from now.
         """
+        second = int(now)
+        if stated is not None:
+            minute_, day_ = stated
+            return Decision(allowed=True, at=now, blocked_by=None,
+                            minute=WindowState(minute_.limit, minute_.remaining, second - second % MINUTE + MINUTE),
+                            day=WindowState(day_.limit, day_.remaining, second - second % DAY + DAY))
         limits = self.management_limits if operation in self.contract.cookie_auth else FREE_TIER_LIMITS
         if refused_by in ("minute", "day") and example_limit is not None:
             limits = next((lim for lim in (limits, FREE_TIER_LIMITS, self.management_limits)
                            if getattr(lim, f"per_{refused_by}") == example_limit), limits)
-        second = int(now)
         minute = WindowState(limits.per_minute, limits.per_minute - 1, second - second % MINUTE + MINUTE)
         day = WindowState(limits.per_day, limits.per_day - 1, second - second % DAY + DAY)
         if refused_by is not None:
@@ -280,3 +296,48 @@ class PreferMiddleware:
 
 def _media(response: dict[str, Any]) -> dict[str, Any]:
     return response.get("content", {}).get("application/json", {})
+
+
+def _examples(response: dict[str, Any]) -> dict[str, tuple[str, Any]]:
+    """A response's named examples, whatever their media type: name to (media type, value)."""
+    return {name: (media_type, example["value"]) for media_type, media in response.get("content", {}).items()
+            for name, example in media.get("examples", {}).items()}
+
+
+def _stated_windows(body: Any) -> tuple[WindowState, WindowState] | None:
+    """The rate-limit windows a success body states (whoami's `data.rate_limit`), if any."""
+    data = body.get("data") if isinstance(body, dict) else None
+    windows = data.get("rate_limit") if isinstance(data, dict) else None
+    if not isinstance(windows, dict):
+        return None
+    minute, day = windows["minute"], windows["day"]
+    return (WindowState(minute["limit"], minute["remaining"], minute["reset"]),
+            WindowState(day["limit"], day["remaining"], day["reset"]))
+
+
+def _with_windows(body: dict[str, Any], decision: Decision) -> dict[str, Any]:
+    """`body` with its stated windows as `decision` has them (their ends from now), as its headers say."""
+    windows = {name: {"limit": state.limit, "remaining": state.remaining, "reset": state.reset}
+               for name, state in (("minute", decision.minute), ("day", decision.day))}
+    return {**body, "data": {**body["data"], "rate_limit": windows}}
+
+
+def _with_fresh_keys(value: Any) -> Any:
+    """`value` with each key it shows freshly minted, in the real format, and its preview to match.
+
+    The contract's examples show a placeholder (a real-format key in a committed file would
+    be flagged by secret scanners); a client under development gets one it can parse.
+    """
+    if isinstance(value, list):
+        return [_with_fresh_keys(item) for item in value]
+    if not isinstance(value, dict):
+        return value
+    value = {name: _with_fresh_keys(item) for name, item in value.items()}
+    if isinstance(value.get("key"), str) and value["key"].startswith(keymaterial.PREFIX):
+        secret = keymaterial.generate()
+        value["key"] = secret
+        if "full_key" in value:
+            value["full_key"] = secret
+        if "key_preview" in value:
+            value["key_preview"] = keymaterial.preview(secret)
+    return value

@@ -55,6 +55,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._heads = 0  # heads parsed whole on this connection
         self._header_count = 0
         self._header_bytes = 0
+        self._method = b""  # the method of the head being parsed, once its request line is read
         self._head_timer: Any = None
         self._head_started = 0.0
         self._refused = False
@@ -130,8 +131,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_begin()
         self._head_begun = True
         self._header_count = self._header_bytes = 0
+        self._method = b""
 
     def on_url(self, url: bytes) -> None:
+        self._method = self.parser.get_method()  # the request line's method is read by now
         super().on_url(url)
         limit = self.limits.request_target
         if len(self.url) > limit:
@@ -209,7 +212,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         lines = [STATUS_LINE[status]]
         for name, value in [*self.server_state.default_headers, *start["headers"]]:
             lines += [name, b": ", value, b"\r\n"]
-        self.transport.write(b"".join([*lines, b"\r\n", body]))
+        # An answer to HEAD has no content (RFC 9110 9.3.2): its Content-Length is that of the GET's.
+        self.transport.write(b"".join([*lines, b"\r\n", b"" if self._method == b"HEAD" else body]))
         log_access(request_id, "-", NO_ROUTE, status, time.perf_counter() - self._head_started,
                    client_field(self.client), error_code=code)
         if self.transport.can_write_eof():
