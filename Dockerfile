@@ -2,7 +2,7 @@
 # WEB_CONCURRENCY uvicorn workers, as an unprivileged user, the SQLite database on a volume.
 #   docker build -t socdefenders-keys .
 #   docker volume create keys-data
-#   docker run --rm -v keys-data:/data -e SUPABASE_JWT_SECRET=... socdefenders-keys python -m app migrate   # once
+#   docker run --rm -v keys-data:/data socdefenders-keys python -m app migrate   # once
 #   docker run -d -p 8000:8000 -v keys-data:/data -e SUPABASE_JWT_SECRET=... socdefenders-keys
 # Podman stores the HEALTHCHECK only in Docker's image format: `podman build --format docker`.
 # PYTHON_IMAGE: any Debian-like image with Python 3.11 or later on PATH as `python`, with pip
