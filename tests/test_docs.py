@@ -69,3 +69,54 @@ def test_readme_roll_example_answers_with_the_name_of_the_key_it_minted():
     minted = re.search(r"""-d '\{"name": "([^"]+)"\}'""", block)
     answered = re.search(r'# \{"data": \{[^}]*"name": "([^"]+)"', block)
     assert minted and answered and minted.group(1) == answered.group(1)
+
+
+def test_readme_commands_heading_counts_the_commands_it_shows():
+    import re
+
+    number, body = re.search(r"\n## (\w+) commands\n(.*?)\n## ", README, re.DOTALL).groups()
+    block = body.split("```sh\n")[1].split("```")[0]
+    commands = [line for line in block.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    assert {"One": 1, "Two": 2, "Three": 3, "Four": 4, "Five": 5}.get(number) == len(commands), commands
+
+
+def test_readme_calling_it_walkthrough_runs_as_pasted_against_the_development_server(tmp_path):
+    import os
+    import re
+    import shutil
+    import subprocess
+    import time
+
+    import pytest
+
+    from app.domain.sessions import issue_token
+    from tests.live import ROOT, LiveServer
+
+    if shutil.which("curl") is None:
+        pytest.skip("the README's curl walkthrough did NOT run: curl is not installed")
+    section = README.split("\n## Calling it\n", 1)[1].split("\n## ", 1)[0]
+    script = "\n".join(block.split("```", 1)[0] for block in section.split("```sh\n")[1:])
+    with LiveServer("run", tmp_path) as server:
+        script, moved = re.subn(r"^BASE=\S+", f"BASE={server.base}", script, flags=re.MULTILINE)
+        assert moved == 1, "the walkthrough no longer sets BASE"
+        env = {k: v for k, v in os.environ.items() if k not in ("APP_ENV", "SUPABASE_JWT_SECRET")}
+        env["DATABASE_URL"] = server.env["DATABASE_URL"]  # dev-token signs with the server's secret
+        walk = subprocess.run(
+            ["sh", "-eu", "-c", script + '\nprintf "\\ncaptured key id: %s\\n" "$ID"\n'],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert walk.returncode == 0, walk.stderr
+        key_id = walk.stdout.rsplit("captured key id: ", 1)[1].strip()
+        secret = (tmp_path / "live" / ".supabase-jwt-secret").read_text().strip()
+        owner = {"Cookie": f"sb-access-token={issue_token(secret, 'dev-user', time.time(), 3600)}"}
+        status, _, body = server.request("GET", "/api/v1/keys?include_revoked=true", headers=owner)
+    assert status == 200, body
+    minted = [key for key in body["data"] if key["id"] == key_id]
+    assert minted, f"{key_id!r} is not a key the walkthrough minted: {walk.stdout}"
+    # The three ways of using the key each counted, then the revoke took it.
+    assert (minted[0]["status"], minted[0]["total_requests"]) == ("revoked", 3)
+    assert '"revoked_api_key"' in walk.stdout
