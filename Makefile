@@ -20,9 +20,18 @@ DEV_STAMP     := $(VENV)/.installed-dev
 # Node.js tools the tests use (Spectral, Redocly CLI), pinned in tools/package-lock.json. Without
 # npm their tests say they were skipped and how to install them; .ci/run installs npm.
 SPECTRAL   := tools/node_modules/.bin/spectral
-TEST_TOOLS := $(if $(shell command -v npm),$(SPECTRAL))
 
-.PHONY: install lock run mock serve test lint audit fuzz bench bench-ab bench-instructions clean
+# Clients generated from openapi.json into build/clients/ (`make clients`): a Python package by
+# openapi-python-client (pinned in uv.lock) and TypeScript types for openapi-fetch by
+# openapi-typescript (pinned, with TypeScript, in clients/package-lock.json).
+# tests/test_generated_clients.py drives each through a key's life against a live server.
+PY_CLIENT  := build/clients/python/socdefenders_keys_client/__init__.py
+TS_CLIENT  := build/clients/typescript/schema.d.ts
+TS_TOOLS   := clients/node_modules/.bin/openapi-typescript
+TEST_TOOLS := $(PY_CLIENT) $(if $(shell command -v npm),$(SPECTRAL) $(TS_CLIENT))
+
+.PHONY: install lock run mock serve test lint audit fuzz bench bench-ab bench-instructions clean \
+	clients clients-python clients-typescript
 
 $(UV): tools/uv.txt
 	$(PYTHON) -m venv tools/venv
@@ -45,6 +54,25 @@ $(SPECTRAL): tools/package.json tools/package-lock.json
 	touch $@
 
 install: $(DEV_STAMP)
+
+## A Python client and TypeScript types (for openapi-fetch) generated from openapi.json, in build/clients/.
+clients: clients-python clients-typescript
+clients-python: $(PY_CLIENT)
+clients-typescript: $(TS_CLIENT)
+
+$(PY_CLIENT): openapi.json clients/openapi-python-client.yaml $(DEV_STAMP)
+	rm -rf build/clients/python
+	$(VENV)/bin/openapi-python-client generate --path openapi.json --config clients/openapi-python-client.yaml \
+		--meta setup --output-path build/clients/python
+	touch $@
+
+$(TS_TOOLS): clients/package.json clients/package-lock.json
+	npm ci --prefix clients --no-audit --no-fund --loglevel=error
+	touch $@
+
+$(TS_CLIENT): openapi.json $(TS_TOOLS)
+	mkdir -p $(@D)
+	$(TS_TOOLS) openapi.json --output $@
 
 ## Re-resolve uv.lock (and tools/uv.txt) to the newest versions pyproject.toml allows.
 lock: | $(UV)
@@ -100,7 +128,7 @@ $(PRISM):
 	npm install --prefix bench/.prism --no-audit --no-fund --loglevel=error @stoplight/prism-cli@5.16.0
 
 clean:
-	rm -rf $(VENV) tools/venv tools/node_modules .pytest_cache .hypothesis bench/out bench/.prism fuzz/out
+	rm -rf $(VENV) tools/venv tools/node_modules clients/node_modules build .pytest_cache .hypothesis bench/out bench/.prism fuzz/out
 
 ## This tree against earlier revisions in one window (REVS="rev ..."), one worker each, under wrk.
 bench-ab: $(DEV_STAMP)

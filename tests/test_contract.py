@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import inspect
 import json
 import re
@@ -130,3 +131,58 @@ def kept(vendor: object, ours: object, path: tuple) -> None:
         assert isinstance(ours, str) and ours.startswith(vendor), path
     else:
         assert ours == vendor, path
+
+
+def details_sent(kind: str) -> dict[str, str]:
+    """Map each field the server's code puts in an error's (`kind="error"`) or a key event's
+    (`kind="event"`) `details` to where: dict literals given to a ServiceError or to
+    KeyEvent.about, returned by `revocation`, or bound to a name `details`."""
+    from app.domain.errors import ServiceError
+
+    def subclasses(cls: type) -> set[str]:
+        return {cls.__name__}.union(*(subclasses(sub) for sub in cls.__subclasses__()))
+
+    import app.web.errors  # noqa: F401  (defines the web layer's own refusals)
+    import app.web.transport  # noqa: F401
+
+    errors, found = subclasses(ServiceError), {}
+    for path in sorted((ROOT / "app").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            literals = []
+            if isinstance(node, ast.Call):
+                name = node.func.id if isinstance(node.func, ast.Name) else getattr(node.func, "attr", None)
+                if kind == "error" and name in errors or kind == "event" and name == "about":
+                    literals = [arg for arg in node.args if isinstance(arg, ast.Dict)]
+            elif kind == "error" and isinstance(node, ast.FunctionDef) and node.name == "revocation":
+                # app.domain.keys.revocation: a revoked key's reason and time, spread into details.
+                returned = [n.value for n in ast.walk(node) if isinstance(n, ast.Return)]
+                literals = [value for value in returned if isinstance(value, ast.Dict)]
+            elif isinstance(node, ast.Assign | ast.AnnAssign) and isinstance(node.value, ast.Dict):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                named = any(isinstance(target, ast.Name) and target.id == "details" for target in targets)
+                if named and (path.parent.name == "store") == (kind == "event"):  # the stores record events
+                    literals = [node.value]
+            for literal in literals:
+                for key in literal.keys:
+                    if isinstance(key, ast.Constant):
+                        found[key.value] = f"{path.relative_to(ROOT)}:{literal.lineno}"
+    return found
+
+
+def test_error_details_describe_every_field_the_server_sends():
+    described = spec()["components"]["schemas"]["ErrorDetails"]["properties"]
+    sent = details_sent("error")
+    assert {"reason", "revoked_at", "replaced_by", "rolled", "window", "limit", "retry_after", "field"} <= set(sent)
+    assert {field: where for field, where in sent.items() if field not in described} == {}
+    details = spec()["components"]["schemas"]["Error"]["properties"]["error"]["properties"]["details"]
+    assert details["allOf"] == [{"$ref": "#/components/schemas/ErrorDetails"}]
+
+
+def test_key_event_details_describe_every_field_the_server_records():
+    described = spec()["components"]["schemas"]["KeyEventDetails"]["properties"]
+    sent = details_sent("event")
+    assert {"replaced_by", "expires_at", "rolled_from", "source", "window", "limit", "applies_to"} <= set(sent)
+    assert {field: where for field, where in sent.items() if field not in described} == {}
+    assert spec()["components"]["schemas"]["KeyEvent"]["properties"]["details"] == {
+        "$ref": "#/components/schemas/KeyEventDetails"
+    }
