@@ -16,8 +16,8 @@ from app import logs
 from app.config import ConfigError, Settings
 from app.domain.errors import StoreUnavailable
 from app.store import SQLiteStore, StoreStartError, open_store
-from app.web.factory import create_app
 from app.web.connections import connection_limits, descriptors_problem
+from app.web.factory import create_app
 from app.web.transport import protocol_class
 
 # gunicorn's exit status for a worker that cannot boot: the master stops rather than respawn it.

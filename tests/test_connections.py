@@ -8,6 +8,7 @@ addresses (127.0.0.2, 127.0.0.3, ...: on Linux all of 127.0.0.0/8 is this machin
 from __future__ import annotations
 
 import socket
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -108,14 +109,21 @@ def test_released_connections_make_room_again():
 
 
 def test_connection_bounds_are_settings():
-    settings = Settings.from_env({"SUPABASE_JWT_SECRET": SECRET, "DATABASE_URL": "sqlite:///x/keys.db",
-                                  "MAX_CONNECTIONS": "50", "MAX_CONNECTIONS_PER_CLIENT": "5"})
+    settings = Settings.from_env(
+        {
+            "SUPABASE_JWT_SECRET": SECRET,
+            "DATABASE_URL": "sqlite:///x/keys.db",
+            "MAX_CONNECTIONS": "50",
+            "MAX_CONNECTIONS_PER_CLIENT": "5",
+        }
+    )
     assert (settings.max_connections, settings.max_connections_per_client) == (50, 5)
     defaults = Settings.from_env({"SUPABASE_JWT_SECRET": SECRET, "DATABASE_URL": "sqlite:///x/keys.db"})
     assert (defaults.max_connections, defaults.max_connections_per_client) == (1000, 100)
     with pytest.raises(ConfigError, match="MAX_CONNECTIONS_PER_CLIENT"):
-        Settings.from_env({"SUPABASE_JWT_SECRET": SECRET, "DATABASE_URL": "sqlite:///x/keys.db",
-                           "MAX_CONNECTIONS_PER_CLIENT": "0"})
+        Settings.from_env(
+            {"SUPABASE_JWT_SECRET": SECRET, "DATABASE_URL": "sqlite:///x/keys.db", "MAX_CONNECTIONS_PER_CLIENT": "0"}
+        )
 
 
 def test_a_descriptor_limit_the_process_cannot_reach_is_one_line():
@@ -131,9 +139,12 @@ def test_a_descriptor_limit_the_process_cannot_reach_is_one_line():
 
 # -- over real sockets ----------------------------------------------------------------------
 
-LIMITS = {"MAX_CONNECTIONS": "6", "MAX_CONNECTIONS_PER_CLIENT": "3",
-          # Idle connections that sent nothing stay open this long: longer than any test here.
-          "REQUEST_READ_TIMEOUT": "60"}
+LIMITS = {
+    "MAX_CONNECTIONS": "6",
+    "MAX_CONNECTIONS_PER_CLIENT": "3",
+    # Idle connections that sent nothing stay open this long: longer than any test here.
+    "REQUEST_READ_TIMEOUT": "60",
+}
 
 
 @pytest.fixture(params=["serve", "run"])
@@ -184,3 +195,22 @@ def test_a_worker_holding_its_maximum_still_serves_a_new_client(server):
     # The newcomer closed the oldest idle connection of a client holding the most (of two
     # holding 3 each, the first to have come).
     assert answers == [None, 200, 200, 200, 200, 200]
+
+
+def test_a_client_holding_more_idle_connections_than_the_process_has_files_leaves_others_served(tmp_path):
+    # The process may open 400 files (as a unit's LimitNOFILE would say); one client opens 500
+    # connections and lets them sit. Unbounded, the server runs out of descriptors and stops
+    # accepting anyone; bounded (100 a worker, 50 a client), the greedy client keeps 50.
+    env = {
+        "SUPABASE_JWT_SECRET": SECRET,
+        "MAX_CONNECTIONS": "100",
+        "MAX_CONNECTIONS_PER_CLIENT": "50",
+        "REQUEST_READ_TIMEOUT": "60",
+    }
+    argv = ["prlimit", "--nofile=400:400", sys.executable, "-m", "app", "run"]
+    with LiveServer("run", tmp_path, env, argv=argv) as server, ExitStack() as stack:
+        greedy = [open_from(stack, server, "127.0.0.2") for _ in range(500)]
+        answer = served(server, "127.0.0.3")  # waits 10 s at most
+        assert answer.status == 200, str(answer)
+        assert [ask(sock).status for sock in greedy[-50:]] == [200] * 50
+        assert ask(greedy[0]).status is None

@@ -34,8 +34,12 @@ from app.config import Settings
 # files (or its pool's connections, counted apart), the metrics files, logs and the like.
 RESERVED_DESCRIPTORS = 256
 
-SHED = Counter("connections_shed", "Connections the server closed to stay within its connection bounds, by bound "
-               "(client or worker) and which connection (an idle one, or the new one).", ["limit", "closed"])
+SHED = Counter(
+    "connections_shed",
+    "Connections the server closed to stay within its connection bounds, by bound "
+    "(client or worker) and which connection (an idle one, or the new one).",
+    ["limit", "closed"],
+)
 
 
 class Connection(Protocol):
@@ -128,7 +132,9 @@ class ConnectionTable:
             if not mine:
                 del self._by_client[key]
 
-    def _close_oldest_idle(self, connections: dict[Connection, None] | dict[Connection, str | None], limit: str) -> bool:
+    def _close_oldest_idle(
+        self, connections: dict[Connection, None] | dict[Connection, str | None], limit: str
+    ) -> bool:
         for connection in connections:
             if connection.idle():
                 self.release(connection)  # now: its close is reported later, when the loop gets to it
@@ -156,8 +162,10 @@ def raise_descriptor_limit(needed: int) -> str | None:
     if soft == resource.RLIM_INFINITY or soft >= needed:
         return None
     if hard != resource.RLIM_INFINITY and hard < needed:
-        return (f"MAX_CONNECTIONS needs {needed} open files per process (connections, database pool and "
-                f"{RESERVED_DESCRIPTORS} more), but the hard limit is {hard}: lower MAX_CONNECTIONS or raise "
-                "the limit (LimitNOFILE= in the systemd unit, ulimit -n)")
+        return (
+            f"MAX_CONNECTIONS needs {needed} open files per process (connections, database pool and "
+            f"{RESERVED_DESCRIPTORS} more), but the hard limit is {hard}: lower MAX_CONNECTIONS or raise "
+            "the limit (LimitNOFILE= in the systemd unit, ulimit -n)"
+        )
     resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
     return None
