@@ -144,11 +144,15 @@ class ConnectionTable:
         return False
 
     def _close_idle_of_the_greediest(self) -> bool:
-        # Clients by the number of connections they hold, most first; proxies (key None) last,
-        # then any connection at all.
-        for _, mine in sorted(self._by_client.items(), key=lambda item: -len(item[1])):
-            if self._close_oldest_idle(mine, "worker"):
+        if self._by_client:
+            # Usually the client holding the most has an idle one: found without sorting.
+            greediest = max(self._by_client.values(), key=len)
+            if self._close_oldest_idle(greediest, "worker"):
                 return True
+            # Otherwise the others, most first; then proxies (not counted by client), or anyone.
+            for mine in sorted(self._by_client.values(), key=len, reverse=True):
+                if mine is not greediest and self._close_oldest_idle(mine, "worker"):
+                    return True
         return self._close_oldest_idle(self._all, "worker")
 
 
