@@ -171,5 +171,8 @@ def raise_descriptor_limit(needed: int) -> str | None:
             f"{RESERVED_DESCRIPTORS} more), but the hard limit is {hard}: lower MAX_CONNECTIONS or raise "
             "the limit (LimitNOFILE= in the systemd unit, ulimit -n)"
         )
-    resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+    except (ValueError, OSError) as error:  # a system maximum below the hard limit (macOS: OPEN_MAX)
+        return f"MAX_CONNECTIONS needs {needed} open files per process, which this system refuses: {error}"
     return None

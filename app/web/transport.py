@@ -138,6 +138,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def idle(self) -> bool:
         """Whether the connection is between requests: nothing of one read, nothing being answered."""
+        # `cycle` (the request being answered) and `pipeline` (requests queued behind it) are
+        # HttpToolsProtocol's, uvicorn 0.54.0 (pinned to 0.54.x in pyproject.toml).
         if self._refused:
             return True  # answered already, and about to close
         return (self._in_head and not self._head_begun and self._head_room == self.limits.head
