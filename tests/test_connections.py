@@ -7,6 +7,7 @@ addresses (127.0.0.2, 127.0.0.3, ...: on Linux all of 127.0.0.0/8 is this machin
 
 from __future__ import annotations
 
+import shutil
 import socket
 import sys
 import time
@@ -207,6 +208,8 @@ def test_a_client_holding_more_idle_connections_than_the_process_has_files_leave
         "MAX_CONNECTIONS_PER_CLIENT": "50",
         "REQUEST_READ_TIMEOUT": "60",
     }
+    if shutil.which("prlimit") is None:
+        pytest.skip("prlimit (util-linux) is not installed")
     argv = ["prlimit", "--nofile=400:400", sys.executable, "-m", "app", "run"]
     with LiveServer("run", tmp_path, env, argv=argv) as server, ExitStack() as stack:
         greedy = [open_from(stack, server, "127.0.0.2") for _ in range(500)]

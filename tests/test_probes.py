@@ -69,6 +69,21 @@ def test_readyz_answers_ready_while_the_write_lock_is_held(client, settings):
         assert client.head("/readyz").status_code == 200
 
 
+@pytest.mark.postgresql_only
+def test_readiness_checks_take_no_transaction_id_on_postgresql(store, settings):
+    import psycopg
+
+    def next_xid() -> int:  # the cluster's next transaction id; reading it assigns none
+        with psycopg.connect(settings.database_url, autocommit=True) as conn:
+            return int(conn.execute("SELECT pg_snapshot_xmax(pg_current_snapshot())::text").fetchone()[0])
+
+    before = next_xid()
+    for _ in range(200):
+        store.check_ready(1.0)
+    # A check that took one would advance it by 200; other sessions of the cluster may add a few.
+    assert next_xid() - before < 200
+
+
 def count_checks(app, monkeypatch, failing: list[bool]) -> list[float]:
     """Count the store's readiness checks (each fails while `failing[0]`); return the list of calls."""
     store = app.app.extensions["services"].store
