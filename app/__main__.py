@@ -84,6 +84,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if problem:
             print(f"configuration error: {problem}", file=sys.stderr)
             return 2
+    if args.command in ("run", "serve"):
+        from app.web.connections import descriptors_problem
+
+        problem = descriptors_problem(settings)  # raised here, so that gunicorn's workers inherit it
+        if problem:
+            print(f"configuration error: {problem}", file=sys.stderr)
+            return 2
     if args.command == "run":
         return run(settings)
     if args.command == "serve":
@@ -228,6 +235,7 @@ def run(settings: Settings, user: str = "dev-user", note: str = "") -> int:
     import uvicorn
 
     from app import logs
+    from app.web.connections import connection_limits
     from app.web.factory import create_app
     from app.web.transport import protocol_class
 
@@ -265,7 +273,7 @@ def run(settings: Settings, user: str = "dev-user", note: str = "") -> int:
     uvicorn.run(
         app, host=settings.host, port=settings.port, access_log=False, log_config=None,
         workers=1,  # one process, whatever WEB_CONCURRENCY (which uvicorn would otherwise read) says
-        http=protocol_class(settings.request_read_timeout),
+        http=protocol_class(settings.request_read_timeout, connection_limits(settings)),
         # No route is a WebSocket: an upgrade request is answered as the HTTP request it also is.
         ws="none",
         # X-Forwarded-For and -Proto are believed only from these peers (uvicorn's own default

@@ -16,6 +16,7 @@ from app import logs
 from app.config import ConfigError, Settings
 from app.domain.errors import StoreUnavailable
 from app.store import SQLiteStore, StoreStartError, open_store
+from app.web.connections import connection_limits, descriptors_problem
 from app.web.factory import create_app
 from app.web.transport import protocol_class
 
@@ -29,6 +30,9 @@ def from_env() -> FlaskApp:
         settings = Settings.from_env()
         logs.configure(settings.log_level, settings.log_format)
         logs.warn_weak_secret(settings)
+        problem = descriptors_problem(settings)  # `serve` raised it already; gunicorn started otherwise did not
+        if problem:
+            raise ConfigError(problem)
         store = open_store(settings)  # here, after gunicorn has forked this worker: its own pool or file
         logs.log_startup(settings, store.schema_version(), settings.workers, "gunicorn worker")
     except (ConfigError, StoreStartError, StoreUnavailable) as exc:
@@ -51,7 +55,7 @@ class Worker(UvicornWorker):
 
     - without uvicorn's access log, which would print `?api_key=` (the app writes its own,
       with secrets redacted);
-    - with the bounded HTTP protocol (`app.web.transport`);
+    - with the bounded HTTP protocol (`app.web.transport`), and its bounds on open connections;
     - believing X-Forwarded-For and -Proto only from `FORWARDED_ALLOW_IPS`.
     """
 
@@ -61,6 +65,6 @@ class Worker(UvicornWorker):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         settings = Settings.from_env()
-        self.config.http = protocol_class(settings.request_read_timeout)
+        self.config.http = protocol_class(settings.request_read_timeout, connection_limits(settings))
         self.config.proxy_headers = bool(settings.forwarded_allow_ips)
         self.config.forwarded_allow_ips = list(settings.forwarded_allow_ips)

@@ -60,6 +60,8 @@ class Settings:
     trusted_hosts: tuple[str, ...] = ()  # Host values answered; empty: any
     create_database: bool = True  # create a missing SQLite file (production: only when told)
     workers: int = 2  # gunicorn worker processes (`serve`)
+    max_connections: int = 1000  # open connections per worker process (app.web.connections)
+    max_connections_per_client: int = 100  # of those, from one client address (an IPv6 /64)
     metrics_allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
         ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))  # who may read /metrics
     jwt_secret_generated: bool = field(default=False, compare=False)
@@ -134,6 +136,8 @@ class Settings:
             # In production a typo in DATABASE_URL must fail, not start on an empty database.
             create_database=_bool(env, "CREATE_DATABASE", not production),
             workers=_int(env, "WEB_CONCURRENCY", 2),
+            max_connections=_int(env, "MAX_CONNECTIONS", 1000),
+            max_connections_per_client=_int(env, "MAX_CONNECTIONS_PER_CLIENT", 100),
             metrics_allow=_networks(env, "METRICS_ALLOW", "127.0.0.0/8,::1/128"),
             jwt_secret_generated=generated,
         )

@@ -59,6 +59,10 @@ def test_readme_limits_table_states_the_bounds_the_code_enforces():
     assert rows[next(r for r in rows if r.startswith("Head read time"))] == f"{timeout} s (`REQUEST_READ_TIMEOUT`)"
     assert rows["Body size, chunked or not"] == kib(MAX_BODY_BYTES)
     assert rows["Body read time: from the end of the head"] == f"{timeout} s (`REQUEST_READ_TIMEOUT`)"
+    fields = Settings.__dataclass_fields__
+    assert rows["Open connections, per worker process"] == f"{fields['max_connections'].default:,} (`MAX_CONNECTIONS`)"
+    per_client = next(r for r in rows if r.startswith("Open connections from one client address"))
+    assert rows[per_client] == f"{fields['max_connections_per_client'].default:,} (`MAX_CONNECTIONS_PER_CLIENT`)"
 
 
 def test_readme_roll_example_answers_with_the_name_of_the_key_it_minted():

@@ -101,13 +101,13 @@ def test_a_store_that_cannot_be_used_is_a_503_and_a_bug_is_a_500(
 ) -> None:
     from app.store import SQLiteStore
 
-    def failing_check(self: SQLiteStore) -> None:
+    def failing_check(self: SQLiteStore, timeout_s: float) -> None:
         error = sqlite3.OperationalError("what SQLite said")
         error.sqlite_errorcode = code
         with self._conn():  # as a query on the store's connection would fail
             raise error
 
-    monkeypatch.setattr(SQLiteStore, "check_write", failing_check)
+    monkeypatch.setattr(SQLiteStore, "check_ready", failing_check)
     response = client.get("/readyz")
     assert response.status_code == status
     error = response.json()["error"]

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import fcntl
 import re
 import sqlite3
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import pytest
 
+from app.config import Settings
+from app.domain.errors import StoreUnavailable
 from app.domain.sessions import issue_token
 from app.version import __version__
 from tests.live import LiveServer
 
 SECRET = "probe-test-secret-0123456789-0123456789-abc"
+ENGINES = ("sqlite", "postgresql")
 
 
 def test_healthz_answers_head_with_the_headers_of_get_and_no_body(client):
@@ -32,22 +38,102 @@ def test_head_elsewhere_is_still_refused(client):
     assert client.head("/api/v1/keys").status_code == 405
 
 
-@pytest.mark.sqlite_only
-def test_readyz_is_503_in_the_envelope_while_the_store_is_locked(client, settings):
-    locker = sqlite3.connect(settings.database_path, timeout=0)
-    locker.execute("BEGIN EXCLUSIVE")
-    try:
-        started = time.monotonic()
+@contextmanager
+def write_lock_held(settings: Settings) -> Iterator[None]:
+    """Hold the store's write lock, as a writer stuck mid-transaction in another process would."""
+    if settings.engine == "postgresql":
+        import psycopg
+
+        with psycopg.connect(settings.database_url) as conn, conn.transaction():
+            # Every write (and every SELECT ... FOR UPDATE) waits behind this; plain reads do not.
+            conn.execute("LOCK TABLE accounts, api_keys, key_events, rate_windows IN EXCLUSIVE MODE")
+            yield
+        return
+    # The writers' queue (an flock beside the database), then SQLite's own write lock.
+    with open(settings.database_path.with_name(settings.database_path.name + ".write-lock"), "a+b") as turn:
+        fcntl.flock(turn, fcntl.LOCK_EX)
+        locker = sqlite3.connect(settings.database_path, timeout=0, isolation_level=None)
+        try:
+            locker.execute("BEGIN IMMEDIATE")
+            yield
+        finally:
+            locker.close()
+            fcntl.flock(turn, fcntl.LOCK_UN)
+
+
+def test_readyz_answers_ready_while_the_write_lock_is_held(client, settings):
+    with write_lock_held(settings):
+        # Were the probe queued behind the lock, it would give up at its 1 s bound: a 503.
         response = client.get("/readyz")
-        assert time.monotonic() - started < 3
+        assert response.status_code == 200 and response.json() == {"status": "ready"}
+        assert client.head("/readyz").status_code == 200
+
+
+@pytest.mark.postgresql_only
+def test_readiness_checks_take_no_transaction_id_on_postgresql(store, settings):
+    import psycopg
+
+    def next_xid() -> int:  # the cluster's next transaction id; reading it assigns none
+        with psycopg.connect(settings.database_url, autocommit=True) as conn:
+            return int(conn.execute("SELECT pg_snapshot_xmax(pg_current_snapshot())::text").fetchone()[0])
+
+    before = next_xid()
+    for _ in range(200):
+        store.check_ready(1.0)
+    # A check that took one would advance it by 200; other sessions of the cluster may add a few.
+    assert next_xid() - before < 200
+
+
+def count_checks(app, monkeypatch, failing: list[bool]) -> list[float]:
+    """Count the store's readiness checks (each fails while `failing[0]`); return the list of calls."""
+    store = app.app.extensions["services"].store
+    calls: list[float] = []
+    check = store.check_ready
+
+    def counted(timeout_s: float) -> None:
+        calls.append(timeout_s)
+        if failing[0]:
+            raise StoreUnavailable("The key store is temporarily unavailable; retry shortly.")
+        check(timeout_s)
+
+    monkeypatch.setattr(store, "check_ready", counted)
+    return calls
+
+
+def test_repeated_readyz_within_a_second_are_answered_without_the_store(app, client, clock, monkeypatch):
+    calls = count_checks(app, monkeypatch, [False])
+    for _ in range(20):
+        assert client.get("/readyz").status_code == 200
+        assert client.head("/readyz").status_code == 200
+        clock.advance(0.04)  # 40 probes over 0.8 s
+    assert calls == [1.0]  # one check, bounded at 1 s
+    clock.advance(0.25)  # a second and a bit since the check
+    assert client.get("/readyz").status_code == 200
+    assert len(calls) == 2
+
+
+def test_readyz_is_503_in_the_envelope_while_the_store_cannot_answer_and_ready_a_second_after(
+        app, client, clock, monkeypatch):
+    failing = [True]
+    calls = count_checks(app, monkeypatch, failing)
+    for _ in range(5):
+        response = client.get("/readyz")
         assert response.status_code == 503
         assert response.json()["error"]["code"] == "service_unavailable"
-        assert response.headers["retry-after"]
-        assert client.get("/healthz").status_code == 200  # alive all the same
-    finally:
-        locker.rollback()
-        locker.close()
+        assert response.headers["retry-after"] == "1"
+    assert client.get("/healthz").status_code == 200  # alive all the same
+    assert len(calls) == 1  # a failure is remembered too: a flood of probes does not hammer a sick store
+    failing[0] = False
+    assert client.get("/readyz").status_code == 503  # still the last check's answer
+    clock.advance(1.0)
+    assert client.get("/readyz").status_code == 200 and len(calls) == 2
+
+
+def test_readyz_checks_again_when_the_clock_goes_back(app, client, clock, monkeypatch):
+    calls = count_checks(app, monkeypatch, [False])
     assert client.get("/readyz").status_code == 200
+    clock.advance(-3600)  # the wall clock set back an hour: the last check is not good for an hour
+    assert client.get("/readyz").status_code == 200 and len(calls) == 2
 
 
 def test_metrics_are_hidden_from_clients_outside_metrics_allow(client):
@@ -94,19 +180,17 @@ def test_metrics_sum_every_worker_under_load_and_probes_follow_the_store(tmp_pat
         assert metric(text, "api_keys_minted_total") == 1 and metric(text, "api_keys_revoked_total") == 1
         assert metric(text, "http_request_duration_seconds_count", operation="getCurrentKey") == 40
 
-        locker = sqlite3.connect(server.database_path, timeout=0)
-        locker.execute("BEGIN EXCLUSIVE")
-        try:
-            status, headers, body = server.request("GET", "/readyz")
-            assert status == 503 and body["error"]["code"] == "service_unavailable"
+        # A writer stuck holding the write lock does not make the workers unready, nor their probes wait.
+        live = Settings(jwt_secret=SECRET, database_path=server.database_path)
+        with write_lock_held(live):
+            for _ in range(4):
+                status, _, body = server.request("GET", "/readyz")
+                assert status == 200 and body == {"status": "ready"}
+                assert server.request("HEAD", "/readyz")[0] == 200
             assert server.request("GET", "/healthz")[0] == 200
-            assert server.request("HEAD", "/readyz")[0] == 503
-        finally:
-            locker.rollback()
-            locker.close()
-        assert server.request("GET", "/readyz")[0] == 200
         assert server.request("HEAD", "/healthz")[0] == 200
-        assert metric(scrape(server), "store_errors_total", operation="getReadiness") == 2
+        assert metric(scrape(server), "store_errors_total", operation="getReadiness") == 0
+        assert metric(scrape(server), "http_requests_total", operation="getReadiness", status="200") == 8
 
 
 def test_metrics_answer_404_to_an_address_metrics_allow_leaves_out(tmp_path):

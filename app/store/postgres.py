@@ -128,10 +128,11 @@ class PostgresStore:
             raise
 
     @contextmanager
-    def _conn(self) -> Iterator[psycopg.Connection]:
-        """Lend a pooled connection; a server that cannot answer in time is StoreUnavailable."""
+    def _conn(self, timeout_s: float | None = None) -> Iterator[psycopg.Connection]:
+        """Lend a pooled connection (waiting at most `timeout_s`, else the store's timeout); a server
+        that cannot answer in time is StoreUnavailable."""
         try:
-            with self._pool.connection() as conn:
+            with self._pool.connection(timeout=timeout_s) as conn:
                 yield conn
         except psycopg.OperationalError as error:
             # Unreachable, shut down, too slow (statement or lock timeout), no free connection
@@ -169,10 +170,18 @@ class PostgresStore:
         with self._conn() as conn:
             conn.execute("SELECT 1 FROM accounts LIMIT 1").fetchall()
 
-    def check_write(self) -> None:
-        """Open a transaction that could write (a transaction id: refused on a read-only server), writing nothing."""
-        with self._conn() as conn, conn.transaction():
-            conn.execute("SELECT pg_current_xact_id()")
+    def check_ready(self, timeout_s: float) -> None:
+        """Read the database, and that it is a primary, within `timeout_s`; StoreUnavailable if it cannot.
+
+        A read-only transaction: it takes no transaction id and no row lock, so it neither
+        waits for writers nor costs a commit. A standby (a read replica) cannot take the
+        service's writes, so it is not ready.
+        """
+        with self._conn(timeout_s) as conn, conn.transaction():
+            conn.execute("SELECT set_config('statement_timeout', %s, true)", (str(max(1, int(timeout_s * 1000))),))
+            row = conn.execute("SELECT pg_is_in_recovery(), EXISTS (SELECT 1 FROM accounts)").fetchone()
+        if row is None or row[0]:
+            raise StoreUnavailable("The key store's database is a read-only standby.")
 
     def schema_version(self) -> int:
         """The schema version recorded in the database."""

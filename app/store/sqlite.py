@@ -61,6 +61,8 @@ class SQLiteStore:
         self._writer: WriterLock | None = None
         self._local = threading.local()
         self._checkpointer: Checkpointer | None = None
+        self._probe: sqlite3.Connection | None = None  # readiness checks' own connection
+        self._probe_lock = threading.Lock()
         if isinstance(database, sqlite3.Connection):
             self._shared = database
             self._path: Path | None = None
@@ -166,6 +168,10 @@ class SQLiteStore:
         if conn is not None:
             conn.close()
             self._local.conn = None
+        with self._probe_lock:
+            if self._probe is not None:
+                self._probe.close()
+                self._probe = None
 
     # -- schema ---------------------------------------------------------------------------
 
@@ -179,10 +185,29 @@ class SQLiteStore:
         with self._conn() as conn:
             conn.execute("SELECT 1 FROM accounts LIMIT 1").fetchall()
 
-    def check_write(self) -> None:
-        """Take the database's write lock and let it go, writing nothing; StoreUnavailable if it cannot."""
-        with self._write():
-            pass
+    def check_ready(self, timeout_s: float) -> None:
+        """Read the database within `timeout_s`, never waiting for the write lock; StoreUnavailable if it cannot.
+
+        A read in WAL mode goes on beside a writer, so a held write lock does not hold it up.
+        It runs on a connection of its own, kept open, with `timeout_s` as its busy timeout.
+        """
+        if self._shared is not None or self._path is None:
+            self.ping()
+            return
+        if not self._probe_lock.acquire(timeout=timeout_s):
+            raise StoreUnavailable("The key store did not answer a read in time.", {"timeout_seconds": timeout_s})
+        try:
+            if self._probe is None:
+                self._probe = sqlite3.connect(self._path, timeout=timeout_s, isolation_level=None,
+                                              check_same_thread=False)
+                self._probe.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
+            self._probe.execute("SELECT 1 FROM accounts LIMIT 1").fetchall()
+        except sqlite3.OperationalError as error:
+            if (getattr(error, "sqlite_errorcode", 0) & 0xFF) in UNAVAILABLE_CODES:
+                raise StoreUnavailable("The key store is temporarily unavailable; retry shortly.") from error
+            raise
+        finally:
+            self._probe_lock.release()
 
     def schema_version(self) -> int:
         """The schema version stamped in the database."""

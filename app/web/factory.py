@@ -23,7 +23,7 @@ from app.domain.ratelimit import Limits, RateLimiter
 from app.domain.sessions import SessionVerifier
 from app.domain.store import Store
 from app.store import open_store
-from app.web import connexion_tuning
+from app.web import connexion_tuning, probes
 from app.web.csrf import OriginCheckMiddleware, OriginPolicy, cookie_operations
 from app.web.dev import PreferMiddleware
 from app.web.errors import ErrorHandlers
@@ -58,6 +58,7 @@ def build_services(settings: Settings, clock: Clock = time.time, store: Store | 
         clock=clock,
         management_limits=Limits(settings.management_limit_per_minute, settings.management_limit_per_day),
         leak_report_limits=Limits(settings.leak_report_limit_per_minute, settings.leak_report_limit_per_day),
+        readiness=probes.Readiness(store, clock),
     )
 
 

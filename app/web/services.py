@@ -26,14 +26,15 @@ class Services:
     clock: Clock
     management_limits: Limits
     leak_report_limits: Limits
+    readiness: probes.Readiness
 
     @property
     def version(self) -> str:
         return __version__
 
     def check_ready(self) -> None:
-        """Raise StoreUnavailable unless the store accepts a write within the readiness bound."""
-        probes.check_ready(self.store)
+        """Raise StoreUnavailable unless the store answered its latest readiness check (at most a second old)."""
+        self.readiness.check()
 
     def admit_leak_report(self, address: str) -> dict[str, str]:
         """Count a leak report from `address` (RateLimited past its limit); return its answer's rate-limit headers."""

@@ -13,7 +13,10 @@ costs more per request.) This subclass enforces `HeadLimits` while the head is p
   `headers` in all or more than `header_count` of them (431);
 - a head must arrive whole within `read_timeout` of its first byte (more exactly, of the end
   of the first read that did not complete it), or of the connection's opening for its first
-  request (408; a connection that sent nothing is simply closed).
+  request (408; a connection that sent nothing is simply closed);
+- a worker holds at most so many connections, and one client address so many of them
+  (`app.web.connections`): past a bound, an idle connection of the client holding the most is
+  closed, or the new one is.
 
 A refusal is answered in the contract's envelope, with a request id, `Connection: close`
 and an access-log line, as the application would answer; the application never sees the
@@ -30,6 +33,7 @@ import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from app.domain.errors import ServiceError
+from app.web.connections import ConnectionLimits, ConnectionTable
 from app.web.errors import envelope, status_and_code
 from app.web.limits import HeadLimits
 from app.web.middleware import NO_ROUTE, client_field, log_access, new_request_id, stamp
@@ -46,6 +50,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol enforcing `limits` on every request head."""
 
     limits: ClassVar[HeadLimits] = HeadLimits()
+    # This worker's open connections: one table per class `protocol_class` makes.
+    open_connections: ClassVar[ConnectionTable] = ConnectionTable(ConnectionLimits())
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -64,9 +70,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: Any) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        if not self.open_connections.admit(self, self.client[0] if self.client else None):
+            transport.close()  # past a bound, and nothing idle to close instead
+            return
         self._arm_head_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.open_connections.release(self)
         self._cancel_head_timer()
         if self._linger_timer is not None:
             self._linger_timer.cancel()
@@ -124,6 +134,21 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 self.handle_websocket_upgrade()
             else:
                 self._unsupported_upgrade_warning()
+
+    # For the connection table
+
+    def idle(self) -> bool:
+        """Whether the connection is between requests: nothing of one read, nothing being answered."""
+        # `cycle` (the request being answered) and `pipeline` (requests queued behind it) are
+        # HttpToolsProtocol's, uvicorn 0.54.0 (pinned to 0.54.x in pyproject.toml).
+        if self._refused:
+            return True  # answered already, and about to close
+        return (self._in_head and not self._head_begun and self._head_room == self.limits.head
+                and (self.cycle is None or self.cycle.response_complete) and not self.pipeline)
+
+    def close(self) -> None:
+        """Close the connection (an idle one, to make room for another)."""
+        self.transport.close()
 
     # Parser callbacks
 
@@ -221,7 +246,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._linger_timer = self.loop.call_later(LINGER_SECONDS, self.transport.close)
 
 
-def protocol_class(read_timeout: float) -> type[BoundedHttpToolsProtocol]:
-    """Return the protocol class for uvicorn's `http` setting, with this head read timeout."""
+def protocol_class(read_timeout: float, connections: ConnectionLimits | None = None) -> type[BoundedHttpToolsProtocol]:
+    """Return the protocol class for uvicorn's `http` setting, with this head read timeout and these connection bounds."""
     limits = replace(HeadLimits(), read_timeout=read_timeout)
-    return type("BoundedHttpToolsProtocol", (BoundedHttpToolsProtocol,), {"limits": limits})
+    table = ConnectionTable(connections or ConnectionLimits())
+    return type("BoundedHttpToolsProtocol", (BoundedHttpToolsProtocol,), {"limits": limits, "open_connections": table})
