@@ -396,6 +396,14 @@ class SQLiteStore:
         with self._write() as conn:
             return _count(conn, subject, windows, now_us)
 
+    def expire_windows(self, current: Sequence[Window]) -> int:
+        """Delete every subject's windows that began before the `current` window of their kind; return how many."""
+        with self._write() as conn:
+            return sum(
+                conn.execute("DELETE FROM rate_windows WHERE window = ? AND start < ?", (w.kind, w.start)).rowcount
+                for w in current
+            )
+
     def use_key(
         self, digest: str, now_us: int, admit: Callable[[KeyRecord], Sequence[Window]], request_id: str
     ) -> tuple[KeyRecord, Consumption] | None:
