@@ -55,6 +55,9 @@ def test_only_the_rightmost_hops_of_forwarded_for_are_read():
     # A 7.9 KB entry is cut short, never parsed whole, and is no address.
     assert resolve("127.0.0.1", ["2001:db8::1" + "1" * 7_900], LOOPBACK) == Client("127.0.0.1", False, False)
     assert resolve("127.0.0.1", ["x" * 7_900 + ", 203.0.113.9"], LOOPBACK).address == "203.0.113.9"
+    assert resolve("127.0.0.1", ["198.51.100.50, " + "x" * 7_900, "203.0.113.9"], LOOPBACK).address == "203.0.113.9"
+    # Two header lines: the second is what the nearest proxy added to.
+    assert resolve("127.0.0.1", ["x" * 7_900, "10.0.0.1, 127.0.0.1"], LOOPBACK).address == "10.0.0.1"
 
 
 def test_star_trusts_any_peer_but_no_address_a_client_writes():

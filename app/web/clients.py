@@ -89,9 +89,17 @@ def resolve(peer: str | None, forwarded_for: Sequence[str], proxies: Proxies) ->
         return Client(peer, False, False)
     if not proxies.trusts_peer(peer_address):
         return Client(peer, False, True)
-    joined = ",".join(forwarded_for)
+    # The header's values from the last back, until MAX_FORWARDED_CHARS are in hand.
+    taken: list[str] = []
+    size = 0
+    for value in reversed(forwarded_for):
+        taken.append(value)
+        size += len(value) + 1
+        if size > MAX_FORWARDED_CHARS:
+            break
+    joined = ",".join(reversed(taken))
     hops = joined[-MAX_FORWARDED_CHARS:].rsplit(",", MAX_HOPS)
-    if len(joined) > MAX_FORWARDED_CHARS or len(hops) > MAX_HOPS:
+    if size > MAX_FORWARDED_CHARS or len(hops) > MAX_HOPS:
         hops = hops[1:]  # cut short, or beyond the hops read: never taken for an address
     client: Address | None = None
     for entry in reversed(hops):
