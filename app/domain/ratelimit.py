@@ -116,13 +116,6 @@ class RateLimiter:
         with contextlib.suppress(StoreUnavailable):
             self._store.expire_windows(self.windows(Limits(0, 0), now))
 
-    def require(self, subject: str, limits: Limits, now: float, whose: str) -> Decision:
-        """Count a request for `subject`; RateLimited (naming `whose` limit it is) if there is no room."""
-        decision = self.admit(subject, limits, now)
-        if not decision.allowed:
-            raise decision.refusal(now, whose)
-        return decision
-
     @staticmethod
     def windows(limits: Limits, now: float) -> tuple[Window, Window]:
         """The minute and day windows that a request made at `now` counts in, shortest first."""
