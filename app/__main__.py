@@ -276,10 +276,9 @@ def run(settings: Settings, user: str = "dev-user", note: str = "") -> int:
         http=protocol_class(settings.request_read_timeout, connection_limits(settings)),
         # No route is a WebSocket: an upgrade request is answered as the HTTP request it also is.
         ws="none",
-        # X-Forwarded-For and -Proto are believed only from these peers (uvicorn's own default
-        # would believe 127.0.0.1, so anyone on this machine could name any client).
-        proxy_headers=bool(settings.forwarded_allow_ips),
-        forwarded_allow_ips=list(settings.forwarded_allow_ips),
+        # X-Forwarded-For and -Proto are read by the app itself (app.web.clients), not by
+        # uvicorn, which would believe the leftmost entry, the one the client writes.
+        proxy_headers=False,
     )
     return 0
 
@@ -299,8 +298,9 @@ def serve(settings: Settings) -> int:
         # long, then end the workers; exit 0 (README, "Signals").
         "--graceful-timeout", str(GRACEFUL_TIMEOUT_S),
         "--config", "python:app.gunicorn_config",
-        # What app.asgi.Worker gives uvicorn too; gunicorn would otherwise default to 127.0.0.1.
-        "--forwarded-allow-ips", ",".join(settings.forwarded_allow_ips),
+        # Unused (app.asgi.Worker turns uvicorn's proxy headers off; app.web.clients reads
+        # them), but gunicorn would otherwise read FORWARDED_ALLOW_IPS itself.
+        "--forwarded-allow-ips", "127.0.0.1",
         # Several servers on one machine would otherwise share ~/.gunicorn/gunicorn.ctl.
         "--no-control-socket",
         "app.asgi:from_env()",

@@ -56,7 +56,7 @@ class Worker(UvicornWorker):
     - without uvicorn's access log, which would print `?api_key=` (the app writes its own,
       with secrets redacted);
     - with the bounded HTTP protocol (`app.web.transport`), and its bounds on open connections;
-    - believing X-Forwarded-For and -Proto only from `FORWARDED_ALLOW_IPS`.
+    - without uvicorn's proxy headers: the app reads X-Forwarded-For itself (`app.web.clients`).
     """
 
     # No route is a WebSocket: an upgrade request is answered as the HTTP request it also is.
@@ -66,5 +66,5 @@ class Worker(UvicornWorker):
         super().__init__(*args, **kwargs)
         settings = Settings.from_env()
         self.config.http = protocol_class(settings.request_read_timeout, connection_limits(settings))
-        self.config.proxy_headers = bool(settings.forwarded_allow_ips)
-        self.config.forwarded_allow_ips = list(settings.forwarded_allow_ips)
+        # X-Forwarded-For and -Proto are read by the app itself (app.web.clients), as under `run`.
+        self.config.proxy_headers = False

@@ -46,7 +46,8 @@ class Settings:
     leak_report_limit_per_day: int = 1_000
     log_level: str = "INFO"
     log_format: str = "text"  # or "json": one JSON object per line
-    forwarded_allow_ips: tuple[str, ...] = ()  # peers whose X-Forwarded-For and -Proto are believed
+    # Proxies whose X-Forwarded-For and -Proto are believed (app.web.clients); ("*",): any one peer
+    forwarded_allow_ips: tuple[str, ...] = ()
     request_read_timeout: int = READ_TIMEOUT_SECONDS  # seconds for a request's head, and again for its body
     database_url: str = ""  # postgresql://...; empty: SQLite at database_path
     database_pool_size: int = 10  # connections per worker process (PostgreSQL)
@@ -176,7 +177,11 @@ def parse_database_url(url: str) -> Path:
 
 
 def parse_forwarded_allow_ips(value: str) -> tuple[str, ...]:
-    """Return the proxies of a comma-separated list of IP addresses and networks, or `*` alone (any peer)."""
+    """Return the proxies of a comma-separated list of IP addresses and networks, or `*` alone.
+
+    `*`: whatever connects is one proxy, and only the X-Forwarded-For entry it appended is
+    believed (`app.web.clients`), never the ones a client wrote before it.
+    """
     items = tuple(item.strip() for item in value.split(",") if item.strip())
     if items == ("*",):
         return items

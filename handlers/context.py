@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from connexion import context
 
-from app.web.services import Services
+from app.web.services import Client, Services
 
 
 def services() -> Services:
@@ -15,7 +15,11 @@ def request_id() -> str:
     return context.scope["state"]["request_id"]
 
 
+def client() -> Client:
+    """The client as the trusted proxies in front saw it (`app.web.clients`)."""
+    return context.scope["state"]["client"]
+
+
 def client_address() -> str:
     """The client's IP address (the proxy's client's, where the proxy is trusted)."""
-    client = context.scope.get("client")
-    return str(client[0]) if client else "unknown"
+    return client().address or "unknown"

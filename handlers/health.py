@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import flask
-from connexion import context
 from starlette.exceptions import HTTPException
 
-from handlers.context import services
+from handlers.context import client, services
 
 
 def get_health() -> dict[str, str]:
@@ -31,8 +30,7 @@ def head_readiness() -> dict[str, str]:
 
 
 def get_metrics() -> Any:
-    client = context.scope.get("client")
-    page = services().metrics_for(client[0] if client else None)
+    page = services().metrics_for(client())
     if page is None:
         raise HTTPException(404)  # to anyone else, no such path
     body, content_type = page

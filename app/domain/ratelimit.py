@@ -7,16 +7,22 @@ transaction that reads and writes them. Fail-closed: if the store cannot count a
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from app.domain.errors import RateLimited
+from app.domain.errors import RateLimited, StoreUnavailable
 from app.domain.records import Consumption, StoredWindow, Window
 from app.domain.store import Store
 
 MINUTE = 60
 DAY = 86_400
+MAX_ADDRESS_LENGTH = 45  # the longest IPv6 address as text, IPv4-mapped
+# What a subject may hold: `account:` and a user id of up to 200 characters (MAX_USER_ID_LENGTH).
+MAX_SUBJECT_LENGTH = 256
+EXPIRY_INTERVAL = MINUTE  # how often each limiter deletes the windows that have passed
 
 
 @dataclass(frozen=True)
@@ -87,18 +93,28 @@ class RateLimiter:
 
     def __init__(self, store: Store) -> None:
         self._store = store
+        self._next_expiry = 0.0
 
     def admit(self, subject: str, limits: Limits, now: float) -> Decision:
         """Count a request for `subject` if both its windows have room."""
+        if len(subject) > MAX_SUBJECT_LENGTH:
+            raise ValueError(f"a rate-limit subject is at most {MAX_SUBJECT_LENGTH} characters")
         windows = self.windows(limits, now)
-        return self.decide(windows, self._store.consume(subject, windows, int(now * 1_000_000)), now)
-
-    def require(self, subject: str, limits: Limits, now: float, whose: str) -> Decision:
-        """Count a request for `subject`; RateLimited (naming `whose` limit it is) if there is no room."""
-        decision = self.admit(subject, limits, now)
-        if not decision.allowed:
-            raise decision.refusal(now, whose)
+        decision = self.decide(windows, self._store.consume(subject, windows, int(now * 1_000_000)), now)
+        if now >= self._next_expiry:
+            self.expire(now)
         return decision
+
+    def expire(self, now: float) -> None:
+        """Delete every subject's windows that have passed at `now` (at most once per EXPIRY_INTERVAL).
+
+        A passed window counts nothing (`count_in` restarts it), so its row only takes room:
+        without this, every client address ever seen would keep its rows for good. Failing to
+        delete is no reason to refuse anyone: the next interval tries again.
+        """
+        self._next_expiry = now + EXPIRY_INTERVAL
+        with contextlib.suppress(StoreUnavailable):
+            self._store.expire_windows(self.windows(Limits(0, 0), now))
 
     @staticmethod
     def windows(limits: Limits, now: float) -> tuple[Window, Window]:
@@ -149,8 +165,21 @@ def management_subject(user_id: str) -> str:
 
 
 def leak_report_subject(address: str) -> str:
-    """Return the subject leak reports from one client address are counted under."""
-    return f"leaks:{address}"
+    """Return the subject leak reports from one client address are counted under.
+
+    An IPv4 address (or one written as IPv4-mapped IPv6) is its own subject; an IPv6 address
+    counts with its /64, which one household or host is commonly given whole. Anything else
+    (no address known) is cut to a bounded length.
+    """
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return f"leaks:{address[:MAX_ADDRESS_LENGTH]}"
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return f"leaks:{ip.ipv4_mapped}"
+        return f"leaks:{ipaddress.IPv6Network((int(ip) >> 64 << 64, 64))}"
+    return f"leaks:{ip}"
 
 
 def count_in(windows: Sequence[Window], stored: Mapping[str, StoredWindow]) -> Consumption:

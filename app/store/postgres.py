@@ -390,6 +390,18 @@ class PostgresStore:
         with self._write(durable=False) as conn:
             return _count(conn, subject, windows, now_us)
 
+    def expire_windows(self, current: Sequence[Window]) -> int:
+        """Delete every subject's windows that began before the `current` window of their kind; return how many.
+
+        A row a request holds locked is waited for, then re-read: counted in the current window
+        by then, it is kept.
+        """
+        with self._write(durable=False) as conn:
+            return sum(
+                conn.execute('DELETE FROM rate_windows WHERE "window" = %s AND start < %s', (w.kind, w.start)).rowcount
+                for w in current
+            )
+
     def use_key(
         self, digest: str, now_us: int, admit: Callable[[KeyRecord], Sequence[Window]], request_id: str
     ) -> tuple[KeyRecord, Consumption] | None:

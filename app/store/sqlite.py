@@ -30,6 +30,7 @@ from app.store.errors import DatabaseMissing, StoreStartError
 from app.store.writer import CHECKPOINT_INTERVAL_S, Checkpointer, WriterLock
 
 BUSY_TIMEOUT_MS = 5000
+EXPIRY_BATCH = 5000  # passed rate windows deleted per write transaction
 SCHEMA_VERSION = migrations.SCHEMA_VERSION
 # SQLite's primary result codes for a store that cannot answer now, as opposed to a fault in
 # the code (a bad query, a broken constraint): busy or locked past the timeout, read-only,
@@ -420,6 +421,27 @@ class SQLiteStore:
         """
         with self._write() as conn:
             return _count(conn, subject, windows, now_us)
+
+    def expire_windows(self, current: Sequence[Window]) -> int:
+        """Delete every subject's windows that began before the `current` window of their kind; return how many.
+
+        In batches, each its own transaction, so that other writers get the lock in between.
+        """
+        deleted = 0
+        for w in current:
+            after = 0  # each batch goes on from the last row the one before it looked at
+            while True:
+                with self._write() as conn:
+                    rowids = [rowid for (rowid,) in conn.execute(
+                        "SELECT rowid FROM rate_windows WHERE rowid > ? AND window = ? AND start < ? ORDER BY rowid LIMIT ?",
+                        (after, w.kind, w.start, EXPIRY_BATCH),
+                    )]
+                    conn.executemany("DELETE FROM rate_windows WHERE rowid = ?", [(rowid,) for rowid in rowids])
+                deleted += len(rowids)
+                if len(rowids) < EXPIRY_BATCH:
+                    break
+                after = rowids[-1]
+        return deleted
 
     def use_key(
         self, digest: str, now_us: int, admit: Callable[[KeyRecord], Sequence[Window]], request_id: str

@@ -24,6 +24,7 @@ from app.domain.sessions import SessionVerifier
 from app.domain.store import Store
 from app.store import open_store
 from app.web import connexion_tuning, probes
+from app.web.clients import ClientAddressMiddleware, Proxies
 from app.web.csrf import OriginCheckMiddleware, OriginPolicy, cookie_operations
 from app.web.dev import PreferMiddleware
 from app.web.errors import ErrorHandlers
@@ -95,6 +96,9 @@ def create_app(
     # would otherwise be matched against.
     app = FlaskApp(__name__, jsonifier=Jsonifier(json), middlewares=list(stack), server_args={"static_folder": None})
     errors = ErrorHandlers(document)
+    # First, so that the access log, the limits and /metrics all see one client address.
+    app.add_middleware(ClientAddressMiddleware, position=MiddlewarePosition.BEFORE_EXCEPTION,
+                       proxies=Proxies.parse(settings.forwarded_allow_ips))
     app.add_middleware(
         RequestContextMiddleware,
         position=MiddlewarePosition.BEFORE_EXCEPTION,

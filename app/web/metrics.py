@@ -23,6 +23,12 @@ DURATION = Histogram("http_request_duration_seconds", "Time to answer a request,
                      buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 RATE_LIMITED = Counter("rate_limit_refusals", "Requests refused by a rate limit (429), by operation.", ["operation"])
 STORE_ERRORS = Counter("store_errors", "Requests answered 503 because the key store could not answer.", ["operation"])
+LEAK_REPORTS_ADMITTED = Counter("leak_reports_admitted", "Leak reports the per-address limit let through.")
+LEAK_REPORTS_REFUSED = Counter("leak_reports_refused",
+                               "Leak reports refused by the per-address limit (429), by the window that refused.",
+                               ["window"])
+UNTRUSTED_FORWARDED = Counter("forwarded_for_untrusted",
+                              "Requests carrying X-Forwarded-For from a peer FORWARDED_ALLOW_IPS does not name.")
 MINTED = Counter("api_keys_minted", "API keys minted.")
 REVOKED = Counter("api_keys_revoked", "API keys revoked.")
 # What each successful operation means for the key counters.

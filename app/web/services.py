@@ -11,6 +11,7 @@ from app.domain.sessions import SessionVerifier
 from app.domain.store import Store
 from app.version import __version__
 from app.web import metrics, probes
+from app.web.clients import Client
 from app.web.ratelimit_headers import rate_limit_headers
 
 
@@ -38,13 +39,19 @@ class Services:
 
     def admit_leak_report(self, address: str) -> dict[str, str]:
         """Count a leak report from `address` (RateLimited past its limit); return its answer's rate-limit headers."""
-        decision = self.limiter.require(
-            leak_report_subject(address), self.leak_report_limits, self.clock(), "leak reports from this address"
-        )
+        now = self.clock()
+        decision = self.limiter.admit(leak_report_subject(address), self.leak_report_limits, now)
+        if not decision.allowed:
+            metrics.LEAK_REPORTS_REFUSED.labels(decision.blocked_by or "minute").inc()
+            raise decision.refusal(now, "leak reports from this address")
+        metrics.LEAK_REPORTS_ADMITTED.inc()
         return rate_limit_headers(decision)
 
-    def metrics_for(self, client: str | None) -> tuple[bytes, str] | None:
-        """The metrics page and its content type, or None for a client outside METRICS_ALLOW."""
-        if not metrics.allowed(client, self.settings.metrics_allow):
+    def metrics_for(self, client: Client) -> tuple[bytes, str] | None:
+        """The metrics page and its content type, or None for a client outside METRICS_ALLOW.
+
+        A request proxied by a peer that is no trusted proxy has no known client: refused.
+        """
+        if client.unknown or not metrics.allowed(client.address, self.settings.metrics_allow):
             return None
         return metrics.exposition()
