@@ -60,6 +60,7 @@ class Settings:
     trusted_hosts: tuple[str, ...] = ()  # Host values answered; empty: any
     create_database: bool = True  # create a missing SQLite file (production: only when told)
     workers: int = 2  # gunicorn worker processes (`serve`)
+    key_retention_days: int = 90  # days revoked and expired keys, and key events, are kept
     metrics_allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
         ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))  # who may read /metrics
     jwt_secret_generated: bool = field(default=False, compare=False)
@@ -134,6 +135,7 @@ class Settings:
             # In production a typo in DATABASE_URL must fail, not start on an empty database.
             create_database=_bool(env, "CREATE_DATABASE", not production),
             workers=_int(env, "WEB_CONCURRENCY", 2),
+            key_retention_days=_int(env, "KEY_RETENTION_DAYS", 90),
             metrics_allow=_networks(env, "METRICS_ALLOW", "127.0.0.0/8,::1/128"),
             jwt_secret_generated=generated,
         )
