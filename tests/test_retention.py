@@ -5,11 +5,14 @@ from __future__ import annotations
 import time
 import uuid
 
+import pytest
+
 from app.domain import retention
 from app.domain.retention import DAY_US, RetentionSweeper
 from app.store import SQLiteStore
-from tests.test_cli import run
-from tests.test_store import T0, USER, insert, make_event, make_record
+from tests.live import LiveServer
+from tests.test_cli import SECRET, run
+from tests.test_store import T0, USER, insert, make_event, make_record, raw
 
 # Tests taking `store`, `settings`, `client` or `query` run on SQLite and on PostgreSQL (see conftest).
 ENGINES = ("sqlite", "postgresql")
@@ -143,3 +146,22 @@ def test_the_prune_command_refuses_a_retention_below_one_day(tmp_path):
     result = run(tmp_path, "prune", KEY_RETENTION_DAYS="0")
     assert result.returncode == 2 and "KEY_RETENTION_DAYS must be at least 1" in result.stderr
 
+
+
+@pytest.mark.parametrize("command", ["run", "serve"])
+def test_a_server_deletes_what_is_past_retention_when_it_starts(tmp_path, command):
+    path = tmp_path / "live" / "keys.db"
+    store = SQLiteStore(path)
+    now = int(time.time() * 1_000_000)
+    old = insert(store, "old", now - 100 * DAY_US)
+    store.revoke_key(USER, old.id, now - 95 * DAY_US, make_event(old, "revoked", now - 95 * DAY_US))
+    insert(store, "recent", now)
+    store.close()
+    env = {"SUPABASE_JWT_SECRET": SECRET, **({"APP_ENV": "production"} if command == "serve" else {})}
+    with LiveServer(command, tmp_path, env) as server:
+        deadline = time.monotonic() + 30
+        while raw(path, "SELECT count(*) FROM api_keys") != [(1,)] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert raw(path, "SELECT name FROM api_keys") == [("recent",)]
+        assert raw(path, "SELECT key_name, type FROM key_events") == [("recent", "minted")]
+    assert "retention: deleted 1 keys and 2 key events older than 90 days" in server.output()
