@@ -52,18 +52,35 @@ def seed(path: Path, history: int) -> None:
     now = time.time_ns() // 1000
     conn = sqlite3.connect(path)
     with conn:
-        conn.execute("INSERT INTO accounts (user_id, tier, created_us) VALUES ('heavy', 'free', ?)", (now - 60 * DAY_US,))
-        conn.execute("INSERT INTO accounts (user_id, tier, created_us) VALUES ('light', 'pro', ?)", (now - 60 * DAY_US,))
+        conn.execute(
+            "INSERT INTO accounts (user_id, tier, created_us) VALUES ('heavy', 'free', ?)", (now - 60 * DAY_US,)
+        )
+        conn.execute(
+            "INSERT INTO accounts (user_id, tier, created_us) VALUES ('light', 'pro', ?)", (now - 60 * DAY_US,)
+        )
         rows = []
         for i in range(history):
             ended = now - (i % 30 + 1) * DAY_US + i  # within the last 30 days
             revoked = ended if i % 2 == 0 else None
             expires = None if i % 2 == 0 else ended
-            rows.append((str(uuid.uuid4()), "heavy", f"old-{i}", secrets.token_hex(32), "sk_live_Ab12••••••••",
-                         ended - DAY_US, expires, revoked, "owner" if revoked else None))
+            rows.append(
+                (
+                    str(uuid.uuid4()),
+                    "heavy",
+                    f"old-{i}",
+                    secrets.token_hex(32),
+                    "sk_live_Ab12••••••••",
+                    ended - DAY_US,
+                    expires,
+                    revoked,
+                    "owner" if revoked else None,
+                )
+            )
         conn.executemany(
             "INSERT INTO api_keys (id, user_id, name, digest, preview, created_us, expires_us, revoked_us, "
-            "revoked_reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            "revoked_reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
     conn.close()
 
 
@@ -73,7 +90,9 @@ class Client:
     def __init__(self, port: int) -> None:
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
 
-    def call(self, method: str, path: str, body: dict | None = None, headers: dict | None = None) -> tuple[int, dict, float]:
+    def call(
+        self, method: str, path: str, body: dict | None = None, headers: dict | None = None
+    ) -> tuple[int, dict, float]:
         data = json.dumps(body).encode() if body is not None else None
         sent = {**(headers or {}), **({"Content-Type": "application/json"} if data else {})}
         for attempt in (1, 2):
@@ -95,8 +114,10 @@ class Client:
 def summary(name: str, values: list[float]) -> str:
     ordered = sorted(values)
     p95 = ordered[max(0, int(len(ordered) * 0.95) - 1)]
-    return (f"{name:<22} n={len(values):<4} median {statistics.median(values):7.2f} ms   "
-            f"p95 {p95:7.2f} ms   max {ordered[-1]:7.2f} ms")
+    return (
+        f"{name:<22} n={len(values):<4} median {statistics.median(values):7.2f} ms   "
+        f"p95 {p95:7.2f} ms   max {ordered[-1]:7.2f} ms"
+    )
 
 
 def paced(rate: float, count: int, action, stop: threading.Event | None = None) -> None:
@@ -125,16 +146,31 @@ def main() -> int:
     db = scratch / "keys.db"
     secret = secrets.token_urlsafe(48)
     port = free_port()
-    env = {**os.environ, "APP_ENV": "production", "SUPABASE_JWT_SECRET": secret, "DATABASE_URL": f"sqlite:///{db}",
-           "HOST": "127.0.0.1", "PORT": str(port), "WEB_CONCURRENCY": "2", "LOG_LEVEL": "WARNING",
-           "KEY_MANAGEMENT_LIMIT_PER_MINUTE": "100000", "KEY_MANAGEMENT_LIMIT_PER_DAY": "1000000"}
+    env = {
+        **os.environ,
+        "APP_ENV": "production",
+        "SUPABASE_JWT_SECRET": secret,
+        "DATABASE_URL": f"sqlite:///{db}",
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "WEB_CONCURRENCY": "2",
+        "LOG_LEVEL": "WARNING",
+        "KEY_MANAGEMENT_LIMIT_PER_MINUTE": "100000",
+        "KEY_MANAGEMENT_LIMIT_PER_DAY": "1000000",
+    }
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     python = sys.executable
     subprocess.run([python, "-m", "app", "migrate"], cwd=args.app_dir, env=env, check=True, capture_output=True)
     seed(db, args.history)
     print(f"seeded {args.history} old keys", file=sys.stderr, flush=True)
-    server = subprocess.Popen([python, "-m", "app", "serve"], cwd=args.app_dir, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    server = subprocess.Popen(
+        [python, "-m", "app", "serve"],
+        cwd=args.app_dir,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -183,7 +219,8 @@ def main() -> int:
         stop = threading.Event()
         minter = Client(port)
         background = threading.Thread(
-            target=paced, args=(2, 10**6, lambda: minter.call("POST", "/api/v1/keys", {"name": "held-name"}, heavy), stop)
+            target=paced,
+            args=(2, 10**6, lambda: minter.call("POST", "/api/v1/keys", {"name": "held-name"}, heavy), stop),
         )
         background.start()
         beside = whoami_series()
@@ -191,8 +228,12 @@ def main() -> int:
         background.join()
 
         print(f"history: {args.history} old keys in one account; SQLite, `serve` with 2 workers; code: {args.app_dir}")
-        for name, values in (("mint", minted), ("refused mint (409)", refused), ("whoami alone", alone),
-                             ("whoami beside heavy", beside)):
+        for name, values in (
+            ("mint", minted),
+            ("refused mint (409)", refused),
+            ("whoami alone", alone),
+            ("whoami beside heavy", beside),
+        ):
             print(summary(name, values))
     finally:
         os.killpg(server.pid, signal.SIGTERM)

@@ -49,7 +49,9 @@ def test_prune_deletes_keys_and_events_past_retention_and_keeps_the_rest(store, 
     assert names(query) == {"active", "never-expires-old", "revoked-lately", "expired-lately", "expires-later"}
     assert keys == 2
     # Every `minted` event is older than 90 days; the one revocation within them stays.
-    assert {(row[0], row[1]) for row in query("SELECT key_name, type FROM key_events")} == {("revoked-lately", "revoked")}
+    assert {(row[0], row[1]) for row in query("SELECT key_name, type FROM key_events")} == {
+        ("revoked-lately", "revoked")
+    }
     assert events == 8
     assert retention.prune(store, NOW, DAYS) == (0, 0)
 
@@ -145,7 +147,6 @@ def test_the_prune_command_deletes_what_is_past_retention_and_says_how_much(tmp_
 def test_the_prune_command_refuses_a_retention_below_one_day(tmp_path):
     result = run(tmp_path, "prune", KEY_RETENTION_DAYS="0")
     assert result.returncode == 2 and "KEY_RETENTION_DAYS must be at least 1" in result.stderr
-
 
 
 @pytest.mark.parametrize("command", ["run", "serve"])

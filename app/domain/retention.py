@@ -34,7 +34,10 @@ def cutoff_us(now_us: int, retention_days: int) -> int:
 
 
 def prune(
-    store: Store, now_us: int, retention_days: int, batch: int = BATCH_ROWS,
+    store: Store,
+    now_us: int,
+    retention_days: int,
+    batch: int = BATCH_ROWS,
     pause: Callable[[], bool] = lambda: True,
 ) -> tuple[int, int]:
     """Delete every key and event past retention, `batch` rows a transaction; return (keys, events).
@@ -58,7 +61,11 @@ class RetentionSweeper:
     """
 
     def __init__(
-        self, store: Store, clock: Callable[[], float], retention_days: int, interval: float = SWEEP_INTERVAL_S,
+        self,
+        store: Store,
+        clock: Callable[[], float],
+        retention_days: int,
+        interval: float = SWEEP_INTERVAL_S,
     ) -> None:
         self._store = store
         self._clock = clock
@@ -72,11 +79,15 @@ class RetentionSweeper:
         while not self._stop.is_set():
             try:
                 keys, events = prune(
-                    self._store, int(self._clock() * 1_000_000), self._days,
+                    self._store,
+                    int(self._clock() * 1_000_000),
+                    self._days,
                     pause=lambda: not self._stop.wait(PAUSE_S),
                 )
                 if keys or events:
-                    log.info("retention: deleted %d keys and %d key events older than %d days", keys, events, self._days)
+                    log.info(
+                        "retention: deleted %d keys and %d key events older than %d days", keys, events, self._days
+                    )
             except StoreUnavailable:
                 log.warning("retention: the store was unavailable; the sweep is tried again in %.0f s", self._interval)
             except Exception:  # a sweep that fails must not end the thread, nor the worker
