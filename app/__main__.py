@@ -1,4 +1,4 @@
-"""Command line: `python -m app run|serve|mock|dev-token|set-tier|seed-demo`."""
+"""Command line: `python -m app run|serve|mock|dev-token|set-tier|seed-demo|migrate|backup|export|import|prune`."""
 
 from __future__ import annotations
 
@@ -47,6 +47,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     export.add_argument("file")
     load = commands.add_parser("import", help="load FILE (from export) into DATABASE_URL's store, which must be empty")
     load.add_argument("file")
+    commands.add_parser(
+        "prune", help="delete the keys revoked or expired, and the key events, more than KEY_RETENTION_DAYS ago, then exit"
+    )
     demo = commands.add_parser("seed-demo", help="fill an account with keys in every state (idempotent)")
     demo.add_argument("user_id", nargs="?", default=DEMO_USER)
     args = parser.parse_args(argv)
@@ -118,6 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return migrate(settings)
     if args.command == "backup":
         return backup(settings, args.path)
+    if args.command == "prune":
+        return prune(settings)
     if args.command in ("export", "import"):
         from app.store import transfer
 
@@ -183,6 +188,25 @@ def migrate(settings: Settings) -> int:
     return 0
 
 
+def prune(settings: Settings) -> int:
+    """Delete now what is past retention (every worker also does, hourly); say how much."""
+    from app.domain import retention
+    from app.domain.errors import StoreUnavailable
+    from app.store import StoreStartError
+
+    try:
+        store = open_store(settings, create=False)
+        try:
+            keys, events = retention.prune(store, int(time.time() * 1_000_000), settings.key_retention_days)
+        finally:
+            store.close()
+    except (StoreStartError, StoreUnavailable) as exc:
+        print(f"prune: {exc}", file=sys.stderr)
+        return 1
+    print(f"prune: deleted {keys} keys and {events} key events older than {settings.key_retention_days} days")
+    return 0
+
+
 def backup(settings: Settings, path: str) -> int:
     """Copy the live SQLite database to `path`, consistent as of one moment."""
     from app.domain.errors import StoreUnavailable
@@ -235,6 +259,7 @@ def run(settings: Settings, user: str = "dev-user", note: str = "") -> int:
     import uvicorn
 
     from app import logs
+    from app.domain.retention import RetentionSweeper
     from app.web.connections import connection_limits
     from app.web.factory import create_app
     from app.web.transport import protocol_class
@@ -242,7 +267,9 @@ def run(settings: Settings, user: str = "dev-user", note: str = "") -> int:
     logs.configure(settings.log_level, settings.log_format)
     logs.warn_weak_secret(settings)
     app = create_app(settings)
-    logs.log_startup(settings, app.app.extensions["services"].store.schema_version(), 1, "uvicorn, one process")
+    store = app.app.extensions["services"].store
+    logs.log_startup(settings, store.schema_version(), 1, "uvicorn, one process")
+    RetentionSweeper(store, time.time, settings.key_retention_days)
     base = f"http://{settings.host}:{settings.port}"
     if not settings.production:
         token = issue_token(settings.jwt_secret, user, time.time(), 24 * 3600)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import sys
+import time
 import warnings
 from typing import Any
 
@@ -15,6 +16,7 @@ from uvicorn_worker import UvicornWorker
 from app import logs
 from app.config import ConfigError, Settings
 from app.domain.errors import StoreUnavailable
+from app.domain.retention import RetentionSweeper
 from app.store import SQLiteStore, StoreStartError, open_store
 from app.web.connections import connection_limits, descriptors_problem
 from app.web.factory import create_app
@@ -42,6 +44,8 @@ def from_env() -> FlaskApp:
         sys.exit(WORKER_BOOT_ERROR)
     if isinstance(store, SQLiteStore):
         store.checkpoint_in_background()
+    # Outside any request: deletes what is past retention at start and hourly (app.domain.retention).
+    RetentionSweeper(store, time.time, settings.key_retention_days)
     app = create_app(settings, store=store)
     # Everything built so far lives as long as the worker: keep it out of the garbage
     # collector's scans, which otherwise show as latency spikes under load.

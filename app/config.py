@@ -63,6 +63,7 @@ class Settings:
     workers: int = 2  # gunicorn worker processes (`serve`)
     max_connections: int = 1000  # open connections per worker process (app.web.connections)
     max_connections_per_client: int = 100  # of those, from one client address (an IPv6 /64)
+    key_retention_days: int = 90  # days revoked and expired keys, and key events, are kept
     metrics_allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
         ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))  # who may read /metrics
     jwt_secret_generated: bool = field(default=False, compare=False)
@@ -139,6 +140,7 @@ class Settings:
             workers=_int(env, "WEB_CONCURRENCY", 2),
             max_connections=_int(env, "MAX_CONNECTIONS", 1000),
             max_connections_per_client=_int(env, "MAX_CONNECTIONS_PER_CLIENT", 100),
+            key_retention_days=_int(env, "KEY_RETENTION_DAYS", 90),
             metrics_allow=_networks(env, "METRICS_ALLOW", "127.0.0.0/8,::1/128"),
             jwt_secret_generated=generated,
         )

@@ -790,6 +790,22 @@ def test_invisible_tag_characters_are_removed_so_the_name_collides(client, sessi
     assert_error(client.post(KEYS, json={"name": "\U000e0041"}, cookies=session()), 400, "invalid_parameter")
 
 
+def test_a_name_that_outgrows_100_characters_in_nfc_is_refused_by_its_length(client, session):
+    # U+FB2C is one character as sent and three in NFC, the form names are stored in.
+    response = client.post(KEYS, json={"name": "\ufb2c" * 100}, cookies=session())
+    error = assert_error(response, 400, "invalid_parameter")
+    assert error["details"] == {"field": "name", "in": "body", "constraint": "maxLength", "expected": 100}
+    assert "NFC" in error["message"]
+    assert client.get(KEYS, cookies=session()).json()["data"] == []
+
+
+def test_a_name_of_100_characters_in_nfc_is_stored_whole(client, session):
+    name = "\ufb2c" * 33 + "a"  # 34 characters as sent, 100 in NFC
+    response = client.post(KEYS, json={"name": name}, cookies=session())
+    assert response.status_code == 201, response.text
+    assert len(response.json()["data"]["name"]) == 100
+
+
 def test_an_overlong_name_is_refused_by_its_length_not_its_pattern(client, session):
     response = client.post(KEYS, json={"name": "a" * 65_000 + "\u0000"}, cookies=session())
     error = assert_error(response, 400, "invalid_parameter")

@@ -15,6 +15,7 @@ from app.domain.keys import KeyService
 from app.domain.ratelimit import tier_subject
 from app.domain.records import KeyEvent, KeyRecord, Window
 from app.store import SCHEMA_VERSION, SQLiteStore
+from app.store import sqlite as sqlite_store
 
 # Tests taking `store`, `settings` or `query` run on SQLite and on PostgreSQL (see conftest).
 ENGINES = ("sqlite", "postgresql")
@@ -387,6 +388,210 @@ def test_upgrading_a_version_2_postgresql_schema_keeps_why_each_revoked_key_was_
     finally:
         store.close()
     assert rows == [("by-owner", "owner"), ("kept", None), ("leaked", "leaked")]
+
+
+HISTORY_INDEXES = {"api_keys_active", "api_keys_unrevoked", "api_keys_revoked", "api_keys_expires", "key_events_occurred"}
+
+
+def every_row(conn) -> dict[str, list[tuple]]:
+    """Every row of every table, in a fixed order."""
+    return {
+        table: sorted(conn.execute(f"SELECT * FROM {table}").fetchall(), key=repr)
+        for table in ("accounts", "api_keys", "key_events", "rate_windows")
+    }
+
+
+def fill_every_table(store) -> None:
+    """Keys in every state, their events, and an account's rate windows."""
+    live, gone, ending = insert(store, "live"), insert(store, "gone"), insert(store, "ending", expires_us=T0 + 5)
+    insert(store, "theirs", user="user-2")
+    store.revoke_key(USER, gone.id, T0 + 1, make_event(gone, "revoked", T0 + 1))
+    store.consume(tier_subject(USER), windows(60), T0 + 2)
+    assert live and ending
+
+
+def test_upgrading_a_version_4_database_adds_the_history_indexes_and_keeps_every_row(tmp_path):
+    path = tmp_path / "keys.db"
+    store = SQLiteStore(path)
+    fill_every_table(store)
+    store.close()
+    conn = sqlite3.connect(path, isolation_level=None)
+    for index in HISTORY_INDEXES:  # as version 4 had it
+        conn.execute(f"DROP INDEX {index}")
+    conn.execute("PRAGMA user_version = 4")
+    before = every_row(conn)
+    conn.close()
+    assert all(before.values())
+    SQLiteStore(path).close()
+    conn = sqlite3.connect(path)
+    try:
+        assert every_row(conn) == before
+        indexes = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        plan = conn.execute(
+            "EXPLAIN QUERY PLAN SELECT count(*) FROM api_keys WHERE " + sqlite_store._ACTIVE, (USER, T0)
+        ).fetchall()
+    finally:
+        conn.close()
+    assert indexes >= HISTORY_INDEXES
+    assert "USING INDEX api_keys_active" in plan[-1][-1] or "USING COVERING INDEX api_keys_active" in plan[-1][-1]
+    assert raw(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)] == [(5,)]
+
+
+def test_upgrading_a_version_3_postgresql_schema_adds_the_history_indexes_and_keeps_every_row(pg_schema):
+    import psycopg
+
+    from app.store.postgres import PostgresStore
+    from app.store.postgres_migrations import STEPS
+    from tests.conftest import schema_url
+
+    url = schema_url(pg_schema)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE schema_version (version integer PRIMARY KEY, applied_us bigint NOT NULL)")
+        for version, sql in STEPS[:3]:
+            conn.execute(sql)
+            conn.execute("INSERT INTO schema_version VALUES (%s, 0)", (version,))
+    old = PostgresStore(url, pool_size=2, migrate=False)
+    try:
+        fill_every_table(old)
+    finally:
+        old.close()
+    with psycopg.connect(url) as conn:
+        before = every_row(conn)
+    assert all(before.values())
+    store = PostgresStore(url, pool_size=2)
+    try:
+        assert store.schema_version() == STEPS[-1][0] == 4
+    finally:
+        store.close()
+    with psycopg.connect(url) as conn:
+        assert every_row(conn) == before
+        indexes = {name for (name,) in conn.execute("SELECT indexname FROM pg_indexes WHERE schemaname = %s",
+                                                    (pg_schema,))}
+    assert indexes >= HISTORY_INDEXES
+
+
+# -- costs that must not grow with an account's history ---------------------------------------
+
+HISTORY = 3000  # revoked and expired keys of one account, all newer than its active keys
+
+
+def add_history(store, user: str, count: int, created_us: int, ended_us: int, expired: bool = True) -> None:
+    """Give `user` `count` keys revoked at `ended_us` (with `expired`, half of them expired then
+    instead), straight into the table."""
+    rows = [
+        (str(uuid.uuid4()), user, f"old-{i}", uuid.uuid4().hex + uuid.uuid4().hex, "sk_live_Ab12••••••••",
+         created_us + i, *((ended_us, None, None) if expired and i % 2 else (None, ended_us, "owner")))
+        for i in range(count)
+    ]
+    sql = ("INSERT INTO api_keys (id, user_id, name, digest, preview, created_us, expires_us, revoked_us, "
+           "revoked_reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+    if isinstance(store, SQLiteStore):
+        with store._write() as conn:
+            conn.executemany(sql, rows)
+        return
+    with store._conn() as conn, conn.transaction():
+        conn.cursor().executemany(sql.replace("?", "%s"), rows)
+        conn.execute("ANALYZE api_keys")  # the planner sees the table as it now is
+
+
+@contextlib.contextmanager
+def work_done(store, settings):
+    """Count the work the store's statements do in the block, in `counted[0]`.
+
+    SQLite: the virtual machine's instructions (a row examined costs several). PostgreSQL: the
+    rows of `api_keys` each read statement examines, from EXPLAIN ANALYZE of the statement
+    as the store sent it.
+    """
+    counted = [0]
+    if isinstance(store, SQLiteStore):
+        def step() -> int:
+            counted[0] += 1
+            return 0
+
+        with store._conn() as conn:
+            conn.set_progress_handler(step, 1)
+            try:
+                yield counted
+            finally:
+                conn.set_progress_handler(None, 1)
+        return
+    import json as jsonlib
+
+    import psycopg
+
+    sent: list[tuple[str, tuple]] = []
+    execute = psycopg.Connection.execute
+
+    def recording(self, query, params=None, **kwargs):
+        if isinstance(query, str) and query.lstrip().upper().startswith("SELECT") and "api_keys" in query:
+            sent.append((query, params))
+        return execute(self, query, params, **kwargs)
+
+    psycopg.Connection.execute = recording
+    try:
+        yield counted
+    finally:
+        psycopg.Connection.execute = execute
+    with psycopg.connect(settings.database_url) as conn:  # rolled back on leaving: EXPLAIN ANALYZE changes nothing
+        for query, params in sent:
+            (plan,) = conn.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + query, params).fetchone()
+            counted[0] += rows_examined(plan[0]["Plan"] if isinstance(plan, list) else jsonlib.loads(plan)[0]["Plan"])
+
+
+def rows_examined(node: dict) -> int:
+    """Rows of `api_keys` a plan node and those under it read: returned or filtered out."""
+    own = 0
+    if node.get("Relation Name") == "api_keys":
+        own = (node.get("Actual Rows", 0) + node.get("Rows Removed by Filter", 0)
+               + node.get("Rows Removed by Index Recheck", 0)) * node.get("Actual Loops", 1)
+    return own + sum(rows_examined(child) for child in node.get("Plans", []))
+
+
+def test_minting_costs_an_account_with_a_long_history_what_it_costs_one_without(store, settings):
+    now = T0 + 10 * SECOND
+    for user in ("light", "heavy"):
+        for i in range(3):
+            insert(store, f"live-{i}", T0, user=user)
+    add_history(store, "heavy", HISTORY, T0 + 1, T0 + 2)
+    cost = {}
+    for user in ("light", "heavy"):
+        minted = make_record("new-key", user, now)
+        duplicate = make_record("live-1", user, now)
+        with work_done(store, settings) as counted:
+            store.insert_key(minted, uuid.uuid4().hex * 2, 50, make_event(minted, "minted"))
+            with pytest.raises(DuplicateName):
+                store.insert_key(duplicate, uuid.uuid4().hex * 2, 50, make_event(duplicate, "minted"))
+        cost[user] = counted[0]
+    assert cost["heavy"] <= cost["light"] * 1.2 + 10, cost
+
+
+def test_listing_active_keys_costs_an_account_with_a_long_history_what_it_costs_one_without(store, settings):
+    for user in ("light", "heavy"):
+        for i in range(3):
+            insert(store, f"live-{i}", T0, user=user)
+    add_history(store, "heavy", HISTORY, T0 + 1, T0 + 2, expired=False)  # expired keys are listed
+    cost = {}
+    for user in ("light", "heavy"):
+        with work_done(store, settings) as counted:
+            listed = store.list_keys(user, 21, None)
+            assert [r.name for r in listed] == ["live-2", "live-1", "live-0"]
+            assert store.list_keys(user, 21, (listed[0].created_us, listed[0].id)) == listed[1:]
+        cost[user] = counted[0]
+    assert cost["heavy"] <= cost["light"] * 1.2 + 10, cost
+
+
+def test_the_key_cap_still_counts_only_active_keys_among_a_long_history(store):
+    store.ensure_account(USER, T0)
+    add_history(store, USER, 40, T0, T0 + 1)
+    for i in range(3):
+        insert(store, f"live-{i}", T0 + 2, max_active=4)
+    insert(store, "expiring", T0 + 2, max_active=4, expires_us=T0 + 5)
+    with pytest.raises(KeyLimitReached):
+        insert(store, "one-too-many", T0 + 3, max_active=4)
+    insert(store, "after-expiry", T0 + 5, max_active=4)  # the expiring key stopped at T0 + 5
+    insert(store, "old-0", T0 + 6, max_active=5)  # a revoked key's name is free again
+    with pytest.raises(DuplicateName):
+        insert(store, "old-0", T0 + 7, max_active=9)
 
 
 def admit_all(record: KeyRecord) -> list[Window]:

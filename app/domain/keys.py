@@ -41,6 +41,7 @@ NAME_HINT = (
 )
 MINT_WARNING = "Store this API key securely. It will not be shown again."
 MAX_USER_ID_LENGTH = 200
+MAX_NAME_LENGTH = 100  # characters, as stored (in NFC): the contract's maxLength
 # Format characters beyond the Basic Multilingual Plane: invisible, and out of reach of the
 # contract's pattern (JSON Schema tools differ on astral characters in a regex), so removed
 # from a name before it is stored or compared.
@@ -57,7 +58,8 @@ def canonical_name(name: str) -> str:
 
     One spelling per name: `é` typed as one code point or as `e` and a combining accent looks
     the same, so names are kept in NFC, without invisible format characters (and without the
-    spaces that removing them would leave doubled or at an end).
+    spaces that removing them would leave doubled or at an end), and at most MAX_NAME_LENGTH
+    characters long in that form.
     """
     if INVISIBLE_BEYOND_BMP.search(name):
         name = " ".join(word for word in INVISIBLE_BEYOND_BMP.sub("", name).split(" ") if word)
@@ -66,7 +68,16 @@ def canonical_name(name: str) -> str:
                 "name is invalid: it must contain a visible character.",
                 {"field": "name", "in": "body", "constraint": "pattern"},
             )
-    return unicodedata.normalize("NFC", name)
+    name = unicodedata.normalize("NFC", name)
+    # The contract's maxLength counts the name as sent; NFC can make it longer (U+FB2C is three
+    # code points in NFC), and the bound holds on what is stored.
+    if len(name) > MAX_NAME_LENGTH:
+        raise InvalidParameter(
+            f"name is invalid: must be at most {MAX_NAME_LENGTH} characters in Unicode NFC, the form it is "
+            f"stored in ({len(name)} here: some characters, such as U+FB2C, are several in NFC).",
+            {"field": "name", "in": "body", "constraint": "maxLength", "expected": MAX_NAME_LENGTH},
+        )
+    return name
 
 
 def valid_user_id(user_id: str) -> bool:

@@ -10,7 +10,25 @@ from app.domain.ratelimit import tier_subject
 from app.domain.records import REVOKED_AS_LEAKED, REVOKED_BY_OWNER
 from app.store.errors import SchemaTooNew
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
+# When an unrevoked key stops being active: its expiry, or never (the largest 64-bit integer).
+# Written once for both engines, in the indexes below and in the queries that must use them:
+# a planner uses an index on an expression only for the same expression.
+NEVER_US = 9223372036854775807
+ACTIVE_UNTIL = f"coalesce(expires_us, {NEVER_US})"
+# An account's active keys, whatever its history: a range of one index, the revoked keys left
+# out of it and the expired ones before the range. Its name rides along for the uniqueness check.
+# bandit B608: SQL from this module's constants; no input reaches it.
+ACTIVE_KEYS_INDEX = (
+    f"CREATE INDEX IF NOT EXISTS api_keys_active ON api_keys (user_id, ({ACTIVE_UNTIL}), name) "  # nosec B608
+    "WHERE revoked_us IS NULL"
+)
+# What the retention sweep looks for: keys revoked, or expired, before a time; events before one.
+RETENTION_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS api_keys_revoked ON api_keys (revoked_us) WHERE revoked_us IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS api_keys_expires ON api_keys (expires_us) WHERE expires_us IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS key_events_occurred ON key_events (occurred_us)",
+)
 # Why each key revoked before version 4 was revoked, from its events: a `leaked` event says a
 # leak report did it, anything else was its owner. The same statement on either engine, and
 # after importing an export written before the reason was kept.
@@ -39,6 +57,8 @@ def migrate(conn: sqlite3.Connection) -> None:
         _replaced_by_v3(conn)
     if version < 4:
         _revoked_reason_v4(conn)
+    if version < 5:
+        _history_indexes_v5(conn)
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
@@ -108,3 +128,14 @@ def _revoked_reason_v4(conn: sqlite3.Connection) -> None:
     if "revoked_reason" not in {row[1] for row in conn.execute("PRAGMA table_info(api_keys)")}:
         conn.execute("ALTER TABLE api_keys ADD COLUMN revoked_reason TEXT")
     conn.execute(REVOKED_REASON_BACKFILL)
+
+
+def _history_indexes_v5(conn: sqlite3.Connection) -> None:
+    """Index what costs must not grow with an account's history: its active keys (the key cap,
+    unique names), its unrevoked keys newest first (the listing), and what the retention sweep
+    deletes. Indexes only: no row changes."""
+    conn.execute(ACTIVE_KEYS_INDEX)
+    # Newest first, ties in insertion order: SQLite appends the rowid to every index.
+    conn.execute("CREATE INDEX IF NOT EXISTS api_keys_unrevoked ON api_keys (user_id, created_us) WHERE revoked_us IS NULL")
+    for statement in RETENTION_INDEXES:
+        conn.execute(statement)

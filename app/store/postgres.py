@@ -40,6 +40,7 @@ from app.domain.ratelimit import count_in, tier_subject
 from app.domain.records import Account, Consumption, KeyEvent, KeyRecord, Rolled, StoredWindow, Window
 from app.domain.tiers import DEFAULT_TIER
 from app.store import postgres_migrations
+from app.store.migrations import ACTIVE_UNTIL
 
 SCHEMA_VERSION = postgres_migrations.SCHEMA_VERSION
 DEFAULT_POOL_SIZE = 10
@@ -51,6 +52,9 @@ _KEY_COLUMNS = (
     "k.total_requests, k.last_used_us, k.replaced_by, k.revoked_reason"
 )
 _KEY_FROM = "api_keys k JOIN accounts a ON a.user_id = k.user_id"
+# An account's active keys (user id, then now), as the `api_keys_active` index holds them: the
+# cost is the active keys', however many revoked and expired ones the account keeps.
+_ACTIVE = f"user_id = %s AND revoked_us IS NULL AND {ACTIVE_UNTIL} > %s"
 _EVENT_COLUMNS = (
     "e.id, e.user_id, e.key_id, e.type, e.key_name, e.key_preview, e.request_id, e.occurred_us, e.details"
 )
@@ -239,8 +243,7 @@ class PostgresStore:
                 )
                 conn.execute("SELECT 1 FROM accounts WHERE user_id = %s FOR UPDATE", (record.user_id,))
             row = conn.execute(
-                "SELECT count(*), count(*) FILTER (WHERE name = %s) FROM api_keys "
-                "WHERE user_id = %s AND revoked_us IS NULL AND (expires_us IS NULL OR expires_us > %s)",
+                f"SELECT count(*), count(*) FILTER (WHERE name = %s) FROM api_keys WHERE {_ACTIVE}",  # nosec B608
                 (record.name, record.user_id, now),
             ).fetchone()
             assert row is not None
@@ -318,9 +321,7 @@ class PostgresStore:
             now = rolled.new.created_us
             if rolled.old.expires_us is None or rolled.old.expires_us > now:
                 counted = conn.execute(
-                    "SELECT count(*) FROM api_keys WHERE user_id = %s AND revoked_us IS NULL "
-                    "AND (expires_us IS NULL OR expires_us > %s)",
-                    (user_id, now),
+                    f"SELECT count(*) FROM api_keys WHERE {_ACTIVE}", (user_id, now)  # nosec B608 -- constants
                 ).fetchone()
                 assert counted is not None
                 if counted[0] >= max_active:
@@ -379,6 +380,29 @@ class PostgresStore:
             )
             for row in rows
         ]
+
+    def prune(self, before_us: int, limit: int) -> tuple[int, int]:
+        """Delete up to `limit` rows past retention, in one short transaction; return (keys, events).
+
+        As `SQLiteStore.prune`. Rows another transaction holds (a key being used right now, or
+        a batch another instance is deleting) are skipped, not waited for: the next sweep
+        takes them.
+        """
+        with self._write(durable=False) as conn:
+            keys = 0
+            for column in ("revoked_us", "expires_us"):
+                deleted = conn.execute(
+                    f"DELETE FROM api_keys WHERE id IN (SELECT id FROM api_keys WHERE {column} < %s "  # nosec B608 -- literal column
+                    "LIMIT %s FOR UPDATE SKIP LOCKED)",
+                    (before_us, limit - keys),
+                )
+                keys += deleted.rowcount
+            events = conn.execute(
+                "DELETE FROM key_events WHERE id IN (SELECT id FROM key_events WHERE occurred_us < %s "
+                "LIMIT %s FOR UPDATE SKIP LOCKED)",
+                (before_us, limit - keys),
+            ).rowcount
+        return keys, events
 
     # -- rate limits ----------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ import time
 import psycopg
 
 from app.store.errors import SchemaTooNew
-from app.store.migrations import REVOKED_REASON_BACKFILL
+from app.store.migrations import ACTIVE_KEYS_INDEX, RETENTION_INDEXES, REVOKED_REASON_BACKFILL
 
 # Each step runs in its own transaction with the row that records it.
 STEPS: tuple[tuple[int, str], ...] = (
@@ -61,6 +61,15 @@ STEPS: tuple[tuple[int, str], ...] = (
     (2, "ALTER TABLE api_keys ADD COLUMN replaced_by text;"),
     # Why a key was revoked (its owner, or a leak report), filled in for keys revoked already.
     (3, "ALTER TABLE api_keys ADD COLUMN revoked_reason text; " + REVOKED_REASON_BACKFILL + ";"),
+    # Costs that must not grow with an account's history: its active keys (the key cap, unique
+    # names), its unrevoked keys newest first with ties in insertion order (the listing), and
+    # what the retention sweep deletes. Indexes only: no row changes. (Each is built under a
+    # lock that holds writes to its table back while it is built.)
+    (4, "; ".join((
+        ACTIVE_KEYS_INDEX,
+        "CREATE INDEX IF NOT EXISTS api_keys_unrevoked ON api_keys (user_id, created_us, seq) WHERE revoked_us IS NULL",
+        *RETENTION_INDEXES,
+    )) + ";"),
 )
 SCHEMA_VERSION = STEPS[-1][0]
 MIGRATION_TIMEOUT_MS = 60_000

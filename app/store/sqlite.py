@@ -46,6 +46,9 @@ _KEY_COLUMNS = (
     "k.total_requests, k.last_used_us, k.replaced_by, k.revoked_reason"
 )
 _KEY_FROM = "api_keys k JOIN accounts a ON a.user_id = k.user_id"
+# An account's active keys (user id, then now), as the `api_keys_active` index holds them: the
+# cost is the active keys', however many revoked and expired ones the account keeps.
+_ACTIVE = f"user_id = ? AND revoked_us IS NULL AND {migrations.ACTIVE_UNTIL} > ?"
 
 
 class SQLiteStore:
@@ -273,15 +276,13 @@ class SQLiteStore:
     def insert_key(self, record: KeyRecord, digest: str, max_active: int, event: KeyEvent) -> None:
         """Store a new key and its `minted` event, enforcing name uniqueness and the key cap."""
         now = record.created_us
-        active = "user_id = ? AND revoked_us IS NULL AND (expires_us IS NULL OR expires_us > ?)"
         with self._write(durable=True) as conn:
-            # bandit B608: SQL from this method's constant clause; every value is a bound parameter.
-            taken = conn.execute(
-                f"SELECT 1 FROM api_keys WHERE {active} AND name = ?", (record.user_id, now, record.name)  # nosec B608
-            ).fetchone() is not None
-            # bandit B608: SQL from this method's constant clause; every value is a bound parameter.
-            (count,) = conn.execute(f"SELECT count(*) FROM api_keys WHERE {active}", (record.user_id, now)).fetchone()  # nosec B608
-            check_room_for_key(record.name, taken, count, max_active)
+            # bandit B608: SQL from module constants; every value is a bound parameter.
+            count, same_name = conn.execute(
+                f"SELECT count(*), count(*) FILTER (WHERE name = ?) FROM api_keys WHERE {_ACTIVE}",  # nosec B608
+                (record.name, record.user_id, now),
+            ).fetchone()
+            check_room_for_key(record.name, bool(same_name), count, max_active)
             conn.execute(
                 "INSERT INTO api_keys (id, user_id, name, digest, preview, created_us, expires_us) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -350,11 +351,8 @@ class SQLiteStore:
             rolled = plan(KeyRecord(*row))
             now = rolled.new.created_us
             if rolled.old.expires_us is None or rolled.old.expires_us > now:
-                (count,) = conn.execute(
-                    "SELECT count(*) FROM api_keys WHERE user_id = ? AND revoked_us IS NULL "
-                    "AND (expires_us IS NULL OR expires_us > ?)",
-                    (user_id, now),
-                ).fetchone()
+                # bandit B608: SQL from module constants; every value is a bound parameter.
+                (count,) = conn.execute(f"SELECT count(*) FROM api_keys WHERE {_ACTIVE}", (user_id, now)).fetchone()  # nosec B608
                 if count >= max_active:
                     raise roll_over_cap(count, max_active)
             conn.execute(
@@ -410,6 +408,26 @@ class SQLiteStore:
                 )
                 for row in _newest_first(conn, sql, [user_id], "e", "key_events", "occurred_us", before, limit)
             ]
+
+    def prune(self, before_us: int, limit: int) -> tuple[int, int]:
+        """Delete up to `limit` rows past retention, in one short write transaction; return (keys, events).
+
+        Keys revoked, or expired, before `before_us`, and key events that occurred before it.
+        Each statement finds its rows through an index, so a batch costs its rows, not the table.
+        """
+        with self._write() as conn:
+            keys = 0
+            for column in ("revoked_us", "expires_us"):
+                # bandit B608: the column is one of this method's two literals; values are bound.
+                keys += conn.execute(
+                    f"DELETE FROM api_keys WHERE rowid IN (SELECT rowid FROM api_keys WHERE {column} < ? LIMIT ?)",  # nosec B608
+                    (before_us, limit - keys),
+                ).rowcount
+            events = conn.execute(
+                "DELETE FROM key_events WHERE rowid IN (SELECT rowid FROM key_events WHERE occurred_us < ? LIMIT ?)",
+                (before_us, limit - keys),
+            ).rowcount
+        return keys, events
 
     # -- rate limits ----------------------------------------------------------------------
 
