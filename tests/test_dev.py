@@ -168,6 +168,14 @@ def test_prefer_delay_out_of_bounds_is_a_400(client, slept, value):
     assert slept == []
 
 
+@pytest.mark.parametrize("value", [b"\xb2", b"1\xb3", b"\xb9\xb9"])
+def test_prefer_delay_in_digits_other_than_ascii_is_a_400_not_a_500(client, slept, value):
+    # Sent as raw bytes: a header is read as Latin-1, where 0xB2 is '²', which str.isdigit() admits.
+    error = assert_error(client.get(KEYS, headers={"Prefer": b"delay=" + value}), 400, "invalid_parameter")
+    assert error["details"]["field"] == "Prefer"
+    assert slept == []
+
+
 def test_mock_delay_ms_delays_every_operation_and_prefer_overrides_it(make_app, session, slept):
     with make_app(mock_delay_ms=300).test_client() as client:
         client.get(KEYS, cookies=session())
