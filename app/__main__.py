@@ -86,15 +86,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         except UnsupportedConnexion as exc:
             print(exc, file=sys.stderr)
             return 1
-    if args.command in ("run", "serve"):
-        problem = check_listen(settings)
-        if problem:
-            print(f"configuration error: {problem}", file=sys.stderr)
-            return 2
     if args.command in ("run", "serve", "set-tier", "seed-demo"):
         # Opened (created, migrated) once here, so that a database the service cannot use is
-        # one line and exit 2, before any server or worker starts.
-        problem = check_store(settings)
+        # one line and exit 2, before any server or worker starts; then, likewise, where it listens.
+        problem = check_store(settings) or (check_listen(settings) if args.command in ("run", "serve") else None)
         if problem:
             print(f"configuration error: {problem}", file=sys.stderr)
             return 2
@@ -252,6 +247,10 @@ def mock(settings: Settings) -> int:
     """Start the development server on a fresh database holding the demo account."""
     if settings.production:
         print("mock runs in development mode only: unset APP_ENV, or set it to development", file=sys.stderr)
+        return 2
+    problem = check_listen(settings)
+    if problem:
+        print(f"configuration error: {problem}", file=sys.stderr)
         return 2
     seed_demo(open_store(settings), DEMO_USER, time.time())
     return run(settings, user=DEMO_USER, note="a temporary database, seeded with the demo account; removed on exit")

@@ -322,9 +322,8 @@ def test_a_port_in_use_is_one_line_and_exit_2_for_both_servers(tmp_path):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        for command in ("run", "serve"):
-            result = run(tmp_path, command, PORT=str(port), HOST="127.0.0.1", APP_ENV="production",
-                         CREATE_DATABASE="on")
+        for command, app_env in (("run", "production"), ("serve", "production"), ("mock", "")):
+            result = run(tmp_path, command, PORT=str(port), HOST="127.0.0.1", APP_ENV=app_env, CREATE_DATABASE="on")
             assert result.returncode == 2, result.stderr
             assert result.stderr.strip().splitlines() == [
                 f"configuration error: port {port} on 127.0.0.1 is in use: stop what listens there, or set PORT"]
