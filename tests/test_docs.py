@@ -69,3 +69,26 @@ def test_readme_roll_example_answers_with_the_name_of_the_key_it_minted():
     minted = re.search(r"""-d '\{"name": "([^"]+)"\}'""", block)
     answered = re.search(r'# \{"data": \{[^}]*"name": "([^"]+)"', block)
     assert minted and answered and minted.group(1) == answered.group(1)
+
+
+def test_readme_tables_every_command_of_the_command_line(monkeypatch):
+    import argparse
+
+    import pytest
+
+    from app import __main__ as cli
+
+    commands: set[str] = set()
+
+    def record(parser, args=None, namespace=None):  # collect the subcommands main() declares, run none
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                commands.update(action.choices)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", record)
+    with pytest.raises(SystemExit):
+        cli.main([])
+    assert {"run", "serve", "mock", "migrate", "set-tier", "export"} <= commands
+    for command in commands:
+        assert f"| `{command}" in README, command

@@ -81,7 +81,7 @@ def test_production_never_creates_a_missing_database_unless_told(tmp_path, comma
 def test_create_database_on_lets_production_create_it(tmp_path):
     path = tmp_path / "new" / "keys.db"
     result = subprocess.run(
-        [sys.executable, "-m", "app", "set-tier", "alice", "pro"], capture_output=True, text=True, timeout=60,
+        [sys.executable, "-m", "app", "set-tier", "--create", "alice", "pro"], capture_output=True, text=True, timeout=60,
         cwd=ROOT, env={"PATH": "/usr/bin:/bin", "APP_ENV": "production", "SUPABASE_JWT_SECRET": SECRET,
                        "DATABASE_URL": f"sqlite:///{path}", "CREATE_DATABASE": "on"})
     assert result.returncode == 0, result.stderr
