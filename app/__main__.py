@@ -169,8 +169,10 @@ def check_listen(settings: Settings) -> str | None:
     """
     import socket
 
+    # The family gunicorn and uvicorn bind with: IPv6 for a literal IPv6 address, else IPv4.
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     try:
-        found = socket.getaddrinfo(settings.host, settings.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        found = socket.getaddrinfo(settings.host, settings.port, family, socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except (socket.gaierror, UnicodeError) as exc:
         reason = exc.strerror if isinstance(exc, socket.gaierror) else "not a host name"
         return f"HOST {settings.host!r} does not resolve to an address to listen on ({reason})"
