@@ -1,7 +1,8 @@
 """Entry point for production servers: `gunicorn -k app.asgi.Worker 'app.asgi:from_env()'`.
 
-An unset APP_ENV is production here, as everywhere but `python -m app run` and `mock`: no
-`/dev/login`, no `Prefer`, no generated secret, and no start without SUPABASE_JWT_SECRET.
+An unset APP_ENV is production here, as everywhere but the development commands (`python -m app
+run`, `mock`, `dev-token`, `seed-demo`): no `/dev/login`, no `Prefer`, no generated secret, and no
+start without a SUPABASE_JWT_SECRET of 32 bytes or more.
 """
 
 from __future__ import annotations

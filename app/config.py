@@ -92,7 +92,7 @@ class Settings:
         """Build Settings from environment variables (see the README's table).
 
         An unset (or empty) APP_ENV is production: development features are on only when asked
-        for (`python -m app run` and `mock` ask). `sessions=False` is for commands that never
+        for (`python -m app run`, `mock`, `dev-token` and `seed-demo` ask). `sessions=False` is for commands that never
         verify a session (migrate, backup, set-tier, export, import, seed-demo): they neither
         need SUPABASE_JWT_SECRET nor generate one, and their `jwt_secret` is empty.
         """
