@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import ipaddress
 import os
 import shutil
@@ -25,6 +26,12 @@ from app.store import open_store
 from app.version import __version__
 
 GRACEFUL_TIMEOUT_S = 10  # seconds in-flight requests get to finish after SIGTERM or SIGINT
+# Development tools: with APP_ENV unset they run in development (everything else, `serve` and
+# the ASGI entry point included, runs in production unless APP_ENV=development says otherwise).
+DEVELOPMENT_COMMANDS = ("run", "mock", "dev-token", "seed-demo")
+# Commands that verify or issue session tokens, and so need SUPABASE_JWT_SECRET (production) or
+# the generated development one; the others never read it.
+SESSION_COMMANDS = ("run", "serve", "mock", "dev-token")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -40,6 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     tier = commands.add_parser("set-tier", help="set an account's tier")
     tier.add_argument("user_id")
     tier.add_argument("tier", choices=sorted(TIERS))
+    tier.add_argument("--create", action="store_true", help="create the account if USER_ID has never signed in")
     commands.add_parser("migrate", help="create or upgrade the schema of the database DATABASE_URL names, then exit")
     copy = commands.add_parser("backup", help="copy the live SQLite database DATABASE_URL names to the new file PATH")
     copy.add_argument("path")
@@ -55,13 +63,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     environ = dict(os.environ)
+    if args.command in DEVELOPMENT_COMMANDS and not environ.get("APP_ENV", "").strip():
+        environ["APP_ENV"] = "development"
     scratch = None
     if args.command == "mock":
         # Everything, the development secret included, in a folder removed on the way out.
         scratch = tempfile.mkdtemp(prefix="socdefenders-keys-mock-")
         environ["DATABASE_URL"] = f"sqlite:///{scratch}/keys.db"
     try:
-        settings = Settings.from_env(environ)
+        settings = Settings.from_env(environ, sessions=args.command in SESSION_COMMANDS)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
@@ -82,8 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
     if args.command in ("run", "serve", "set-tier", "seed-demo"):
         # Opened (created, migrated) once here, so that a database the service cannot use is
-        # one line and exit 2, before any server or worker starts.
-        problem = check_store(settings)
+        # one line and exit 2, before any server or worker starts; then, likewise, where it listens.
+        problem = check_store(settings) or (check_listen(settings) if args.command in ("run", "serve") else None)
         if problem:
             print(f"configuration error: {problem}", file=sys.stderr)
             return 2
@@ -110,7 +120,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "set-tier":
         from app.domain.keys import KeyService
 
-        account = KeyService(open_store(settings), time.time).set_tier(args.user_id, args.tier)
+        account = KeyService(open_store(settings), time.time).set_tier(args.user_id, args.tier, create=args.create)
+        if account is None:
+            # A typo in a user id would otherwise make a paying account nobody signs in to.
+            print(f"set-tier: no account {args.user_id!r}: it has never signed in; "
+                  "check the id, or add --create to make it", file=sys.stderr)
+            return 1
         print(f"{account.user_id}: tier {account.tier}")
         return 0
     if args.command == "seed-demo":
@@ -156,6 +171,34 @@ def check_store(settings: Settings, create: bool | None = None) -> str | None:
         return str(exc)
     except StoreUnavailable as exc:
         return f"the {settings.engine} database cannot be reached: {exc}"
+    return None
+
+
+def check_listen(settings: Settings) -> str | None:
+    """Resolve HOST and bind HOST:PORT once; return why the server could not listen there, in one line, or None.
+
+    gunicorn would retry a taken port for five seconds and log each attempt, uvicorn print a
+    traceback-like block: checked here, a mistake is one line before any server starts.
+    """
+    import socket
+
+    # The family gunicorn and uvicorn bind with: IPv6 for a literal IPv6 address, else IPv4.
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    try:
+        found = socket.getaddrinfo(settings.host, settings.port, family, socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as exc:
+        reason = exc.strerror if isinstance(exc, socket.gaierror) else "not a host name"
+        return f"HOST {settings.host!r} does not resolve to an address to listen on ({reason})"
+    family, kind, proto, _, address = found[0]
+    with socket.socket(family, kind, proto) as probe:
+        # As the servers bind: SO_REUSEADDR, so a port left in TIME_WAIT by the last run is free.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return f"port {settings.port} on {settings.host} is in use: stop what listens there, or set PORT"
+            return f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}"
     return None
 
 
@@ -237,7 +280,11 @@ def backup(settings: Settings, path: str) -> int:
 def mock(settings: Settings) -> int:
     """Start the development server on a fresh database holding the demo account."""
     if settings.production:
-        print("mock runs in development mode only: unset APP_ENV", file=sys.stderr)
+        print("mock runs in development mode only: unset APP_ENV, or set it to development", file=sys.stderr)
+        return 2
+    problem = check_listen(settings)
+    if problem:
+        print(f"configuration error: {problem}", file=sys.stderr)
         return 2
     seed_demo(open_store(settings), DEMO_USER, time.time())
     return run(settings, user=DEMO_USER, note="a temporary database, seeded with the demo account; removed on exit")
@@ -313,7 +360,8 @@ def run(settings: Settings, user: str = "dev-user", note: str = "") -> int:
 def serve(settings: Settings) -> int:
     """Replace this process with gunicorn running WEB_CONCURRENCY uvicorn workers."""
     if not settings.production:
-        print("serve runs in production mode: set APP_ENV=production (make serve does)", file=sys.stderr)
+        print("serve runs in production mode: unset APP_ENV, or set it to production; `run` is the development server",
+              file=sys.stderr)
         return 2
     workers = str(settings.workers)
     argv = [

@@ -1,4 +1,9 @@
-"""Entry point for production servers: `gunicorn 'app.asgi:from_env()'`."""
+"""Entry point for production servers: `gunicorn -k app.asgi.Worker 'app.asgi:from_env()'`.
+
+An unset APP_ENV is production here, as everywhere but the development commands (`python -m app
+run`, `mock`, `dev-token`, `seed-demo`): no `/dev/login`, no `Prefer`, no generated secret, and no
+start without a SUPABASE_JWT_SECRET of 32 bytes or more.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import gc
 import sys
 import time
 import warnings
+from pathlib import Path
 from typing import Any
 
 warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
@@ -60,7 +66,8 @@ class Worker(UvicornWorker):
     - without uvicorn's access log, which would print `?api_key=` (the app writes its own,
       with secrets redacted);
     - with the bounded HTTP protocol (`app.web.transport`), and its bounds on open connections;
-    - without uvicorn's proxy headers: the app reads X-Forwarded-For itself (`app.web.clients`).
+    - without uvicorn's proxy headers: the app reads X-Forwarded-For itself (`app.web.clients`);
+    - serving gunicorn's listening sockets themselves, not gunicorn's wrappers of them.
     """
 
     # No route is a WebSocket: an upgrade request is answered as the HTTP request it also is.
@@ -68,7 +75,21 @@ class Worker(UvicornWorker):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        settings = Settings.from_env()
+        try:
+            # Built in gunicorn's master, before the fork: a configuration error is left to
+            # `from_env`, in the worker, which says it in one line and stops the master.
+            settings = Settings.from_env(sessions=False)
+        except ConfigError:
+            settings = Settings(jwt_secret="", database_path=Path())
         self.config.http = protocol_class(settings.request_read_timeout, connection_limits(settings))
         # X-Forwarded-For and -Proto are read by the app itself (app.web.clients), as under `run`.
         self.config.proxy_headers = False
+
+    def run(self) -> None:
+        # uvloop, given gunicorn's socket wrapper rather than a `socket.socket`, closes the
+        # descriptor itself when the server stops, so gunicorn's later close of the wrapper
+        # logged "Error while closing socket [Errno 9] Bad file descriptor" at every shutdown.
+        # With the sockets themselves uvloop and uvicorn each close what they own.
+        listeners: list[Any] = self.sockets  # type: ignore[has-type]  # gunicorn is untyped
+        self.sockets = [getattr(listener, "sock", listener) for listener in listeners]
+        super().run()

@@ -22,6 +22,8 @@ DEFAULT_CORS_ALLOW_HEADERS = (
     "sentry-trace", "baggage",
 )
 MAX_MOCK_DELAY_MS = 10_000
+# HS256 keys shorter than the hash's own 32 bytes can be guessed offline from one token.
+MIN_SECRET_BYTES = 32
 
 
 class ConfigError(Exception):
@@ -64,6 +66,7 @@ class Settings:
     max_connections: int = 1000  # open connections per worker process (app.web.connections)
     max_connections_per_client: int = 100  # of those, from one client address (an IPv6 /64)
     key_retention_days: int = 90  # days revoked and expired keys, and key events, are kept
+    allow_anonymous_sessions: bool = False  # anonymous Supabase sign-ins may manage keys
     metrics_allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
         ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))  # who may read /metrics
     jwt_secret_generated: bool = field(default=False, compare=False)
@@ -89,10 +92,16 @@ class Settings:
         return urlunsplit((parts.scheme, host + port, parts.path, "", ""))
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Build Settings from environment variables (see the README's table)."""
+    def from_env(cls, environ: Mapping[str, str] | None = None, *, sessions: bool = True) -> Settings:
+        """Build Settings from environment variables (see the README's table).
+
+        An unset (or empty) APP_ENV is production: development features are on only when asked
+        for (`python -m app run`, `mock`, `dev-token` and `seed-demo` ask). `sessions=False` is for commands that never
+        verify a session (migrate, backup, set-tier, export, import, seed-demo): they neither
+        need SUPABASE_JWT_SECRET nor generate one, and their `jwt_secret` is empty.
+        """
         env = os.environ if environ is None else environ
-        app_env = env.get("APP_ENV", "development").strip().lower()
+        app_env = env.get("APP_ENV", "").strip().lower() or "production"
         if app_env not in ("development", "production"):
             raise ConfigError(f"APP_ENV must be 'development' or 'production', not {app_env!r}")
         production = app_env == "production"
@@ -103,19 +112,25 @@ class Settings:
         else:
             database_path, database_url = parse_database_url(database_url), ""
 
-        secret = env.get("SUPABASE_JWT_SECRET", "")
+        secret = env.get("SUPABASE_JWT_SECRET", "") if sessions else ""
         generated = False
-        if not secret:
+        if sessions and not secret:
             if production:
-                raise ConfigError("SUPABASE_JWT_SECRET is required when APP_ENV=production")
+                raise ConfigError("SUPABASE_JWT_SECRET is required in production (APP_ENV unset or production)")
             secret, generated = development_secret(database_path.parent), True
+        if sessions and production and len(secret.encode()) < MIN_SECRET_BYTES:
+            # The length only: the secret itself is never repeated.
+            raise ConfigError(
+                f"SUPABASE_JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes in production, "
+                f"not {len(secret.encode())}: use the project's JWT secret, or `openssl rand -base64 48`"
+            )
 
         return cls(
             jwt_secret=secret,
             database_path=database_path,
             env=app_env,
-            host=env.get("HOST", "127.0.0.1"),
-            port=_int(env, "PORT", 8000),
+            host=_host(env),
+            port=_port(env),
             validate_responses=_bool(env, "VALIDATE_RESPONSES", not production),
             cors_origin_regex=env.get("CORS_ORIGIN_REGEX", "" if production else LOCALHOST_ORIGINS),
             management_limit_per_minute=_int(env, "KEY_MANAGEMENT_LIMIT_PER_MINUTE", 120),
@@ -141,6 +156,7 @@ class Settings:
             max_connections=_int(env, "MAX_CONNECTIONS", 1000),
             max_connections_per_client=_int(env, "MAX_CONNECTIONS_PER_CLIENT", 100),
             key_retention_days=_int(env, "KEY_RETENTION_DAYS", 90),
+            allow_anonymous_sessions=_bool(env, "ALLOW_ANONYMOUS_SESSIONS", False),
             metrics_allow=_networks(env, "METRICS_ALLOW", "127.0.0.0/8,::1/128"),
             jwt_secret_generated=generated,
         )
@@ -243,14 +259,32 @@ def development_secret(directory: Path) -> str:
 MAX_WORKERS = 64  # WEB_CONCURRENCY: gunicorn would fork every one of them at start
 
 
+def _host(env: Mapping[str, str]) -> str:
+    host = env.get("HOST")
+    if host is None:
+        return "127.0.0.1"
+    if not host.strip():
+        # An empty HOST would listen on every interface: say which one is meant.
+        raise ConfigError("HOST must name an address to listen on (127.0.0.1, 0.0.0.0, ::, a host name), not ''")
+    return host.strip()
+
+
+def _port(env: Mapping[str, str]) -> int:
+    if env.get("PORT") == "":
+        # Set but empty is a mistake (a template left unfilled), not a wish for the default.
+        raise ConfigError("PORT must be a port from 1 to 65535, not ''; leave it unset for 8000")
+    return _int(env, "PORT", 8000)
+
+
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a whole number, not {raw!r}") from None
+    # ASCII digits only: int() would take '٣' (Arabic-Indic three) and '1_000'; and at most 100 of
+    # them, for int() refuses over 4,300 with a ValueError of its own.
+    if not re.fullmatch(r"\s*-?[0-9]{1,100}\s*", raw):
+        raise ConfigError(f"{name} must be a whole number, not {raw!r}")
+    value = int(raw)
     if value < 1 or (name == "PORT" and value > 65535):
         raise ConfigError(f"{name} must be {'a port from 1 to 65535' if name == 'PORT' else 'at least 1'}, not {raw!r}")
     if name == "WEB_CONCURRENCY" and value > MAX_WORKERS:
@@ -314,6 +348,7 @@ def _names(env: Mapping[str, str], name: str, default: tuple[str, ...]) -> tuple
 def _delay(raw: str) -> int:
     if not raw.strip():
         return 0
-    if not raw.strip().isdigit() or int(raw) > MAX_MOCK_DELAY_MS:
+    # ASCII digits only: str.isdigit() admits '²', which int() then refuses with a traceback.
+    if not re.fullmatch(r"[0-9]{1,5}", raw.strip()) or int(raw) > MAX_MOCK_DELAY_MS:
         raise ConfigError(f"MOCK_DELAY_MS must be a whole number of milliseconds from 0 to {MAX_MOCK_DELAY_MS}, not {raw!r}")
     return int(raw)

@@ -167,9 +167,10 @@ def log_startup(settings: Any, schema_version: int, workers: int, server: str) -
 
 
 def warn_weak_secret(settings: Any) -> None:
-    """Warn when a production JWT secret is too short to resist guessing."""
-    if settings.production and len(settings.jwt_secret) < 32:
+    """Warn when a development JWT secret is too short to resist guessing (production refuses one)."""
+    length = len(settings.jwt_secret.encode())
+    if not settings.jwt_secret_generated and 0 < length < 32:
         logging.getLogger("app").warning(
-            "SUPABASE_JWT_SECRET is %d characters long; HS256 wants at least 32 random ones",
-            len(settings.jwt_secret),
+            "SUPABASE_JWT_SECRET is %d bytes long; HS256 wants at least 32 random ones (production refuses it)",
+            length,
         )

@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = {**SERVER_SETTINGS, "SUPABASE_JWT_SECRET": secrets.token_urlsafe(32)}
         with LiveServer("serve", Path(tmp), env=settings) as server:
             for user in (FUZZ_USER, KEY_OWNER):
-                app_command(server.env, "set-tier", user, "pro")
+                app_command(server.env, "set-tier", "--create", user, "pro")  # not signed in yet
             session = app_command(server.env, "dev-token", FUZZ_USER, "--ttl", str(24 * 3600))
             owner = app_command(server.env, "dev-token", KEY_OWNER, "--ttl", "600")
             status, _, body = server.request("POST", "/api/v1/keys", {"name": "fuzz-whoami"},

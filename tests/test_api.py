@@ -250,6 +250,13 @@ def test_list_rejects_bad_paging_parameters(client, session, params):
     assert error["details"]["field"] == next(iter(params))
 
 
+@pytest.mark.parametrize("value", ["\u0663", "\uff13", "\xb2", "1_0", "+3", " 3", "9" * 5000])
+@pytest.mark.parametrize("path", [KEYS, "/api/v1/key-events"])
+def test_a_limit_in_other_digits_or_spelling_is_a_400_not_taken_as_a_number(client, session, value, path):
+    error = assert_error(client.get(path, params={"limit": value}, cookies=session()), 400, "invalid_parameter")
+    assert error["details"]["field"] == "limit" and error["message"] == "limit must be a whole number."
+
+
 def test_revoke_takes_effect_at_once(client, session, mint):
     key = mint()
     headers = {"X-API-Key": key["key"]}

@@ -39,11 +39,79 @@ def test_dev_token_refuses_a_lifetime_below_one_second(tmp_path):
 
 
 def test_set_tier_moves_an_account_up_and_back(tmp_path):
+    SQLiteStore(tmp_path / "keys.db").ensure_account("alice", 0)  # alice has signed in once
     for tier in ("pro", "free"):
         result = run(tmp_path, "set-tier", "alice", tier)
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip() == f"alice: tier {tier}"
         assert SQLiteStore(tmp_path / "keys.db").ensure_account("alice", 0).tier == tier
+
+
+def test_set_tier_refuses_a_user_id_never_seen_unless_told_to_create_it(tmp_path):
+    assert run(tmp_path, "migrate").returncode == 0
+    refused = run(tmp_path, "set-tier", "alcie", "pro")
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert refused.stderr.strip().splitlines() == [
+        "set-tier: no account 'alcie': it has never signed in; check the id, or add --create to make it"]
+    with sqlite3.connect(tmp_path / "keys.db") as conn:
+        assert conn.execute("SELECT count(*) FROM accounts").fetchone()[0] == 0
+    created = run(tmp_path, "set-tier", "--create", "alice", "pro")
+    assert (created.returncode, created.stdout.strip()) == (0, "alice: tier pro"), created.stderr
+    assert run(tmp_path, "set-tier", "alice", "free").stdout.strip() == "alice: tier free"
+
+
+def test_set_tier_without_create_changes_nothing_on_postgresql_either(tmp_path, pg_schema):
+    from tests.conftest import schema_url
+
+    url = schema_url(pg_schema)
+    assert run(tmp_path, "migrate", DATABASE_URL=url).returncode == 0
+    assert run(tmp_path, "set-tier", "bob", "pro", DATABASE_URL=url).returncode == 1
+    assert run(tmp_path, "set-tier", "--create", "bob", "pro", DATABASE_URL=url).stdout.strip() == "bob: tier pro"
+    assert run(tmp_path, "set-tier", "bob", "free", DATABASE_URL=url).stdout.strip() == "bob: tier free"
+
+
+def test_operator_commands_need_no_session_secret_in_production(tmp_path):
+    environ = {"PATH": "/usr/bin:/bin", "DATABASE_URL": f"sqlite:///{tmp_path / 'keys.db'}"}  # no APP_ENV, no secret
+    export = tmp_path / "rows.jsonl"
+    for args in (("migrate",), ("set-tier", "--create", "alice", "pro"), ("backup", str(tmp_path / "copy.db")),
+                 ("export", str(export)), ("seed-demo",)):
+        for app_env in ({}, {"APP_ENV": "production"}):
+            if args[0] in ("backup", "export"):
+                for leftover in (tmp_path / "copy.db", export):
+                    leftover.unlink(missing_ok=True)
+            result = subprocess.run([sys.executable, "-m", "app", *args], capture_output=True, text=True, timeout=60,
+                                    cwd=ROOT, env={**environ, **app_env}, check=False)
+            assert result.returncode == 0, (args, app_env, result.stderr)
+    target = {"DATABASE_URL": f"sqlite:///{tmp_path / 'moved.db'}", "APP_ENV": "production"}
+    moved = subprocess.run([sys.executable, "-m", "app", "import", str(export)], capture_output=True, text=True,
+                           timeout=60, cwd=ROOT, env={**environ, **target, "CREATE_DATABASE": "on"}, check=False)
+    assert moved.returncode == 0, moved.stderr
+    assert not list(tmp_path.rglob(".supabase-jwt-secret"))  # and none was generated
+
+
+def test_servers_still_refuse_to_start_in_production_without_a_good_secret(tmp_path):
+    environ = {"PATH": "/usr/bin:/bin", "DATABASE_URL": f"sqlite:///{tmp_path / 'keys.db'}", "CREATE_DATABASE": "on"}
+    for secret, expected in (({}, "SUPABASE_JWT_SECRET is required in production"),
+                             ({"SUPABASE_JWT_SECRET": "abc"}, "SUPABASE_JWT_SECRET must be at least 32 bytes")):
+        for command in ("serve", "dev-token alice"):
+            result = subprocess.run([sys.executable, "-m", "app", *command.split()], capture_output=True, text=True,
+                                    timeout=60, cwd=ROOT, env={**environ, **secret, "APP_ENV": "production"},
+                                    check=False)
+            assert result.returncode == 2, (command, result.stderr)
+            assert result.stderr.startswith(f"configuration error: {expected}") and "abc" not in result.stderr
+            assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    serve = subprocess.run([sys.executable, "-m", "app", "serve"], capture_output=True, text=True, timeout=60,
+                           cwd=ROOT, env=environ, check=False)  # APP_ENV unset: production
+    assert serve.returncode == 2 and "SUPABASE_JWT_SECRET is required in production" in serve.stderr
+
+
+def test_development_tools_need_no_setup_with_app_env_unset(tmp_path):
+    environ = {"PATH": "/usr/bin:/bin", "DATABASE_URL": f"sqlite:///{tmp_path / 'keys.db'}"}
+    token = subprocess.run([sys.executable, "-m", "app", "dev-token", "tom"], capture_output=True, text=True,
+                           timeout=60, cwd=ROOT, env=environ, check=False)
+    assert token.returncode == 0, token.stderr
+    secret = (tmp_path / ".supabase-jwt-secret").read_text().strip()  # development's generated secret
+    assert SessionVerifier(secret).user_id(token.stdout.strip(), time.time()) == "tom"
 
 
 def test_set_tier_refuses_an_unknown_tier(tmp_path):
@@ -133,6 +201,7 @@ def test_a_sqlite_store_exported_and_imported_into_postgresql_keeps_keys_usage_a
 
 
 def test_set_tier_and_dev_token_refuse_a_user_id_that_names_no_account(tmp_path):
+    assert run(tmp_path, "migrate").returncode == 0
     for user_id in ("", " alice", "alice ", "line\nbreak", "u" * 201):
         for command in (("set-tier", user_id, "pro"), ("dev-token", user_id)):
             result = run(tmp_path, *command)
@@ -243,3 +312,50 @@ def test_the_sign_in_link_is_printed_for_the_host_a_browser_on_this_machine_uses
     from app.__main__ import browser_base
 
     assert browser_base(host, 8000) == base
+
+
+def test_export_refuses_an_existing_file_or_a_symlink_and_leaves_them_alone(tmp_path):
+    SQLiteStore(tmp_path / "keys.db").ensure_account("alice", 0)
+    existing = tmp_path / "shared.jsonl"
+    existing.write_text("keep me\n")
+    existing.chmod(0o644)
+    elsewhere = tmp_path / "elsewhere.jsonl"
+    (tmp_path / "link.jsonl").symlink_to(existing)
+    (tmp_path / "dangling.jsonl").symlink_to(elsewhere)
+    for name in ("shared.jsonl", "link.jsonl", "dangling.jsonl"):
+        result = run(tmp_path, "export", str(tmp_path / name))
+        assert result.returncode == 1, result.stdout
+        assert result.stderr.strip().splitlines() == [
+            f"export: {tmp_path / name} exists already (an export never overwrites): name a new file"]
+    assert existing.read_text() == "keep me\n" and oct(existing.stat().st_mode & 0o777) == "0o644"
+    assert not elsewhere.exists()
+    fresh = tmp_path / "fresh.jsonl"
+    assert run(tmp_path, "export", str(fresh)).returncode == 0
+    assert oct(fresh.stat().st_mode & 0o777) == "0o600" and "alice" in fresh.read_text()
+
+
+def test_a_port_in_use_is_one_line_and_exit_2_for_both_servers(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for command, app_env in (("run", "production"), ("serve", "production"), ("mock", "")):
+            result = run(tmp_path, command, PORT=str(port), HOST="127.0.0.1", APP_ENV=app_env, CREATE_DATABASE="on")
+            assert result.returncode == 2, result.stderr
+            assert result.stderr.strip().splitlines() == [
+                f"configuration error: port {port} on 127.0.0.1 is in use: stop what listens there, or set PORT"]
+
+
+def test_an_unresolvable_or_empty_host_or_port_is_one_line_and_exit_2(tmp_path):
+    # Names the resolver refuses without asking a name server: no traffic leaves the machine.
+    for env, expected in (({"HOST": "no such host"}, "HOST 'no such host' does not resolve"),
+                          ({"HOST": "a" * 64 + ".test"}, "does not resolve"),
+                          ({"HOST": ""}, "HOST must name an address"),
+                          ({"PORT": ""}, "PORT must be a port from 1 to 65535, not ''")):
+        for command in ("run", "serve"):
+            result = run(tmp_path, command, APP_ENV="production", CREATE_DATABASE="on", **env)
+            assert result.returncode == 2, (env, command, result.stderr)
+            assert result.stderr.startswith("configuration error: ") and expected in result.stderr
+            assert len(result.stderr.strip().splitlines()) == 1, result.stderr

@@ -16,7 +16,7 @@ def env(tmp_path: Path, **values: str) -> dict[str, str]:
 
 
 def test_defaults():
-    settings = Settings.from_env({"SUPABASE_JWT_SECRET": SECRET})
+    settings = Settings.from_env({"SUPABASE_JWT_SECRET": SECRET, "APP_ENV": "development"})
     assert settings.host == "127.0.0.1"
     assert settings.port == 8000
     assert settings.env == "development" and not settings.production
@@ -80,8 +80,42 @@ def test_unknown_app_env_raises(tmp_path):
         Settings.from_env(env(tmp_path, APP_ENV="staging"))
 
 
+def test_unset_or_empty_app_env_is_production(tmp_path):
+    for environ in (env(tmp_path), env(tmp_path, APP_ENV=""), env(tmp_path, APP_ENV=" ")):
+        settings = Settings.from_env(environ)
+        assert settings.production and not settings.jwt_secret_generated
+        assert settings.cors_origin_regex == "" and settings.mock_delay_ms == 0 and not settings.key_page
+    del environ["SUPABASE_JWT_SECRET"]
+    with pytest.raises(ConfigError, match="SUPABASE_JWT_SECRET is required in production"):
+        Settings.from_env(environ)
+    assert not (tmp_path / "data" / DEV_SECRET_FILE).exists()
+
+
+@pytest.mark.parametrize("secret", ["abc", "s" * 31, "é" * 15])
+def test_production_refuses_a_secret_shorter_than_32_bytes_without_repeating_it(tmp_path, secret):
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env(env(tmp_path, APP_ENV="production", SUPABASE_JWT_SECRET=secret))
+    assert str(caught.value).startswith("SUPABASE_JWT_SECRET must be at least 32 bytes in production")
+    assert secret not in str(caught.value)
+    assert Settings.from_env(env(tmp_path, APP_ENV="production", SUPABASE_JWT_SECRET="é" * 16)).production
+
+
+def test_development_accepts_a_short_secret(tmp_path):
+    assert Settings.from_env(env(tmp_path, APP_ENV="development", SUPABASE_JWT_SECRET="abc")).jwt_secret == "abc"
+
+
+def test_settings_without_sessions_need_no_secret_and_make_none(tmp_path):
+    for app_env in ("production", "development"):
+        environ = env(tmp_path, APP_ENV=app_env)
+        del environ["SUPABASE_JWT_SECRET"]
+        settings = Settings.from_env(environ, sessions=False)
+        assert settings.jwt_secret == "" and not settings.jwt_secret_generated
+    assert Settings.from_env(env(tmp_path, SUPABASE_JWT_SECRET="short"), sessions=False).jwt_secret == ""
+    assert not (tmp_path / "data" / DEV_SECRET_FILE).exists()
+
+
 def test_development_without_secret_generates_one_beside_database(tmp_path):
-    environ = env(tmp_path)
+    environ = env(tmp_path, APP_ENV="development")
     del environ["SUPABASE_JWT_SECRET"]
     first = Settings.from_env(environ)
     path = tmp_path / "data" / DEV_SECRET_FILE
@@ -92,7 +126,7 @@ def test_development_without_secret_generates_one_beside_database(tmp_path):
 
 
 def test_development_secret_is_kept_across_calls(tmp_path):
-    environ = env(tmp_path)
+    environ = env(tmp_path, APP_ENV="development")
     del environ["SUPABASE_JWT_SECRET"]
     assert Settings.from_env(environ).jwt_secret == Settings.from_env(environ).jwt_secret
     leftovers = [p.name for p in (tmp_path / "data").iterdir() if p.name != DEV_SECRET_FILE]
@@ -100,8 +134,8 @@ def test_development_secret_is_kept_across_calls(tmp_path):
 
 
 def test_development_secrets_differ_per_database_directory(tmp_path):
-    a = Settings.from_env({"DATABASE_URL": f"sqlite:///{tmp_path}/a/keys.db"})
-    b = Settings.from_env({"DATABASE_URL": f"sqlite:///{tmp_path}/b/keys.db"})
+    a = Settings.from_env({"DATABASE_URL": f"sqlite:///{tmp_path}/a/keys.db", "APP_ENV": "development"})
+    b = Settings.from_env({"DATABASE_URL": f"sqlite:///{tmp_path}/b/keys.db", "APP_ENV": "development"})
     assert a.jwt_secret != b.jwt_secret
 
 
@@ -164,7 +198,22 @@ def test_out_of_range_port_raises_config_error(tmp_path, value):
 
 
 def test_empty_integer_variable_means_default(tmp_path):
-    assert Settings.from_env(env(tmp_path, PORT="", MAX_ACTIVE_KEYS="")).port == 8000
+    assert Settings.from_env(env(tmp_path, MAX_ACTIVE_KEYS="", WEB_CONCURRENCY="")).max_active_keys == 50
+
+
+def test_empty_port_or_host_is_refused_not_taken_for_the_default(tmp_path):
+    with pytest.raises(ConfigError, match="PORT must be a port from 1 to 65535, not ''"):
+        Settings.from_env(env(tmp_path, PORT=""))
+    for host in ("", "  "):
+        with pytest.raises(ConfigError, match="HOST must name an address"):
+            Settings.from_env(env(tmp_path, HOST=host))
+
+
+@pytest.mark.parametrize("name", ["PORT", "MAX_ACTIVE_KEYS", "WEB_CONCURRENCY", "MOCK_DELAY_MS"])
+@pytest.mark.parametrize("value", ["\xb2", "\u0663", "\u0661\u0662", "1_0", "9" * 5000])
+def test_numbers_in_other_digits_or_spelling_are_a_config_error(tmp_path, name, value):
+    with pytest.raises(ConfigError, match=name):
+        Settings.from_env(env(tmp_path, APP_ENV="development", **{name: value}))
 
 
 def test_bad_boolean_raises_config_error(tmp_path):

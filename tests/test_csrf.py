@@ -97,10 +97,10 @@ def test_preflights_allow_the_headers_frontend_libraries_add(dev_client, header)
 
 def test_cors_settings_are_read_from_the_environment(tmp_path):
     settings = Settings.from_env({
-        "DATABASE_URL": f"sqlite:///{tmp_path}/k.db", "CORS_ORIGINS": "https://a.example, http://b.example:8080/",
+        "APP_ENV": "development", "DATABASE_URL": f"sqlite:///{tmp_path}/k.db", "CORS_ORIGINS": "https://a.example, http://b.example:8080/",
         "CORS_ALLOW_HEADERS": "Content-Type, X-Custom"})
     assert settings.cors_origins == ("https://a.example", "http://b.example:8080")
     assert settings.cors_allow_headers == ("Content-Type", "X-Custom")
     for bad in ("*", "https://a.example/path", "a.example"):
         with pytest.raises(ConfigError, match="CORS_ORIGINS"):
-            Settings.from_env({"DATABASE_URL": f"sqlite:///{tmp_path}/k.db", "CORS_ORIGINS": bad})
+            Settings.from_env({"APP_ENV": "development", "DATABASE_URL": f"sqlite:///{tmp_path}/k.db", "CORS_ORIGINS": bad})

@@ -331,6 +331,21 @@ def test_prefer_delay_out_of_bounds_is_a_400(client, slept, value):
     assert slept == []
 
 
+def test_prefer_delay_in_digits_other_than_ascii_is_a_400_not_a_500(tmp_path):
+    from tests.live import LiveServer
+    from tests.rawhttp import exchange, request_bytes
+
+    # Over a bare socket, byte for byte: a header is read as Latin-1, where 0xB2 is '²', which
+    # str.isdigit() admits and int() refuses (a test client would re-encode it as UTF-8).
+    with LiveServer("run", tmp_path) as server:
+        for value in (b"\xb2", b"1\xb3", b"\xb9\xb9", b"9" * 5000):
+            answer = exchange(server.port, request_bytes("GET", KEYS, [(b"Prefer", b"delay=" + value)]))
+            assert answer.status == 400, (value[:10], str(answer))
+            error = answer.json()["error"]
+            assert (error["code"], error["details"]["field"]) == ("invalid_parameter", "Prefer")
+        assert "Traceback" not in server.output()
+
+
 def test_mock_delay_ms_delays_every_operation_and_prefer_overrides_it(make_app, session, slept):
     with make_app(mock_delay_ms=300).test_client() as client:
         client.get(KEYS, cookies=session())

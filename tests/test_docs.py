@@ -124,3 +124,26 @@ def test_readme_calling_it_walkthrough_runs_as_pasted_against_the_development_se
     # The three ways of using the key each counted, then the revoke took it.
     assert (minted[0]["status"], minted[0]["total_requests"]) == ("revoked", 3)
     assert '"revoked_api_key"' in walk.stdout
+
+
+def test_readme_tables_every_command_of_the_command_line(monkeypatch):
+    import argparse
+
+    import pytest
+
+    from app import __main__ as cli
+
+    commands: set[str] = set()
+
+    def record(parser, args=None, namespace=None):  # collect the subcommands main() declares, run none
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                commands.update(action.choices)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", record)
+    with pytest.raises(SystemExit):
+        cli.main([])
+    assert {"run", "serve", "mock", "migrate", "set-tier", "export"} <= commands
+    for command in commands:
+        assert f"| `{command}" in README, command

@@ -205,7 +205,7 @@ def test_metrics_allow_must_be_networks(tmp_path):
     from app.config import ConfigError, Settings
 
     with pytest.raises(ConfigError, match="METRICS_ALLOW"):
-        Settings.from_env({"METRICS_ALLOW": "localhost", "DATABASE_URL": f"sqlite:///{tmp_path}/k.db"})
+        Settings.from_env({"METRICS_ALLOW": "localhost", "APP_ENV": "development", "DATABASE_URL": f"sqlite:///{tmp_path}/k.db"})
 
 
 def test_metrics_answer_the_development_server_which_checks_every_answer_against_the_contract(tmp_path):

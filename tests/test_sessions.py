@@ -7,7 +7,7 @@ from typing import Any
 import jwt
 import pytest
 
-from app.domain.errors import InvalidSession, MissingSession
+from app.domain.errors import AnonymousSession, InvalidSession, MissingSession
 from app.domain.sessions import SessionVerifier, issue_token
 from tests.conftest import SECRET, START
 
@@ -205,3 +205,38 @@ def test_the_same_session_cookie_twice_is_one_session(client, session):
     alice = session("alice")["sb-access-token"]
     response = client.get("/api/v1/keys", headers={"Cookie": f"{COOKIE}={alice}; {COOKIE}={alice}"})
     assert response.status_code == 200, response.text
+
+
+# -- anonymous sign-ins ---------------------------------------------------------------------
+
+ANONYMOUS_CLAIMS = {
+    "is_anonymous": {"is_anonymous": True},
+    "role_anon": {"role": "anon"},
+    "amr_method": {"amr": [{"method": "anonymous", "timestamp": int(NOW)}]},
+    "amr_string": {"amr": ["anonymous"]},
+}
+
+
+@pytest.mark.parametrize("name", ANONYMOUS_CLAIMS)
+def test_an_anonymous_session_is_refused_unless_allowed(name):
+    token = hs256(claims(**ANONYMOUS_CLAIMS[name]))
+    with pytest.raises(AnonymousSession):
+        SessionVerifier(SECRET).user_id(token, NOW)
+    assert SessionVerifier(SECRET, allow_anonymous=True).user_id(token, NOW) == "user-1"
+
+
+def test_a_signed_in_session_with_other_sign_in_methods_is_not_anonymous():
+    token = hs256(claims(is_anonymous=False, amr=[{"method": "password", "timestamp": int(NOW)}, "otp"]))
+    assert SessionVerifier(SECRET).user_id(token, NOW) == "user-1"
+
+
+def test_http_an_anonymous_session_mints_nothing_and_gets_401_anonymous_session(client, make_app):
+    token = hs256(claims(is_anonymous=True, role="anon"))
+    response = client.post("/api/v1/keys", json={"name": "anon-key"}, cookies={COOKIE: token})
+    error = assert_error_envelope(response, "anonymous_session")
+    assert "anonymous" in error["message"]
+    for path in ("/api/v1/keys", "/api/v1/key-events"):
+        assert_error_envelope(client.get(path, cookies={COOKIE: token}), "anonymous_session")
+    with make_app(allow_anonymous_sessions=True).test_client() as allowed:
+        assert allowed.post("/api/v1/keys", json={"name": "anon-key"}, cookies={COOKIE: token}).status_code == 201
+    assert client.get("/api/v1/keys", cookies={COOKIE: hs256(claims())}).json()["data"] != []

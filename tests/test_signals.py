@@ -99,3 +99,20 @@ def test_serve_replaces_a_worker_that_dies(tmp_path):
         assert alive(replacement)
         for _ in range(10):
             assert server.request("GET", "/healthz")[0] == 200
+
+
+def test_a_sigterm_shutdown_logs_no_socket_error(tmp_path):
+    server = LiveServer("serve", tmp_path, ENV)
+    with server:
+        _, workers = server_pids(server)
+        deadline = time.monotonic() + 20
+        while server.output().count("Application startup complete") < 2:  # both workers serve
+            assert time.monotonic() < deadline, server.output()
+            time.sleep(0.1)
+        assert server.request("GET", "/healthz")[0] == 200
+        os.kill(server.process.pid, signal.SIGTERM)
+        assert server.process.wait(timeout=15) == 0
+    output = server.output()
+    assert "Shutting down: Master" in output
+    assert output.count("Finished server process") == len(workers) == 2  # each worker shut down
+    assert "Error while closing socket" not in output and "Bad file descriptor" not in output, output

@@ -81,7 +81,7 @@ def test_production_never_creates_a_missing_database_unless_told(tmp_path, comma
 def test_create_database_on_lets_production_create_it(tmp_path):
     path = tmp_path / "new" / "keys.db"
     result = subprocess.run(
-        [sys.executable, "-m", "app", "set-tier", "alice", "pro"], capture_output=True, text=True, timeout=60,
+        [sys.executable, "-m", "app", "set-tier", "--create", "alice", "pro"], capture_output=True, text=True, timeout=60,
         cwd=ROOT, env={"PATH": "/usr/bin:/bin", "APP_ENV": "production", "SUPABASE_JWT_SECRET": SECRET,
                        "DATABASE_URL": f"sqlite:///{path}", "CREATE_DATABASE": "on"})
     assert result.returncode == 0, result.stderr
@@ -172,3 +172,37 @@ def test_backup_never_overwrites_a_file(tmp_path):
                             env={"PATH": "/usr/bin:/bin", "DATABASE_URL": f"sqlite:///{path}"})
     assert result.returncode == 1 and "exists already" in result.stderr
     assert (tmp_path / "taken.db").read_text() == "keep me"
+
+
+def gunicorn_entry_point(tmp_path, env: dict[str, str]) -> LiveServer:
+    """The ASGI entry point as app/asgi.py documents it, started by gunicorn itself (not `serve`)."""
+    server = LiveServer("asgi", tmp_path, env)
+    server.argv = [sys.executable, "-m", "gunicorn", "-k", "app.asgi.Worker", "--workers", "1",
+                   "--bind", f"127.0.0.1:{server.port}", "--no-control-socket", "app.asgi:from_env()"]
+    return server
+
+
+def test_the_asgi_entry_point_without_app_env_serves_no_development_feature(tmp_path):
+    # LiveServer passes no APP_ENV: a real secret and nothing else, as the review started it.
+    with gunicorn_entry_point(tmp_path, {"SUPABASE_JWT_SECRET": SECRET}) as server:
+        status, headers, _ = server.request("GET", "/dev/login?user=anyone&tier=pro")
+        assert status == 404 and "set-cookie" not in headers
+        status, _, body = server.request("GET", "/api/v1/keys", headers={"Prefer": "code=200"})
+        assert status == 401 and body["error"]["code"] == "missing_session"  # Prefer is not honoured
+        assert server.request("GET", "/api/v1/keys", headers={"Prefer": "delay=soon"})[0] == 401
+        assert server.request("GET", "/")[0] == 404  # nor the key page
+        assert "env=production" in server.output() and "env=development" not in server.output()
+    assert not list(tmp_path.rglob(".supabase-jwt-secret"))
+
+
+def test_the_asgi_entry_point_without_app_env_or_secret_refuses_to_start(tmp_path):
+    server = gunicorn_entry_point(tmp_path, {})
+    result = subprocess.run(server.argv, capture_output=True, text=True, timeout=60, cwd=ROOT, env=server.env,
+                            check=False)
+    assert result.returncode != 0
+    assert "configuration error: SUPABASE_JWT_SECRET is required in production" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not list(tmp_path.rglob(".supabase-jwt-secret"))
+    short = subprocess.run(server.argv, capture_output=True, text=True, timeout=60, cwd=ROOT,
+                           env={**server.env, "SUPABASE_JWT_SECRET": "abc"}, check=False)
+    assert short.returncode != 0 and "SUPABASE_JWT_SECRET must be at least 32 bytes" in short.stderr

@@ -35,4 +35,4 @@ def test_trusted_hosts_refuse_any_other_host_with_an_envelope(settings):
 
 def test_trusted_hosts_must_be_host_names(tmp_path):
     with pytest.raises(ConfigError, match="TRUSTED_HOSTS"):
-        Settings.from_env({"TRUSTED_HOSTS": "https://keys.example.com/", "DATABASE_URL": f"sqlite:///{tmp_path}/k.db"})
+        Settings.from_env({"TRUSTED_HOSTS": "https://keys.example.com/", "APP_ENV": "development", "DATABASE_URL": f"sqlite:///{tmp_path}/k.db"})

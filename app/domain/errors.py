@@ -37,6 +37,10 @@ class InvalidSession(ServiceError):
     """The session token is not one we signed, or it has expired."""
 
 
+class AnonymousSession(ServiceError):
+    """The session is a valid token of an anonymous sign-in, which may not manage keys."""
+
+
 class MissingAPIKey(ServiceError):
     """No API key was sent."""
 

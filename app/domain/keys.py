@@ -123,15 +123,18 @@ class KeyService:
         """Return the user's account, created on the free tier at first sight."""
         return self._store.ensure_account(user_id, self.now_us())
 
-    def set_tier(self, user_id: str, tier: str) -> Account:
-        """Move the user's account, and with it every key it holds, to `tier`."""
+    def set_tier(self, user_id: str, tier: str, create: bool = True) -> Account | None:
+        """Move the user's account, and with it every key it holds, to `tier`.
+
+        An account not yet seen is created when `create`, else left alone and None returned.
+        """
         if not valid_user_id(user_id):
             raise InvalidParameter(
                 f"A user id is 1 to {MAX_USER_ID_LENGTH} printable characters with no surrounding space.",
                 {"field": "user_id"},
             )
         get_tier(tier)
-        return self._store.set_tier(user_id, tier, self.now_us())
+        return self._store.set_tier(user_id, tier, self.now_us(), create)
 
     def mint(self, user_id: str, name: str, expires_in_days: int | None, request_id: str) -> MintedKey:
         """Mint a key for the user; the secret is returned here and never again."""

@@ -10,7 +10,7 @@ from typing import Any
 
 import jwt
 
-from app.domain.errors import InvalidSession, MissingSession
+from app.domain.errors import AnonymousSession, InvalidSession, MissingSession
 from app.domain.keys import valid_user_id
 
 AUDIENCE = "authenticated"
@@ -24,9 +24,12 @@ IAT_SKEW_SECONDS = 60
 class SessionVerifier:
     """Check session tokens signed with the project's JWT secret."""
 
-    def __init__(self, secret: str, leeway_seconds: int = 0, cache_size: int = 4096) -> None:
+    def __init__(
+        self, secret: str, leeway_seconds: int = 0, cache_size: int = 4096, allow_anonymous: bool = False
+    ) -> None:
         self._secret = secret
         self._leeway = leeway_seconds
+        self._allow_anonymous = allow_anonymous
         # A browser sends the same token with every request until it expires: check its
         # signature once. Only tokens that verified are kept, and their time claims are
         # still checked against the clock on every request.
@@ -49,6 +52,12 @@ class SessionVerifier:
         sub = claims.get("sub")
         if not isinstance(sub, str) or not valid_user_id(sub):
             raise InvalidSession("The session token names no user; sign in again.")
+        if not self._allow_anonymous and is_anonymous(claims):
+            # Anyone can sign in anonymously as often as they like: each sign-in a new account
+            # with its own key cap and limits, none of them anyone's to answer for.
+            raise AnonymousSession(
+                "An anonymous session cannot manage API keys: sign in with an account.", {"reason": "anonymous"}
+            )
         return sub
 
     def _verify_signature(self, token: str) -> MappingProxyType:
@@ -62,6 +71,19 @@ class SessionVerifier:
             options={"require": ["exp", "sub", "aud"], "verify_exp": False, "verify_iat": False, "verify_nbf": False},
         )
         return MappingProxyType(claims)
+
+
+def is_anonymous(claims: Mapping[str, Any]) -> bool:
+    """Whether Supabase issued these claims to an anonymous sign-in, by any of the marks it sets."""
+    if claims.get("is_anonymous") is True or claims.get("role") == "anon":
+        return True
+    amr = claims.get("amr")
+    if isinstance(amr, list):
+        # Supabase writes entries as {"method": "anonymous", "timestamp": ...}; RFC 8176 as strings.
+        return any(
+            entry == "anonymous" or (isinstance(entry, dict) and entry.get("method") == "anonymous") for entry in amr
+        )
+    return False
 
 
 def _check_times(claims: Mapping[str, Any], now: float, leeway: int) -> None:

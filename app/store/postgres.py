@@ -214,9 +214,14 @@ class PostgresStore:
         assert row is not None
         return Account(*row)
 
-    def set_tier(self, user_id: str, tier: str, now_us: int) -> Account:
-        """Set the user's tier, creating the account if needed."""
+    def set_tier(self, user_id: str, tier: str, now_us: int, create: bool = True) -> Account | None:
+        """Set the user's tier, creating the account if needed and `create`; None if it is not there."""
         with self._conn() as conn:
+            if not create:
+                row = conn.execute(
+                    "UPDATE accounts SET tier = %s WHERE user_id = %s RETURNING user_id, tier, created_us", (tier, user_id)
+                ).fetchone()
+                return Account(*row) if row else None
             row = conn.execute(
                 "INSERT INTO accounts (user_id, tier, created_us) VALUES (%s, %s, %s) "
                 "ON CONFLICT (user_id) DO UPDATE SET tier = excluded.tier RETURNING user_id, tier, created_us",

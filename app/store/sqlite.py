@@ -258,18 +258,21 @@ class SQLiteStore:
                 ).fetchone()
         return Account(*row)
 
-    def set_tier(self, user_id: str, tier: str, now_us: int) -> Account:
-        """Set the user's tier, creating the account if needed."""
+    def set_tier(self, user_id: str, tier: str, now_us: int, create: bool = True) -> Account | None:
+        """Set the user's tier, creating the account if needed and `create`; None if it is not there."""
         with self._write(durable=True) as conn:
-            conn.execute(
-                "INSERT INTO accounts (user_id, tier, created_us) VALUES (?, ?, ?) "
-                "ON CONFLICT(user_id) DO UPDATE SET tier = excluded.tier",
-                (user_id, tier, now_us),
-            )
+            if create:
+                conn.execute(
+                    "INSERT INTO accounts (user_id, tier, created_us) VALUES (?, ?, ?) "
+                    "ON CONFLICT(user_id) DO UPDATE SET tier = excluded.tier",
+                    (user_id, tier, now_us),
+                )
+            else:
+                conn.execute("UPDATE accounts SET tier = ? WHERE user_id = ?", (tier, user_id))
             row = conn.execute(
                 "SELECT user_id, tier, created_us FROM accounts WHERE user_id = ?", (user_id,)
             ).fetchone()
-        return Account(*row)
+        return Account(*row) if row else None
 
     # -- keys -----------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import IO, Any
 
 from app.config import Settings
 from app.domain.errors import StoreUnavailable
@@ -87,12 +87,10 @@ def _columns(columns: tuple[str, ...]) -> str:
 
 
 def export_rows(settings: Settings, path: str) -> dict[str, int]:
-    """Write every row of the store to `path` (created 0600); return the rows per table."""
+    """Write every row of the store to the new file `path` (created 0600); return the rows per table."""
     counts = dict.fromkeys(TABLES, 0)
     # The source must exist: a mistyped path is an error, not an empty database exported.
-    with _connection(settings, create=False) as conn, os.fdopen(
-        os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w"
-    ) as out:
+    with _connection(settings, create=False) as conn, _create_private(path) as out:
         out.write(json.dumps({"format": FORMAT, "version": VERSION, "engine": settings.engine}) + "\n")
         for table, columns in TABLES.items():
             order = ORDER[settings.engine].get(table)
@@ -105,6 +103,21 @@ def export_rows(settings: Settings, path: str) -> dict[str, int]:
                 out.write(json.dumps({"table": table, "row": values}) + "\n")
                 counts[table] += 1
     return counts
+
+
+def _create_private(path: str) -> IO[str]:
+    """Open `path` for writing as a new file readable by its owner only; TransferError if it exists.
+
+    An existing file would keep its own permissions (0644: every digest and account id readable
+    by anyone), and a symbolic link would lead the rows elsewhere: neither is written through.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        return os.fdopen(os.open(path, flags, 0o600), "w")
+    except FileExistsError:
+        raise TransferError(f"{path} exists already (an export never overwrites): name a new file") from None
+    except OSError as error:
+        raise TransferError(f"cannot create {path}: {error.strerror}") from None
 
 
 def import_rows(settings: Settings, path: str) -> dict[str, int]:

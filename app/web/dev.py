@@ -168,7 +168,8 @@ class PreferMiddleware:
     @staticmethod
     def _delay(prefer: dict[str, str]) -> int:
         raw = prefer["delay"]
-        if not raw.isdigit() or int(raw) > MAX_MOCK_DELAY_MS:
+        # ASCII digits only, and few: str.isdigit() admits '²', and int() refuses both it and 4,300 digits.
+        if not (raw.isascii() and raw.isdigit() and len(raw) <= 5) or int(raw) > MAX_MOCK_DELAY_MS:
             raise InvalidParameter(
                 f"Prefer: delay must be a whole number of milliseconds from 0 to {MAX_MOCK_DELAY_MS}.",
                 {"field": "Prefer", "in": "header", "constraint": "maximum", "expected": MAX_MOCK_DELAY_MS},

@@ -35,6 +35,7 @@ DOMAIN_ERRORS: dict[type[ServiceError], tuple[int, str]] = {
     domain.InvalidJSON: (400, "invalid_json"),
     domain.MissingSession: (401, "missing_session"),
     domain.InvalidSession: (401, "invalid_session"),
+    domain.AnonymousSession: (401, "anonymous_session"),
     domain.MissingAPIKey: (401, "missing_api_key"),
     domain.InvalidAPIKey: (401, "invalid_api_key"),
     domain.ExpiredAPIKey: (401, "expired_api_key"),

@@ -54,7 +54,7 @@ def build_services(settings: Settings, clock: Clock = time.time, store: Store | 
         settings=settings,
         store=store,
         keys=KeyService(store, clock, settings.max_active_keys),
-        sessions=SessionVerifier(settings.jwt_secret),
+        sessions=SessionVerifier(settings.jwt_secret, allow_anonymous=settings.allow_anonymous_sessions),
         limiter=RateLimiter(store),
         clock=clock,
         management_limits=Limits(settings.management_limit_per_minute, settings.management_limit_per_day),

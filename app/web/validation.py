@@ -18,6 +18,7 @@ from jsonschema import Draft4Validator, ValidationError
 from jsonschema import _keywords as keywords
 from jsonschema.exceptions import best_match
 from jsonschema.validators import extend
+from starlette.datastructures import QueryParams
 
 from app.domain.errors import InvalidJSON, InvalidParameter
 
@@ -207,6 +208,8 @@ class RequestParameterValidator(ParameterValidator):
             if not params:
                 continue
             values = source()
+            # As sent: Connexion's URI parser has already run query values through int().
+            raw = QueryParams(request.scope.get("query_string", b"")) if location == "query" else values
             for param in params:
                 name = param["name"]
                 value = values.get(name.replace("-", "_") if location == "path" else name)
@@ -216,23 +219,24 @@ class RequestParameterValidator(ParameterValidator):
                             f"{name} is required.", {"field": name, "in": location, "constraint": "required"}
                         )
                     continue
-                value = self._coerce(param, value, location)
+                value = self._coerce(param, value, location, raw.get(name))
                 schema = param.get("schema", param)
                 error = best_match(_validator_for(schema, ParameterSchemaValidator).iter_errors(value))
                 if error is not None:
                     raise describe(error, name, location)
 
-    def _coerce(self, param: dict, value: Any, location: str) -> Any:
-        # Connexion's URI parser already converts query and path values; this catches the rest.
+    def _coerce(self, param: dict, value: Any, location: str, sent: Any = None) -> Any:
+        # Connexion's URI parser converts query and path values with int(); this checks what was sent.
         schema = param.get("schema", {})
-        if schema.get("type") == "integer" and isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
+        text = sent if isinstance(sent, str) else value
+        if schema.get("type") == "integer" and isinstance(text, str):
+            # ASCII digits only: int() also takes '٣', '３', '1_0', '+3' and ' 3'.
+            if not re.fullmatch(r"-?[0-9]{1,100}", text):
                 raise InvalidParameter(
                     f"{param['name']} must be a whole number.",
                     {"field": param["name"], "in": location, "constraint": "type", "expected": "integer"},
-                ) from None
+                )
+            return int(text)
         return value
 
 
