@@ -57,11 +57,19 @@ class LiveServer:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited {self.process.returncode}:\n{self.output()}")
             try:
-                if self.request("GET", "/healthz")[0] == 200:
+                if self.request("GET", "/healthz")[0] == 200 and self._workers_started():
                     return self
             except OSError:
-                time.sleep(0.1)
+                pass
+            time.sleep(0.1)
         raise RuntimeError(f"server did not start:\n{self.output()}")
+
+    def _workers_started(self) -> bool:
+        """Under `serve`, every worker has built its app (one answering /healthz is not all)."""
+        if self.command != "serve" or self.env.get("LOG_LEVEL", "info").lower() not in ("info", "debug"):
+            return True  # the start-up line is an INFO one
+        workers = int(self.env.get("WEB_CONCURRENCY", "2"))
+        return self.output().count("starting (gunicorn worker)") >= workers
 
     def __exit__(self, *exc: object) -> None:
         assert self.process is not None
