@@ -94,10 +94,20 @@ class ForwardedRequest:
     query_keys: tuple[str, ...]  # the values of api_key in the original query
 
     @property
+    def upstream_path(self) -> str:
+        """The canonical path, encoded: the one the check matched, for the proxy to send upstream."""
+        return quote(self.path, safe=PATH_SAFE)
+
+    @property
+    def upstream_query(self) -> str:
+        """The original query without api_key ("" for none)."""
+        return urlencode(self.query, quote_via=quote)
+
+    @property
     def upstream_uri(self) -> str:
         """The URI to send upstream: the canonical path, encoded, and the query without api_key."""
-        encoded = quote(self.path, safe=PATH_SAFE)
-        return encoded + ("?" + urlencode(self.query, quote_via=quote) if self.query else "")
+        query = self.upstream_query
+        return self.upstream_path + ("?" + query if query else "")
 
 
 class UnreadableRequest(Exception):

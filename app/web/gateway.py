@@ -141,6 +141,9 @@ def passed_headers(passed: Passed) -> dict[str, str]:
         "X-Key-Tier": record.tier,
         "X-Key-Scopes": " ".join(passed.scopes),
         UPSTREAM_URI_HEADER: passed.request.upstream_uri,
+        # The same in two parts, for proxies that rewrite path and query apart (Caddy).
+        "X-Upstream-Path": passed.request.upstream_path,
+        "X-Upstream-Query": passed.request.upstream_query,
     }
 
 
