@@ -18,4 +18,7 @@ def check_request(refusal: str = "status") -> Any:
         if refusal != "header":
             raise
         return gateway.refusal_in_headers(error, request_id())
+    if refusal == "header":
+        # No body: nginx's auth_request never reads one, and an unread body costs it the connection.
+        return None, 204, gateway.passed_headers(passed)
     return gateway.passed_body(passed), 200, gateway.passed_headers(passed)

@@ -346,3 +346,17 @@ def test_gateway_settings_from_environment(tmp_path: Path) -> None:
     assert not Settings.from_env(env).gateway_routes.allow_unmapped
     with pytest.raises(ConfigError, match="GATEWAY_ALLOW"):
         Settings.from_env({**env, "GATEWAY_ALLOW": "10.0.0.1/8"})
+
+
+def test_check_in_header_mode_allows_without_a_body(proxy: Any, mint: Callable[..., dict[str, Any]]) -> None:
+    # nginx never reads the check's body; one left unread closes its kept-alive connection.
+    key = mint()
+    response = proxy.get(
+        CHECK + "?refusal=header",
+        headers={"X-Original-Method": "GET", "X-Original-URI": "/api/v1/iocs?limit=5", "X-API-Key": key["key"]},
+    )
+    assert response.status_code == 204
+    assert response.content == b""
+    assert response.headers["X-Key-Id"] == key["id"]
+    assert response.headers["X-Upstream-Uri"] == "/api/v1/iocs?limit=5"
+    assert response.headers["X-RateLimit-Remaining"] == "9"
