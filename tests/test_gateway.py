@@ -360,3 +360,26 @@ def test_check_in_header_mode_allows_without_a_body(proxy: Any, mint: Callable[.
     assert response.headers["X-Key-Id"] == key["id"]
     assert response.headers["X-Upstream-Uri"] == "/api/v1/iocs?limit=5"
     assert response.headers["X-RateLimit-Remaining"] == "9"
+
+
+def test_check_refuses_address_outside_key_allowlist_uncounted(
+    proxy: Any,
+    client: Any,
+    mint: Callable[..., dict[str, Any]],
+    session: Callable[..., dict[str, str]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import ipaddress
+
+    from app.web import gateway
+
+    # Keys carry no allowlist yet; this one is given 203.0.113.0/24 where the check asks for it.
+    monkeypatch.setattr(gateway, "allowed_networks", lambda record: (ipaddress.ip_network("203.0.113.0/24"),))
+    key = mint()
+    inside = ask(proxy, "GET", "/api/v1/iocs", key["key"], **{"X-Forwarded-For": "198.51.100.7, 203.0.113.9"})
+    assert inside.status_code == 200, inside.text
+    outside = ask(proxy, "GET", "/api/v1/iocs", key["key"], **{"X-Forwarded-For": "203.0.113.9, 198.51.100.7"})
+    assert outside.status_code == 403
+    assert outside.json()["error"]["code"] == "ip_not_allowed"
+    assert outside.json()["error"]["details"]["address"] == "198.51.100.7"
+    assert client.get(f"/api/v1/keys/{key['id']}", cookies=session()).json()["data"]["total_requests"] == 1
