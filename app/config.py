@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from app.domain.gateway import BadRouteMap, RouteMap, default_routes, load_route_map
+
 DEFAULT_DATABASE_URL = "sqlite:///data/keys.db"
 DEV_SECRET_FILE = ".supabase-jwt-secret"
 READ_TIMEOUT_SECONDS = 10  # for a request's head, and again for its body (app.web.limits)
@@ -69,6 +71,10 @@ class Settings:
     allow_anonymous_sessions: bool = False  # anonymous Supabase sign-ins may manage keys
     metrics_allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
         ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))  # who may read /metrics
+    # Peers the gateway check answers (GATEWAY_ALLOW), and which scope each route needs (GATEWAY_SCOPE_MAP)
+    gateway_allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
+        ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+    gateway_routes: RouteMap = field(default_factory=default_routes)
     jwt_secret_generated: bool = field(default=False, compare=False)
 
     @property
@@ -158,6 +164,8 @@ class Settings:
             key_retention_days=_int(env, "KEY_RETENTION_DAYS", 90),
             allow_anonymous_sessions=_bool(env, "ALLOW_ANONYMOUS_SESSIONS", False),
             metrics_allow=_networks(env, "METRICS_ALLOW", "127.0.0.0/8,::1/128"),
+            gateway_allow=_networks(env, "GATEWAY_ALLOW", "127.0.0.0/8,::1/128"),
+            gateway_routes=_route_map(env),
             jwt_secret_generated=generated,
         )
 
@@ -233,6 +241,18 @@ def _networks(env: Mapping[str, str], name: str, default: str) -> tuple[ipaddres
         except ValueError:
             raise ConfigError(f"{name} must be IP addresses or networks separated by commas, not {item!r}") from None
     return tuple(networks)
+
+
+def _route_map(env: Mapping[str, str]) -> RouteMap:
+    """The gateway check's scope map: GATEWAY_SCOPE_MAP's file, or the default one."""
+    allow_unmapped = _bool(env, "GATEWAY_ALLOW_UNMAPPED", False)
+    path = env.get("GATEWAY_SCOPE_MAP", "").strip()
+    if not path:
+        return default_routes(allow_unmapped)
+    try:
+        return load_route_map(Path(path), allow_unmapped)
+    except BadRouteMap as error:
+        raise ConfigError(f"GATEWAY_SCOPE_MAP: {error}") from None
 
 
 def development_secret(directory: Path) -> str:

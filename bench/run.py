@@ -10,6 +10,8 @@ bench/RESULTS.md.
     bench/run.py        everything (`make bench`)
     bench/run.py pg     the PostgreSQL part alone (`make bench BENCH=pg`); rewrites only its
                         section of bench/RESULTS.md
+    bench/run.py gateway  nginx with the gateway check beside nginx straight to a stand-in
+                        upstream (`make bench BENCH=gateway`; bench/gateway.py); its section alone
 """
 
 from __future__ import annotations
@@ -467,8 +469,13 @@ def main() -> None:
         for script in OUT.glob("*.lua"):
             script.unlink()
         return
+    if sys.argv[1:] == ["gateway"]:
+        from bench import gateway
+
+        gateway.main()
+        return
     if sys.argv[1:] not in ([], ["all"]):
-        raise SystemExit("usage: bench/run.py [all|pg]")
+        raise SystemExit("usage: bench/run.py [all|pg|gateway]")
     for old in OUT.glob("*.db*"):
         old.unlink()
     floor_db = OUT / "floor.db"
@@ -555,6 +562,9 @@ def main() -> None:
     extra["cold"] = cold
     report(results, extra)
     write_postgres_section(report_postgres(postgres_part()))
+    from bench import gateway
+
+    gateway.main()  # nginx with the gateway check beside nginx straight to the upstream
     for script in OUT.glob("*.lua"):
         script.unlink()  # they hold the run's session tokens and API keys
 

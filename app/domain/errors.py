@@ -95,3 +95,15 @@ class RateLimited(ServiceError):
 
 class StoreUnavailable(ServiceError):
     """The key store could not be reached, or could not write, in time."""
+
+
+class AddressNotAllowed(ServiceError):
+    """The key's IP allowlist does not hold the address the request came from."""
+
+
+class ProxyNotAllowed(ServiceError):
+    """The gateway check was asked by a peer that is not a configured gateway proxy."""
+
+
+class RouteNotMapped(ServiceError):
+    """The gateway check was asked about a route no scope map names, and unmapped routes are refused."""

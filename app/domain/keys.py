@@ -22,6 +22,7 @@ from app.domain.errors import (
     KeyNotRollable,
     RevokedAPIKey,
 )
+from app.domain.grants import effective_scopes
 from app.domain.ratelimit import Decision, Limits, RateLimiter
 from app.domain.records import REVOKED_AS_LEAKED, Account, KeyEvent, KeyRecord, Rolled, Window
 from app.domain.store import Store
@@ -294,11 +295,12 @@ class KeyService:
 
     @staticmethod
     def authorize(record: KeyRecord, required_scopes: Sequence[str] | None) -> None:
-        """Raise InsufficientScope unless the key's tier grants every required scope."""
-        missing = [s for s in required_scopes or () if s not in get_tier(record.tier).scopes]
+        """Raise InsufficientScope unless the key's scopes in force include every required scope."""
+        granted = effective_scopes(record)
+        missing = [s for s in required_scopes or () if s not in granted]
         if missing:
             raise InsufficientScope(
-                f"This API key's tier ({record.tier}) lacks the scope required by this operation.",
+                f"This API key's tier ({record.tier}) lacks the scope required by this operation: {', '.join(missing)}.",
                 {"required_scopes": list(required_scopes or ()), "missing_scopes": missing},
             )
 
@@ -311,7 +313,7 @@ class KeyService:
             "name": record.name,
             "key_preview": record.preview,
             "tier": tier.name,
-            "scopes": list(tier.scopes),
+            "scopes": list(effective_scopes(record)),
             "rate_limit_per_minute": tier.per_minute,
             "rate_limit_per_day": tier.per_day,
             "total_requests": record.total_requests,

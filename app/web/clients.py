@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -63,6 +63,7 @@ class Client:
     address: str | None  # an IP address as text; None when the peer is no IP (a Unix socket)
     forwarded: bool  # taken from X-Forwarded-For
     unknown: bool  # X-Forwarded-For came from a peer that is no trusted proxy: the real client is not known
+    peer: str | None = None  # the connection's own peer address, whatever X-Forwarded-For says
 
 
 def parse_address(text: str) -> Address | None:
@@ -149,5 +150,5 @@ class ClientAddressMiddleware:
             # A proxy this server was not told to trust (or a forged header): every client
             # behind it shares one address's limits. Counted, for operators to see.
             metrics.UNTRUSTED_FORWARDED.inc()
-        scope.setdefault("state", {})["client"] = client
+        scope.setdefault("state", {})["client"] = replace(client, peer=peer[0] if peer else None)
         await self.app(scope, receive, send)

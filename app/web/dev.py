@@ -292,6 +292,10 @@ class PreferMiddleware:
     def _headers(response: dict[str, Any], decision: Decision, retry_after: int) -> list[tuple[bytes, bytes]]:
         documented = {name.lower() for name in response.get("headers", {})}
         values = {**rate_limit_headers(decision), "Retry-After": str(retry_after)}
+        # Any other documented header with an `example` (checkRequest's identity headers): that example.
+        for name, header in response.get("headers", {}).items():
+            if "example" in header and name.lower() not in {n.lower() for n in values}:
+                values[name] = str(header["example"])
         return [(name.lower().encode(), value.encode()) for name, value in values.items() if name.lower() in documented]
 
 
