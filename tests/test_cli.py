@@ -174,7 +174,7 @@ def test_a_sqlite_store_exported_and_imported_into_postgresql_keeps_keys_usage_a
     gone = keys.mint("alice", "old-laptop", None, "req_2")
     keys.revoke("alice", gone.record.id, "req_3")
     for n in range(3):
-        keys.use(kept.secret, None, RateLimiter(source), now, f"req_use_{n}")
+        keys.use(kept.secret, None, f"req_use_{n}")
     source.close()
 
     export = tmp_path / "keys.jsonl"
@@ -189,9 +189,9 @@ def test_a_sqlite_store_exported_and_imported_into_postgresql_keeps_keys_usage_a
 
     target = open_store(replace(sqlite_settings, database_url=schema_url(pg_schema)))
     try:
-        moved = KeyService(target, lambda: now)
+        moved = KeyService(target, lambda: now, limiter=RateLimiter(target))
         assert [k.name for k in target.list_keys("alice", 10, None)] == ["prod-splunk"]
-        record, decision = moved.use(kept.secret, None, RateLimiter(target), now, "req_after")
+        record, decision = moved.use(kept.secret, None, "req_after")
         assert record.total_requests == 4 and decision.minute.remaining == 10 - 4  # the window came along
         assert [e.type for e in target.list_events("alice", 10, None)] == ["revoked", "minted", "minted"]
     finally:
@@ -223,6 +223,7 @@ def test_a_bad_forwarded_allow_ips_stops_both_servers_with_one_line(tmp_path):
 
 def test_seed_demo_fills_an_account_with_every_key_state_and_a_second_run_adds_nothing(tmp_path):
     from app.domain.keys import KeyService
+    from handlers.render import render_api_key_info
 
     first = run(tmp_path, "seed-demo", "demo@example")
     assert first.returncode == 0, first.stderr
@@ -230,7 +231,7 @@ def test_seed_demo_fills_an_account_with_every_key_state_and_a_second_run_adds_n
     assert "nothing added" in run(tmp_path, "seed-demo", "demo@example").stdout
 
     keys = KeyService(SQLiteStore(tmp_path / "keys.db"), time.time)
-    listed = {r.name: keys.key_info(r) for r in keys.list("demo@example", 100, None).items}
+    listed = {r.name: render_api_key_info(keys.info(r)) for r in keys.list("demo@example", 100, None).items}
     assert listed["prod-splunk-2026q2"]["status"] == "active" and listed["prod-splunk-2026q2"]["total_requests"] > 0
     assert listed["prod-splunk-2026q2"]["last_used_at"] is not None
     assert listed["partner-acme-30d"]["status"] == "expired"

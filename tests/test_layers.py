@@ -54,8 +54,16 @@ def test_the_store_knows_the_domain_but_not_the_web():
 def test_handlers_reach_the_web_layer_only_through_its_context():
     for name in MODULES:
         if name.startswith("handlers"):
-            allowed = ("handlers", "app.domain", "app.web.services")
+            allowed = ("handlers", "app.domain", "app.services")
             assert all(i.startswith(allowed) for i in project_imports(name)), (name, project_imports(name))
+
+
+def test_the_services_know_the_domain_but_not_the_web():
+    for name in MODULES:
+        if name == "app.services" or name.startswith("app.web.services"):
+            foreign = {i for i in imports(MODULES[name]) if i.split(".")[0] in FRAMEWORKS}
+            assert not foreign, f"{name} imports {sorted(foreign)}"
+            assert not {i for i in project_imports(name) if i.startswith(("app.web", "handlers"))}, name
 
 
 def test_the_tuning_is_imported_only_by_the_factory():
@@ -89,6 +97,6 @@ def test_a_handler_can_be_imported_alone():
     import subprocess
     import sys
 
-    for module in ("handlers.keys", "handlers.context", "app.web.services", "app.domain.keys"):
+    for module in ("handlers.keys", "handlers.context", "app.services", "app.domain.keys"):
         result = subprocess.run([sys.executable, "-c", f"import {module}"], cwd=ROOT, capture_output=True, text=True)
         assert result.returncode == 0, result.stderr
