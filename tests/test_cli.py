@@ -38,6 +38,28 @@ def test_dev_token_refuses_a_lifetime_below_one_second(tmp_path):
     assert run(tmp_path, "dev-token", "tom", "--ttl", "0").returncode == 2
 
 
+def test_every_command_runs_its_own_function_and_help_lists_them_all(tmp_path):
+    import argparse
+
+    from app.__main__ import parser
+
+    commands = next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction))
+    functions = {name: sub.get_default("function") for name, sub in commands.choices.items()}
+    assert all(callable(f) for f in functions.values()), functions
+    assert len(set(functions.values())) == len(functions)  # no function shared and dispatched on within
+    shown = run(tmp_path, "--help")
+    assert shown.returncode == 0, shown.stderr
+    for choice in commands._choices_actions:
+        assert choice.dest in shown.stdout and choice.help.split(":")[0] in " ".join(shown.stdout.split())
+
+
+def test_a_user_id_no_account_can_have_is_refused_before_anything_is_done(tmp_path):
+    for command in (["dev-token", " tom"], ["set-tier", "x" * 201, "pro"], ["seed-demo", "tab\there"]):
+        refused = run(tmp_path, *command)
+        assert refused.returncode == 2 and "USER_ID must be 1 to 200 printable characters" in refused.stderr
+    assert not (tmp_path / "keys.db").exists()
+
+
 def test_set_tier_moves_an_account_up_and_back(tmp_path):
     SQLiteStore(tmp_path / "keys.db").ensure_account("alice", 0)  # alice has signed in once
     for tier in ("pro", "free"):
