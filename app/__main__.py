@@ -12,7 +12,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 # Connexion imports Starlette's test client, which warns about httpx on every start.
 warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
@@ -26,132 +26,200 @@ from app.store import open_store
 from app.version import __version__
 
 GRACEFUL_TIMEOUT_S = 10  # seconds in-flight requests get to finish after SIGTERM or SIGINT
-# Development tools: with APP_ENV unset they run in development (everything else, `serve` and
-# the ASGI entry point included, runs in production unless APP_ENV=development says otherwise).
-DEVELOPMENT_COMMANDS = ("run", "mock", "dev-token", "seed-demo")
-# Commands that verify or issue session tokens, and so need SUPABASE_JWT_SECRET (production) or
-# the generated development one; the others never read it.
-SESSION_COMMANDS = ("run", "serve", "mock", "dev-token")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m app", description="SOC Defenders API-key service")
-    parser.add_argument("--version", action="version", version=f"socdefenders-keys {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("run", help="start the development server on HOST:PORT")
-    commands.add_parser("serve", help="start the production server: gunicorn, WEB_CONCURRENCY uvicorn workers")
-    commands.add_parser("mock", help="start the development server on a temporary database seeded with demo data")
-    token = commands.add_parser("dev-token", help="print a session token for USER_ID signed with the configured secret")
-    token.add_argument("user_id")
-    token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default 3600)")
-    tier = commands.add_parser("set-tier", help="set an account's tier")
-    tier.add_argument("user_id")
-    tier.add_argument("tier", choices=sorted(TIERS))
-    tier.add_argument("--create", action="store_true", help="create the account if USER_ID has never signed in")
-    commands.add_parser("migrate", help="create or upgrade the schema of the database DATABASE_URL names, then exit")
-    copy = commands.add_parser("backup", help="copy the live SQLite database DATABASE_URL names to the new file PATH")
-    copy.add_argument("path")
-    export = commands.add_parser("export", help="write every row of DATABASE_URL's store to FILE (JSON lines)")
-    export.add_argument("file")
-    load = commands.add_parser("import", help="load FILE (from export) into DATABASE_URL's store, which must be empty")
-    load.add_argument("file")
-    commands.add_parser(
-        "prune", help="delete the keys revoked or expired, and the key events, more than KEY_RETENTION_DAYS ago, then exit"
-    )
-    demo = commands.add_parser("seed-demo", help="fill an account with keys in every state (idempotent)")
-    demo.add_argument("user_id", nargs="?", default=DEMO_USER)
-    args = parser.parse_args(argv)
-
+    """Run the command `argv` names; return its exit status."""
+    args = parser().parse_args(argv)
     environ = dict(os.environ)
-    if args.command in DEVELOPMENT_COMMANDS and not environ.get("APP_ENV", "").strip():
+    if args.development and not environ.get("APP_ENV", "").strip():
+        # A development tool: with APP_ENV unset it runs in development (everything else,
+        # `serve` and the ASGI entry point included, runs in production unless told otherwise).
         environ["APP_ENV"] = "development"
-    scratch = None
-    if args.command == "mock":
-        # Everything, the development secret included, in a folder removed on the way out.
-        scratch = tempfile.mkdtemp(prefix="socdefenders-keys-mock-")
-        environ["DATABASE_URL"] = f"sqlite:///{scratch}/keys.db"
     try:
-        settings = Settings.from_env(environ, sessions=args.command in SESSION_COMMANDS)
+        return args.function(args, environ)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
-    if scratch is not None:
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line: one subcommand per task, each run by its own function."""
+    parser = argparse.ArgumentParser(prog="python -m app", description="SOC Defenders API-key service")
+    parser.add_argument("--version", action="version", version=f"socdefenders-keys {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, function: Callable[[argparse.Namespace, dict[str, str]], int], help: str,
+                development: bool = False) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=help)
+        sub.set_defaults(function=function, development=development)
+        return sub
+
+    command("run", run_command, "start the development server on HOST:PORT", development=True)
+    command("serve", serve_command, "start the production server: gunicorn, WEB_CONCURRENCY uvicorn workers")
+    command("mock", mock_command, "start the development server on a temporary database seeded with demo data",
+            development=True)
+    token = command("dev-token", dev_token_command,
+                    "print a session token for USER_ID signed with the configured secret", development=True)
+    token.add_argument("user_id", type=user_id)
+    token.add_argument("--ttl", type=seconds, default=3600, help="lifetime in seconds (default 3600)")
+    tier = command("set-tier", set_tier_command, "set an account's tier")
+    tier.add_argument("user_id", type=user_id)
+    tier.add_argument("tier", choices=sorted(TIERS))
+    tier.add_argument("--create", action="store_true", help="create the account if USER_ID has never signed in")
+    command("migrate", migrate_command,
+            "create or upgrade the schema of the database DATABASE_URL names, then exit")
+    command("backup", backup_command,
+            "copy the live SQLite database DATABASE_URL names to the new file PATH").add_argument("path")
+    command("export", export_command,
+            "write every row of DATABASE_URL's store to FILE (JSON lines)").add_argument("file")
+    command("import", import_command,
+            "load FILE (from export) into DATABASE_URL's store, which must be empty").add_argument("file")
+    command("prune", prune_command,
+            "delete the keys revoked or expired, and the key events, more than KEY_RETENTION_DAYS ago, then exit")
+    demo = command("seed-demo", seed_demo_command, "fill an account with keys in every state (idempotent)",
+                   development=True)
+    demo.add_argument("user_id", nargs="?", default=DEMO_USER, type=user_id)
+    return parser
+
+
+def user_id(text: str) -> str:
+    """A USER_ID argument: one an account can have."""
+    from app.domain.keys import MAX_USER_ID_LENGTH, valid_user_id
+
+    if not valid_user_id(text):
+        raise argparse.ArgumentTypeError(
+            f"USER_ID must be 1 to {MAX_USER_ID_LENGTH} printable characters with no surrounding space")
+    return text
+
+
+def seconds(text: str) -> int:
+    """A --ttl argument: whole seconds, at least one."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("--ttl must be at least 1 second")
+    return value
+
+
+# Each command's function: `(args, environ)` to exit status. Settings are read here, per
+# command: only the commands that verify or issue session tokens need SUPABASE_JWT_SECRET
+# (production) or the generated development one (`sessions=True`); the others never read it.
+
+
+def run_command(args: argparse.Namespace, environ: dict[str, str]) -> int:
+    return start_server(Settings.from_env(environ), run)
+
+
+def serve_command(args: argparse.Namespace, environ: dict[str, str]) -> int:
+    return start_server(Settings.from_env(environ), serve)
+
+
+def mock_command(args: argparse.Namespace, environ: dict[str, str]) -> int:
+    # Everything, the development secret included, in a folder removed on the way out.
+    scratch = tempfile.mkdtemp(prefix="socdefenders-keys-mock-")
+    try:
+        settings = Settings.from_env({**environ, "DATABASE_URL": f"sqlite:///{scratch}/keys.db"})
         # uvicorn re-raises the signal that stopped it once it has shut down; exit through
         # the `finally` below rather than die of it.
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-        try:
-            return mock(settings)
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+        return mock(settings)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
-    if args.command in ("run", "serve"):
-        try:
-            check_connexion()
-        except UnsupportedConnexion as exc:
-            print(exc, file=sys.stderr)
-            return 1
-    if args.command in ("run", "serve", "set-tier", "seed-demo"):
-        # Opened (created, migrated) once here, so that a database the service cannot use is
-        # one line and exit 2, before any server or worker starts; then, likewise, where it listens.
-        problem = check_store(settings) or (check_listen(settings) if args.command in ("run", "serve") else None)
-        if problem:
-            print(f"configuration error: {problem}", file=sys.stderr)
-            return 2
-    if args.command in ("run", "serve"):
-        from app.web.connections import descriptors_problem
 
-        problem = descriptors_problem(settings)  # raised here, so that gunicorn's workers inherit it
-        if problem:
-            print(f"configuration error: {problem}", file=sys.stderr)
-            return 2
-    if args.command == "run":
-        return run(settings)
-    if args.command == "serve":
-        return serve(settings)
-    from app.domain.keys import MAX_USER_ID_LENGTH, valid_user_id
+def dev_token_command(args: argparse.Namespace, environ: dict[str, str]) -> int:
+    settings = Settings.from_env(environ)
+    print(issue_token(settings.jwt_secret, args.user_id, time.time(), args.ttl))
+    return 0
 
-    if args.command in ("dev-token", "set-tier", "seed-demo") and not valid_user_id(args.user_id):
-        parser.error(f"USER_ID must be 1 to {MAX_USER_ID_LENGTH} printable characters with no surrounding space")
-    if args.command == "dev-token":
-        if args.ttl < 1:
-            parser.error("--ttl must be at least 1 second")
-        print(issue_token(settings.jwt_secret, args.user_id, time.time(), args.ttl))
-        return 0
-    if args.command == "set-tier":
-        from app.domain.keys import KeyService
 
-        account = KeyService(open_store(settings), time.time).set_tier(args.user_id, args.tier, create=args.create)
-        if account is None:
-            # A typo in a user id would otherwise make a paying account nobody signs in to.
-            print(f"set-tier: no account {args.user_id!r}: it has never signed in; "
-                  "check the id, or add --create to make it", file=sys.stderr)
-            return 1
-        print(f"{account.user_id}: tier {account.tier}")
-        return 0
-    if args.command == "seed-demo":
-        added = seed_demo(open_store(settings), args.user_id, time.time())
-        print(f"{args.user_id}: " + ("added\n  " + "\n  ".join(added) if added else "already seeded, nothing added"))
-        return 0
-    if args.command == "migrate":
-        return migrate(settings)
-    if args.command == "backup":
-        return backup(settings, args.path)
-    if args.command == "prune":
-        return prune(settings)
-    if args.command in ("export", "import"):
-        from app.store import transfer
+def set_tier_command(args: argparse.Namespace, environ: dict[str, str]) -> int:
+    from app.domain.keys import KeyService
 
-        try:
-            if args.command == "export":
-                counts = transfer.export_rows(settings, args.file)
-            else:
-                counts = transfer.import_rows(settings, args.file)
-        except transfer.TransferError as exc:
-            print(f"{args.command}: {exc}", file=sys.stderr)
-            return 1
-        print(", ".join(f"{table}: {n}" for table, n in counts.items()))
-        return 0
-    return 1
+    settings = Settings.from_env(environ, sessions=False)
+    problem = check_store(settings)
+    if problem:
+        print(f"configuration error: {problem}", file=sys.stderr)
+        return 2
+    account = KeyService(open_store(settings), time.time).set_tier(args.user_id, args.tier, create=args.create)
+    if account is None:
+        # A typo in a user id would otherwise make a paying account nobody signs in to.
+        print(f"set-tier: no account {args.user_id!r}: it has never signed in; "
+              "check the id, or add --create to make it", file=sys.stderr)
+        return 1
+    print(f"{account.user_id}: tier {account.tier}")
+    return 0
+
+
+def seed_demo_command(args: argparse.Namespace, environ: dict[str, str]) -> int:
+    settings = Settings.from_env(environ, sessions=False)
+    problem = check_store(settings)
+    if problem:
+        print(f"configuration error: {problem}", file=sys.stderr)
+        return 2
+    added = seed_demo(open_store(settings), args.user_id, time.time())
+    print(f"{args.user_id}: " + ("added\n  " + "\n  ".join(added) if added else "already seeded, nothing added"))
+    return 0
+
+
+def migrate_command(args: argparse.Namespace, environ: dict[str, str]) -> int:
+    return migrate(Settings.from_env(environ, sessions=False))
+
+
+def backup_command(args: argparse.Namespace, environ: dict[str, str]) -> int:
+    return backup(Settings.from_env(environ, sessions=False), args.path)
+
+
+def prune_command(args: argparse.Namespace, environ: dict[str, str]) -> int:
+    return prune(Settings.from_env(environ, sessions=False))
+
+
+def export_command(args: argparse.Namespace, environ: dict[str, str]) -> int:
+    from app.store import transfer
+
+    return transfer_rows("export", transfer.export_rows, Settings.from_env(environ, sessions=False), args.file)
+
+
+def import_command(args: argparse.Namespace, environ: dict[str, str]) -> int:
+    from app.store import transfer
+
+    return transfer_rows("import", transfer.import_rows, Settings.from_env(environ, sessions=False), args.file)
+
+
+def transfer_rows(name: str, move: Callable[[Settings, str], dict[str, int]], settings: Settings, file: str) -> int:
+    """Export or import with `move`, and say how many rows of each table it moved."""
+    from app.store import transfer
+
+    try:
+        counts = move(settings, file)
+    except transfer.TransferError as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        return 1
+    print(", ".join(f"{table}: {n}" for table, n in counts.items()))
+    return 0
+
+
+def start_server(settings: Settings, server: Callable[[Settings], int]) -> int:
+    """Start `server` (`run` or `serve`) once what it needs is checked, each problem one line before it starts."""
+    try:
+        check_connexion()
+    except UnsupportedConnexion as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    from app.web.connections import descriptors_problem
+
+    # The store is opened (created, migrated) once here, so that a database the service cannot
+    # use is one line and exit 2, before any server or worker starts; then, likewise, where it
+    # listens, and how many connections it may hold (checked here, so that gunicorn's workers
+    # inherit it).
+    problem = check_store(settings) or check_listen(settings) or descriptors_problem(settings)
+    if problem:
+        print(f"configuration error: {problem}", file=sys.stderr)
+        return 2
+    return server(settings)
 
 
 def check_store(settings: Settings, create: bool | None = None) -> str | None:

@@ -7,8 +7,9 @@ import os
 import re
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from app.domain.gateway import BadRouteMap, RouteMap, default_routes, load_route_map
@@ -131,40 +132,42 @@ class Settings:
                 f"not {len(secret.encode())}: use the project's JWT secret, or `openssl rand -base64 48`"
             )
 
+        # Each default is written once, on its field; production turns the development aids off.
+        default = {f.name: f.default for f in fields(cls) if f.default is not MISSING}
         return cls(
             jwt_secret=secret,
             database_path=database_path,
             env=app_env,
-            host=_host(env),
-            port=_port(env),
-            validate_responses=_bool(env, "VALIDATE_RESPONSES", not production),
-            cors_origin_regex=env.get("CORS_ORIGIN_REGEX", "" if production else LOCALHOST_ORIGINS),
-            management_limit_per_minute=_int(env, "KEY_MANAGEMENT_LIMIT_PER_MINUTE", 120),
-            management_limit_per_day=_int(env, "KEY_MANAGEMENT_LIMIT_PER_DAY", 10_000),
-            max_active_keys=_int(env, "MAX_ACTIVE_KEYS", 50),
-            log_level=parse_log_level(env.get("LOG_LEVEL", "")),
-            log_format=parse_log_format(env.get("LOG_FORMAT", "")),
+            host=_host(env, default["host"]),
+            port=_port(env, default["port"]),
+            validate_responses=_bool(env, "VALIDATE_RESPONSES", default["validate_responses"] and not production),
+            cors_origin_regex=env.get("CORS_ORIGIN_REGEX", "" if production else default["cors_origin_regex"]),
+            management_limit_per_minute=_int(env, "KEY_MANAGEMENT_LIMIT_PER_MINUTE", default["management_limit_per_minute"]),
+            management_limit_per_day=_int(env, "KEY_MANAGEMENT_LIMIT_PER_DAY", default["management_limit_per_day"]),
+            max_active_keys=_int(env, "MAX_ACTIVE_KEYS", default["max_active_keys"]),
+            log_level=parse_log_level(env.get("LOG_LEVEL", ""), default["log_level"]),
+            log_format=parse_log_format(env.get("LOG_FORMAT", ""), default["log_format"]),
             forwarded_allow_ips=parse_forwarded_allow_ips(env.get("FORWARDED_ALLOW_IPS", "")),
-            request_read_timeout=_int(env, "REQUEST_READ_TIMEOUT", READ_TIMEOUT_SECONDS),
+            request_read_timeout=_int(env, "REQUEST_READ_TIMEOUT", default["request_read_timeout"]),
             database_url=database_url,
-            database_pool_size=_int(env, "DATABASE_POOL_SIZE", 10),
-            database_timeout_ms=_int(env, "DATABASE_TIMEOUT_MS", 5000),
+            database_pool_size=_int(env, "DATABASE_POOL_SIZE", default["database_pool_size"]),
+            database_timeout_ms=_int(env, "DATABASE_TIMEOUT_MS", default["database_timeout_ms"]),
             cors_origins=_origins(env.get("CORS_ORIGINS", "")),
-            cors_allow_headers=_names(env, "CORS_ALLOW_HEADERS", DEFAULT_CORS_ALLOW_HEADERS),
-            mock_delay_ms=0 if production else _delay(env.get("MOCK_DELAY_MS", "")),
-            key_page=_bool(env, "KEY_PAGE", not production),
-            docs=_bool(env, "DOCS", True),
-            contract=_bool(env, "CONTRACT", True),
+            cors_allow_headers=_names(env, "CORS_ALLOW_HEADERS", default["cors_allow_headers"]),
+            mock_delay_ms=0 if production else _delay(env.get("MOCK_DELAY_MS", ""), default["mock_delay_ms"]),
+            key_page=_bool(env, "KEY_PAGE", default["key_page"] and not production),
+            docs=_bool(env, "DOCS", default["docs"]),
+            contract=_bool(env, "CONTRACT", default["contract"]),
             trusted_hosts=_hosts(env.get("TRUSTED_HOSTS", "")),
             # In production a typo in DATABASE_URL must fail, not start on an empty database.
-            create_database=_bool(env, "CREATE_DATABASE", not production),
-            workers=_int(env, "WEB_CONCURRENCY", 2),
-            max_connections=_int(env, "MAX_CONNECTIONS", 1000),
-            max_connections_per_client=_int(env, "MAX_CONNECTIONS_PER_CLIENT", 100),
-            key_retention_days=_int(env, "KEY_RETENTION_DAYS", 90),
-            allow_anonymous_sessions=_bool(env, "ALLOW_ANONYMOUS_SESSIONS", False),
-            metrics_allow=_networks(env, "METRICS_ALLOW", "127.0.0.0/8,::1/128"),
-            gateway_allow=_networks(env, "GATEWAY_ALLOW", "127.0.0.0/8,::1/128"),
+            create_database=_bool(env, "CREATE_DATABASE", default["create_database"] and not production),
+            workers=_int(env, "WEB_CONCURRENCY", default["workers"]),
+            max_connections=_int(env, "MAX_CONNECTIONS", default["max_connections"]),
+            max_connections_per_client=_int(env, "MAX_CONNECTIONS_PER_CLIENT", default["max_connections_per_client"]),
+            key_retention_days=_int(env, "KEY_RETENTION_DAYS", default["key_retention_days"]),
+            allow_anonymous_sessions=_bool(env, "ALLOW_ANONYMOUS_SESSIONS", default["allow_anonymous_sessions"]),
+            metrics_allow=_networks(env, "METRICS_ALLOW", default["metrics_allow"]),
+            gateway_allow=_networks(env, "GATEWAY_ALLOW", default["gateway_allow"]),
             gateway_routes=_route_map(env),
             jwt_secret_generated=generated,
         )
@@ -230,8 +233,12 @@ def _hosts(raw: str) -> tuple[str, ...]:
     return hosts
 
 
-def _networks(env: Mapping[str, str], name: str, default: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-    raw = env.get(name) or default
+def _networks(
+    env: Mapping[str, str], name: str, default: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    raw = env.get(name)
+    if not raw:
+        return default
     networks = []
     for item in (i.strip() for i in raw.split(",")):
         if not item:
@@ -279,21 +286,21 @@ def development_secret(directory: Path) -> str:
 MAX_WORKERS = 64  # WEB_CONCURRENCY: gunicorn would fork every one of them at start
 
 
-def _host(env: Mapping[str, str]) -> str:
+def _host(env: Mapping[str, str], default: str) -> str:
     host = env.get("HOST")
     if host is None:
-        return "127.0.0.1"
+        return default
     if not host.strip():
         # An empty HOST would listen on every interface: say which one is meant.
         raise ConfigError("HOST must name an address to listen on (127.0.0.1, 0.0.0.0, ::, a host name), not ''")
     return host.strip()
 
 
-def _port(env: Mapping[str, str]) -> int:
+def _port(env: Mapping[str, str], default: int) -> int:
     if env.get("PORT") == "":
         # Set but empty is a mistake (a template left unfilled), not a wish for the default.
-        raise ConfigError("PORT must be a port from 1 to 65535, not ''; leave it unset for 8000")
-    return _int(env, "PORT", 8000)
+        raise ConfigError(f"PORT must be a port from 1 to 65535, not ''; leave it unset for {default}")
+    return _int(env, "PORT", default)
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -312,12 +319,17 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
     return value
 
 
+def _field_default(name: str) -> Any:
+    """The default written on Settings' field `name`."""
+    return next(f.default for f in fields(Settings) if f.name == name)
+
+
 LOG_LEVELS = tuple(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"])
 
 
-def parse_log_level(raw: str) -> str:
-    """Return LOG_LEVEL's level (default INFO); ConfigError if it names none."""
-    level = raw.strip().upper() or "INFO"
+def parse_log_level(raw: str, default: str | None = None) -> str:
+    """Return LOG_LEVEL's level (unset: `default`, else the Settings field's); ConfigError if it names none."""
+    level = raw.strip().upper() or default or _field_default("log_level")
     if level not in LOG_LEVELS:
         raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, not {raw!r}")
     return level
@@ -326,9 +338,9 @@ def parse_log_level(raw: str) -> str:
 LOG_FORMATS = ("text", "json")
 
 
-def parse_log_format(raw: str) -> str:
-    """Return LOG_FORMAT's format (default text); ConfigError if it names none."""
-    log_format = raw.strip().lower() or "text"
+def parse_log_format(raw: str, default: str | None = None) -> str:
+    """Return LOG_FORMAT's format (unset: `default`, else the Settings field's); ConfigError if it names none."""
+    log_format = raw.strip().lower() or default or _field_default("log_format")
     if log_format not in LOG_FORMATS:
         raise ConfigError(f"LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}, not {raw!r}")
     return log_format
@@ -365,9 +377,9 @@ def _names(env: Mapping[str, str], name: str, default: tuple[str, ...]) -> tuple
     return names
 
 
-def _delay(raw: str) -> int:
+def _delay(raw: str, default: int) -> int:
     if not raw.strip():
-        return 0
+        return default
     # ASCII digits only: str.isdigit() admits '²', which int() then refuses with a traceback.
     if not re.fullmatch(r"[0-9]{1,5}", raw.strip()) or int(raw) > MAX_MOCK_DELAY_MS:
         raise ConfigError(f"MOCK_DELAY_MS must be a whole number of milliseconds from 0 to {MAX_MOCK_DELAY_MS}, not {raw!r}")

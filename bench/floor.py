@@ -28,6 +28,7 @@ from app.domain.ratelimit import management_subject
 from app.store import SQLiteStore
 from app.web.errors import error_headers, status_and_code
 from app.web.ratelimit_headers import rate_limit_headers
+from handlers.render import render_api_key_created, render_current_key
 
 settings = Settings(
     jwt_secret=os.environ["SUPABASE_JWT_SECRET"],
@@ -65,7 +66,7 @@ async def mint(request: Request) -> Response:
         minted = services.keys.mint(user, body["name"], body.get("expires_in_days"), "req_floor")
     except ServiceError as exc:
         return refuse(exc)
-    data = {**services.keys.key_info(minted.record), "key": minted.secret, "full_key": minted.secret}
+    data = render_api_key_created(services.keys.info(minted.record), minted.secret)
     return reply({"data": data, "meta": {"warning": MINT_WARNING}}, 201, rate_limit_headers(decision))
 
 
@@ -75,13 +76,12 @@ async def whoami(request: Request) -> Response:
     if authorization.lower().startswith("bearer "):
         token = authorization[7:]
     try:
-        record, decision = services.keys.use(token or "", None, services.limiter, time.time(), "req_floor")
+        record, decision = services.keys.use(token or "", None, "req_floor")
         if not decision.allowed:
             return reply({"error": {"code": "rate_limit_exceeded"}}, 429, rate_limit_headers(decision))
-        info = services.keys.key_info(record)
+        info = render_current_key(services.keys.info(record), decision)
     except ServiceError as exc:
         return refuse(exc)
-    info["rate_limit"] = decision.windows_info()
     return reply({"data": info}, 200, rate_limit_headers(decision))
 
 

@@ -1,10 +1,15 @@
-"""What a handler needs from the request: the wired services and the request id."""
+"""What a handler needs from the request: the wired services, the request id and the client.
+
+Read from, and written to, the request's state, which the web layer fills in and turns into
+the answer (`app.web.middleware`): handlers import nothing from the web layer.
+"""
 
 from __future__ import annotations
 
 from connexion import context
 
-from app.web.services import Client, Services
+from app.domain.ratelimit import Decision
+from app.services import Services
 
 
 def services() -> Services:
@@ -15,11 +20,21 @@ def request_id() -> str:
     return context.scope["state"]["request_id"]
 
 
-def client() -> Client:
-    """The client as the trusted proxies in front saw it (`app.web.clients`)."""
-    return context.scope["state"]["client"]
-
-
 def client_address() -> str:
     """The client's IP address (the proxy's client's, where the proxy is trusted)."""
-    return client().address or "unknown"
+    return context.scope["state"]["client"].address or "unknown"
+
+
+def known_client_address() -> str | None:
+    """The client's IP address, or None when it is not known (`app.web.clients`).
+
+    Not known: a Unix-socket peer, or a request carrying X-Forwarded-For from a peer that is no
+    trusted proxy.
+    """
+    client = context.scope["state"]["client"]
+    return None if client.unknown else client.address
+
+
+def rate_limited(decision: Decision) -> None:
+    """Let this request's answer carry `decision`'s rate-limit headers (rendered by the web layer)."""
+    context.scope["state"]["rate_limit"] = decision

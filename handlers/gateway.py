@@ -7,7 +7,7 @@ from typing import Any
 from connexion import context
 
 from app.domain.errors import ServiceError
-from app.web import gateway
+from app.web import gateway  # the check is HTTP through and through (tests/test_layers.py)
 from handlers.context import request_id
 
 

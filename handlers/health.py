@@ -7,7 +7,7 @@ from typing import Any
 import flask
 from starlette.exceptions import HTTPException
 
-from handlers.context import client, services
+from handlers.context import known_client_address, services
 
 
 def get_health() -> dict[str, str]:
@@ -30,7 +30,7 @@ def head_readiness() -> dict[str, str]:
 
 
 def get_metrics() -> Any:
-    page = services().metrics_for(client())
+    page = services().metrics_for(known_client_address())
     if page is None:
         raise HTTPException(404)  # to anyone else, no such path
     body, content_type = page

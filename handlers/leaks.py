@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from handlers.context import client_address, request_id, services
+from handlers.context import client_address, rate_limited, request_id, services
 
 
-def report_leaked_keys(body: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str]]:
+def report_leaked_keys(body: dict[str, Any]) -> tuple[dict[str, Any], int]:
     wired = services()
-    headers = wired.admit_leak_report(client_address())
+    rate_limited(wired.admit_leak_report(client_address()))
     received = wired.keys.report_leaks(body["keys"], body.get("source"), request_id())
-    return {"data": {"received": received}}, 202, headers
+    return {"data": {"received": received}}, 202

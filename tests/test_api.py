@@ -160,11 +160,11 @@ def test_every_response_has_a_fresh_request_id(client):
 
 
 def test_a_response_that_breaks_the_contract_is_a_bare_500(client, session, mint, monkeypatch):
-    from app.domain.keys import KeyService
+    import handlers.keys
 
     key = mint()
-    original = KeyService.key_info
-    monkeypatch.setattr(KeyService, "key_info", lambda self, r: {**original(self, r), "tier": "platinum"})
+    original = handlers.keys.render_api_key_info
+    monkeypatch.setattr(handlers.keys, "render_api_key_info", lambda info: {**original(info), "tier": "platinum"})
     error = assert_error(client.get(f"{KEYS}/{key['id']}", cookies=session()), 500, "internal_error")
     assert "platinum" not in error["message"] and error["details"] == {}
 

@@ -38,6 +38,28 @@ def test_dev_token_refuses_a_lifetime_below_one_second(tmp_path):
     assert run(tmp_path, "dev-token", "tom", "--ttl", "0").returncode == 2
 
 
+def test_every_command_runs_its_own_function_and_help_lists_them_all(tmp_path):
+    import argparse
+
+    from app.__main__ import parser
+
+    commands = next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction))
+    functions = {name: sub.get_default("function") for name, sub in commands.choices.items()}
+    assert all(callable(f) for f in functions.values()), functions
+    assert len(set(functions.values())) == len(functions)  # no function shared and dispatched on within
+    shown = run(tmp_path, "--help")
+    assert shown.returncode == 0, shown.stderr
+    for choice in commands._choices_actions:
+        assert choice.dest in shown.stdout and choice.help.split(":")[0] in " ".join(shown.stdout.split())
+
+
+def test_a_user_id_no_account_can_have_is_refused_before_anything_is_done(tmp_path):
+    for command in (["dev-token", " tom"], ["set-tier", "x" * 201, "pro"], ["seed-demo", "tab\there"]):
+        refused = run(tmp_path, *command)
+        assert refused.returncode == 2 and "USER_ID must be 1 to 200 printable characters" in refused.stderr
+    assert not (tmp_path / "keys.db").exists()
+
+
 def test_set_tier_moves_an_account_up_and_back(tmp_path):
     SQLiteStore(tmp_path / "keys.db").ensure_account("alice", 0)  # alice has signed in once
     for tier in ("pro", "free"):
@@ -174,7 +196,7 @@ def test_a_sqlite_store_exported_and_imported_into_postgresql_keeps_keys_usage_a
     gone = keys.mint("alice", "old-laptop", None, "req_2")
     keys.revoke("alice", gone.record.id, "req_3")
     for n in range(3):
-        keys.use(kept.secret, None, RateLimiter(source), now, f"req_use_{n}")
+        keys.use(kept.secret, None, f"req_use_{n}")
     source.close()
 
     export = tmp_path / "keys.jsonl"
@@ -189,9 +211,9 @@ def test_a_sqlite_store_exported_and_imported_into_postgresql_keeps_keys_usage_a
 
     target = open_store(replace(sqlite_settings, database_url=schema_url(pg_schema)))
     try:
-        moved = KeyService(target, lambda: now)
+        moved = KeyService(target, lambda: now, limiter=RateLimiter(target))
         assert [k.name for k in target.list_keys("alice", 10, None)] == ["prod-splunk"]
-        record, decision = moved.use(kept.secret, None, RateLimiter(target), now, "req_after")
+        record, decision = moved.use(kept.secret, None, "req_after")
         assert record.total_requests == 4 and decision.minute.remaining == 10 - 4  # the window came along
         assert [e.type for e in target.list_events("alice", 10, None)] == ["revoked", "minted", "minted"]
     finally:
@@ -223,6 +245,7 @@ def test_a_bad_forwarded_allow_ips_stops_both_servers_with_one_line(tmp_path):
 
 def test_seed_demo_fills_an_account_with_every_key_state_and_a_second_run_adds_nothing(tmp_path):
     from app.domain.keys import KeyService
+    from handlers.render import render_api_key_info
 
     first = run(tmp_path, "seed-demo", "demo@example")
     assert first.returncode == 0, first.stderr
@@ -230,7 +253,7 @@ def test_seed_demo_fills_an_account_with_every_key_state_and_a_second_run_adds_n
     assert "nothing added" in run(tmp_path, "seed-demo", "demo@example").stdout
 
     keys = KeyService(SQLiteStore(tmp_path / "keys.db"), time.time)
-    listed = {r.name: keys.key_info(r) for r in keys.list("demo@example", 100, None).items}
+    listed = {r.name: render_api_key_info(keys.info(r)) for r in keys.list("demo@example", 100, None).items}
     assert listed["prod-splunk-2026q2"]["status"] == "active" and listed["prod-splunk-2026q2"]["total_requests"] > 0
     assert listed["prod-splunk-2026q2"]["last_used_at"] is not None
     assert listed["partner-acme-30d"]["status"] == "expired"

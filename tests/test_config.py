@@ -245,3 +245,32 @@ def test_a_worker_count_no_machine_could_fork_is_refused(tmp_path, raw):
     with pytest.raises(ConfigError, match="WEB_CONCURRENCY must be from 1 to 64"):
         Settings.from_env(env(tmp_path, WEB_CONCURRENCY=raw))
     assert Settings.from_env(env(tmp_path, WEB_CONCURRENCY="64")).workers == 64
+
+
+def test_from_env_takes_each_default_from_its_settings_field(monkeypatch):
+    """A default is written once, on the field: changing it there changes what an unset variable gives."""
+    import dataclasses
+    import ipaddress
+
+    changed: dict[str, object] = {}
+    for field in dataclasses.fields(Settings):
+        if field.name == "jwt_secret_generated":  # not configured: says how the secret was found
+            continue
+        if field.name.startswith("leak_report_limit_"):  # no variable sets them: the field is all there is
+            continue
+        if isinstance(field.default, bool):
+            changed[field.name] = not field.default
+        elif isinstance(field.default, int):
+            changed[field.name] = field.default + 1
+        elif field.name in ("log_level", "log_format"):
+            changed[field.name] = {"INFO": "DEBUG", "text": "json"}[field.default]
+        elif field.name == "metrics_allow":
+            changed[field.name] = (ipaddress.ip_network("10.0.0.0/8"),)
+        elif field.name in ("host", "cors_origin_regex"):
+            changed[field.name] = "192.0.2.1" if field.name == "host" else r"^https://example\.org$"
+        elif isinstance(field.default, tuple) and field.default:
+            changed[field.name] = (*field.default, "X-Other")
+    for name, value in changed.items():
+        monkeypatch.setattr(Settings.__dataclass_fields__[name], "default", value)
+    settings = Settings.from_env({"APP_ENV": "development", "SUPABASE_JWT_SECRET": SECRET})
+    assert {name: getattr(settings, name) for name in changed} == changed

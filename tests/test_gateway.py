@@ -371,10 +371,10 @@ def test_check_refuses_address_outside_key_allowlist_uncounted(
 ) -> None:
     import ipaddress
 
-    from app.web import gateway
+    from app.domain import keys as key_service
 
-    # Keys carry no allowlist yet; this one is given 203.0.113.0/24 where the check asks for it.
-    monkeypatch.setattr(gateway, "allowed_networks", lambda record: (ipaddress.ip_network("203.0.113.0/24"),))
+    # Keys carry no allowlist yet; this one is given 203.0.113.0/24 where a key use asks for it.
+    monkeypatch.setattr(key_service, "allowed_networks", lambda record: (ipaddress.ip_network("203.0.113.0/24"),))
     key = mint()
     inside = ask(proxy, "GET", "/api/v1/iocs", key["key"], **{"X-Forwarded-For": "198.51.100.7, 203.0.113.9"})
     assert inside.status_code == 200, inside.text

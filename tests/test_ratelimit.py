@@ -132,11 +132,11 @@ def test_waiting_until_reset_admits_again_when_both_windows_are_exhausted(limite
 
 
 def test_refusal_records_one_rate_limited_event_and_usage_only_for_admitted(store, limiter):
-    keys = KeyService(store, lambda: NOW)
+    keys = KeyService(store, lambda: NOW, limiter=limiter)
     minted = keys.mint("user-1", "prod-splunk", None, "req_0")  # free tier: 10 a minute
 
     def use() -> bool:
-        return keys.use(minted.secret, None, limiter, NOW, "req_x")[1].allowed
+        return keys.use(minted.secret, None, "req_x")[1].allowed
 
     assert [use() for _ in range(12)] == [True] * 10 + [False] * 2
     assert store.get_key("user-1", minted.record.id).total_requests == 10
@@ -145,29 +145,28 @@ def test_refusal_records_one_rate_limited_event_and_usage_only_for_admitted(stor
 
 
 def test_every_key_of_an_account_shares_its_tiers_minute(store, limiter):
-    keys = KeyService(store, lambda: NOW)
+    keys = KeyService(store, lambda: NOW, limiter=limiter)
     secrets = [keys.mint("user-1", name, None, "req_0").secret for name in ("siem", "soar", "laptop")]
-    decisions = [keys.use(secrets[n % 3], None, limiter, NOW, f"req_{n}")[1] for n in range(12)]
+    decisions = [keys.use(secrets[n % 3], None, f"req_{n}")[1] for n in range(12)]
     assert [d.allowed for d in decisions] == [True] * 10 + [False] * 2
     assert [x_headers(d)["X-RateLimit-Remaining"] for d in decisions] == [str(9 - n) for n in range(10)] + ["0", "0"]
     assert {x_headers(d)["X-RateLimit-Limit"] for d in decisions} == {"10"}
     other = keys.mint("user-2", "siem", None, "req_0").secret
-    assert keys.use(other, None, limiter, NOW, "req_other")[1].allowed
+    assert keys.use(other, None, "req_other")[1].allowed
 
 
 def test_a_tier_change_keeps_the_count_and_applies_the_new_limits(store, limiter):
-    keys = KeyService(store, lambda: NOW)
+    keys = KeyService(store, lambda: NOW, limiter=limiter)
     secret = keys.mint("user-1", "siem", None, "req_0").secret
     for _ in range(10):
-        keys.use(secret, None, limiter, NOW, "req_free")
+        keys.use(secret, None, "req_free")
     keys.set_tier("user-1", "pro")
-    pro = keys.use(secret, None, limiter, NOW, "req_pro")[1]
-    assert pro.allowed and pro.windows_info() == {
-        "minute": {"limit": 1000, "remaining": 989, "reset": MINUTE_END},
-        "day": {"limit": 1_000_000, "remaining": 1_000_000 - 11, "reset": DAY_END},
-    }
+    pro = keys.use(secret, None, "req_pro")[1]
+    assert pro.allowed
+    assert (pro.minute.limit, pro.minute.remaining, pro.minute.reset) == (1000, 989, MINUTE_END)
+    assert (pro.day.limit, pro.day.remaining, pro.day.reset) == (1_000_000, 1_000_000 - 11, DAY_END)
     keys.set_tier("user-1", "free")
-    assert keys.use(secret, None, limiter, NOW, "req_free_again")[1].blocked_by == "minute"
+    assert keys.use(secret, None, "req_free_again")[1].blocked_by == "minute"
 
 
 def test_decide_applies_the_limits_it_is_given_to_the_counts_carried_over():

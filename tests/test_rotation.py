@@ -9,7 +9,6 @@ import pytest
 from app.domain import keymaterial
 from app.domain.errors import ExpiredAPIKey, KeyNotRollable
 from app.domain.keys import KeyService
-from app.domain.ratelimit import RateLimiter
 from tests.test_api import assert_error, parse_time
 
 # Tests taking `client`, `app`, `make_app`, `store` or `settings` run on SQLite and PostgreSQL.
@@ -39,21 +38,21 @@ def events(client, session, user: str = "user-1") -> list[dict]:
 
 def test_grace_period_admits_the_old_key_until_its_last_microsecond(store, clock):
     keys = KeyService(store, clock)
-    limiter = RateLimiter(store)
     old = keys.mint("user-1", "prod-splunk", None, "req_mint")
     rolled = keys.roll("user-1", old.record.id, 5, "req_roll")
     boundary = rolled.old.expires_us
     assert boundary == keys.now_us() + 5 * 60 * 1_000_000
 
-    last_admitted = (boundary - 1) / 1_000_000
-    record, decision = keys.use(old.secret, None, limiter, last_admitted, "req_last")
+    clock.now = (boundary - 1) / 1_000_000  # the last microsecond admitted
+    record, decision = keys.use(old.secret, None, "req_last")
     assert decision.allowed and record.id == old.record.id
 
+    clock.now = boundary / 1_000_000
     with pytest.raises(ExpiredAPIKey) as refused:
-        keys.use(old.secret, None, limiter, boundary / 1_000_000, "req_first_refused")
+        keys.use(old.secret, None, "req_first_refused")
     assert refused.value.details["rolled"] is True
     assert refused.value.details["replaced_by"] == rolled.minted.record.id
-    new_record, _ = keys.use(rolled.minted.secret, None, limiter, boundary / 1_000_000, "req_new")
+    new_record, _ = keys.use(rolled.minted.secret, None, "req_new")
     assert new_record.id == rolled.minted.record.id
 
 

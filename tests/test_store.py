@@ -962,15 +962,14 @@ def test_a_request_that_read_the_clock_before_a_boundary_counts_in_the_newer_win
 def test_a_key_revoked_in_another_worker_is_refused_and_not_counted(open_stores, query, clock):
     """Two stores stand for two workers: a revocation through one is seen by the next use in the other."""
     from app.domain.keys import KeyService
-    from app.domain.ratelimit import RateLimiter
 
     first, second = open_stores(), open_stores()
     minted = KeyService(first, clock).mint(USER, "racy", None, "req_0")
     other = KeyService(second, clock)
-    other.use(minted.secret, None, RateLimiter(second), clock(), "req_1")
+    other.use(minted.secret, None, "req_1")
     first.revoke_key(USER, minted.record.id, T0, make_event(minted.record, "revoked"))
     with pytest.raises(RevokedAPIKey):
-        other.use(minted.secret, None, RateLimiter(second), clock(), "req_2")
+        other.use(minted.secret, None, "req_2")
     sql = "SELECT total_requests FROM api_keys WHERE id = ?"
     assert query(sql, (minted.record.id,)) == [(1,)]
 

@@ -53,12 +53,16 @@ def _use(store: Store, keys: KeyService, secret: str, user_id: str, now: float) 
     account's day window filled to within LEFT_TODAY of its limit."""
     limiter = RateLimiter(store)
     tier = get_tier(keys.account(user_id).tier)
+
+    def at(moment: float) -> KeyService:
+        return KeyService(store, lambda: moment, limiter=limiter)
+
     # Oldest first: the limiter never counts a request in a window older than one it holds.
     burst = now - 3600 - (now % 60)
     for i in range(tier.per_minute + 1):  # the last one is refused, and recorded as an event
-        keys.use(secret, None, limiter, burst + i / 100, REQUEST_ID)
+        at(burst + i / 100).use(secret, None, REQUEST_ID)
     for minutes_ago in (45, 30, 12, 5, 2):
-        keys.use(secret, None, limiter, now - 60 * minutes_ago, REQUEST_ID)
+        at(now - 60 * minutes_ago).use(secret, None, REQUEST_ID)
     day = RateLimiter.windows(Limits(tier.per_minute, tier.per_day), now)[1]
     now_us = int(now * 1_000_000)
     counted = store.consume(tier_subject(user_id), [day], now_us).counts["day"]

@@ -5,11 +5,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from app.domain.records import KeyRecord
 
 
 class ServiceError(Exception):
     """Base of every error a client is meant to see."""
+
+    # The key the request presented, when it was found before the refusal (a revoked, expired
+    # or out-of-scope key): set by `KeyService.use`, for the access line to name its owner.
+    key: KeyRecord | None = None
 
     def __init__(self, message: str, details: dict[str, Any] | None = None) -> None:
         super().__init__(message)

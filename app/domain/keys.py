@@ -8,10 +8,11 @@ import unicodedata
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from app.domain import keymaterial
 from app.domain.errors import (
+    AddressNotAllowed,
     DuplicateName,
     ExpiredAPIKey,
     InsufficientScope,
@@ -21,10 +22,11 @@ from app.domain.errors import (
     KeyNotFound,
     KeyNotRollable,
     RevokedAPIKey,
+    ServiceError,
 )
-from app.domain.grants import effective_scopes
+from app.domain.grants import address_allowed, allowed_networks, effective_scopes
 from app.domain.ratelimit import Decision, Limits, RateLimiter
-from app.domain.records import REVOKED_AS_LEAKED, Account, KeyEvent, KeyRecord, Rolled, Window
+from app.domain.records import REVOKED_AS_LEAKED, Account, KeyEvent, KeyInfo, KeyRecord, Rolled, Window
 from app.domain.store import Store
 from app.domain.tiers import get_tier
 
@@ -103,6 +105,13 @@ class RolledKey:
     old: KeyRecord
 
 
+class KeyUse(NamedTuple):
+    """A presented key that was found, and whether its rate limit admitted this request."""
+
+    key: KeyRecord
+    decision: Decision
+
+
 @dataclass(frozen=True)
 class Page:
     items: list[Any]
@@ -112,10 +121,13 @@ class Page:
 class KeyService:
     """Mint, list, read, revoke and verify API keys."""
 
-    def __init__(self, store: Store, clock: Clock, max_active_keys: int = 50) -> None:
+    def __init__(
+        self, store: Store, clock: Clock, max_active_keys: int = 50, limiter: RateLimiter | None = None
+    ) -> None:
         self._store = store
         self._clock = clock
         self._max_active = max_active_keys
+        self._limiter = limiter if limiter is not None else RateLimiter(store)
 
     def now_us(self) -> int:
         return int(self._clock() * 1_000_000)
@@ -246,29 +258,34 @@ class KeyService:
         events = self._store.list_events(user_id, limit + 1, decode_cursor(cursor))
         return _page(events, limit, lambda e: (e.occurred_us, e.id))
 
-    def use(
-        self, presented: str, required_scopes: Sequence[str] | None, limiter: RateLimiter, now: float, request_id: str,
-        identified: Callable[[KeyRecord], None] | None = None,
-    ) -> tuple[KeyRecord, Decision]:
+    def use(self, presented: str, required_scopes: Sequence[str] | None, request_id: str,
+            address: str | None = None) -> KeyUse:
         """Authenticate `presented`, check its scopes and count it against its account's tier limits.
 
-        Raises the precise 401 (invalid, revoked, expired) or 403 (scope), in that order; the
-        decision says whether the rate limit admitted the request. The limits are the account's:
-        all its keys count in one minute and one day window, which a new tier's limits apply
-        to from the next request on, counts kept. The lookup and the count are one
-        transaction, so a key revoked or moved to another tier in any worker is treated as
-        such from the next request on. `identified` is told which key was presented as soon
-        as it is found, before any of the checks that may refuse it.
+        Raises the precise 401 (invalid, revoked, expired) or 403 (scope), in that order, naming
+        the key it found (`ServiceError.key`) when it was found; the decision says whether the
+        rate limit admitted the request. The limits are the account's: all its keys count in
+        one minute and one day window, which a new tier's limits apply to from the next request
+        on, counts kept. The lookup and the count are one transaction, so a key revoked or moved
+        to another tier in any worker is treated as such from the next request on. A key with an
+        allowlist used from another `address` (the client's) is 403 before anything else is
+        checked or counted.
         """
         if not keymaterial.is_well_formed(presented):
             # Caught by the checksum: no database access for a mistyped or made-up key.
             raise InvalidAPIKey("The API key is malformed or mistyped.")
+        now = self._clock()
         now_us = int(now * 1_000_000)
+        found: list[KeyRecord] = []
         counted_in: list[tuple[Window, Window]] = []
 
         def admit(record: KeyRecord) -> tuple[Window, Window]:
-            if identified is not None:
-                identified(record)
+            found.append(record)
+            networks = allowed_networks(record)
+            if not address_allowed(address, networks):
+                raise AddressNotAllowed(
+                    "This API key may not be used from this address.", {"key_id": record.id, "address": address}
+                )
             if record.revoked_us is not None:
                 message = "This API key has been revoked."
                 if record.revoked_reason == REVOKED_AS_LEAKED:
@@ -284,14 +301,19 @@ class KeyService:
                 raise ExpiredAPIKey("This API key has expired.", details)
             self.authorize(record, required_scopes)
             tier = get_tier(record.tier)
-            counted_in.append(limiter.windows(Limits(tier.per_minute, tier.per_day), now))
+            counted_in.append(self._limiter.windows(Limits(tier.per_minute, tier.per_day), now))
             return counted_in[0]
 
-        used = self._store.use_key(keymaterial.digest(presented), now_us, admit, request_id)
+        try:
+            used = self._store.use_key(keymaterial.digest(presented), now_us, admit, request_id)
+        except ServiceError as refusal:
+            if found:
+                refusal.key = found[0]
+            raise
         if used is None:
             raise InvalidAPIKey("The API key is not recognised.")
         record, result = used  # its usage as this request's own transaction counted it
-        return record, limiter.decide(counted_in[0], result, now)
+        return KeyUse(record, self._limiter.decide(counted_in[0], result, now))
 
     @staticmethod
     def authorize(record: KeyRecord, required_scopes: Sequence[str] | None) -> None:
@@ -304,30 +326,11 @@ class KeyService:
                 {"required_scopes": list(required_scopes or ()), "missing_scopes": missing},
             )
 
-    def key_info(self, record: KeyRecord) -> dict[str, Any]:
-        """Describe a key as the contract's APIKeyInfo (never its secret)."""
-        tier = get_tier(record.tier)
+    def info(self, record: KeyRecord) -> KeyInfo:
+        """Describe a key as its owner is shown it now: its tier's terms and its status."""
         expired = record.expires_us is not None and record.expires_us <= self.now_us()
-        info: dict[str, Any] = {
-            "id": record.id,
-            "name": record.name,
-            "key_preview": record.preview,
-            "tier": tier.name,
-            "scopes": list(effective_scopes(record)),
-            "rate_limit_per_minute": tier.per_minute,
-            "rate_limit_per_day": tier.per_day,
-            "total_requests": record.total_requests,
-            "last_used_at": rfc3339(record.last_used_us),
-            "created_at": rfc3339(record.created_us),
-            "expires_at": rfc3339(record.expires_us),
-            "status": "revoked" if record.revoked_us is not None else "expired" if expired else "active",
-        }
-        if record.replaced_by is not None:
-            info["replaced_by"] = record.replaced_by
-        if record.revoked_us is not None:
-            revoked = revocation(record)
-            info |= {"revoked_at": revoked["revoked_at"], "revoked_reason": revoked["reason"]}
-        return info
+        status = "revoked" if record.revoked_us is not None else "expired" if expired else "active"
+        return KeyInfo(record, get_tier(record.tier), status, effective_scopes(record))
 
 
 def revocation(key: KeyRecord) -> dict[str, Any]:
@@ -374,20 +377,6 @@ def roll_over_cap(count: int, max_active: int) -> KeyLimitReached:
         "period keeps both keys active; revoke one first, or roll with grace_period_minutes 0.",
         {"limit": max_active},
     )
-
-
-def event_info(event: KeyEvent) -> dict[str, Any]:
-    """Describe a key event as the contract's KeyEvent."""
-    return {
-        "id": event.id,
-        "type": event.type,
-        "occurred_at": rfc3339(event.occurred_us),
-        "key_id": event.key_id,
-        "key_name": event.key_name,
-        "key_preview": event.key_preview,
-        "request_id": event.request_id,
-        "details": event.details,
-    }
 
 
 def rfc3339(us: int | None) -> str | None:

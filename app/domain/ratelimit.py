@@ -58,13 +58,6 @@ class Decision:
         """
         return self.day if self.blocked_by == "day" or self.day.remaining <= self.minute.remaining else self.minute
 
-    def windows_info(self) -> dict[str, dict[str, int]]:
-        """Describe both windows as the contract's `rate_limit` object (whoami)."""
-        return {
-            window: {"limit": state.limit, "remaining": state.remaining, "reset": state.reset}
-            for window, state in (("minute", self.minute), ("day", self.day))
-        }
-
     def retry_after(self, now: float) -> int:
         """Return whole seconds until the refusing window resets, rounded up.
 

@@ -9,6 +9,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from app.domain.tiers import Tier
+
 # Why a key was revoked, as stored with it and told to whoever presents or lists it.
 REVOKED_BY_OWNER = "owner"  # DELETE /api/v1/keys/{key_id}
 REVOKED_AS_LEAKED = "leaked"  # a leak report (POST /api/v1/leaks)
@@ -35,6 +37,16 @@ class KeyRecord:
     last_used_us: int | None
     replaced_by: str | None = None  # the key that replaced this one when it was rolled
     revoked_reason: str | None = None  # why it was revoked: REVOKED_BY_OWNER or REVOKED_AS_LEAKED
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """A key as its owner is shown it: the record, its tier's terms and its status at one moment."""
+
+    key: KeyRecord
+    tier: Tier
+    status: str  # "active", "expired" or "revoked"
+    scopes: tuple[str, ...]  # in force now (app.domain.grants.effective_scopes)
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.web import metrics
+from app import metrics
 
 MAX_HOPS = 16  # X-Forwarded-For entries read, rightmost first; the rest is never parsed
 # How much of the header, from its end, is looked at: room for MAX_HOPS IPv6 addresses and ports.

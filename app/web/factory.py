@@ -18,12 +18,10 @@ from connexion.resolver import Resolver
 
 from app.compat import check_connexion
 from app.config import Settings
-from app.domain.keys import Clock, KeyService
-from app.domain.ratelimit import Limits, RateLimiter
-from app.domain.sessions import SessionVerifier
+from app.domain.keys import Clock
 from app.domain.store import Store
-from app.store import open_store
-from app.web import connexion_tuning, probes
+from app.services import build_services
+from app.web import connexion_tuning
 from app.web.clients import ClientAddressMiddleware, Proxies
 from app.web.csrf import OriginCheckMiddleware, OriginPolicy, cookie_operations
 from app.web.dev import PreferMiddleware
@@ -38,29 +36,12 @@ from app.web.middleware import (
 from app.web.pages import PagesMiddleware
 from app.web.ratelimit_headers import RATE_LIMIT_HEADER_NAMES
 from app.web.security import SECURITY_MAP
-from app.web.services import Services
 from app.web.validation import validator_map
 
 SPEC_PATH = Path(__file__).resolve().parent.parent.parent / "openapi.json"
 # Swagger UI reads Connexion's copy of the contract (servers pointed at this server, so that
 # "Try it out" calls it); /openapi.json is the repository's file (app.web.pages).
 DOCS_SPEC_PATH = "/ui/openapi.json"
-
-
-def build_services(settings: Settings, clock: Clock = time.time, store: Store | None = None) -> Services:
-    """Wire the domain services for `settings`."""
-    store = store if store is not None else open_store(settings)
-    return Services(
-        settings=settings,
-        store=store,
-        keys=KeyService(store, clock, settings.max_active_keys),
-        sessions=SessionVerifier(settings.jwt_secret, allow_anonymous=settings.allow_anonymous_sessions),
-        limiter=RateLimiter(store),
-        clock=clock,
-        management_limits=Limits(settings.management_limit_per_minute, settings.management_limit_per_day),
-        leak_report_limits=Limits(settings.leak_report_limit_per_minute, settings.leak_report_limit_per_day),
-        readiness=probes.Readiness(store, clock),
-    )
 
 
 def resolve_handler(operation_id: str) -> Callable[..., Any]:

@@ -19,8 +19,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from app import metrics
 from app.domain.errors import (
-    AddressNotAllowed,
     InvalidAPIKey,
     InvalidParameter,
     MissingAPIKey,
@@ -29,14 +29,12 @@ from app.domain.errors import (
     ServiceError,
 )
 from app.domain.gateway import ForwardedRequest, UnreadableRequest, parse_forwarded
-from app.domain.grants import address_allowed, allowed_networks, effective_scopes
+from app.domain.grants import effective_scopes
 from app.domain.ratelimit import Decision
 from app.domain.records import KeyRecord
-from app.web import metrics
 from app.web.clients import Proxies, resolve
 from app.web.credentials import presented_keys
 from app.web.errors import envelope, error_headers, status_and_code
-from app.web.ratelimit_headers import rate_limit_headers
 
 STATUS_HEADER = "X-Gateway-Status"
 ERROR_HEADER = "X-Gateway-Error"
@@ -93,16 +91,15 @@ def check(scope: dict[str, Any]) -> Passed:
     required = route.scopes if route is not None else ()
     address = client_address(scope, client.peer)
 
-    def identified(record: KeyRecord) -> None:
-        state["account_id"], state["key_id"] = record.user_id, record.id
-        if not address_allowed(address, allowed_networks(record)):
-            raise AddressNotAllowed(
-                "This API key may not be used from this address.", {"key_id": record.id, "address": address}
-            )
-
     now = services.clock()
-    record, decision = services.keys.use(keys.pop(), required, services.limiter, now, state["request_id"], identified)
-    state["rate_limit_headers"] = rate_limit_headers(decision)
+    try:
+        record, decision = services.keys.use(keys.pop(), required, state["request_id"], address=address)
+    except ServiceError as refusal:
+        if refusal.key is not None:  # a key found, then refused: its owner is known to the access line
+            state["account_id"], state["key_id"] = refusal.key.user_id, refusal.key.id
+        raise
+    state["account_id"], state["key_id"] = record.user_id, record.id
+    state["rate_limit"] = decision  # rendered as headers on the answer (app.web.middleware.stamp)
     if not decision.allowed:
         raise decision.refusal(now, "this account's API keys, which share its tier's limits")
     return Passed(record, effective_scopes(record), required, forwarded, decision)
@@ -159,7 +156,10 @@ def passed_body(passed: Passed) -> dict[str, Any]:
             "method": passed.request.method,
             "path": passed.request.path,
             "upstream_uri": passed.request.upstream_uri,
-            "rate_limit": passed.decision.windows_info(),
+            "rate_limit": {
+                name: {"limit": w.limit, "remaining": w.remaining, "reset": w.reset}
+                for name, w in (("minute", passed.decision.minute), ("day", passed.decision.day))
+            },
         }
     }
 

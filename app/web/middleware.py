@@ -16,10 +16,11 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app import metrics
 from app.domain.errors import PayloadTooLarge, ServiceError
-from app.web import metrics
 from app.web.errors import MESSAGES, envelope, error_code_of, status_and_code
 from app.web.limits import MAX_BODY_BYTES, READ_TIMEOUT_SECONDS, HeadLimits
+from app.web.ratelimit_headers import rate_limit_headers
 from app.web.refusals import RequestTimeout
 
 access_log = logging.getLogger("app.access")
@@ -333,8 +334,10 @@ def stamp(message: Message, state: dict[str, Any]) -> None:
         # Its "Try it out" posts to this server: the Origin it sends must name the page.
         added[b"referrer-policy"] = b"same-origin"
     added.update(state.get("page_headers", {}))  # a page's own policy (app.web.pages)
-    for name, value in state.get("rate_limit_headers", {}).items():
-        added[name.lower().encode("latin-1")] = value.encode("latin-1")
+    decision = state.get("rate_limit")  # what a security function or handler counted
+    if decision is not None:
+        for name, value in rate_limit_headers(decision).items():
+            added[name.lower().encode("latin-1")] = value.encode("latin-1")
     replaced = set(added)
     if message["status"] == 204:
         replaced.add(b"content-type")

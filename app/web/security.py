@@ -3,7 +3,8 @@ and the two security handlers this service gives Connexion through its `security
 
 The functions run in Connexion's security middleware, outside Flask: the services come from
 the request scope, put there by `RequestContextMiddleware`. Each authenticates, then counts
-the request against its rate limit; the outcome's headers go back through the scope.
+the request against its rate limit; the decision goes back through the scope, and
+becomes the answer's rate-limit headers there.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from app.domain.ratelimit import Decision, management_subject
 from app.domain.records import KeyRecord
 from app.web.credentials import cookie_values, presented_keys
 from app.web.errors import HTTPServiceError
-from app.web.ratelimit_headers import rate_limit_headers
 
 
 def verify_session(token: str, request: ConnexionRequest) -> dict[str, Any]:
@@ -31,7 +31,7 @@ def verify_session(token: str, request: ConnexionRequest) -> dict[str, Any]:
         user_id = services.sessions.user_id(token, now)
         state["account_id"] = user_id  # for the access line
         decision = services.limiter.admit(management_subject(user_id), services.management_limits, now)
-        _apply(state, decision, now, "key management for this account")
+        _apply(state, decision, "key management for this account")
     except ServiceError as refusal:
         raise HTTPServiceError(refusal) from refusal
     return {"sub": user_id}
@@ -59,21 +59,26 @@ def _verify_api_key(token: str, scope: dict[str, Any], required_scopes: Sequence
     if len(presented_keys(scope)) > 1:
         # Which one is meant? Guessing would let a stale or stolen key hide behind a good one.
         raise InvalidAPIKey("Send one API key, one way: this request carries more than one.")
-    now = services.clock()
-
-    def identified(record: KeyRecord) -> None:
-        # For the access line, also when the key is then refused (revoked, expired, scope).
-        state["account_id"], state["key_id"] = record.user_id, record.id
-
-    record, decision = services.keys.use(token, required_scopes, services.limiter, now, state["request_id"], identified)
-    _apply(state, decision, now, "this account's API keys, which share its tier's limits")
+    try:
+        record, decision = services.keys.use(token, required_scopes, state["request_id"])
+    except ServiceError as refusal:
+        if refusal.key is not None:  # a revoked, expired or out-of-scope key: its owner is known
+            _identify(state, refusal.key)
+        raise
+    _identify(state, record)
+    _apply(state, decision, "this account's API keys, which share its tier's limits")
     return {"sub": record.user_id, "key": record, "rate_limit": decision}
 
 
-def _apply(state: dict[str, Any], decision: Decision, now: float, subject: str) -> None:
-    state["rate_limit_headers"] = rate_limit_headers(decision)
+def _identify(state: dict[str, Any], key: KeyRecord) -> None:
+    # For the access line, also when the key is then refused (revoked, expired, scope, rate).
+    state["account_id"], state["key_id"] = key.user_id, key.id
+
+
+def _apply(state: dict[str, Any], decision: Decision, subject: str) -> None:
+    state["rate_limit"] = decision  # rendered as headers on the answer (app.web.middleware.stamp)
     if not decision.allowed:
-        raise decision.refusal(now, subject)
+        raise decision.refusal(decision.at, subject)
 
 
 class ScopedBearerHandler(BearerSecurityHandler):
