@@ -36,3 +36,6 @@ def check_connexion() -> None:
     raise UnsupportedConnexion(
         f"{found}, but this service runs only on connexion {series}: install the locked versions with `make install`"
     )
+
+# Placeholder so the fence test can import before the fence exists.
+FENCED_PACKAGES = ("app.web.connexion_tuning", "app.web.uvicorn_tuning")

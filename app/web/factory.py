@@ -162,7 +162,7 @@ def create_app(
         validate_responses=settings.validate_responses,
         validator_map=validator_map(),
         swagger_ui_options=SwaggerUIOptions(spec_path=DOCS_SPEC_PATH, swagger_ui=settings.docs, serve_spec=settings.docs),
-        security_map=connexion_tuning.signature_once(SECURITY_MAP) if tuned else SECURITY_MAP,
+        security_map=SECURITY_MAP,
     )
     errors.install(app)
     if tuned:

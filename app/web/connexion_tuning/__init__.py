@@ -9,7 +9,6 @@ version it replaces:
 - `stack`: Connexion's middleware list, layer for layer, with request validators built once
   per operation and the Swagger UI layer consulted only for the paths it serves; without
   response validation, its pass-through layer is left out.
-- `security`: security handlers inspect the security function's signature once.
 
 Written against, and checked with, connexion 3.3.0: `app.compat.check_connexion` refuses any
 other minor series, whose internals may differ, before the app is built. `create_app(..., tuned=False)`
@@ -22,10 +21,9 @@ from __future__ import annotations
 from typing import Any
 
 from app.web.connexion_tuning.binding import tune_flask_side
-from app.web.connexion_tuning.security import signature_once
 from app.web.connexion_tuning.stack import middlewares
 
-__all__ = ["middlewares", "signature_once", "tune"]
+__all__ = ["middlewares", "tune"]
 
 
 def tune(app: Any) -> None:
