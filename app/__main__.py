@@ -17,7 +17,7 @@ from collections.abc import Sequence
 # Connexion imports Starlette's test client, which warns about httpx on every start.
 warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
 
-from app.compat import UnsupportedConnexion, check_connexion
+from app.compat import UnsupportedUpstream, check_upstream
 from app.config import ConfigError, Settings
 from app.domain.demo import DEMO_USER, seed_demo
 from app.domain.sessions import issue_token
@@ -86,8 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.command in ("run", "serve"):
         try:
-            check_connexion()
-        except UnsupportedConnexion as exc:
+            check_upstream()
+        except UnsupportedUpstream as exc:
             print(exc, file=sys.stderr)
             return 1
     if args.command in ("run", "serve", "set-tier", "seed-demo"):

@@ -82,8 +82,11 @@ def defined_names(trees: list[ast.Module]) -> set[str]:
 
 def foreign_private_attributes(tree: ast.Module, own: set[str]) -> list[tuple[int, str]]:
     """(line, expression) for each `x._name` where nothing in the project defines `_name`: an upstream private."""
-    return [(node.lineno, ast.unparse(node)) for node in ast.walk(tree)
-            if isinstance(node, ast.Attribute) and _private(node.attr) and node.attr not in own]
+    return [
+        (node.lineno, ast.unparse(node))
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute) and _private(node.attr) and node.attr not in own
+    ]
 
 
 def _modules() -> Iterator[object]:
@@ -109,28 +112,39 @@ def private_overrides() -> list[str]:
 
 
 def test_no_private_import_from_a_third_party_package_outside_the_fence():
-    outside = [f"{path.relative_to(ROOT)}:{line}: {what}"
-               for path, tree in _sources() if not _fenced(path) for line, what in private_imports(tree)]
+    outside = [
+        f"{path.relative_to(ROOT)}:{line}: {what}"
+        for path, tree in _sources()
+        if not _fenced(path)
+        for line, what in private_imports(tree)
+    ]
     assert outside == []
 
 
 def test_no_upstream_private_attribute_is_used_outside_the_fence():
     sources = list(_sources())
     own = defined_names([tree for path, tree in sources if not _fenced(path)])
-    outside = [f"{path.relative_to(ROOT)}:{line}: {expression}"
-               for path, tree in sources if not _fenced(path) for line, expression in foreign_private_attributes(tree, own)]
+    outside = [
+        f"{path.relative_to(ROOT)}:{line}: {expression}"
+        for path, tree in sources
+        if not _fenced(path)
+        for line, expression in foreign_private_attributes(tree, own)
+    ]
     assert outside == []
 
 
 def test_no_upstream_private_method_is_overridden_outside_the_fence():
-    outside = [name for name in private_overrides()
-               if not any(name.startswith(package + ".") for package in FENCED_PACKAGES)]
+    outside = [
+        name for name in private_overrides() if not any(name.startswith(package + ".") for package in FENCED_PACKAGES)
+    ]
     assert outside == []
 
 
 def test_the_fence_test_sees_a_private_import_and_attribute():
-    tree = ast.parse("from jsonschema import _keywords\nimport uvicorn._types\nfrom app import _x\n"
-                     "from connexion.security import ApiKeySecurityHandler\nApiKeySecurityHandler._get_function\n")
+    tree = ast.parse(
+        "from jsonschema import _keywords\nimport uvicorn._types\nfrom app import _x\n"
+        "from connexion.security import ApiKeySecurityHandler\nApiKeySecurityHandler._get_function\n"
+    )
     assert private_imports(tree) == [(1, "from jsonschema import _keywords"), (2, "import uvicorn._types")]
     assert foreign_private_attributes(tree, defined_names([tree])) == [(5, "ApiKeySecurityHandler._get_function")]
 

@@ -16,7 +16,7 @@ from connexion.middleware.main import ConnexionMiddleware
 from connexion.options import SwaggerUIOptions
 from connexion.resolver import Resolver
 
-from app.compat import check_connexion
+from app.compat import check_upstream
 from app.config import Settings
 from app.domain.keys import Clock, KeyService
 from app.domain.ratelimit import Limits, RateLimiter
@@ -84,10 +84,10 @@ def create_app(
     """Build the ASGI application serving `openapi.json` for `settings`.
 
     `tuned=False` leaves out `app.web.connexion_tuning`: Connexion's own FlaskApp, middleware
-    list, decorators and security handlers, with only what this service adds through
+    list and decorators, with only what this service adds through
     Connexion's documented hooks (middleware, validator and security maps, error handlers).
     """
-    check_connexion()
+    check_upstream()
     services = build_services(settings, clock, store)
     spec_bytes = spec.read_bytes() if isinstance(spec, Path) else json.dumps(spec, indent=2).encode()
     document: dict = json.loads(spec_bytes)

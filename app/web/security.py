@@ -98,7 +98,9 @@ class _Handler:
             raise ValueError(f"the security scheme {security_scheme!r} names no function in {self.info_key}")
         return get_function_from_name(name)
 
-    def checked(self, function: Callable[..., Any], required_scopes: list[str]) -> Callable[[ConnexionRequest, str], Any]:
+    def checked(
+        self, function: Callable[..., Any], required_scopes: list[str]
+    ) -> Callable[[ConnexionRequest, str], Any]:
         """`function` called with the token and, if it takes them, the request and the required scopes."""
         parameters = inspect.signature(function).parameters
         scopes = {"required_scopes": required_scopes} if "required_scopes" in parameters else {}
@@ -162,7 +164,9 @@ class ApiKeyHandler(_Handler):
                 if len(values) > 1:
                     # Which session is meant? Two cookies of one name come from two paths or
                     # domains, or from a cookie planted beside the real one: guess neither.
-                    refusal = InvalidSession(f"Send one session: this request carries {len(values)} different {name} cookies.")
+                    refusal = InvalidSession(
+                        f"Send one session: this request carries {len(values)} different {name} cookies."
+                    )
                     raise HTTPServiceError(refusal)
                 value = values.pop() if values else None
             else:

@@ -96,8 +96,12 @@ class BoundedHttpToolsProtocol(HookedHttpToolsProtocol):
         if len(data) <= self._head_room:
             self._head_room -= len(data)
             self.feed(data)
-            if (self._in_head and self._head_timer is None and not self._refused
-                    and (self._head_begun or self._head_room < self.limits.head)):
+            if (
+                self._in_head
+                and self._head_timer is None
+                and not self._refused
+                and (self._head_begun or self._head_room < self.limits.head)
+            ):
                 # Part of a head, and no clock running yet (a head that arrives whole in one
                 # read, the usual case, never needs one).
                 self._arm_head_timer()
@@ -133,8 +137,13 @@ class BoundedHttpToolsProtocol(HookedHttpToolsProtocol):
         """Whether the connection is between requests: nothing of one read, nothing being answered."""
         if self._refused:
             return True  # answered already, and about to close
-        return (self._in_head and not self._head_begun and self._head_room == self.limits.head
-                and not self.answering() and not self.queued())
+        return (
+            self._in_head
+            and not self._head_begun
+            and self._head_room == self.limits.head
+            and not self.answering()
+            and not self.queued()
+        )
 
     def close(self) -> None:
         """Close the connection (an idle one, to make room for another)."""
@@ -197,8 +206,9 @@ class BoundedHttpToolsProtocol(HookedHttpToolsProtocol):
             self.transport.close()
             return
         timeout = self.limits.read_timeout
-        self._refuse(RequestTimeout(f"The request's head did not arrive within {timeout:g} s.",
-                                    {"limit_seconds": timeout}))
+        self._refuse(
+            RequestTimeout(f"The request's head did not arrive within {timeout:g} s.", {"limit_seconds": timeout})
+        )
 
     # Refusal
 
@@ -214,15 +224,27 @@ class BoundedHttpToolsProtocol(HookedHttpToolsProtocol):
         request_id = new_request_id()
         status, code = status_and_code(refusal)
         body = envelope(code, refusal.message, refusal.details, request_id)
-        start: dict[str, Any] = {"type": "http.response.start", "status": status, "headers": [
-            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-            (b"connection", b"close"),
-        ]}
+        start: dict[str, Any] = {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
         stamp(start, {"request_id": request_id})
         # An answer to HEAD has no content (RFC 9110 9.3.2): its Content-Length is that of the GET's.
         self.write_response(status, start["headers"], b"" if self._method == b"HEAD" else body)
-        log_access(request_id, "-", NO_ROUTE, status, time.perf_counter() - self._head_started,
-                   client_field(self.client), error_code=code)
+        log_access(
+            request_id,
+            "-",
+            NO_ROUTE,
+            status,
+            time.perf_counter() - self._head_started,
+            client_field(self.client),
+            error_code=code,
+        )
         if self.transport.can_write_eof():
             self.transport.write_eof()
         self._linger_timer = self.loop.call_later(LINGER_SECONDS, self.transport.close)

@@ -104,8 +104,16 @@ class RequestBodyValidator:
     field and the rule, the schema's validator is built once, and the parsed body is handed on.
     """
 
-    def __init__(self, *, schema: dict, required: bool = False, nullable: bool = False, encoding: str,
-                 strict_validation: bool, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        schema: dict,
+        required: bool = False,
+        nullable: bool = False,
+        encoding: str,
+        strict_validation: bool,
+        **kwargs: Any,
+    ) -> None:
         self.schema = schema
         self.required = required
         self.nullable = nullable
@@ -144,9 +152,7 @@ class RequestBodyValidator:
         if not text:
             return None
         try:
-            body = json.loads(
-                text, parse_int=_bounded_int, parse_constant=_no_constant, object_pairs_hook=_unique_keys
-            )
+            body = json.loads(text, parse_int=_bounded_int, parse_constant=_no_constant, object_pairs_hook=_unique_keys)
         except json.JSONDecodeError as exc:
             raise InvalidJSON(
                 f"The request body is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno}).",
