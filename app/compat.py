@@ -43,6 +43,12 @@ class Fence:
 FENCE = (
     Fence("connexion", (3, 3), (3, 4), "app/web/connexion_tuning (copies and overrides of its 3.3 internals)"),
     Fence("a2wsgi", (1, 10), (1, 11), "app/web/connexion_tuning/binding.py (a2wsgi.wsgi.build_environ)"),
+    Fence(
+        "flask",
+        (3, 1),
+        (3, 2),
+        "app/web/connexion_tuning/binding.py (RequestContext.push matching only with a URL adapter)",
+    ),
     Fence("uvicorn", (0, 54), (0, 55), "app/web/uvicorn_tuning (HttpToolsProtocol's private helpers)"),
     Fence("httptools", (0, 9), (0, 10), "app/web/uvicorn_tuning (the parser's exceptions and their context)"),
 )
