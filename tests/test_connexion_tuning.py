@@ -1,12 +1,14 @@
 """The tuned app answers exactly as plain Connexion does.
 
-`app.web.connexion_tuning` runs Flask inline, binds each operation's arguments once, reuses
-request validators, skips the Swagger UI router for paths it does not serve, leaves out the
-pass-through response validation layer and inspects security functions once. The same
-conversation, every operation, in success and in every kind of error, by every way of
-authenticating, is held with `create_app(..., tuned=False)` (Connexion's own FlaskApp,
-middleware list, decorators and security handlers), and every answer must match: status,
-headers (but the date) and body, once ids, keys and request ids are masked.
+`app.web.connexion_tuning` runs Flask inline, binds each operation's arguments once, routes
+paths without parameters through an exact table, gives Flask the rule Connexion's routing
+found, reuses request validators, skips the Swagger UI router for paths it does not serve and
+leaves out the pass-through response validation layer. The same conversation, every
+operation, in success and in every kind of error, by every way of authenticating, is held with
+`create_app(..., tuned=False)` (Connexion's own FlaskApp, routing, middleware list and
+decorators, Flask's own URL matching), and every answer must match: status, headers (but the
+date) and body, once ids, keys and request ids are masked. The routing table and Flask's rules
+are also compared, entry by entry, with what Connexion's routers and Werkzeug's match find.
 """
 
 from __future__ import annotations
