@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
+from packaging.version import Version
 
 from app import compat, create_app
 from tests.live import ROOT
@@ -103,6 +104,10 @@ def test_every_declared_range_has_a_floor_the_lock_meets_and_a_ceiling():
         series = ".".join(version.split(".")[:2])
         assert requirement.specifier.contains(version), text
         assert floors[0] == series, f"{text}: the floor is not the locked series {series}"
+        # No higher than the next major release, or for a 0.x package the next minor (tighter is allowed).
+        major, minor = (int(part) for part in version.split(".")[:2])
+        widest = Version(f"0.{minor + 1}" if major == 0 else f"{major + 1}")
+        assert Version(ceilings[0]) <= widest, f"{text}: the ceiling admits more than {widest}"
 
 
 def _fake_package(tmp_path: Path, package: str, version: str) -> dict[str, str]:
