@@ -49,6 +49,7 @@ FENCE = (
         (3, 2),
         "app/web/connexion_tuning/binding.py (RequestContext.push matching only with a URL adapter)",
     ),
+    Fence("starlette", (1, 10), (1, 11), "app/web/connexion_tuning/stack.py (what Router.app writes into the scope)"),
     Fence("uvicorn", (0, 54), (0, 55), "app/web/uvicorn_tuning (HttpToolsProtocol's private helpers)"),
     Fence("httptools", (0, 9), (0, 10), "app/web/uvicorn_tuning (the parser's exceptions and their context)"),
 )

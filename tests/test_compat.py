@@ -18,7 +18,14 @@ from tests.live import ROOT
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 LOCK = tomllib.loads((ROOT / "uv.lock").read_text())
-SUPPORTED = {"connexion": "3.3.0", "a2wsgi": "1.10.10", "flask": "3.1.3", "uvicorn": "0.54.0", "httptools": "0.9.0"}
+SUPPORTED = {
+    "connexion": "3.3.0",
+    "a2wsgi": "1.10.10",
+    "flask": "3.1.3",
+    "starlette": "1.10.0",
+    "uvicorn": "0.54.0",
+    "httptools": "0.9.0",
+}
 
 
 def versions(**changed: str | None):
@@ -51,6 +58,7 @@ def test_check_upstream_accepts_the_supported_series(monkeypatch, version):
         ("httptools", "0.8.0", "0.9.x"),
         ("a2wsgi", "1.11.0", "1.10.x"),
         ("flask", "3.2.0", "3.1.x"),
+        ("starlette", "1.11.0", "1.10.x"),
     ],
 )
 def test_check_upstream_refuses_any_other_series_in_one_line(monkeypatch, package, version, series):

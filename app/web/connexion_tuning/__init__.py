@@ -14,7 +14,7 @@ version it replaces:
   consulted only for the paths it serves; without response validation, its pass-through layer
   is left out.
 
-Written against, and checked with, connexion 3.3.0, a2wsgi 1.10 and flask 3.1:
+Written against, and checked with, connexion 3.3.0, a2wsgi 1.10, flask 3.1 and starlette 1.10:
 `app.compat.check_upstream` refuses any other series, whose internals may differ, before the
 app is built. `create_app(..., tuned=False)` builds the same app without any of this, and
 tests/test_connexion_tuning.py holds the same conversation with both and requires identical

@@ -76,7 +76,7 @@ class ExactRoutingMiddleware(RoutingMiddleware):
         return table
 
     def _dispatch(self, method: str, path: str) -> tuple[dict[str, Any], str, RoutingOperation] | None:
-        """What Starlette's `Router.app` (starlette 1.x, starlette/routing.py) leaves in a bare scope
+        """What Starlette's `Router.app` (starlette 1.10, starlette/routing.py) leaves in a bare scope
         for this request, the API's base path, and the operation it reaches; None if not an operation."""
         scope: dict[str, Any] = {"type": "http", "method": method, "path": path, "root_path": ""}
         bare = dict(scope)
