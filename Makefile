@@ -30,7 +30,7 @@ TS_CLIENT  := build/clients/typescript/schema.d.ts
 TS_TOOLS   := clients/node_modules/.bin/openapi-typescript
 TEST_TOOLS := $(PY_CLIENT) $(if $(shell command -v npm),$(SPECTRAL) $(TS_CLIENT))
 
-.PHONY: install lock run mock serve test lint audit fuzz bench bench-ab bench-instructions clean \
+.PHONY: install lock check-upgrades run mock serve test lint audit fuzz bench bench-ab bench-instructions clean \
 	clients clients-python clients-typescript
 
 $(UV): tools/uv.txt
@@ -80,6 +80,12 @@ lock: | $(UV)
 	echo "uv==$(UV_VERSION)" | $(UV) pip compile --universal --generate-hashes --quiet \
 		--custom-compile-command "make lock" --python-version 3.11 - -o tools/uv.txt.new
 	cmp -s tools/uv.txt.new tools/uv.txt && rm tools/uv.txt.new || mv tools/uv.txt.new tools/uv.txt
+
+## The fence tests (tests/test_fence.py, test_compat, test_connexion_tuning, test_uvicorn_tuning,
+## test_transport) on the newest versions pyproject.toml's ranges admit, resolved and installed in a
+## scratch folder: what an upgrade breaks, learnt before `make lock`. uv.lock and $(VENV) stay as they are.
+check-upgrades: | $(UV)
+	$(PYTHON) tools/check_upgrades.py --uv $(UV) --python $(PYTHON)
 
 ## Development server on HOST:PORT (default 127.0.0.1:8000), SQLite in data/keys.db.
 run: $(RUNTIME_STAMP)

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 # Connexion imports Starlette's test client, which warns about httpx on every start.
 warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
 
-from app.compat import UnsupportedConnexion, check_connexion
+from app.compat import UnsupportedUpstream, check_upstream
 from app.config import ConfigError, Settings
 from app.domain.demo import DEMO_USER, seed_demo
 from app.domain.sessions import issue_token
@@ -205,8 +205,8 @@ def transfer_rows(name: str, move: Callable[[Settings, str], dict[str, int]], se
 def start_server(settings: Settings, server: Callable[[Settings], int]) -> int:
     """Start `server` (`run` or `serve`) once what it needs is checked, each problem one line before it starts."""
     try:
-        check_connexion()
-    except UnsupportedConnexion as exc:
+        check_upstream()
+    except UnsupportedUpstream as exc:
         print(exc, file=sys.stderr)
         return 1
     from app.web.connections import descriptors_problem

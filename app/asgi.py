@@ -16,6 +16,19 @@ from typing import Any
 
 warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
 
+from app.compat import UnsupportedUpstream, check_upstream
+
+# gunicorn's exit status for a worker that cannot boot: the master stops rather than respawn it.
+WORKER_BOOT_ERROR = 3
+
+# Before the fenced code below is imported: on another release of a package it reaches into,
+# that import could fail with an ImportError deep in a traceback; this says why in one line.
+try:
+    check_upstream()
+except UnsupportedUpstream as exc:
+    print(exc, file=sys.stderr, flush=True)
+    sys.exit(WORKER_BOOT_ERROR)
+
 from connexion import FlaskApp
 from uvicorn_worker import UvicornWorker
 
@@ -27,9 +40,6 @@ from app.store import SQLiteStore, StoreStartError, open_store
 from app.web.connections import connection_limits, descriptors_problem
 from app.web.factory import create_app
 from app.web.transport import protocol_class
-
-# gunicorn's exit status for a worker that cannot boot: the master stops rather than respawn it.
-WORKER_BOOT_ERROR = 3
 
 
 def from_env() -> FlaskApp:

@@ -1,38 +1,82 @@
-"""The Connexion release series this service runs on, checked before it starts."""
+"""The upstream releases this service runs on, checked before it starts.
+
+The fenced packages (`FENCED_PACKAGES`) override or call other packages' internals, which
+change between releases; elsewhere the code uses only public interfaces (tests/test_fence.py).
+`FENCE` names each package whose internals are touched, the versions the code has been run
+on, and the code that touches them. pyproject.toml admits exactly these ranges
+(tests/test_compat.py), and `check_upstream` refuses to start, in one line, on anything else.
+"""
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 
-# app/web/connexion_tuning/ overrides or copies Connexion internals as they are in 3.3, and
-# app/web/security.py and app/web/validation.py extend its security handlers and validators.
-# Other minor releases change them (3.1's _get_verify_func takes other arguments, its
-# wrap_receive returns another shape, and its apiKey handlers receive no required_scopes),
-# so no other series may run this code.
-SUPPORTED_SERIES = (3, 3)
+# The only packages that may reach into another package's internals.
+FENCED_PACKAGES = ("app.web.connexion_tuning", "app.web.uvicorn_tuning")
 
 
-class UnsupportedConnexion(RuntimeError):
-    """The installed Connexion is outside the series the service was written against."""
+@dataclass(frozen=True)
+class Fence:
+    """A package whose internals the code touches: the versions it was run on, and where."""
+
+    package: str
+    lowest: tuple[int, int]  # the series it was written against ...
+    below: tuple[int, int]  # ... and the first series it may not run on
+    code: str  # what touches the internals
+
+    @property
+    def specifier(self) -> str:
+        """The range, as pyproject.toml writes it."""
+        return ">={}.{},<{}.{}".format(*self.lowest, *self.below)
+
+    def admits(self, installed: str) -> bool:
+        """Whether version `installed` (of this package) is in the range."""
+        match = re.match(r"(\d+)\.(\d+)", installed)
+        if match is None:
+            return False
+        return self.lowest <= (int(match[1]), int(match[2])) < self.below
 
 
-def connexion_version() -> str | None:
-    """Return the installed Connexion version, or None if it is not installed."""
+# Within one minor series (0.x: one minor) upstream keeps its internals; a new one may not.
+FENCE = (
+    Fence("connexion", (3, 3), (3, 4), "app/web/connexion_tuning (copies and overrides of its 3.3 internals)"),
+    Fence("a2wsgi", (1, 10), (1, 11), "app/web/connexion_tuning/binding.py (a2wsgi.wsgi.build_environ)"),
+    Fence(
+        "flask",
+        (3, 1),
+        (3, 2),
+        "app/web/connexion_tuning/binding.py (RequestContext.push matching only with a URL adapter)",
+    ),
+    Fence("starlette", (1, 10), (1, 11), "app/web/connexion_tuning/stack.py (what Router.app writes into the scope)"),
+    Fence("uvicorn", (0, 54), (0, 55), "app/web/uvicorn_tuning (HttpToolsProtocol's private helpers)"),
+    Fence("httptools", (0, 9), (0, 10), "app/web/uvicorn_tuning (the parser's exceptions and their context)"),
+)
+
+
+class UnsupportedUpstream(RuntimeError):
+    """An installed package is outside the versions the service's fenced code was run on."""
+
+
+def installed_version(package: str) -> str | None:
+    """Return the installed version of `package`, or None if it is not installed."""
     try:
-        return version("connexion")
+        return version(package)
     except PackageNotFoundError:
         return None
 
 
-def check_connexion() -> None:
-    """Raise UnsupportedConnexion, with a one-line message, unless Connexion 3.3.x is installed."""
-    installed = connexion_version()
-    match = re.match(r"(\d+)\.(\d+)", installed or "")
-    if match and (int(match[1]), int(match[2])) == SUPPORTED_SERIES:
-        return
-    series = "{}.{}.x".format(*SUPPORTED_SERIES)
-    found = f"connexion {installed} is installed" if installed else "connexion is not installed"
-    raise UnsupportedConnexion(
-        f"{found}, but this service runs only on connexion {series}: install the locked versions with `make install`"
-    )
+def check_upstream() -> None:
+    """Raise UnsupportedUpstream, with a one-line message, unless every fenced package is in its range."""
+    problems = []
+    for fence in FENCE:
+        installed = installed_version(fence.package)
+        if installed is not None and fence.admits(installed):
+            continue
+        found = f"{fence.package} {installed} is installed" if installed else f"{fence.package} is not installed"
+        one_series = fence.below == (fence.lowest[0], fence.lowest[1] + 1)
+        series = "{}.{}.x".format(*fence.lowest) if one_series else fence.specifier
+        problems.append(f"{found}, but this service runs only on {fence.package} {series}")
+    if problems:
+        raise UnsupportedUpstream("; ".join(problems) + ": install the locked versions with `make install`")

@@ -1,16 +1,19 @@
 """The tuned app answers exactly as plain Connexion does.
 
-`app.web.connexion_tuning` runs Flask inline, binds each operation's arguments once, reuses
-request validators, skips the Swagger UI router for paths it does not serve, leaves out the
-pass-through response validation layer and inspects security functions once. The same
-conversation, every operation, in success and in every kind of error, by every way of
-authenticating, is held with `create_app(..., tuned=False)` (Connexion's own FlaskApp,
-middleware list, decorators and security handlers), and every answer must match: status,
-headers (but the date) and body, once ids, keys and request ids are masked.
+`app.web.connexion_tuning` runs Flask inline, binds each operation's arguments once, routes
+paths without parameters through an exact table, gives Flask the rule Connexion's routing
+found, reuses request validators, skips the Swagger UI router for paths it does not serve and
+leaves out the pass-through response validation layer. The same conversation, every
+operation, in success and in every kind of error, by every way of authenticating, is held with
+`create_app(..., tuned=False)` (Connexion's own FlaskApp, routing, middleware list and
+decorators, Flask's own URL matching), and every answer must match: status, headers (but the
+date) and body, once ids, keys and request ids are masked. The routing table and Flask's rules
+are also compared, entry by entry, with what Connexion's routers and Werkzeug's match find.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -53,8 +56,13 @@ def conversation(client: Any, clock: FakeClock) -> list[tuple[Any, ...]]:
     call("GET", "/api/v1/keys")  # no session: 401 missing_session
     call("GET", "/api/v1/keys", cookies={"sb-access-token": "not-a-token"})  # 401 invalid_session
     call("POST", "/api/v1/keys", content=b'{"name": "x"}', headers={"Content-Type": "text/plain"}, cookies=cookies)
-    call("POST", "/api/v1/keys", content=b'{"name": "' + b"x" * 70_000 + b'"}',
-         headers={"Content-Type": "application/json"}, cookies=cookies)  # 413
+    call(
+        "POST",
+        "/api/v1/keys",
+        content=b'{"name": "' + b"x" * 70_000 + b'"}',
+        headers={"Content-Type": "application/json"},
+        cookies=cookies,
+    )  # 413
     first = call("POST", "/api/v1/keys", json={"name": "prod-splunk"}, cookies=cookies).json()["data"]
     call("POST", "/api/v1/keys", json={"name": "prod-splunk"}, cookies=cookies)  # 409 duplicate_name
     second = call("POST", "/api/v1/keys", json={"name": "key1", "expires_in_days": 30}, cookies=cookies).json()["data"]
@@ -100,8 +108,13 @@ def conversation(client: Any, clock: FakeClock) -> list[tuple[Any, ...]]:
 def test_tuned_app_answers_as_plain_connexion_does(tmp_path: Path, validate_responses: bool) -> None:
     def run(name: str, tuned: bool) -> list[tuple[Any, ...]]:
         clock = FakeClock()
-        settings = Settings(jwt_secret=SECRET, database_path=tmp_path / name / "keys.db", cors_origin_regex="",
-                            validate_responses=validate_responses, max_active_keys=3)
+        settings = Settings(
+            jwt_secret=SECRET,
+            database_path=tmp_path / name / "keys.db",
+            cors_origin_regex="",
+            validate_responses=validate_responses,
+            max_active_keys=3,
+        )
         with create_app(settings, clock=clock, tuned=tuned).test_client() as client:
             return conversation(client, clock)
 
@@ -115,18 +128,31 @@ def test_tuned_app_answers_as_plain_connexion_does(tmp_path: Path, validate_resp
     for status in (200, 201, 204, 400, 401, 404, 405, 409, 413, 415, 429):
         assert status in statuses, status
     codes = " ".join(answer[4] for answer in tuned)
-    for code in ("missing_session", "invalid_session", "missing_api_key", "invalid_api_key", "revoked_api_key",
-                 "expired_api_key", "duplicate_name", "key_limit_reached", "rate_limit_exceeded", "key_not_found"):
+    for code in (
+        "missing_session",
+        "invalid_session",
+        "missing_api_key",
+        "invalid_api_key",
+        "revoked_api_key",
+        "expired_api_key",
+        "duplicate_name",
+        "key_limit_reached",
+        "rate_limit_exceeded",
+        "key_not_found",
+    ):
         assert code in codes, code
     limited = next(answer for answer in tuned if answer[2] == 429)
     assert {"retry-after", "x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset"} <= set(limited[3])
 
 
-def test_the_binding_path_and_connexions_generic_decorators_agree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_binding_path_and_connexions_generic_decorators_agree(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def run(name: str) -> list[tuple[Any, ...]]:
         clock = FakeClock()
-        settings = Settings(jwt_secret=SECRET, database_path=tmp_path / name / "keys.db", cors_origin_regex="",
-                            max_active_keys=3)
+        settings = Settings(
+            jwt_secret=SECRET, database_path=tmp_path / name / "keys.db", cors_origin_regex="", max_active_keys=3
+        )
         with create_app(settings, clock=clock).test_client() as client:
             return conversation(client, clock)
 
@@ -138,8 +164,11 @@ def test_the_binding_path_and_connexions_generic_decorators_agree(tmp_path: Path
 
 def test_binding_declines_what_it_does_not_cover(make_app: Callable[..., Any]) -> None:
     # A body in a form media type is left to Connexion's decorators.
-    operation = type("Op", (), {"consumes": ["application/x-www-form-urlencoded"], "produces": ["application/json"],
-                                "parameters": []})()
+    operation = type(
+        "Op",
+        (),
+        {"consumes": ["application/x-www-form-urlencoded"], "produces": ["application/json"], "parameters": []},
+    )()
     assert binding._Binding.compile(operation, lambda: None, None) is None  # type: ignore[arg-type]
     several = type("Op", (), {"consumes": [], "produces": ["application/json", "text/plain"], "parameters": []})()
     assert binding._Binding.compile(several, lambda: None, None) is None  # type: ignore[arg-type]
@@ -151,7 +180,6 @@ def test_swagger_ui_and_spec_still_served(make_app: Callable[..., Any]) -> None:
         assert client.get("/ui/").status_code == 200
         assert client.get("/ui", follow_redirects=False).status_code in (301, 302, 307)
         assert "swagger-ui" in client.get("/ui/swagger-ui.css").text
-
 
 
 def test_inline_wsgi_does_not_call_the_app_for_a_body_cut_short() -> None:
@@ -166,7 +194,9 @@ def test_inline_wsgi_does_not_call_the_app_for_a_body_cut_short() -> None:
         start_response("200 OK", [])
         return [b""]
 
-    messages = iter([{"type": "http.request", "body": b'{"name": "x"}', "more_body": True}, {"type": "http.disconnect"}])
+    messages = iter(
+        [{"type": "http.request", "body": b'{"name": "x"}', "more_body": True}, {"type": "http.disconnect"}]
+    )
 
     async def receive() -> dict[str, Any]:
         return next(messages)
@@ -174,9 +204,119 @@ def test_inline_wsgi_does_not_call_the_app_for_a_body_cut_short() -> None:
     async def send(message: dict[str, Any]) -> None:
         raise AssertionError("nothing is sent to a client that left")
 
-    scope = {"type": "http", "method": "POST", "path": "/api/v1/keys", "root_path": "", "query_string": b"",
-             "headers": [(b"content-length", b"100")], "http_version": "1.1", "scheme": "http",
-             "server": ("test", 80), "client": ("127.0.0.1", 1)}
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/api/v1/keys",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"content-length", b"100")],
+        "http_version": "1.1",
+        "scheme": "http",
+        "server": ("test", 80),
+        "client": ("127.0.0.1", 1),
+    }
     with pytest.raises(ClientDisconnect):
         asyncio.run(binding.InlineWSGIMiddleware(wsgi_app, fallback=None)(scope, receive, send))
     assert called == []
+
+
+PARAMETER_VALUES = ["6e1d2f3a-0b6f-4c1e-9a57-2f8e1d2c3b4a", "x", "%41", "é", "a.b", "-"]
+
+
+def test_flask_takes_the_rule_its_own_match_would_find(make_app: Callable[..., Any]) -> None:
+    # For every (method, operation) whose rule Flask takes from Connexion's routing, Werkzeug's
+    # own match of any path that operation's route accepts finds that rule and those arguments.
+    app = make_app()
+    with app.test_client() as client:
+        client.get("/healthz")  # Connexion adds its APIs, and so Flask's rules, on the first request
+    rules = binding._operation_rules(app.app)
+    assert {("GET", "getCurrentKey"), ("POST", "createAPIKey"), ("GET", "getAPIKey")} <= set(rules)
+    adapter = app.app.url_map.bind("localhost")
+    for (method, _), rule in rules.items():
+        for value in PARAMETER_VALUES:
+            arguments = {name: value for name in rule.arguments}
+            path = re.sub(r"<[^>]*>", value, rule.rule)
+            assert adapter.match(path, method, return_rule=True) == (rule, arguments), (method, path)
+
+
+async def _route(middleware: Any, method: str, path: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Run one request through a routing middleware; return the scope after it and the one the next layer got."""
+    from starlette.exceptions import HTTPException
+
+    seen: list[dict[str, Any]] = []
+    sent: list[dict[str, Any]] = []
+
+    async def next_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        seen.append(scope)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": method,
+        "path": path,
+        "root_path": "",
+        "query_string": b"",
+        "headers": [],
+        "extensions": {"http.response.debug": {}},
+    }
+    middleware.app = next_app
+    for route in middleware.router.routes:  # the operations call the layer after routing
+        for inner in getattr(route.app, "routes", []):
+            inner.endpoint.next_app = next_app
+        route.app.default.next_app = next_app
+    middleware.router.default.next_app = next_app
+    try:
+        await middleware(scope, None, send)
+    except HTTPException as exc:
+        return {**scope, "raised": exc.status_code}, None
+    return {**scope, "sent": sent}, seen[0] if seen else None
+
+
+def test_the_exact_routing_table_routes_as_connexions_routers(make_app: Callable[..., Any]) -> None:
+    import asyncio
+
+    from connexion.middleware.routing import RoutingMiddleware
+    from connexion.resolver import Resolver
+    from connexion.spec import Specification
+
+    from app.web.connexion_tuning.stack import ExactRoutingMiddleware
+    from app.web.factory import SPEC_PATH, resolve_handler
+
+    def routing(cls: type) -> Any:
+        middleware = cls(None)
+        specification = Specification.load(json.loads(SPEC_PATH.read_text()))
+        middleware.add_api(specification, resolver=Resolver(function_resolver=resolve_handler))
+        return middleware
+
+    exact, plain = routing(ExactRoutingMiddleware), routing(RoutingMiddleware)
+    table = exact._table()
+    assert ("GET", "/api/v1/whoami") in table and ("POST", "/api/v1/keys") in table and ("HEAD", "/healthz") in table
+    requests = sorted(table) + [
+        ("DELETE", "/api/v1/whoami"),
+        ("GET", "/api/v1/keys/x"),
+        ("GET", "/api/v1/keys/"),
+        ("GET", "/api/v1/nothing"),
+        ("OPTIONS", "/api/v1/keys"),
+        ("GET", "/ui/"),
+    ]
+    for method, path in requests:
+        ours = asyncio.run(_route(exact, method, path))
+        reference = asyncio.run(_route(plain, method, path))
+        assert _comparable(ours) == _comparable(reference), (method, path)
+
+
+def _comparable(routed: tuple[dict[str, Any], dict[str, Any] | None]) -> Any:
+    # The routers and operations are each middleware's own objects: compare them by kind and operation.
+    def plain(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {key: plain(item) for key, item in value.items()}
+        if hasattr(value, "operation_id"):
+            return ("operation", value.operation_id)
+        if hasattr(value, "routes") or hasattr(value, "path_regex"):
+            return type(value).__name__, getattr(value, "path", None)
+        return value
+
+    return [plain(scope) for scope in routed]

@@ -16,7 +16,7 @@ from connexion.middleware.main import ConnexionMiddleware
 from connexion.options import SwaggerUIOptions
 from connexion.resolver import Resolver
 
-from app.compat import check_connexion
+from app.compat import check_upstream
 from app.config import Settings
 from app.domain.keys import Clock
 from app.domain.store import Store
@@ -65,10 +65,10 @@ def create_app(
     """Build the ASGI application serving `openapi.json` for `settings`.
 
     `tuned=False` leaves out `app.web.connexion_tuning`: Connexion's own FlaskApp, middleware
-    list, decorators and security handlers, with only what this service adds through
+    list and decorators, with only what this service adds through
     Connexion's documented hooks (middleware, validator and security maps, error handlers).
     """
-    check_connexion()
+    check_upstream()
     services = build_services(settings, clock, store)
     spec_bytes = spec.read_bytes() if isinstance(spec, Path) else json.dumps(spec, indent=2).encode()
     document: dict = json.loads(spec_bytes)
@@ -143,7 +143,7 @@ def create_app(
         validate_responses=settings.validate_responses,
         validator_map=validator_map(),
         swagger_ui_options=SwaggerUIOptions(spec_path=DOCS_SPEC_PATH, swagger_ui=settings.docs, serve_spec=settings.docs),
-        security_map=connexion_tuning.signature_once(SECURITY_MAP) if tuned else SECURITY_MAP,
+        security_map=SECURITY_MAP,
     )
     errors.install(app)
     if tuned:

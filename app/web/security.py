@@ -9,11 +9,14 @@ becomes the answer's rate-limit headers there.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import inspect
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from connexion.exceptions import OAuthResponseProblem
 from connexion.lifecycle import ConnexionRequest
-from connexion.security import NO_VALUE, ApiKeySecurityHandler, BearerSecurityHandler
+from connexion.security import NO_VALUE, AbstractSecurityHandler
+from connexion.utils import get_function_from_name
 
 from app.domain.errors import InvalidAPIKey, InvalidSession, ServiceError
 from app.domain.ratelimit import Decision, management_subject
@@ -81,51 +84,103 @@ def _apply(state: dict[str, Any], decision: Decision, subject: str) -> None:
         raise decision.refusal(decision.at, subject)
 
 
-class ScopedBearerHandler(BearerSecurityHandler):
-    """Bearer handler that, like Connexion's apiKey handler, passes the required scopes on.
+class _Handler:
+    """A security handler for Connexion's `security_map`, written against its public interface only.
 
-    Replaces `BearerSecurityHandler.get_fn` and its `_get_verify_func` (connexion 3.3.0,
-    connexion/security.py), which call the function without `required_scopes`.
+    Connexion's `SecurityHandlerFactory` (connexion/security.py) makes one per scheme and calls
+    `get_fn(security_scheme, required_scopes)`; the function returned gets each request and
+    returns the token info, NO_VALUE when the request does not use this scheme, or raises. The
+    security functions are this module's own, so which arguments each takes is known here once,
+    rather than read from their signatures on every request as Connexion's handlers do.
     """
 
-    def get_fn(self, security_scheme: dict, required_scopes: list[str]) -> Any:
-        check = self.check_bearer_token(self._resolve_func(security_scheme))
+    info_key = ""  # the scheme's entry in openapi.json naming its security function
+    refusal = ""  # Connexion's message for a function that returns None (these never do)
 
-        def wrapper(request: ConnexionRequest) -> Any:
-            auth_type, token = self.get_auth_header_value(request)
+    def verify_function(self, security_scheme: dict) -> Callable[..., Any]:
+        name = security_scheme.get(self.info_key)
+        if not name:
+            raise ValueError(f"the security scheme {security_scheme!r} names no function in {self.info_key}")
+        return get_function_from_name(name)
+
+    def checked(
+        self, function: Callable[..., Any], required_scopes: list[str]
+    ) -> Callable[[ConnexionRequest, str], Any]:
+        """`function` called with the token and, if it takes them, the request and the required scopes."""
+        parameters = inspect.signature(function).parameters
+        scopes = {"required_scopes": required_scopes} if "required_scopes" in parameters else {}
+        takes_request = "request" in parameters
+        refusal = self.refusal
+
+        def check(request: ConnexionRequest, token: str) -> Any:
+            token_info = function(token, request=request, **scopes) if takes_request else function(token, **scopes)
+            if token_info is None:
+                raise OAuthResponseProblem(detail=refusal)
+            return token_info
+
+        return check
+
+
+class BearerHandler(_Handler):
+    """`Authorization: Bearer`, passing the required scopes on as the apiKey handler does.
+
+    Connexion's own BearerSecurityHandler (connexion 3.3) calls the function without them.
+    """
+
+    info_key = "x-bearerInfoFunc"
+    refusal = "Provided token is not valid"
+
+    def get_fn(self, security_scheme: dict, required_scopes: list[str]) -> Callable[[ConnexionRequest], Any]:
+        check = self.checked(self.verify_function(security_scheme), required_scopes)
+
+        def verify(request: ConnexionRequest) -> Any:
+            # Connexion's own parsing: a header that is not `<scheme> <value>` is a 401.
+            auth_type, token = AbstractSecurityHandler.get_auth_header_value(request)
             if auth_type != "bearer":
                 return NO_VALUE
-            return check(request, token, required_scopes=required_scopes)
+            return check(request, token)
 
-        return wrapper
+        return verify
 
 
-class LenientCookieHandler(ApiKeySecurityHandler):
-    """apiKey handler that reads cookies the way browsers write them, and refuses two sessions.
+class ApiKeyHandler(_Handler):
+    """An API key in a header, the query or a cookie; cookies read the way browsers write them.
 
-    Replaces, for cookies only, `ApiKeySecurityHandler._get_verify_func` (connexion 3.3.0,
-    connexion/security.py), which parses the Cookie header with `SimpleCookie` (a 500 on
-    headers browsers send) and takes the first of two same-named cookies.
+    Connexion's own ApiKeySecurityHandler (connexion 3.3) parses the Cookie header with
+    `SimpleCookie`, a 500 on headers browsers send, and takes the first of two same-named
+    cookies; here two sessions are refused.
     """
 
-    def _get_verify_func(self, api_key_info_func: Any, loc: str, name: str, required_scopes: Any) -> Any:
-        if loc != "cookie":
-            return super()._get_verify_func(api_key_info_func, loc, name, required_scopes)
-        check = self.check_api_key(api_key_info_func)
+    info_key = "x-apikeyInfoFunc"
+    refusal = "Provided apikey is not valid"
 
-        def wrapper(request: ConnexionRequest) -> Any:
-            # HTTP/2 clients may split cookies over several Cookie headers.
-            values = cookie_values("; ".join(request.headers.getlist("cookie")), name)
-            if not values:
+    def get_fn(self, security_scheme: dict, required_scopes: list[str]) -> Callable[[ConnexionRequest], Any]:
+        check = self.checked(self.verify_function(security_scheme), required_scopes)
+        location, name = security_scheme["in"], security_scheme["name"]
+
+        def verify(request: ConnexionRequest) -> Any:
+            if location == "query":
+                value = request.query_params.get(name)
+            elif location == "header":
+                value = request.headers.get(name)
+            elif location == "cookie":
+                # HTTP/2 clients may split cookies over several Cookie headers.
+                values = cookie_values("; ".join(request.headers.getlist("cookie")), name)
+                if len(values) > 1:
+                    # Which session is meant? Two cookies of one name come from two paths or
+                    # domains, or from a cookie planted beside the real one: guess neither.
+                    refusal = InvalidSession(
+                        f"Send one session: this request carries {len(values)} different {name} cookies."
+                    )
+                    raise HTTPServiceError(refusal)
+                value = values.pop() if values else None
+            else:
                 return NO_VALUE
-            if len(values) > 1:
-                # Which session is meant? Two cookies of one name come from two paths or
-                # domains, or from a cookie planted beside the real one: guess neither.
-                refusal = InvalidSession(f"Send one session: this request carries {len(values)} different {name} cookies.")
-                raise HTTPServiceError(refusal)
-            return check(request, values.pop(), required_scopes=required_scopes)
+            if value is None:
+                return NO_VALUE
+            return check(request, value)
 
-        return wrapper
+        return verify
 
 
-SECURITY_MAP = {"bearer": ScopedBearerHandler, "apiKey": LenientCookieHandler}
+SECURITY_MAP = {"bearer": BearerHandler, "apiKey": ApiKeyHandler}

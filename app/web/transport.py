@@ -30,7 +30,6 @@ from dataclasses import replace
 from typing import Any, ClassVar
 
 import httptools
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from app.domain.errors import ServiceError
 from app.web.connections import ConnectionLimits, ConnectionTable
@@ -38,6 +37,7 @@ from app.web.errors import envelope, status_and_code
 from app.web.limits import HeadLimits
 from app.web.middleware import NO_ROUTE, client_field, log_access, new_request_id, stamp
 from app.web.refusals import HeadersTooLarge, RequestTargetTooLong, RequestTimeout
+from app.web.uvicorn_tuning import HookedHttpToolsProtocol
 
 # After a refusal, what the client is still sending is read and dropped for this long (or
 # this much) before the connection is closed: closing with unread data resets the
@@ -46,8 +46,12 @@ LINGER_SECONDS = 1.0
 LINGER_BYTES = 1024 * 1024
 
 
-class BoundedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol enforcing `limits` on every request head."""
+class BoundedHttpToolsProtocol(HookedHttpToolsProtocol):
+    """uvicorn's httptools protocol enforcing `limits` on every request head.
+
+    Written against the hooks of `app.web.uvicorn_tuning.HookedHttpToolsProtocol`, which alone
+    touches uvicorn's internals.
+    """
 
     limits: ClassVar[HeadLimits] = HeadLimits()
     # This worker's open connections: one table per class `protocol_class` makes.
@@ -68,34 +72,36 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._linger_room = LINGER_BYTES
         self._linger_timer: Any = None
 
-    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+    def opened(self) -> None:
         if not self.open_connections.admit(self, self.client[0] if self.client else None):
-            transport.close()  # past a bound, and nothing idle to close instead
+            self.transport.close()  # past a bound, and nothing idle to close instead
             return
         self._arm_head_timer()
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    def closed(self) -> None:
         self.open_connections.release(self)
         self._cancel_head_timer()
         if self._linger_timer is not None:
             self._linger_timer.cancel()
-        super().connection_lost(exc)
 
-    def data_received(self, data: bytes) -> None:
+    def received(self, data: bytes) -> None:
         if self._refused:
             self._linger_room -= len(data)
             if self._linger_room < 0:
                 self.transport.close()
             return
         if not self._in_head:
-            self._feed(data)
+            self.feed(data)
             return
         if len(data) <= self._head_room:
             self._head_room -= len(data)
-            self._feed(data)
-            if (self._in_head and self._head_timer is None and not self._refused
-                    and (self._head_begun or self._head_room < self.limits.head)):
+            self.feed(data)
+            if (
+                self._in_head
+                and self._head_timer is None
+                and not self._refused
+                and (self._head_begun or self._head_room < self.limits.head)
+            ):
                 # Part of a head, and no clock running yet (a head that arrives whole in one
                 # read, the usual case, never needs one).
                 self._arm_head_timer()
@@ -104,7 +110,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         # it, and the rest (a body, a pipelined request) is parsed as usual, or it is too large.
         room, heads = self._head_room, self._heads
         self._head_room = 0
-        self._feed(data[:room])
+        self.feed(data[:room])
         if self._refused:
             return
         if self._heads == heads:
@@ -113,83 +119,71 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             return
         # What follows a completed head in this read is not counted against the next head:
         # at most one read (256 KiB) escapes the bound; the next read is counted again.
-        self._feed(data[room:])
+        self.feed(data[room:])
 
-    def _feed(self, data: bytes) -> None:
-        # Replaces HttpToolsProtocol.data_received (uvicorn 0.54.0, uvicorn/protocols/http/httptools_impl.py):
-        # the same, but a request one of the callbacks below refuses, or the parser cannot
-        # read, is answered in the envelope rather than with uvicorn's plain-text 400.
-        self._unset_keepalive_if_required()
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            refusal = exc.__context__  # what a callback raised
-            if not isinstance(refusal, ServiceError):
-                if refusal is not None:  # a callback failed: a fault here, not in the request
-                    self.logger.error("HTTP parser callback failed", exc_info=refusal)
-                refusal = ServiceError("The request is not valid HTTP/1.1.")
-            self._refuse(refusal)
-        except httptools.HttpParserUpgrade:
-            if self._should_upgrade():
-                self.handle_websocket_upgrade()
-            else:
-                self._unsupported_upgrade_warning()
+    def unreadable(self, raised: BaseException | None) -> None:
+        # A request one of the hooks below refuses, or the parser cannot read, is answered in
+        # the envelope rather than with uvicorn's plain-text 400.
+        refusal = raised
+        if not isinstance(refusal, ServiceError):
+            if refusal is not None:  # a hook failed: a fault here, not in the request
+                self.logger.error("HTTP parser callback failed", exc_info=refusal)
+            refusal = ServiceError("The request is not valid HTTP/1.1.")
+        self._refuse(refusal)
 
     # For the connection table
 
     def idle(self) -> bool:
         """Whether the connection is between requests: nothing of one read, nothing being answered."""
-        # `cycle` (the request being answered) and `pipeline` (requests queued behind it) are
-        # HttpToolsProtocol's, uvicorn 0.54.0 (pinned to 0.54.x in pyproject.toml).
         if self._refused:
             return True  # answered already, and about to close
-        return (self._in_head and not self._head_begun and self._head_room == self.limits.head
-                and (self.cycle is None or self.cycle.response_complete) and not self.pipeline)
+        return (
+            self._in_head
+            and not self._head_begun
+            and self._head_room == self.limits.head
+            and not self.answering()
+            and not self.queued()
+        )
 
     def close(self) -> None:
         """Close the connection (an idle one, to make room for another)."""
         self.transport.close()
 
-    # Parser callbacks
+    # Parser hooks
 
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
+    def head_begun(self) -> None:
         self._head_begun = True
         self._header_count = self._header_bytes = 0
         self._method = b""
 
-    def on_url(self, url: bytes) -> None:
-        self._method = self.parser.get_method()  # the request line's method is read by now
-        super().on_url(url)
+    def target_read(self) -> None:
+        self._method = self.method()  # the request line's method is read by now
         limit = self.limits.request_target
         if len(self.url) > limit:
             raise RequestTargetTooLong(
                 f"The request's path and query are longer than {limit} bytes.", {"limit_bytes": limit}
             )
 
-    def on_header(self, name: bytes, value: bytes) -> None:
+    def header_read(self, name: bytes, value: bytes) -> None:
         size = len(name) + len(value)
         self._header_count += 1
         self._header_bytes += size
         limits = self.limits
         if size > limits.header or self._header_bytes > limits.headers or self._header_count > limits.header_count:
             limits.check_header(self._header_count, self._header_bytes, size)  # raises the bound broken
-        super().on_header(name, value)
 
-    def on_headers_complete(self) -> None:
+    def head_complete(self) -> None:
         if self._head_timer is not None:
             self._cancel_head_timer()
         self._in_head = False
         self._heads += 1
-        try:
-            super().on_headers_complete()  # parses the target as a URL
-        except httptools.HttpParserInvalidURLError:
-            # The client's mistake (`CONNECT host:port`, `GET http://[::1`), not a fault here:
-            # refused like any other unreadable request, with nothing logged but the access line.
-            raise ServiceError("The request target is not a valid URL.") from None
 
-    def on_message_complete(self) -> None:
-        super().on_message_complete()
+    def target_invalid(self, error: httptools.HttpParserInvalidURLError) -> None:
+        # The client's mistake (`CONNECT host:port`, `GET http://[::1`), not a fault here:
+        # refused like any other unreadable request, with nothing logged but the access line.
+        raise ServiceError("The request target is not a valid URL.") from None
+
+    def message_complete(self) -> None:
         self._in_head = True
         self._head_begun = False
         self._head_room = self.limits.head
@@ -212,8 +206,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.close()
             return
         timeout = self.limits.read_timeout
-        self._refuse(RequestTimeout(f"The request's head did not arrive within {timeout:g} s.",
-                                    {"limit_seconds": timeout}))
+        self._refuse(
+            RequestTimeout(f"The request's head did not arrive within {timeout:g} s.", {"limit_seconds": timeout})
+        )
 
     # Refusal
 
@@ -221,7 +216,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         """Answer `refusal` in the contract's envelope and hang up; the app never sees the request."""
         self._refused = True
         self._cancel_head_timer()
-        if self.cycle is not None and not self.cycle.response_complete:
+        if self.answering():
             # An earlier request on this connection is still being answered (or, mid-body,
             # this one is: its app sees a disconnect): nothing can be added to that answer.
             self.transport.close()
@@ -229,18 +224,27 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         request_id = new_request_id()
         status, code = status_and_code(refusal)
         body = envelope(code, refusal.message, refusal.details, request_id)
-        start: dict[str, Any] = {"type": "http.response.start", "status": status, "headers": [
-            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-            (b"connection", b"close"),
-        ]}
+        start: dict[str, Any] = {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
         stamp(start, {"request_id": request_id})
-        lines = [STATUS_LINE[status]]
-        for name, value in [*self.server_state.default_headers, *start["headers"]]:
-            lines += [name, b": ", value, b"\r\n"]
         # An answer to HEAD has no content (RFC 9110 9.3.2): its Content-Length is that of the GET's.
-        self.transport.write(b"".join([*lines, b"\r\n", b"" if self._method == b"HEAD" else body]))
-        log_access(request_id, "-", NO_ROUTE, status, time.perf_counter() - self._head_started,
-                   client_field(self.client), error_code=code)
+        self.write_response(status, start["headers"], b"" if self._method == b"HEAD" else body)
+        log_access(
+            request_id,
+            "-",
+            NO_ROUTE,
+            status,
+            time.perf_counter() - self._head_started,
+            client_field(self.client),
+            error_code=code,
+        )
         if self.transport.can_write_eof():
             self.transport.write_eof()
         self._linger_timer = self.loop.call_later(LINGER_SECONDS, self.transport.close)

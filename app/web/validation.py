@@ -2,7 +2,9 @@
 
 Connexion's own validators report a flat string; these raise `InvalidParameter` with
 `details` a client can act on, turn undecodable bodies into 400s rather than 500s, and
-build each JSON Schema validator once instead of once per request.
+build each JSON Schema validator once instead of once per request. They are given to
+Connexion through its `validator_map` and use only its public interface: no private method
+is overridden here (tests/test_fence.py).
 """
 
 from __future__ import annotations
@@ -12,13 +14,14 @@ import re
 from typing import Any
 
 from connexion.datastructures import MediaTypeDict
+from connexion.exceptions import BadRequestProblem
 from connexion.json_schema import Draft4RequestValidator
-from connexion.validators import VALIDATOR_MAP, JSONRequestBodyValidator, ParameterValidator
+from connexion.validators import VALIDATOR_MAP, ParameterValidator
 from jsonschema import Draft4Validator, ValidationError
-from jsonschema import _keywords as keywords
 from jsonschema.exceptions import best_match
 from jsonschema.validators import extend
-from starlette.datastructures import QueryParams
+from starlette.datastructures import Headers, QueryParams
+from starlette.types import Message, Receive, Scope
 
 from app.domain.errors import InvalidJSON, InvalidParameter
 
@@ -29,12 +32,15 @@ MAX_JSON_DEPTH = 32  # arrays and objects nested in one another
 MAX_INTEGER_DIGITS = 100  # far beyond any field's range; Python refuses 4,300 with a ValueError
 
 
+_PATTERN = Draft4Validator.VALIDATORS["pattern"]  # jsonschema's own `pattern` keyword, public
+
+
 def _pattern_within_length(validator: Any, pattern: str, instance: Any, schema: dict) -> Any:
     # jsonschema checks every keyword, `pattern` even once `maxLength` has failed: a pattern is
     # never run over more text than the schema admits, whatever its cost per character.
     if validator.is_type(instance, "string") and len(instance) > schema.get("maxLength", len(instance)):
         return
-    yield from keywords.pattern(validator, pattern, instance, schema)
+    yield from _PATTERN(validator, pattern, instance, schema)
 
 
 BodyValidator = extend(Draft4RequestValidator, {"pattern": _pattern_within_length})
@@ -86,25 +92,67 @@ def _short(error: ValidationError) -> str:
     return phrases.get(rule, f"breaks the rule {rule}")
 
 
-class RequestBodyValidator(JSONRequestBodyValidator):
-    """JSON body validator with structured errors."""
+class RequestBodyValidator:
+    """JSON body validator for Connexion's validator map, with structured errors.
 
-    @property
-    def _validator(self) -> Draft4Validator:
-        return _validator_for(self._schema)
+    Written against the interface Connexion's request validation layer uses (connexion 3.3,
+    connexion/middleware/request_validation.py): built with the body's schema, whether it is
+    required or nullable, and the request's charset; `wrap_receive` reads the body, parses and
+    validates it, and hands the next layer a `receive` that replays it. What it does on top of
+    Connexion's `JSONRequestBodyValidator`: undecodable bodies and JSON that Python parses but
+    JSON forbids are 400s naming the fault (Connexion: 500s, or accepted), errors name the
+    field and the rule, the schema's validator is built once, and the parsed body is handed on.
+    """
 
-    async def _parse(self, stream: Any, scope: Any) -> Any:
-        raw = b"".join([message async for message in stream])
+    def __init__(
+        self,
+        *,
+        schema: dict,
+        required: bool = False,
+        nullable: bool = False,
+        encoding: str,
+        strict_validation: bool,
+        **kwargs: Any,
+    ) -> None:
+        self.schema = schema
+        self.required = required
+        self.nullable = nullable
+        self.encoding = encoding
+        self.validator = _validator_for(schema)
+
+    async def wrap_receive(self, receive: Receive, *, scope: Scope) -> tuple[Receive, Scope]:
+        """Read, parse and validate the body; return a `receive` replaying it, and the scope."""
+        if not int(Headers(scope=scope).get("content-length", 0)):
+            # As Connexion does: no body is the schema's default, if it has one.
+            default = self.schema.get("default")
+            if default is None and self.required:
+                raise BadRequestProblem("RequestBody is required")
+            if default is not None:
+                raw = json.dumps(default).encode(self.encoding)
+                headers = [(k, v) for k, v in scope["headers"] if k != b"content-length"]
+                scope = {**scope, "headers": [*headers, (b"content-length", str(len(raw)).encode())]}
+                receive = _replay([{"type": "http.request", "body": raw, "more_body": False}], receive)
+        messages: list[Message] = []
+        more = True
+        while more:
+            message = await receive()
+            messages.append(message)
+            more = message.get("more_body", False)
+        body = self.parse(b"".join(m.get("body", b"") for m in messages), scope)
+        if not (body is None and self.nullable):
+            self.validate(body)
+        return _replay(messages, receive), scope
+
+    def parse(self, raw: bytes, scope: Scope) -> Any:
+        """Return the JSON value `raw` holds, None for no body; raise InvalidJSON naming the fault."""
         try:
-            text = raw.decode(self._encoding)
+            text = raw.decode(self.encoding)
         except (UnicodeDecodeError, LookupError):
-            raise InvalidJSON(f"The request body is not valid {self._encoding} text.") from None
+            raise InvalidJSON(f"The request body is not valid {self.encoding} text.") from None
         if not text:
             return None
         try:
-            body = json.loads(
-                text, parse_int=_bounded_int, parse_constant=_no_constant, object_pairs_hook=_unique_keys
-            )
+            body = json.loads(text, parse_int=_bounded_int, parse_constant=_no_constant, object_pairs_hook=_unique_keys)
         except json.JSONDecodeError as exc:
             raise InvalidJSON(
                 f"The request body is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno}).",
@@ -121,13 +169,24 @@ class RequestBodyValidator(JSONRequestBodyValidator):
         scope.setdefault("state", {})[PARSED_BODY] = body
         return body
 
-    def _validate(self, body: Any) -> None:
+    def validate(self, body: Any) -> None:
+        """Raise InvalidParameter naming the field and the rule `body` breaks, if any."""
         if body is None:
             raise InvalidParameter("A JSON object body is required.", {"field": "body", "constraint": "required"})
-        error = best_match(self._validator.iter_errors(body))
+        error = best_match(self.validator.iter_errors(body))
         if error is not None:
             path = ".".join(str(p) for p in error.absolute_path)
             raise describe(error, path or "body", "body")
+
+
+def _replay(messages: list[Message], receive: Receive) -> Receive:
+    """A `receive` that returns `messages`, then what `receive` does."""
+    pending = iter(messages)
+
+    async def replay() -> Message:
+        return next(pending, None) or await receive()
+
+    return replay
 
 
 def _bounded_int(digits: str) -> int:

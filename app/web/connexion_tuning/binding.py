@@ -1,6 +1,6 @@
 """Connexion FlaskApp without its per-request overheads, behaviour unchanged.
 
-Profiling a worker under load showed two costs larger than the service's own work:
+Profiling a worker under load showed three costs larger than the service's own work:
 
 1. The thread hand-off. Connexion hands each request to Flask through a2wsgi, which runs
    it in a pool of threads and crosses back to the event loop for every message. Our
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import io
+import re
 from collections.abc import Callable, Iterable
 from copy import deepcopy
 from typing import Any
@@ -42,6 +43,7 @@ from connexion.lifecycle import ConnexionResponse
 from connexion.utils import inspect_function_arguments, is_json_mimetype, is_nullable
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
+from werkzeug.routing import Rule, UnicodeConverter
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from app.web.validation import PARSED_BODY
@@ -143,9 +145,7 @@ class _Binding:
         consumes = operation.consumes
         if len(set(operation.produces)) > 1 or len(consumes) > 1 or any(not is_json_mimetype(c) for c in consumes):
             return None
-        if any(
-            p["in"] == "query" and p.get("schema", p).get("type") == "object" for p in operation.parameters
-        ):
+        if any(p["in"] == "query" and p.get("schema", p).get("type") == "object" for p in operation.parameters):
             return None
         return cls(operation, function, decorator)
 
@@ -193,7 +193,9 @@ class _Binding:
         data, status, headers = BaseResponseDecorator._unpack_handler_response(result)
         if any(key.lower() == "content-type" for key in headers):
             # The handler chose a media type: let Connexion check it against the contract.
-            return SyncResponseDecorator(framework=FlaskFramework, jsonifier=self.jsonifier).build_framework_response(result)
+            return SyncResponseDecorator(framework=FlaskFramework, jsonifier=self.jsonifier).build_framework_response(
+                result
+            )
         content_type = self.content_type
         if data is None or data is NoContent:
             body = None
@@ -253,13 +255,89 @@ class _ASGIApp(FlaskASGIApp):
         return api
 
 
+ROUTED_RULE = "socdefenders_keys.routed_rule"  # environ key: the rule Connexion's routing chose
+_PARAMETER = re.compile(r"<([^>]*)>")
+
+
+class _RoutedFlask(flask.Flask):
+    """Flask, taking the rule of the operation Connexion's routing matched instead of matching again.
+
+    Replaces `Flask.create_url_adapter` and `Flask.request_context` (flask 3.1.3, flask/app.py)
+    for a request whose scope names the operation Connexion routed it to (its routing layer's
+    `connexion_routing` extension): no URL map is bound to it, and `RequestContext.push`
+    (flask/ctx.py), which matches only when there is one, leaves the rule and the arguments
+    set here: the operation's rule, and the path parameters Connexion's routing read, which
+    are the rule's arguments. That holds for rules whose parameters all use Werkzeug's default
+    converter (one path segment, as Starlette's default) and which no other rule of the same
+    method could also match (`_operation_rules`); for any other request, and for requests
+    Connexion did not route, Flask binds and matches as usual.
+    """
+
+    def create_url_adapter(self, request: Any) -> Any:
+        if request is not None and ROUTED_RULE in request.environ:
+            return None
+        return super().create_url_adapter(request)
+
+    def request_context(self, environ: dict[str, Any]) -> Any:
+        found = self._routed(environ)
+        if found is None:
+            return super().request_context(environ)
+        rule, view_args = found
+        environ[ROUTED_RULE] = rule
+        context = super().request_context(environ)
+        context.request.url_rule, context.request.view_args = rule, view_args
+        return context
+
+    def _routed(self, environ: dict[str, Any]) -> tuple[Rule, dict[str, Any]] | None:
+        scope = environ.get("asgi.scope")
+        routing = scope.get("extensions", {}).get("connexion_routing") if scope else None
+        operation_id = routing.get("operation_id") if routing else None
+        if operation_id is None:
+            return None
+        rules = self.__dict__.get("_operation_rules_built")
+        if rules is None:
+            rules = self.__dict__["_operation_rules_built"] = _operation_rules(self)
+        rule = rules.get((environ["REQUEST_METHOD"], operation_id))
+        path_params = scope.get("path_params", {})  # type: ignore[union-attr]
+        if rule is None or set(path_params) != rule.arguments:
+            return None
+        return rule, {name: path_params[name] for name in rule.arguments}
+
+
+def _operation_rules(app: flask.Flask) -> dict[tuple[str, str], Rule]:
+    """(method, operationId) -> the rule Connexion registered for it, where Flask's match can only find that rule."""
+    if app.url_map.converters.get("default") is not UnicodeConverter:
+        return {}
+    rules = list(app.url_map.iter_rules())
+    found: dict[tuple[str, str], list[Rule]] = {}
+    for rule in rules:
+        operation_id = getattr(app.view_functions.get(rule.endpoint), "operation_id", None)
+        plain = all(":" not in name for name in _PARAMETER.findall(rule.rule))
+        if operation_id is None or not plain or rule.websocket or rule.redirect_to is not None or rule.host:
+            continue
+        for method in rule.methods or ():
+            if not any(
+                other is not rule and method in (other.methods or ()) and _overlap(rule, other) for other in rules
+            ):
+                found.setdefault((method, operation_id), []).append(rule)
+    return {key: candidates[0] for key, candidates in found.items() if len(candidates) == 1}
+
+
+def _overlap(one: Rule, other: Rule) -> bool:
+    """Whether some path could match both rules (a segment with a parameter may be anything)."""
+    ours, theirs = one.rule.split("/"), other.rule.split("/")
+    return len(ours) == len(theirs) and all(a == b or "<" in a or "<" in b for a, b in zip(ours, theirs, strict=True))
+
+
 def tune_flask_side(app: Any) -> None:
     """Apply both changes to a FlaskApp before it serves its first request.
 
     `FlaskApp._middleware_app` is the FlaskASGIApp that `FlaskApp.__init__` builds (connexion
     3.3.0, connexion/apps/flask.py); `FlaskApp.add_wsgi_middleware` reaches it the same way.
-    Its class is swapped for `_ASGIApp` so that `add_api` builds `_Api` operations.
+    Its class is swapped for `_ASGIApp` so that `add_api` builds `_Api` operations, and the
+    Flask app's (`FlaskApp.app`) for `_RoutedFlask`.
     """
     adapter = app._middleware_app
     adapter.__class__ = _ASGIApp
+    app.app.__class__ = _RoutedFlask
     adapter.asgi_app = InlineWSGIMiddleware(app.app.wsgi_app, fallback=adapter.asgi_app)
