@@ -245,3 +245,11 @@ def test_a_worker_count_no_machine_could_fork_is_refused(tmp_path, raw):
     with pytest.raises(ConfigError, match="WEB_CONCURRENCY must be from 1 to 64"):
         Settings.from_env(env(tmp_path, WEB_CONCURRENCY=raw))
     assert Settings.from_env(env(tmp_path, WEB_CONCURRENCY="64")).workers == 64
+
+
+@pytest.mark.parametrize("name", ["PORT", "WEB_CONCURRENCY", "MAX_CONNECTIONS", "MAX_ACTIVE_KEYS", "MOCK_DELAY_MS"])
+@pytest.mark.parametrize("value", [" 5", "5 ", "\t5", "5\n", " "])
+def test_numbers_with_surrounding_whitespace_are_a_config_error(tmp_path, name, value):
+    with pytest.raises(ConfigError, match=name) as caught:
+        Settings.from_env(env(tmp_path, APP_ENV="development", **{name: value}))
+    assert "\n" not in str(caught.value)
