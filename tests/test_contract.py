@@ -133,10 +133,10 @@ def kept(vendor: object, ours: object, path: tuple) -> None:
         assert ours == vendor, path
 
 
-def details_sent(kind: str) -> dict[str, str]:
-    """Map each field the server's code puts in an error's (`kind="error"`) or a key event's
-    (`kind="event"`) `details` to where: dict literals given to a ServiceError or to
-    KeyEvent.about, returned by `revocation`, or bound to a name `details`."""
+def detail_literals(kind: str) -> list[tuple[Path, ast.Dict]]:
+    """The dict literals the server's code puts in an error's (`kind="error"`) or a key event's
+    (`kind="event"`) `details`, with their file: given to a ServiceError or to KeyEvent.about,
+    returned by `revocation`, or bound to a name `details`."""
     from app.domain.errors import ServiceError
 
     def subclasses(cls: type) -> set[str]:
@@ -145,7 +145,7 @@ def details_sent(kind: str) -> dict[str, str]:
     import app.web.errors  # noqa: F401  (defines the web layer's own refusals)
     import app.web.transport  # noqa: F401
 
-    errors, found = subclasses(ServiceError), {}
+    errors, found = subclasses(ServiceError), []
     for path in sorted((ROOT / "app").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             literals = []
@@ -162,11 +162,28 @@ def details_sent(kind: str) -> dict[str, str]:
                 named = any(isinstance(target, ast.Name) and target.id == "details" for target in targets)
                 if named and (path.parent.name == "store") == (kind == "event"):  # the stores record events
                     literals = [node.value]
-            for literal in literals:
-                for key in literal.keys:
-                    if isinstance(key, ast.Constant):
-                        found[key.value] = f"{path.relative_to(ROOT)}:{literal.lineno}"
+            found.extend((path, literal) for literal in literals)
     return found
+
+
+def details_sent(kind: str) -> dict[str, str]:
+    """Map each field the server's code puts in `details` (see `detail_literals`) to where."""
+    return {
+        key.value: f"{path.relative_to(ROOT)}:{literal.lineno}"
+        for path, literal in detail_literals(kind)
+        for key in literal.keys
+        if isinstance(key, ast.Constant)
+    }
+
+
+def detail_values_sent(kind: str) -> dict[tuple[str, object], str]:
+    """Map each (field, value) the server's code writes as a constant into `details` to where."""
+    return {
+        (key.value, value.value): f"{path.relative_to(ROOT)}:{literal.lineno}"
+        for path, literal in detail_literals(kind)
+        for key, value in zip(literal.keys, literal.values, strict=True)
+        if isinstance(key, ast.Constant) and isinstance(value, ast.Constant)
+    }
 
 
 def test_error_details_describe_every_field_the_server_sends():
@@ -186,3 +203,30 @@ def test_key_event_details_describe_every_field_the_server_records():
     assert spec()["components"]["schemas"]["KeyEvent"]["properties"]["details"] == {
         "$ref": "#/components/schemas/KeyEventDetails"
     }
+
+
+def test_error_details_values_the_server_sends_are_in_their_enums():
+    # Error responses come from the exception handlers, outside Connexion's response
+    # validation: a value the enum lacks (`reason: anonymous`) would reach clients unchecked,
+    # and a generated client refuses it (`'anonymous' is not a valid ErrorDetailsReason`).
+    described = spec()["components"]["schemas"]["ErrorDetails"]["properties"]
+    sent = detail_values_sent("error")
+    assert ("reason", "anonymous") in sent
+    outside = {
+        (field, value): where
+        for (field, value), where in sent.items()
+        if field in described and "enum" in described[field] and value not in described[field]["enum"]
+    }
+    assert outside == {}
+
+
+def test_session_operations_name_each_401_they_send_as_an_example():
+    # createAPIKey keeps the vendor's own 401 (a single, unnamed example); the operations this
+    # server added name each refusal of a session, so that `Prefer: example=` can force it.
+    document = spec()
+    for operation in operations(document):
+        if operation.get("security") != [{"CookieAuth": []}] or operation["operationId"] == "createAPIKey":
+            continue
+        examples = resolved(document, operation["responses"]["401"])["content"]["application/json"]["examples"]
+        codes = {example["value"]["error"]["code"] for example in examples.values()}
+        assert codes == {"missing_session", "invalid_session", "anonymous_session"}, operation["operationId"]
