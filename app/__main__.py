@@ -138,6 +138,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return backup(settings, args.path)
     if args.command == "prune":
         return prune(settings)
+    if args.command == "export" and args.file == "-":
+        # Not standard output: the rows would share it with the counts, and a terminal would show
+        # every digest and account id. A file named `-` is a surprise nobody asked for.
+        print("export: '-' (standard output) is not supported: name a new file, such as keys.jsonl", file=sys.stderr)
+        return 2
     if args.command in ("export", "import"):
         from app.store import transfer
 
