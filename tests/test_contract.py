@@ -240,6 +240,7 @@ SENT_BY_ANY = {
     "413": {"payload_too_large"},
     "414": {"uri_too_long"},
     "415": {"unsupported_media_type"},
+    "421": {"host_not_allowed"},
     "429": {"rate_limit_exceeded"},
     "431": {"request_header_fields_too_large"},
     "500": {"internal_error"},
