@@ -178,6 +178,11 @@ def prune_command(args: argparse.Namespace, environ: dict[str, str]) -> int:
 
 
 def export_command(args: argparse.Namespace, environ: dict[str, str]) -> int:
+    if args.file == "-":
+        # Not standard output: the rows would share it with the counts, and a terminal would show
+        # every digest and account id. A file named `-` is a surprise nobody asked for.
+        print("export: '-' (standard output) is not supported: name a new file, such as keys.jsonl", file=sys.stderr)
+        return 2
     from app.store import transfer
 
     return transfer_rows("export", transfer.export_rows, Settings.from_env(environ, sessions=False), args.file)
@@ -251,9 +256,10 @@ def check_listen(settings: Settings) -> str | None:
     import socket
 
     # The family gunicorn and uvicorn bind with: IPv6 for a literal IPv6 address, else IPv4.
-    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    host = bare_host(settings.host)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
-        found = socket.getaddrinfo(settings.host, settings.port, family, socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        found = socket.getaddrinfo(host, settings.port, family, socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except (socket.gaierror, UnicodeError) as exc:
         reason = exc.strerror if isinstance(exc, socket.gaierror) else "not a host name"
         return f"HOST {settings.host!r} does not resolve to an address to listen on ({reason})"
@@ -266,7 +272,7 @@ def check_listen(settings: Settings) -> str | None:
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 return f"port {settings.port} on {settings.host} is in use: stop what listens there, or set PORT"
-            return f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}"
+            return f"cannot listen on {url_host(settings.host)}:{settings.port}: {exc.strerror}"
     return None
 
 
@@ -366,7 +372,18 @@ def browser_base(host: str, port: int) -> str:
         address = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
         return f"http://{host}:{port}"
-    return f"http://localhost:{port}" if address.is_loopback or address.is_unspecified else f"http://{host}:{port}"
+    return f"http://localhost:{port}" if address.is_loopback or address.is_unspecified else f"http://{url_host(host)}:{port}"
+
+
+def bare_host(host: str) -> str:
+    """HOST as a socket takes it: an IPv6 address written in brackets (`[::1]`) without them."""
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+
+
+def url_host(host: str) -> str:
+    """HOST as a URL or gunicorn's `--bind` writes it: an IPv6 address in brackets (`[::1]`)."""
+    host = bare_host(host)
+    return f"[{host}]" if ":" in host else host
 
 
 def run(settings: Settings, user: str = "dev-user", note: str = "") -> int:
@@ -385,7 +402,7 @@ def run(settings: Settings, user: str = "dev-user", note: str = "") -> int:
     store = app.app.extensions["services"].store
     logs.log_startup(settings, store.schema_version(), 1, "uvicorn, one process")
     RetentionSweeper(store, time.time, settings.key_retention_days)
-    base = f"http://{settings.host}:{settings.port}"
+    base = f"http://{url_host(settings.host)}:{settings.port}"
     if not settings.production:
         token = issue_token(settings.jwt_secret, user, time.time(), 24 * 3600)
         browser = browser_base(settings.host, settings.port)
@@ -393,7 +410,8 @@ def run(settings: Settings, user: str = "dev-user", note: str = "") -> int:
             f"  demo data: {sys.executable} -m app seed-demo   then sign in as {DEMO_USER}:\n"
             f"             {browser}/dev/login?user={DEMO_USER}\n"
         )
-        direct = "127.0.0.1" if settings.host == "0.0.0.0" else settings.host  # every interface: loopback too
+        # Every interface: loopback too.
+        direct = "127.0.0.1" if settings.host == "0.0.0.0" else url_host(settings.host)
         also = "" if browser == base else (
             f"  (for an app opened on {direct}: http://{direct}:{settings.port}/dev/login?user={user}\n"
             "   the cookie belongs to the host name you sign in on)\n"
@@ -413,7 +431,7 @@ def run(settings: Settings, user: str = "dev-user", note: str = "") -> int:
             flush=True,
         )
     uvicorn.run(
-        app, host=settings.host, port=settings.port, access_log=False, log_config=None,
+        app, host=bare_host(settings.host), port=settings.port, access_log=False, log_config=None,
         workers=1,  # one process, whatever WEB_CONCURRENCY (which uvicorn would otherwise read) says
         http=protocol_class(settings.request_read_timeout, connection_limits(settings)),
         # No route is a WebSocket: an upgrade request is answered as the HTTP request it also is.
@@ -436,7 +454,7 @@ def serve(settings: Settings) -> int:
         sys.executable, "-m", "gunicorn",
         "--worker-class", "app.asgi.Worker",
         "--workers", workers,
-        "--bind", f"{settings.host}:{settings.port}",
+        "--bind", f"{url_host(settings.host)}:{settings.port}",
         # SIGTERM and SIGINT: stop accepting, let in-flight requests finish for up to this
         # long, then end the workers; exit 0 (README, "Signals").
         "--graceful-timeout", str(GRACEFUL_TIMEOUT_S),
@@ -450,8 +468,14 @@ def serve(settings: Settings) -> int:
     ]
     # Each worker keeps its metrics in files here, which /metrics sums; a directory of this
     # server's own, so that no earlier run's counts are added in (app.gunicorn_config removes it).
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="socdefenders-keys-metrics-")
-    os.execv(sys.executable, argv)
+    # gunicorn removes it on every way out (app.gunicorn_config), a failed start included.
+    directory = tempfile.mkdtemp(prefix="socdefenders-keys-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    try:
+        os.execv(sys.executable, argv)
+    except OSError:
+        os.rmdir(directory)
+        raise
     return 0  # not reached
 
 

@@ -307,9 +307,9 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
-    # ASCII digits only: int() would take '٣' (Arabic-Indic three) and '1_000'; and at most 100 of
-    # them, for int() refuses over 4,300 with a ValueError of its own.
-    if not re.fullmatch(r"\s*-?[0-9]{1,100}\s*", raw):
+    # ASCII digits only, nothing around them: int() would take '٣' (Arabic-Indic three), '1_000'
+    # and ' 8000'; and at most 100 of them, for int() refuses over 4,300 with a ValueError of its own.
+    if not re.fullmatch(r"-?[0-9]{1,100}", raw, flags=re.ASCII):
         raise ConfigError(f"{name} must be a whole number, not {raw!r}")
     value = int(raw)
     if value < 1 or (name == "PORT" and value > 65535):
@@ -378,9 +378,9 @@ def _names(env: Mapping[str, str], name: str, default: tuple[str, ...]) -> tuple
 
 
 def _delay(raw: str, default: int) -> int:
-    if not raw.strip():
+    if not raw:
         return default
-    # ASCII digits only: str.isdigit() admits '²', which int() then refuses with a traceback.
-    if not re.fullmatch(r"[0-9]{1,5}", raw.strip()) or int(raw) > MAX_MOCK_DELAY_MS:
+    # ASCII digits only, nothing around them: str.isdigit() admits '²', which int() then refuses.
+    if not re.fullmatch(r"[0-9]{1,5}", raw) or int(raw) > MAX_MOCK_DELAY_MS:
         raise ConfigError(f"MOCK_DELAY_MS must be a whole number of milliseconds from 0 to {MAX_MOCK_DELAY_MS}, not {raw!r}")
     return int(raw)

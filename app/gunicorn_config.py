@@ -6,6 +6,7 @@ command line `app.__main__.serve` builds, so that one place shows them.
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 from typing import Any
@@ -40,6 +41,17 @@ def child_exit(server: Any, worker: Any) -> None:
 
 def on_exit(server: Any) -> None:
     """Remove the metrics directory `serve` made for this server."""
+    _remove_metrics_directory(os.getpid())
+
+
+def _remove_metrics_directory(master: int) -> None:
+    # Workers are forks of the master and run its exit handlers too: only the master removes it.
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
-    if os.path.basename(directory).startswith("socdefenders-keys-metrics-"):
+    if os.getpid() == master and os.path.basename(directory).startswith("socdefenders-keys-metrics-"):
         shutil.rmtree(directory, ignore_errors=True)
+
+
+# gunicorn calls on_exit only after a start that succeeded: a pid file it cannot write, a socket
+# it cannot bind or a setting it refuses end the master with sys.exit or an exception instead.
+# This module is read by the master before any of those, so its exit removes the directory too.
+atexit.register(_remove_metrics_directory, os.getpid())

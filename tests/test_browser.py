@@ -430,3 +430,33 @@ def test_in_production_only_a_configured_origin_may_call_with_credentials(page, 
     page.goto(foreign.origin + "/")
     assert page.evaluate(script, production.base) == "blocked"
     assert [k["name"] for k in keys_of(production, "prod-cors-user")] == [allowed.origin.rsplit(":", 1)[1]]
+
+
+def test_the_audit_trail_shows_a_rolled_keys_end_in_its_zone_and_wraps_long_leak_sources(browser, server, tmp_path):
+    context = browser.new_context(timezone_id="Asia/Tokyo", locale="en-GB", viewport={"width": 1300, "height": 900})
+    page = context.new_page()
+    sign_in(page, server, "wrap-user")
+    cookie = {"Cookie": f"sb-access-token={issue_token(SECRET, 'wrap-user', time.time(), 600)}"}
+    rolled = server.request("POST", "/api/v1/keys", {"name": "to-roll"}, headers=cookie)[2]["data"]
+    status, _, _ = server.request("POST", f"/api/v1/keys/{rolled['id']}/roll", {"grace_period_minutes": 60}, cookie)
+    assert status == 201
+    leaked = server.request("POST", "/api/v1/keys", {"name": "to-leak"}, headers=cookie)[2]["data"]
+    source = "https://paste.example/raw/" + "x7Qa" * 400  # one long word: no place to break it
+    assert server.request("POST", "/api/v1/leaks", {"keys": [leaked["key"]], "source": source})[0] == 202
+    page.reload()
+
+    stops = next(k for k in keys_of(server, "wrap-user") if k["id"] == rolled["id"])["expires_at"]
+    tokyo = datetime.fromisoformat(stops.replace("Z", "+00:00")) + timedelta(hours=9)
+    rolled_event = page.locator("#events tbody tr", has_text="replaced_by")
+    expect(rolled_event.locator("td[data-label=Details]")).to_contain_text(
+        f"expires_at: {tokyo.strftime('%Y-%m-%d %H:%M GMT+9')}")
+    expect(rolled_event).not_to_contain_text(stops)
+    expect(page.locator("#revoked tbody tr", has_text="to-leak")).to_contain_text("found at https://paste.example")
+    page.screenshot(path=str(tmp_path / "key-page-1300.png"), full_page=True)
+    for table in ("#events", "#revoked"):
+        width = page.evaluate(f"() => document.querySelector('{table}').getBoundingClientRect().right")
+        assert width <= 1300, (table, width)
+        wrap = page.evaluate(f"() => {{ const w = document.querySelector('{table}').parentElement;"
+                             " return w.scrollWidth - w.clientWidth; }")
+        assert wrap <= 0, (table, wrap)
+    context.close()

@@ -382,3 +382,14 @@ def test_an_unresolvable_or_empty_host_or_port_is_one_line_and_exit_2(tmp_path):
             assert result.returncode == 2, (env, command, result.stderr)
             assert result.stderr.startswith("configuration error: ") and expected in result.stderr
             assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_export_to_dash_is_refused_in_one_line_and_writes_no_file_named_dash(tmp_path):
+    SQLiteStore(tmp_path / "keys.db").close()
+    environ = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "DATABASE_URL": f"sqlite:///{tmp_path / 'keys.db'}"}
+    result = subprocess.run([sys.executable, "-m", "app", "export", "-"], capture_output=True, text=True,
+                            timeout=60, cwd=tmp_path, env=environ, check=False)
+    assert result.returncode == 2 and result.stdout == ""
+    assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith("export: ")
+    assert "standard output" in result.stderr
+    assert not (tmp_path / "-").exists()

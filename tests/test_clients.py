@@ -60,6 +60,23 @@ def test_only_the_rightmost_hops_of_forwarded_for_are_read():
     assert resolve("127.0.0.1", ["x" * 7_900, "10.0.0.1, 127.0.0.1"], LOOPBACK).address == "10.0.0.1"
 
 
+@pytest.mark.parametrize(
+    "entry",
+    [
+        "fe80::1%" + "x" * 850,  # a zone id as long as the header allows
+        "fe80::1%eth0",
+        "[fe80::1%eth0]:4711",
+        "fe80::1%25eth0",
+        "203.0.113.9:" + "8" * 60,  # longer than any address and port are written
+        "[2001:db8::1]:" + "4" * 60,
+    ],
+)
+def test_a_scoped_or_overlong_forwarded_entry_is_no_client(entry):
+    # Not an address a proxy appends: the client is the proxy, as for any other non-address.
+    assert resolve("192.0.2.1", [entry], ANY) == Client("192.0.2.1", False, False)
+    assert resolve("127.0.0.1", [f"203.0.113.9, {entry}"], LOOPBACK) == Client("127.0.0.1", False, False)
+
+
 def test_star_trusts_any_peer_but_no_address_a_client_writes():
     assert ANY.trusts_peer(None) and ANY.trusts_peer(ipaddress.ip_address("192.0.2.1"))
     assert not ANY.trusts(ipaddress.ip_address("127.0.0.1"))
@@ -148,3 +165,8 @@ def test_forwarded_proto_is_believed_from_a_trusted_proxy_only(make_app):
                 cookies={"sb-access-token": "not-a-token"},
             )
             assert response.status_code == status, response.text
+
+
+def test_a_link_local_proxy_is_trusted_whatever_its_zone():
+    proxies = Proxies.parse(["fe80::1"])
+    assert resolve("fe80::1%eth0", ["203.0.113.9"], proxies) == Client("203.0.113.9", True, False)

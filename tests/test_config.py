@@ -274,3 +274,11 @@ def test_from_env_takes_each_default_from_its_settings_field(monkeypatch):
         monkeypatch.setattr(Settings.__dataclass_fields__[name], "default", value)
     settings = Settings.from_env({"APP_ENV": "development", "SUPABASE_JWT_SECRET": SECRET})
     assert {name: getattr(settings, name) for name in changed} == changed
+
+
+@pytest.mark.parametrize("name", ["PORT", "WEB_CONCURRENCY", "MAX_CONNECTIONS", "MAX_ACTIVE_KEYS", "MOCK_DELAY_MS"])
+@pytest.mark.parametrize("value", [" 5", "5 ", "\t5", "5\n", " "])
+def test_numbers_with_surrounding_whitespace_are_a_config_error(tmp_path, name, value):
+    with pytest.raises(ConfigError, match=name) as caught:
+        Settings.from_env(env(tmp_path, APP_ENV="development", **{name: value}))
+    assert "\n" not in str(caught.value)

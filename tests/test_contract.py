@@ -133,10 +133,10 @@ def kept(vendor: object, ours: object, path: tuple) -> None:
         assert ours == vendor, path
 
 
-def details_sent(kind: str) -> dict[str, str]:
-    """Map each field the server's code puts in an error's (`kind="error"`) or a key event's
-    (`kind="event"`) `details` to where: dict literals given to a ServiceError or to
-    KeyEvent.about, returned by `revocation`, or bound to a name `details`."""
+def detail_literals(kind: str) -> list[tuple[Path, ast.Dict]]:
+    """The dict literals the server's code puts in an error's (`kind="error"`) or a key event's
+    (`kind="event"`) `details`, with their file: given to a ServiceError or to KeyEvent.about,
+    returned by `revocation`, or bound to a name `details`."""
     from app.domain.errors import ServiceError
 
     def subclasses(cls: type) -> set[str]:
@@ -145,7 +145,7 @@ def details_sent(kind: str) -> dict[str, str]:
     import app.web.errors  # noqa: F401  (defines the web layer's own refusals)
     import app.web.transport  # noqa: F401
 
-    errors, found = subclasses(ServiceError), {}
+    errors, found = subclasses(ServiceError), []
     for path in sorted((ROOT / "app").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             literals = []
@@ -162,11 +162,28 @@ def details_sent(kind: str) -> dict[str, str]:
                 named = any(isinstance(target, ast.Name) and target.id == "details" for target in targets)
                 if named and (path.parent.name == "store") == (kind == "event"):  # the stores record events
                     literals = [node.value]
-            for literal in literals:
-                for key in literal.keys:
-                    if isinstance(key, ast.Constant):
-                        found[key.value] = f"{path.relative_to(ROOT)}:{literal.lineno}"
+            found.extend((path, literal) for literal in literals)
     return found
+
+
+def details_sent(kind: str) -> dict[str, str]:
+    """Map each field the server's code puts in `details` (see `detail_literals`) to where."""
+    return {
+        key.value: f"{path.relative_to(ROOT)}:{literal.lineno}"
+        for path, literal in detail_literals(kind)
+        for key in literal.keys
+        if isinstance(key, ast.Constant)
+    }
+
+
+def detail_values_sent(kind: str) -> dict[tuple[str, object], str]:
+    """Map each (field, value) the server's code writes as a constant into `details` to where."""
+    return {
+        (key.value, value.value): f"{path.relative_to(ROOT)}:{literal.lineno}"
+        for path, literal in detail_literals(kind)
+        for key, value in zip(literal.keys, literal.values, strict=True)
+        if isinstance(key, ast.Constant) and isinstance(value, ast.Constant)
+    }
 
 
 def test_error_details_describe_every_field_the_server_sends():
@@ -186,3 +203,97 @@ def test_key_event_details_describe_every_field_the_server_records():
     assert spec()["components"]["schemas"]["KeyEvent"]["properties"]["details"] == {
         "$ref": "#/components/schemas/KeyEventDetails"
     }
+
+
+def test_error_details_values_the_server_sends_are_in_their_enums():
+    # Error responses come from the exception handlers, outside Connexion's response
+    # validation: a value the enum lacks (`reason: anonymous`) would reach clients unchecked,
+    # and a generated client refuses it (`'anonymous' is not a valid ErrorDetailsReason`).
+    described = spec()["components"]["schemas"]["ErrorDetails"]["properties"]
+    sent = detail_values_sent("error")
+    assert ("reason", "anonymous") in sent
+    outside = {
+        (field, value): where
+        for (field, value), where in sent.items()
+        if field in described and "enum" in described[field] and value not in described[field]["enum"]
+    }
+    assert outside == {}
+
+
+def test_session_operations_name_each_401_they_send_as_an_example():
+    # createAPIKey keeps the vendor's own 401 (a single, unnamed example); the operations this
+    # server added name each refusal of a session, so that `Prefer: example=` can force it.
+    document = spec()
+    for operation in operations(document):
+        if operation.get("security") != [{"CookieAuth": []}] or operation["operationId"] == "createAPIKey":
+            continue
+        examples = resolved(document, operation["responses"]["401"])["content"]["application/json"]["examples"]
+        codes = {example["value"]["error"]["code"] for example in examples.values()}
+        assert codes == {"missing_session", "invalid_session", "anonymous_session"}, operation["operationId"]
+
+
+# The codes each status can carry on any operation that documents it (app.web.errors,
+# app.web.refusals, app.web.transport); 400, 401, 403, 404 and 409 depend on the operation.
+SENT_BY_ANY = {
+    "400": {"invalid_parameter", "invalid_json", "bad_request"},
+    "408": {"request_timeout"},
+    "413": {"payload_too_large"},
+    "414": {"uri_too_long"},
+    "415": {"unsupported_media_type"},
+    "421": {"host_not_allowed"},
+    "429": {"rate_limit_exceeded"},
+    "431": {"request_header_fields_too_large"},
+    "500": {"internal_error"},
+    "503": {"service_unavailable"},
+}
+# What the handlers' domain calls raise as 409 (app.domain.keys: check_room_for_key, refuse_roll,
+# roll_over_cap).
+CONFLICTS = {"createAPIKey": {"duplicate_name", "key_limit_reached"}, "rollAPIKey": {"key_not_rollable", "key_limit_reached"}}
+
+
+def codes_sent(document: dict, path: str, method: str, operation: dict, status: str) -> set[str]:
+    """The error codes the server can answer `operation` with under `status`, from the code's rules."""
+    from app.web.csrf import STATE_CHANGING, cookie_operations
+
+    security = operation.get("security") or []
+    sends = set(SENT_BY_ANY.get(status, ()))
+    if status == "401" and operation["operationId"] in cookie_operations(document):
+        sends |= {"missing_session", "invalid_session", "anonymous_session"}  # app.domain.sessions
+    if status == "401" and any(name != "CookieAuth" for requirement in security for name in requirement):
+        sends |= {"missing_api_key", "invalid_api_key", "expired_api_key", "revoked_api_key"}  # KeyService.use
+    if status == "403" and operation["operationId"] in cookie_operations(document) and method.upper() in STATE_CHANGING:
+        sends.add("origin_not_allowed")  # app.web.csrf
+    if status == "403" and any(scopes for requirement in security for scopes in requirement.values()):
+        sends.add("insufficient_scope")  # KeyService.authorize, for an operation that requires a scope
+    parameters = [*document["paths"][path].get("parameters", []), *operation.get("parameters", [])]
+    if status == "404" and any(resolved(document, p).get("name") == "key_id" for p in parameters):
+        sends.add("key_not_found")
+    if status == "404" and operation["operationId"] == "getMetrics":
+        sends.add("not_found")  # outside METRICS_ALLOW, /metrics answers as no such path
+    if status == "409":
+        sends |= CONFLICTS.get(operation["operationId"], set())
+    return sends
+
+
+def test_every_example_error_code_is_one_the_operation_can_send():
+    document = spec()
+    wrong = {}
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            if method not in HTTP_METHODS:
+                continue
+            for status, response in operation["responses"].items():
+                if not status.startswith(("4", "5")):
+                    continue
+                if operation["operationId"] == "createAPIKey" and status == "401":
+                    continue  # the vendor's own example (`missing_api_key`), kept word for word
+                media = resolved(document, response).get("content", {}).get("application/json", {})
+                shown = {name: example["value"] for name, example in media.get("examples", {}).items()}
+                if "example" in media:
+                    shown["(example)"] = media["example"]
+                sends = codes_sent(document, path, method, operation, status)
+                assert sends, (operation["operationId"], status)  # documented, so something is sent
+                for name, value in shown.items():
+                    if value["error"]["code"] not in sends:
+                        wrong[(operation["operationId"], status, name)] = value["error"]["code"]
+    assert wrong == {}

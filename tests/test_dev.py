@@ -128,7 +128,21 @@ def test_prefer_code_answers_every_documented_status_as_the_contract_documents_i
     if schema is not None:
         Draft4ResponseValidator(schema).validate(response.json())
     if code.startswith(("4", "5")):
-        assert_error(response, int(code), response.json()["error"]["code"])
+        sent = assert_error(response, int(code), response.json()["error"]["code"])["code"]
+        # A code the operation's examples show: never one it cannot send (the vendor's 401
+        # example on createAPIKey, `missing_api_key`, is the one such example kept as published).
+        media = documented.get("content", {}).get("application/json", {})
+        shown = {example["value"]["error"]["code"] for example in media.get("examples", {}).values()}
+        shown |= {media["example"]["error"]["code"]} if "example" in media else set()
+        if shown and (operation, code) != ("createAPIKey", "401"):
+            assert sent in shown, (operation, code, sent)
+
+
+def test_prefer_code_404_on_metrics_is_not_found_as_a_real_one_is(client):
+    forced = assert_error(client.get("/metrics", headers={"Prefer": "code=404"}), 404, "not_found")
+    real = client.get("/metrics", headers={"X-Forwarded-For": "203.0.113.9"})  # from no trusted proxy
+    assert_error(real, 404, "not_found")
+    assert forced["message"] == real.json()["error"]["message"]
 
 
 def test_prefer_code_does_not_do_the_operation(client, session):
@@ -149,6 +163,7 @@ def test_prefer_code_429_is_realistic_with_retry_after_and_rate_limit_headers(cl
 def test_prefer_code_401_on_key_management_is_a_missing_session(client):
     assert_error(client.get(KEYS, headers={"Prefer": "code=401"}), 401, "missing_session")
     assert_error(client.get("/api/v1/whoami", headers={"Prefer": "code=401"}), 401, "missing_api_key")
+    assert_error(client.post(KEYS, headers={"Prefer": "code=401"}), 401, "missing_session")
 
 
 def test_prefer_code_the_operation_does_not_document_is_a_400_listing_those_it_does(client):

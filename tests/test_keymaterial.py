@@ -147,3 +147,53 @@ def test_preview_never_contains_the_rest_of_the_secret():
     # No run of 5 consecutive secret characters appears in the preview.
     secret = key[len(PREFIX) :]
     assert not any(secret[i : i + 5] in preview for i in range(len(secret) - 4))
+
+
+def encoded_forms(key: str) -> dict[str, str]:
+    """The ways a key turns up in a URL: as is, percent-encoded in either case, twice, in base64."""
+    import base64
+
+    return {
+        "raw": key,
+        "percent_upper": key.replace("_", "%5F"),
+        "percent_lower": key.replace("_", "%5f"),
+        "percent_every_char": "".join(f"%{ord(c):02x}" for c in key),
+        "double": key.replace("_", "%255F"),
+        "triple": key.replace("_", "%25255f"),
+        "base64": base64.b64encode(key.encode()).decode(),
+        "base64_url_unpadded": base64.urlsafe_b64encode(b"token=" + key.encode()).decode().rstrip("="),
+        "base64_percent": base64.b64encode(b"k:" + key.encode()).decode().replace("=", "%3D"),
+    }
+
+
+@pytest.mark.parametrize("form", list(encoded_forms(PREFIX + "A" * 38)))
+def test_redact_masks_a_key_however_it_is_encoded(form):
+    key = keymaterial.generate()
+    text = f"https://paste.example/raw?x=1&k={encoded_forms(key)[form]}&y=%20two"
+    masked = keymaterial.redact(text)
+    assert "[REDACTED]" in masked and masked.startswith("https://paste.example/raw?x=1&k=")
+    assert masked.endswith("&y=%20two")  # what holds no key is kept as written
+    # Nothing left to decode into the key, however many times it is decoded.
+    import base64
+    from urllib.parse import unquote
+
+    for _ in range(4):
+        masked = unquote(masked)
+    assert key not in masked and key[len(PREFIX) :] not in masked
+    for run in re.findall(r"[A-Za-z0-9+/_-]{16,}", masked):
+        for start in range(4):
+            chunk = run[start:].replace("-", "+").replace("_", "/")
+            chunk = chunk[: len(chunk) - len(chunk) % 4]
+            assert key.encode() not in base64.b64decode(chunk)
+
+
+def test_redact_keeps_text_without_a_key_as_written():
+    text = "https://github.com/acme/ci/blob/main/.env%20old#L3?q=c2VjcmV0LWJ1dC1ub3QtYS1rZXk%3D"
+    assert keymaterial.redact(text) == text
+    assert keymaterial.redact("https://x.example/?k=sk_live_abc") == "https://x.example/?k=sk_live_[REDACTED]"
+
+
+def test_redact_masks_what_stays_encoded_after_every_round_it_decodes():
+    deep = "sk" + "%" + "25" * 12 + "5Flive" + "_" + "A" * 38
+    masked = keymaterial.redact(f"https://x.example/?k={deep}")
+    assert "A" * 38 not in masked and "[REDACTED]" in masked

@@ -226,3 +226,29 @@ def test_metrics_name_their_media_type_and_charset_once(app):
         response = loopback.get("/metrics")
     assert response.status_code == 200
     assert response.headers.get_list("content-type") == ["text/plain; version=0.0.4; charset=utf-8"]
+
+
+def test_every_status_the_probes_send_is_documented_for_get_and_head(tmp_path):
+    import json
+
+    from app import SPEC_PATH
+    from tests.rawhttp import exchange, request_bytes
+
+    paths = json.loads(SPEC_PATH.read_text())["paths"]
+    env = {"APP_ENV": "development", "SUPABASE_JWT_SECRET": SECRET, "TRUSTED_HOSTS": "127.0.0.1"}
+    smuggled = [(b"Content-Length", b"5"), (b"Transfer-Encoding", b"chunked")]
+    with LiveServer("run", tmp_path, env) as server:
+        for path in ("/healthz", "/readyz"):
+            for method in ("GET", "HEAD"):
+                asked = {
+                    "both lengths": request_bytes(method, path, smuggled) + b"0\r\n\r\n",
+                    "bad Prefer": request_bytes(method, path, [(b"Prefer", b"code=abc")]),
+                    "wrong Host": request_bytes(method, path).replace(b"Host: 127.0.0.1", b"Host: evil.example"),
+                }
+                for what, data in asked.items():
+                    answer = exchange(server.port, data)
+                    assert answer.status is not None and answer.status >= 400, (path, method, what, str(answer))
+                    documented = paths[path][method.lower()]["responses"]
+                    assert str(answer.status) in documented, (path, method, what, answer.status)
+                    if method == "HEAD":
+                        assert answer.body == b"", (path, what)

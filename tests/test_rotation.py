@@ -381,6 +381,21 @@ def test_leak_report_source_is_stored_with_any_key_in_it_masked(client, session,
     assert leaked["key"] not in stored and bystander["key"] not in stored
 
 
+@pytest.mark.parametrize("form", ["percent_upper", "percent_lower", "double", "base64"])
+def test_leak_report_source_with_an_encoded_key_is_stored_and_shown_masked(client, session, mint, query, form):
+    from tests.test_keymaterial import encoded_forms
+
+    leaked, bystander = mint(name="leaked-one"), mint(name="bystander")
+    source = f"https://paste.example/raw?k={encoded_forms(bystander['key'])[form]}&n=1"
+    assert client.post(LEAKS, json={"keys": [leaked["key"]], "source": source}).status_code == 202
+    shown = events(client, session)[0]["details"]["source"]
+    assert shown.startswith("https://paste.example/raw?k=") and shown.endswith("&n=1") and "[REDACTED]" in shown
+    stored = str(query("SELECT * FROM key_events"))
+    secret = bystander["key"][len(keymaterial.PREFIX) :]
+    for text in (shown, stored):
+        assert secret not in text and encoded_forms(bystander["key"])[form] not in text
+
+
 def test_readme_names_every_header_that_differs_between_two_leak_reports(client, clock):
     from pathlib import Path
 

@@ -7,6 +7,7 @@ from typing import Any
 import jwt
 import pytest
 
+from app import SPEC_PATH
 from app.domain.errors import AnonymousSession, InvalidSession, MissingSession
 from app.domain.sessions import SessionVerifier, issue_token
 from tests.conftest import SECRET, START
@@ -214,6 +215,15 @@ ANONYMOUS_CLAIMS = {
     "role_anon": {"role": "anon"},
     "amr_method": {"amr": [{"method": "anonymous", "timestamp": int(NOW)}]},
     "amr_string": {"amr": ["anonymous"]},
+    # Other spellings of the same marks: a truthy flag, any case.
+    "is_anonymous_string": {"is_anonymous": "true"},
+    "is_anonymous_string_upper": {"is_anonymous": " TRUE"},
+    "is_anonymous_one": {"is_anonymous": 1},
+    "is_anonymous_string_one": {"is_anonymous": "1"},
+    "role_anon_capitalised": {"role": "Anon"},
+    "role_anonymous": {"role": "ANONYMOUS"},
+    "amr_method_capitalised": {"amr": [{"method": "Anonymous", "timestamp": int(NOW)}]},
+    "amr_string_upper": {"amr": ["ANONYMOUS"]},
 }
 
 
@@ -228,6 +238,8 @@ def test_an_anonymous_session_is_refused_unless_allowed(name):
 def test_a_signed_in_session_with_other_sign_in_methods_is_not_anonymous():
     token = hs256(claims(is_anonymous=False, amr=[{"method": "password", "timestamp": int(NOW)}, "otp"]))
     assert SessionVerifier(SECRET).user_id(token, NOW) == "user-1"
+    for flag in ("false", "False", 0, "0", None, ""):
+        assert SessionVerifier(SECRET).user_id(hs256(claims(is_anonymous=flag)), NOW) == "user-1"
 
 
 def test_http_an_anonymous_session_mints_nothing_and_gets_401_anonymous_session(client, make_app):
@@ -235,6 +247,8 @@ def test_http_an_anonymous_session_mints_nothing_and_gets_401_anonymous_session(
     response = client.post("/api/v1/keys", json={"name": "anon-key"}, cookies={COOKIE: token})
     error = assert_error_envelope(response, "anonymous_session")
     assert "anonymous" in error["message"]
+    reasons = json.loads(SPEC_PATH.read_text())["components"]["schemas"]["ErrorDetails"]["properties"]["reason"]["enum"]
+    assert error["details"] == {"reason": "anonymous"} and "anonymous" in reasons
     for path in ("/api/v1/keys", "/api/v1/key-events"):
         assert_error_envelope(client.get(path, cookies={COOKIE: token}), "anonymous_session")
     with make_app(allow_anonymous_sessions=True).test_client() as allowed:

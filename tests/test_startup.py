@@ -16,7 +16,7 @@ import pytest
 
 from app.domain.sessions import issue_token
 from app.store import SCHEMA_VERSION, SchemaTooNew, SQLiteStore
-from tests.live import ROOT, LiveServer
+from tests.live import ROOT, LiveServer, free_port
 
 SECRET = "startup-test-secret-0123456789-0123456789-a"
 
@@ -206,3 +206,41 @@ def test_the_asgi_entry_point_without_app_env_or_secret_refuses_to_start(tmp_pat
     short = subprocess.run(server.argv, capture_output=True, text=True, timeout=60, cwd=ROOT,
                            env={**server.env, "SUPABASE_JWT_SECRET": "abc"}, check=False)
     assert short.returncode != 0 and "SUPABASE_JWT_SECRET must be at least 32 bytes" in short.stderr
+
+
+def ipv6_loopback() -> bool:
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not ipv6_loopback(), reason="this machine has no IPv6 loopback (::1)")
+@pytest.mark.parametrize("command", ["run", "serve"])
+@pytest.mark.parametrize("host", ["::1", "[::1]"])
+def test_run_and_serve_listen_on_ipv6_loopback_and_print_it_in_brackets(tmp_path, command, host):
+    env = {"HOST": host, "SUPABASE_JWT_SECRET": SECRET, "WEB_CONCURRENCY": "1", "TMPDIR": str(tmp_path),
+           "APP_ENV": "development" if command == "run" else "production"}
+    server = LiveServer(command, tmp_path, env)
+    server.base = f"http://[::1]:{server.port}"  # answered over IPv6, or the server never starts
+    with server:
+        assert server.request("GET", "/healthz")[0] == 200
+        if command == "run":
+            banner = server.output()
+            assert f"http://[::1]:{server.port}/openapi.json" in banner and "http://::1:" not in banner
+            assert f"http://localhost:{server.port}/dev/login?user=" in banner
+    assert list(tmp_path.glob("socdefenders-keys-metrics-*")) == []
+
+
+def test_a_serve_that_fails_to_start_leaves_no_metrics_directory(tmp_path):
+    database = tmp_path / "keys.db"
+    SQLiteStore(database).close()
+    # gunicorn refuses to start after its configuration is read: it cannot write its pid file.
+    result = start("serve", database, PORT=str(free_port()), HOST="127.0.0.1", TMPDIR=str(tmp_path),
+                   GUNICORN_CMD_ARGS=f"--pid {tmp_path}/no-such-dir/gunicorn.pid")
+    assert result.returncode != 0
+    assert list(tmp_path.glob("socdefenders-keys-metrics-*")) == []

@@ -7,10 +7,12 @@ scanners can recognise the prefix. Only the SHA-256 digest is ever stored.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import re
 import secrets
 import zlib
+from urllib.parse import quote, unquote
 
 PREFIX = "sk_live_"
 BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -57,11 +59,54 @@ def digest(key: str) -> str:
 
 # Anything that may be a key, wherever it is written (linear: the class holds no `_`).
 KEY_LIKE = re.compile(re.escape(PREFIX) + r"[0-9A-Za-z]+")
+MASK = PREFIX + "[REDACTED]"
+# What a key may hide in within a URL: a run of URL-safe and base64 characters and percent escapes.
+ENCODED_RUN = re.compile(r"(?:[0-9A-Za-z_+/=.~-]|%[0-9A-Fa-f]{2})+")
+# Base64 (either alphabet) long enough to hold a key's prefix and part of its secret.
+BASE64_RUN = re.compile(r"[0-9A-Za-z+/_-]{16,}={0,2}")
+DECODE_ROUNDS = 4  # percent-decodings tried; a run still encoded after them is masked whole
+# What `quote` leaves as written when a masked run is encoded again: printable ASCII but `%`.
+URL_SAFE = "!\"#$&'()*+,-./:;<=>?@[\\]^_`{|}~"
 
 
 def redact(text: str) -> str:
-    """Mask every key-like run in `text` (a leak report's source URL may hold the key itself)."""
-    return KEY_LIKE.sub(PREFIX + "[REDACTED]", text)
+    """Mask every key in `text` (a leak report's source URL may hold the key itself).
+
+    A key is found as written, percent-encoded (in either case of hex, up to DECODE_ROUNDS
+    times over) or in base64; the run of text that holds it is kept decoded with the key
+    masked, and whatever holds no key is kept as written.
+    """
+    return ENCODED_RUN.sub(_mask_run, text)
+
+
+def _mask_run(match: re.Match[str]) -> str:
+    run = match.group(0)
+    forms = [run]
+    for _ in range(DECODE_ROUNDS):
+        decoded = unquote(forms[-1], encoding="latin-1")
+        if decoded == forms[-1]:
+            break
+        forms.append(decoded)
+    else:
+        if unquote(forms[-1], encoding="latin-1") != forms[-1]:
+            return "[REDACTED]"  # encoded more times than anyone writes a URL: fail closed
+    if not any(KEY_LIKE.search(form) or _base64_keys(form) for form in forms):
+        return run
+    masked = BASE64_RUN.sub(lambda m: "[REDACTED]" if _base64_keys(m.group(0)) else m.group(0), forms[-1])
+    return quote(KEY_LIKE.sub(MASK, masked), safe=URL_SAFE, encoding="latin-1")
+
+
+def _base64_keys(text: str) -> bool:
+    """Whether a base64 run in `text`, read from any of the four alignments, decodes to a key."""
+    for run in BASE64_RUN.findall(text):
+        run = run.rstrip("=").replace("-", "+").replace("_", "/")
+        for start in range(4):
+            chunk = run[start:]
+            chunk = chunk[: len(chunk) - len(chunk) % 4]
+            plain = base64.b64decode(chunk).decode("latin-1")
+            if KEY_LIKE.search(plain) or KEY_LIKE.search(unquote(plain, encoding="latin-1")):
+                return True
+    return False
 
 
 def preview(key: str) -> str:

@@ -74,16 +74,28 @@ class SessionVerifier:
 
 
 def is_anonymous(claims: Mapping[str, Any]) -> bool:
-    """Whether Supabase issued these claims to an anonymous sign-in, by any of the marks it sets."""
-    if claims.get("is_anonymous") is True or claims.get("role") == "anon":
+    """Whether Supabase issued these claims to an anonymous sign-in, by any of the marks it sets.
+
+    Read loosely, for a refusal must not hang on spelling: a truthy `is_anonymous` (`true`,
+    `"true"` in any case, `1`), and `role` or an `amr` method of `anon`/`anonymous` in any case.
+    """
+    if _truthy(claims.get("is_anonymous")) or _anonymous_word(claims.get("role")):
         return True
     amr = claims.get("amr")
     if isinstance(amr, list):
         # Supabase writes entries as {"method": "anonymous", "timestamp": ...}; RFC 8176 as strings.
-        return any(
-            entry == "anonymous" or (isinstance(entry, dict) and entry.get("method") == "anonymous") for entry in amr
-        )
+        return any(_anonymous_word(entry.get("method") if isinstance(entry, dict) else entry) for entry in amr)
     return False
+
+
+def _truthy(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("true", "1", "yes", "on")
+    return isinstance(value, bool | int | float) and bool(value)
+
+
+def _anonymous_word(value: Any) -> bool:
+    return isinstance(value, str) and value.strip().lower() in ("anon", "anonymous")
 
 
 def _check_times(claims: Mapping[str, Any], now: float, leeway: int) -> None:

@@ -29,6 +29,8 @@ from app import metrics
 MAX_HOPS = 16  # X-Forwarded-For entries read, rightmost first; the rest is never parsed
 # How much of the header, from its end, is looked at: room for MAX_HOPS IPv6 addresses and ports.
 MAX_FORWARDED_CHARS = MAX_HOPS * 56
+# The longest an address is written, with a port: `[` + 45 (an IPv6 address ending in IPv4) + `]:65535`.
+MAX_ADDRESS_CHARS = 53
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -67,8 +69,14 @@ class Client:
 
 
 def parse_address(text: str) -> Address | None:
-    """An X-Forwarded-For entry's address (`1.2.3.4`, `1.2.3.4:80`, `::1`, `[::1]:80`), or None."""
+    """An X-Forwarded-For entry's address (`1.2.3.4`, `1.2.3.4:80`, `::1`, `[::1]:80`), or None.
+
+    None too for what no proxy appends: an entry longer than any address and port, or a scoped
+    address (`fe80::1%eth0`), whose zone id is free text of any length.
+    """
     text = text.strip()
+    if len(text) > MAX_ADDRESS_CHARS or "%" in text:
+        return None
     if text.startswith("["):
         end = text.find("]")
         text = text[1:end] if end > 0 and (text[end + 1 :] == "" or text[end + 1] == ":") else ""
@@ -83,12 +91,16 @@ def parse_address(text: str) -> Address | None:
     return address
 
 
+def peer_address(peer: str | None) -> Address | None:
+    """The connection peer's address; a link-local peer's zone (`fe80::1%eth0`) is the socket's, so dropped."""
+    return parse_address(peer.split("%", 1)[0]) if peer else None
+
+
 def resolve(peer: str | None, forwarded_for: Sequence[str], proxies: Proxies) -> Client:
     """The client of a request from `peer` carrying these X-Forwarded-For values, in order."""
-    peer_address = parse_address(peer) if peer else None
     if not forwarded_for:
         return Client(peer, False, False)
-    if not proxies.trusts_peer(peer_address):
+    if not proxies.trusts_peer(peer_address(peer)):
         return Client(peer, False, True)
     # The header's values from the last back, until MAX_FORWARDED_CHARS are in hand.
     taken: list[str] = []
@@ -141,7 +153,7 @@ class ClientAddressMiddleware:
         client = resolve(peer[0] if peer else None, forwarded_for, self.proxies)
         if client.forwarded:
             scope["client"] = (client.address, 0)
-        if forwarded_proto is not None and self.proxies.trusts_peer(parse_address(peer[0]) if peer else None):
+        if forwarded_proto is not None and self.proxies.trusts_peer(peer_address(peer[0] if peer else None)):
             # The nearest proxy's word: the rightmost value.
             proto = forwarded_proto.decode("latin-1").rsplit(",", 1)[-1].strip().lower()
             if proto in ("http", "https"):

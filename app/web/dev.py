@@ -248,6 +248,12 @@ class PreferMiddleware:
         elif status >= 400:
             table = SESSION_ERRORS if operation in self.contract.cookie_auth else KEY_ERRORS
             code_, message, details = table.get(status, ("bad_request", "Bad request.", {}))
+            shown = [value["error"] for _, value in _examples(responses[chosen]).values()]
+            if status not in table and "example" in _media(responses[chosen]):
+                shown = [_media(responses[chosen])["example"]["error"]]
+            if shown and code_ not in {error["code"] for error in shown}:
+                # A code this operation cannot send: answer the one its documentation shows.
+                code_, message, details = shown[0]["code"], shown[0]["message"], shown[0]["details"]
             if status == 429:
                 details = {"window": "minute", "limit": decision.minute.limit, "reset": int(now) + retry_after,
                            "retry_after": retry_after}

@@ -223,7 +223,9 @@ async function loadEvents() {
     cell(row, "When", timeElement(event.occurred_at));
     cell(row, "Event", event.type.replace("_", " "));
     cell(row, "Key", `${event.key_name} (${event.key_preview})`);
-    const details = Object.entries(event.details || {}).map(([k, v]) => `${k}: ${v}`).join(", ");
+    // Times (`expires_at` of a roll) as every other time on the page: in the reader's zone.
+    const details = Object.entries(event.details || {})
+      .map(([k, v]) => `${k}: ${k.endsWith("_at") && typeof v === "string" ? when(v) : v}`).join(", ");
     cell(row, "Details", details || "—");
     body.append(row);
   }
