@@ -272,6 +272,13 @@ def codes_sent(document: dict, path: str, method: str, operation: dict, status: 
         sends.add("not_found")  # outside METRICS_ALLOW, /metrics answers as no such path
     if status == "409":
         sends |= CONFLICTS.get(operation["operationId"], set())
+    if operation["operationId"] == "checkRequest":  # reads the key itself (app.web.gateway)
+        if status == "401":
+            sends |= {"missing_api_key", "invalid_api_key", "expired_api_key", "revoked_api_key"}
+        if status == "403":
+            sends |= {"insufficient_scope", "route_not_mapped", "proxy_not_allowed", "ip_not_allowed"}
+            # With refusal=header (nginx), every refusal but a 401 is a 403 carrying its own code.
+            sends |= set().union(*SENT_BY_ANY.values())
     return sends
 
 
