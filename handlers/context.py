@@ -5,19 +5,23 @@ from __future__ import annotations
 from connexion import context
 
 from app.web.services import Client, Services
+from app.web.state import request_state
 
 
 def services() -> Services:
-    return context.scope["state"]["services"]
+    return request_state(context.scope).app_services()
 
 
 def request_id() -> str:
-    return context.scope["state"]["request_id"]
+    return request_state(context.scope).request_id
 
 
 def client() -> Client:
     """The client as the trusted proxies in front saw it (`app.web.clients`)."""
-    return context.scope["state"]["client"]
+    found = request_state(context.scope).client
+    if found is None:
+        raise LookupError("no client address was resolved for this request")
+    return found
 
 
 def client_address() -> str:

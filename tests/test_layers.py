@@ -54,7 +54,7 @@ def test_the_store_knows_the_domain_but_not_the_web():
 def test_handlers_reach_the_web_layer_only_through_its_context():
     for name in MODULES:
         if name.startswith("handlers"):
-            allowed = ("handlers", "app.domain", "app.web.services")
+            allowed = ("handlers", "app.domain", "app.web.services", "app.web.state")
             assert all(i.startswith(allowed) for i in project_imports(name)), (name, project_imports(name))
 
 

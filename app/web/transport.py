@@ -20,7 +20,7 @@ costs more per request.) This subclass enforces `HeadLimits` while the head is p
 
 A refusal is answered in the contract's envelope, with a request id, `Connection: close`
 and an access-log line, as the application would answer; the application never sees the
-request. The body's bounds (size, read time) are the application's: `RequestContextMiddleware`.
+request. The body's bounds (size, read time) are the application's: `app.web.bounds`.
 """
 
 from __future__ import annotations
@@ -33,11 +33,13 @@ import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from app.domain.errors import ServiceError
+from app.web.access import NO_ROUTE, client_field, log_access, new_request_id
 from app.web.connections import ConnectionLimits, ConnectionTable
 from app.web.errors import envelope, status_and_code
+from app.web.headers import stamp
 from app.web.limits import HeadLimits
-from app.web.middleware import NO_ROUTE, client_field, log_access, new_request_id, stamp
 from app.web.refusals import HeadersTooLarge, RequestTargetTooLong, RequestTimeout
+from app.web.state import RequestState
 
 # After a refusal, what the client is still sending is read and dropped for this long (or
 # this much) before the connection is closed: closing with unread data resets the
@@ -233,7 +235,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
             (b"connection", b"close"),
         ]}
-        stamp(start, {"request_id": request_id})
+        stamp(start, RequestState(request_id))
         lines = [STATUS_LINE[status]]
         for name, value in [*self.server_state.default_headers, *start["headers"]]:
             lines += [name, b": ", value, b"\r\n"]

@@ -21,10 +21,10 @@ from jsonschema.validators import extend
 from starlette.datastructures import QueryParams
 
 from app.domain.errors import InvalidJSON, InvalidParameter
+from app.web.state import request_state
 
 LONE_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]", re.ASCII)
 _VALIDATORS: dict[int, tuple[dict, Draft4Validator]] = {}
-PARSED_BODY = "parsed_json_body"  # key in scope["state"]
 MAX_JSON_DEPTH = 32  # arrays and objects nested in one another
 MAX_INTEGER_DIGITS = 100  # far beyond any field's range; Python refuses 4,300 with a ValueError
 
@@ -94,7 +94,11 @@ class RequestBodyValidator(JSONRequestBodyValidator):
         return _validator_for(self._schema)
 
     async def _parse(self, stream: Any, scope: Any) -> Any:
-        raw = b"".join([message async for message in stream])
+        state = request_state(scope)
+        # The body as read, whole, by `app.web.bounds`: not joined again, and the stream left
+        # unread, so the next layer receives it as it was passed on. Only an empty body is
+        # read from the stream, where Connexion puts a schema's default body.
+        raw = state.body or b"".join([message async for message in stream])
         try:
             text = raw.decode(self._encoding)
         except (UnicodeDecodeError, LookupError):
@@ -118,7 +122,7 @@ class RequestBodyValidator(JSONRequestBodyValidator):
             # `"\ud800"` parses, but is no Unicode text: nothing could store or return it.
             raise InvalidJSON("The request body contains an unpaired UTF-16 surrogate escape.")
         # The handler's `body` argument is this value, validated, instead of a second parse.
-        scope.setdefault("state", {})[PARSED_BODY] = body
+        state.json_body = body
         return body
 
     def _validate(self, body: Any) -> None:
