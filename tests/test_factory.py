@@ -128,3 +128,10 @@ def test_the_request_state_is_one_typed_object_under_one_key(app, session):
 def test_the_server_and_the_pages_take_helpers_from_the_helpers_module(module):
     source = (ROOT / "app" / "web" / f"{module}.py").read_text()
     assert "app.web.middleware" not in source
+
+
+def test_the_readme_prints_the_same_stack():
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("```\nServerErrorMiddleware", 1)[1].split("```", 1)[0]
+    names = ["ServerErrorMiddleware"] + [line.split()[0] for line in block.strip().splitlines()[1:]]
+    assert [name for name in names if not name.startswith("(")] == DEVELOPMENT
