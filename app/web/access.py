@@ -24,10 +24,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.web import metrics
 from app.web.contract import ContractIndex
 from app.web.errors import error_code_of
+from app.web.paths import CONTROL_CHARACTERS, DOCS_PREFIX
 from app.web.state import RequestState, attach
 
 access_log = logging.getLogger("app.access")
-CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # A client address as logged: an IP address and port use none of the others. Anything else
 # (a proxy's X-Forwarded-For is free text) is escaped, so it cannot pose as other fields.
 NOT_IN_ADDRESSES = re.compile(r"[^0-9A-Za-z.:\[\]_-]")
@@ -35,7 +35,6 @@ CLIENT_CLOSED_REQUEST = 499  # logged, as nginx does, for a request whose client
 # The access log's route for requests no operation matched: the pages' fixed paths as they
 # are, and nothing of any other path (it could carry a secret pasted into the wrong place).
 PAGE_ROUTES = frozenset({"/", "/openapi.json", "/dev/login"})
-DOCS_PREFIX = "/ui"
 NO_ROUTE = "-"
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.web.paths import DOCS_PREFIX
 from app.web.state import RequestState, request_state
 
 # On every response: the API's answers are JSON for programs, never a page to frame, sniff
@@ -26,7 +27,6 @@ DOCS_PAGE_POLICY = (
     b"default-src 'none'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
     b"img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 )
-DOCS_PREFIX = "/ui"
 
 
 class ResponseHeadersMiddleware:
