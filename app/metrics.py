@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Sequence
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
@@ -35,18 +36,36 @@ REVOKED = Counter("api_keys_revoked", "API keys revoked.")
 KEY_EVENTS = {("createAPIKey", 201): MINTED, ("revokeAPIKey", 204): REVOKED}
 
 
+# Each (operation, method, status)'s children of the request metrics, looked up once: asking
+# `labels()` per request takes a lock and rebuilds the label tuple every time. Bounded, as the
+# metrics' own children are: past MAX_CACHED, children are looked up per request again.
+MAX_CACHED = 1024
+_children: dict[tuple[str, str, int], tuple[Any, ...]] = {}
+
+
 def record(operation: str | None, method: str, status: int, seconds: float) -> None:
     """Count one answered request."""
     operation = operation or NO_OPERATION
-    REQUESTS.labels(operation, method, str(status)).inc()
-    DURATION.labels(operation).observe(seconds)
-    if status == 429:
-        RATE_LIMITED.labels(operation).inc()
-    elif status == 503:
-        STORE_ERRORS.labels(operation).inc()
-    counter = KEY_EVENTS.get((operation, status))
-    if counter is not None:
-        counter.inc()
+    key = (operation, method, status)
+    children = _children.get(key)
+    if children is None:
+        children = _request_children(operation, method, status)
+        if len(_children) < MAX_CACHED:
+            _children[key] = children
+    requests, duration, refusals, event = children
+    requests.inc()
+    duration.observe(seconds)
+    if refusals is not None:
+        refusals.inc()
+    if event is not None:
+        event.inc()
+
+
+def _request_children(operation: str, method: str, status: int) -> tuple[Any, ...]:
+    """The metrics one answered request of this kind counts in: requests, duration, refusals, key events."""
+    refusals = RATE_LIMITED.labels(operation) if status == 429 else STORE_ERRORS.labels(operation) if status == 503 else None
+    return REQUESTS.labels(operation, method, str(status)), DURATION.labels(operation), refusals, KEY_EVENTS.get(
+        (operation, status))
 
 
 def exposition() -> tuple[bytes, str]:

@@ -1,7 +1,7 @@
 """What a handler needs from the request: the wired services, the request id and the client.
 
-Read from, and written to, the request's state, which the web layer fills in and turns into
-the answer (`app.web.middleware`): handlers import nothing from the web layer.
+Read from, and written to, the request's state (`app.web.state`), which the web layer fills in
+and turns into the answer: besides that one typed object, handlers import nothing from the web layer.
 """
 
 from __future__ import annotations
@@ -10,19 +10,20 @@ from connexion import context
 
 from app.domain.ratelimit import Decision
 from app.services import Services
+from app.web.state import request_state
 
 
 def services() -> Services:
-    return context.scope["state"]["services"]
+    return request_state(context.scope).app_services()
 
 
 def request_id() -> str:
-    return context.scope["state"]["request_id"]
+    return request_state(context.scope).request_id
 
 
 def client_address() -> str:
     """The client's IP address (the proxy's client's, where the proxy is trusted)."""
-    return context.scope["state"]["client"].address or "unknown"
+    return request_state(context.scope).client.address or "unknown"
 
 
 def known_client_address() -> str | None:
@@ -31,10 +32,10 @@ def known_client_address() -> str | None:
     Not known: a Unix-socket peer, or a request carrying X-Forwarded-For from a peer that is no
     trusted proxy.
     """
-    client = context.scope["state"]["client"]
+    client = request_state(context.scope).client
     return None if client.unknown else client.address
 
 
 def rate_limited(decision: Decision) -> None:
     """Let this request's answer carry `decision`'s rate-limit headers (rendered by the web layer)."""
-    context.scope["state"]["rate_limit"] = decision
+    request_state(context.scope).rate_limit = decision

@@ -14,7 +14,7 @@ def get_health() -> dict[str, str]:
     return {"status": "ok", "version": services().version}
 
 
-# The contract's HEAD operations. HEAD is answered as its GET (app.web.middleware), body left
+# The contract's HEAD operations. HEAD is answered as its GET (app.web.paths), body left
 # out, so these only bind the operationIds.
 def head_health() -> dict[str, str]:
     return get_health()

@@ -652,17 +652,17 @@ def test_access_log_escapes_control_characters(client, caplog):
 @pytest.mark.parametrize("validate_responses", [True, False])
 def test_headers_are_stamped_once_whether_or_not_responses_are_validated(make_app, session, monkeypatch,
                                                                         validate_responses):
-    import app.web.middleware as middleware
+    import app.web.headers as headers
 
     stamped = []
-    original = middleware.stamp
+    original = headers.stamp
 
     def counting_stamp(message, state):
         if not message.get("stamped"):
             stamped.append(message["status"])
         original(message, state)
 
-    monkeypatch.setattr(middleware, "stamp", counting_stamp)
+    monkeypatch.setattr(headers, "stamp", counting_stamp)
     with make_app(validate_responses=validate_responses).test_client() as client:
         created = client.post(KEYS, json={"name": "stamp-check"}, cookies=session())
         stamped.clear()

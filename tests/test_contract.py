@@ -253,15 +253,18 @@ CONFLICTS = {"createAPIKey": {"duplicate_name", "key_limit_reached"}, "rollAPIKe
 
 def codes_sent(document: dict, path: str, method: str, operation: dict, status: str) -> set[str]:
     """The error codes the server can answer `operation` with under `status`, from the code's rules."""
-    from app.web.csrf import STATE_CHANGING, cookie_operations
+    from app.web.contract import ContractIndex
+    from app.web.csrf import STATE_CHANGING
+
+    cookie_operations = ContractIndex(document).cookie_operations
 
     security = operation.get("security") or []
     sends = set(SENT_BY_ANY.get(status, ()))
-    if status == "401" and operation["operationId"] in cookie_operations(document):
+    if status == "401" and operation["operationId"] in cookie_operations:
         sends |= {"missing_session", "invalid_session", "anonymous_session"}  # app.domain.sessions
     if status == "401" and any(name != "CookieAuth" for requirement in security for name in requirement):
         sends |= {"missing_api_key", "invalid_api_key", "expired_api_key", "revoked_api_key"}  # KeyService.use
-    if status == "403" and operation["operationId"] in cookie_operations(document) and method.upper() in STATE_CHANGING:
+    if status == "403" and operation["operationId"] in cookie_operations and method.upper() in STATE_CHANGING:
         sends.add("origin_not_allowed")  # app.web.csrf
     if status == "403" and any(scopes for requirement in security for scopes in requirement.values()):
         sends.add("insufficient_scope")  # KeyService.authorize, for an operation that requires a scope

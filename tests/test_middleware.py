@@ -1,4 +1,4 @@
-"""The request-context middleware's bounds, in process: what any ASGI server in front gets."""
+"""The request's bounds and its access line, in process: what any ASGI server in front gets."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from typing import Any
 
 import pytest
 
-from app.web.middleware import RequestContextMiddleware, client_field
+from app.web.access import AccessLogMiddleware, client_field
+from app.web.bounds import BodyBoundsMiddleware
+from app.web.headers import ResponseHeadersMiddleware
 
 KEYS = "/api/v1/keys"
 
@@ -94,7 +96,7 @@ def test_a_body_that_does_not_arrive_in_time_is_408_and_never_reaches_the_app(me
     async def inner(scope: Any, receive: Any, send: Any) -> None:
         reached.append(scope)
 
-    middleware = RequestContextMiddleware(inner, services=None, allowed_methods=lambda path: None, read_timeout=0.05)
+    middleware = AccessLogMiddleware(ResponseHeadersMiddleware(BodyBoundsMiddleware(inner, read_timeout=0.05)))
     scope, receive = asgi_request(messages, [(b"content-length", b"100")])
     sent: list[dict[str, Any]] = []
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import metrics
+from app.web.state import request_state
 
 MAX_HOPS = 16  # X-Forwarded-For entries read, rightmost first; the rest is never parsed
 # How much of the header, from its end, is looked at: room for MAX_HOPS IPv6 addresses and ports.
@@ -130,8 +131,9 @@ def resolve(peer: str | None, forwarded_for: Sequence[str], proxies: Proxies) ->
 class ClientAddressMiddleware:
     """Set each request's `client` (and, from a trusted proxy, its `scheme`) to what the proxies saw.
 
-    The first thing every request meets, so that the access log, the limits and `/metrics`
-    all see the same client; `scope["state"]["client"]` holds the `Client`.
+    The first thing to act on every request (only the access log's layer, which sets the
+    request up and reads its client once it is answered, is outside it), so that the access
+    log, the limits and `/metrics` all see the same client; the request state's `client` holds the `Client`.
     """
 
     def __init__(self, app: ASGIApp, proxies: Proxies) -> None:
@@ -162,5 +164,5 @@ class ClientAddressMiddleware:
             # A proxy this server was not told to trust (or a forged header): every client
             # behind it shares one address's limits. Counted, for operators to see.
             metrics.UNTRUSTED_FORWARDED.inc()
-        scope.setdefault("state", {})["client"] = replace(client, peer=peer[0] if peer else None)
+        request_state(scope).client = replace(client, peer=peer[0] if peer else None)
         await self.app(scope, receive, send)

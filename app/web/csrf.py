@@ -26,17 +26,6 @@ from app.domain.errors import OriginNotAllowed
 
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 DEFAULT_PORTS = {"http": 80, "https": 443}
-HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
-
-
-def cookie_operations(spec: dict, scheme: str = "CookieAuth") -> frozenset[str]:
-    """Return the operationIds authenticated by the session cookie."""
-    return frozenset(
-        operation["operationId"]
-        for item in spec["paths"].values()
-        for method, operation in item.items()
-        if method in HTTP_METHODS and any(scheme in requirement for requirement in operation.get("security", []))
-    )
 
 
 def normalise_origin(value: str) -> str | None:

@@ -26,10 +26,11 @@ from app.domain.errors import InvalidParameter
 from app.domain.keys import rfc3339
 from app.domain.ratelimit import DAY, MINUTE, Decision, Limits, WindowState
 from app.domain.tiers import TIERS
+from app.web.contract import ContractIndex
 from app.web.errors import envelope
 from app.web.ratelimit_headers import rate_limit_headers
+from app.web.state import request_state
 
-HTTP_METHODS = {"get", "put", "post", "delete", "patch"}
 PREFERENCE = re.compile(r'^\s*([A-Za-z-]+)\s*(?:=\s*("[^"]*"|[^;,\s]*))?')
 
 # Realistic answers per status: the codes and messages this server really sends.
@@ -71,35 +72,6 @@ def preferences(headers: Headers) -> dict[str, str]:
             if match and match.group(1):
                 found.setdefault(match.group(1).lower(), (match.group(2) or "").strip('"'))
     return found
-
-
-class Contract:
-    """The responses each operation documents, with local `$ref`s resolved."""
-
-    def __init__(self, spec: dict) -> None:
-        self.spec = spec
-        self.responses: dict[str, dict[str, Any]] = {}
-        self.cookie_auth: set[str] = set()
-        for item in spec["paths"].values():
-            for method, operation in item.items():
-                if method in HTTP_METHODS:
-                    self.responses[operation["operationId"]] = {
-                        code: self.resolve(response) for code, response in operation["responses"].items()
-                    }
-                    if any("CookieAuth" in r for r in operation.get("security", [])):
-                        self.cookie_auth.add(operation["operationId"])
-
-    def resolve(self, node: Any) -> Any:
-        if isinstance(node, dict):
-            if "$ref" in node:
-                target: Any = self.spec
-                for part in node["$ref"].lstrip("#/").split("/"):
-                    target = target[part]
-                return self.resolve(target)
-            return {k: self.resolve(v) for k, v in node.items()}
-        if isinstance(node, list):
-            return [self.resolve(v) for v in node]
-        return node
 
 
 def sample(schema: dict[str, Any], now: float) -> Any:
@@ -145,9 +117,10 @@ def sample(schema: dict[str, Any], now: float) -> Any:
 class PreferMiddleware:
     """Force an operation's documented answer, a named example, or latency (development only)."""
 
-    def __init__(self, app: ASGIApp, spec: dict, delay_ms: int = 0, management_limits: Limits | None = None) -> None:
+    def __init__(self, app: ASGIApp, contract: ContractIndex, delay_ms: int = 0,
+                 management_limits: Limits | None = None) -> None:
         self.app = app
-        self.contract = Contract(spec)
+        self.contract = contract
         self.delay_ms = delay_ms
         self.management_limits = management_limits or Limits(120, 10_000)
 
@@ -177,7 +150,7 @@ class PreferMiddleware:
         return int(raw)
 
     async def _forced(self, scope: Scope, send: Send, operation: str, prefer: dict[str, str]) -> None:
-        responses = self.contract.responses[operation]
+        responses = self.contract.responses(operation)
         documented = sorted(responses)
         if "code" in prefer:
             code = prefer["code"]
@@ -212,7 +185,7 @@ class PreferMiddleware:
             chosen = candidates[0]
         status = int(chosen)
         now = time.time()
-        request_id = scope["state"]["request_id"]
+        request_id = request_state(scope).request_id
         if status < 300 and status != 204 and body is None:
             # The first named example (each success documents one), else the schema's sample.
             media_type, body = next(iter(_examples(responses[chosen]).values()), (media_type, None))
@@ -246,7 +219,7 @@ class PreferMiddleware:
                     body["error"]["details"] = {**body["error"]["details"], "reset": int(now) + retry_after}
             raw = json.dumps(body).encode()
         elif status >= 400:
-            table = SESSION_ERRORS if operation in self.contract.cookie_auth else KEY_ERRORS
+            table = SESSION_ERRORS if operation in self.contract.cookie_operations else KEY_ERRORS
             code_, message, details = table.get(status, ("bad_request", "Bad request.", {}))
             shown = [value["error"] for _, value in _examples(responses[chosen]).values()]
             if status not in table and "example" in _media(responses[chosen]):
@@ -282,7 +255,7 @@ class PreferMiddleware:
             return Decision(allowed=True, at=now, blocked_by=None,
                             minute=WindowState(minute_.limit, minute_.remaining, second - second % MINUTE + MINUTE),
                             day=WindowState(day_.limit, day_.remaining, second - second % DAY + DAY))
-        limits = self.management_limits if operation in self.contract.cookie_auth else FREE_TIER_LIMITS
+        limits = self.management_limits if operation in self.contract.cookie_operations else FREE_TIER_LIMITS
         if refused_by in ("minute", "day") and example_limit is not None:
             limits = next((lim for lim in (limits, FREE_TIER_LIMITS, self.management_limits)
                            if getattr(lim, f"per_{refused_by}") == example_limit), limits)

@@ -1,7 +1,7 @@
 """Every error in the contract's `Error` envelope, and the one table from domain errors to HTTP.
 
-`envelope` serialises it (the request-context middleware uses it too, for the few answers
-it gives before routing); `ErrorHandlers` maps our domain errors (`DOMAIN_ERRORS`) and
+`envelope` serialises it (the layers in front of routing use it too, for the few answers
+they give themselves); `ErrorHandlers` maps our domain errors (`DOMAIN_ERRORS`) and
 everything Connexion and Starlette raise (validation, security, 404, 405, 415, response
 validation) to it, plus anything unexpected, which is logged with its traceback and
 answered with a bare 500.
@@ -21,9 +21,11 @@ from starlette.exceptions import HTTPException
 
 from app.domain import errors as domain
 from app.domain.errors import ServiceError
+from app.web.contract import ContractIndex
 from app.web.credentials import SESSION_COOKIE, cookie_values, presented_keys
 from app.web.ratelimit_headers import rate_limit_headers
 from app.web.refusals import HeadersTooLarge, RequestTargetTooLong, RequestTimeout
+from app.web.state import STATE_KEY
 
 log = logging.getLogger("app.errors")
 
@@ -107,23 +109,10 @@ MESSAGES = {
 }
 
 
-HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
-
-
-def key_operations(spec: dict) -> set[str]:
-    """Return the operationIds authenticated by API key rather than by session."""
-    return {
-        operation["operationId"]
-        for item in spec["paths"].values()
-        for method, operation in item.items()
-        if method in HTTP_METHODS
-        and any(name != "CookieAuth" for requirement in operation.get("security", []) for name in requirement)
-    }
-
-
 def request_id_of(request: ConnexionRequest) -> str:
-    """Return the id the request-context middleware gave this request."""
-    return request.scope.get("state", {}).get("request_id", "req_unknown")
+    """Return the id the access log's layer gave this request."""
+    state = request.scope.get("state", {}).get(STATE_KEY)
+    return state.request_id if state is not None else "req_unknown"
 
 
 def envelope(code: str, message: str, details: dict[str, Any] | None, request_id: str) -> bytes:
@@ -167,15 +156,10 @@ def error_response(
 
 
 class ErrorHandlers:
-    """Error handlers for the app serving `spec`."""
+    """Error handlers for the app serving the contract `contract` indexes."""
 
-    def __init__(self, spec: dict) -> None:
-        self._key_operations = key_operations(spec)
-        self._routes = [
-            (re.compile("^" + re.sub(r"\\{[^}]+\\}", "[^/]+", re.escape(path)) + "$"),
-             ", ".join(sorted(m.upper() for m in item if m in HTTP_METHODS)), path)
-            for path, item in spec["paths"].items()
-        ]
+    def __init__(self, contract: ContractIndex) -> None:
+        self.contract = contract
 
     def install(self, app: FlaskApp) -> None:
         app.add_error_handler(ServiceError, self.service_error)
@@ -212,22 +196,8 @@ class ErrorHandlers:
         headers = dict(exc.headers or {})
         if status == 405:
             # The router only knows the methods of the first route it matched; the spec knows all.
-            headers["Allow"] = self.allowed_methods(request.url.path) or headers.get("Allow", "")
+            headers["Allow"] = self.contract.allowed_methods(request.url.path) or headers.get("Allow", "")
         return error_response(request, status, code, message, headers=headers)
-
-    def allowed_methods(self, path: str) -> str | None:
-        """Return the Allow header value for a path, from the spec."""
-        for pattern, methods, _ in self._routes:
-            if pattern.match(path):
-                return methods
-        return None
-
-    def route_of(self, path: str) -> str | None:
-        """Return the contract's path template that `path` matches (`/api/v1/keys/{key_id}`), or None."""
-        for pattern, _, template in self._routes:
-            if pattern.match(path):
-                return template
-        return None
 
     async def unexpected(self, request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
         log.error("request %s failed", request_id_of(request), exc_info=exc)
@@ -238,7 +208,7 @@ class ErrorHandlers:
         # read (say `Authorization: Bearer` with no token). Told apart by looking at the
         # request, not at Connexion's wording.
         routing = request.scope.get("extensions", {}).get("connexion_routing", {})
-        by_key = routing.get("operation_id") in self._key_operations
+        by_key = routing.get("operation_id") in self.contract.key_operations
         if by_key:
             # A Bearer header without its token is a malformed key, not a missing one.
             missing = not presented_keys(request.scope) and not any(

@@ -35,6 +35,7 @@ from app.domain.records import KeyRecord
 from app.web.clients import Proxies, resolve
 from app.web.credentials import presented_keys
 from app.web.errors import envelope, error_headers, status_and_code
+from app.web.state import request_state
 
 STATUS_HEADER = "X-Gateway-Status"
 ERROR_HEADER = "X-Gateway-Error"
@@ -65,10 +66,10 @@ def header(scope: dict[str, Any], name: bytes) -> str | None:
 
 def check(scope: dict[str, Any]) -> Passed:
     """Decide whether the request a proxy forwards may pass; raise the refusal's domain error."""
-    state = scope["state"]
-    services = state["services"]
+    state = request_state(scope)
+    services = state.app_services()
     settings = services.settings
-    client = state["client"]
+    client = state.client
     if not metrics.allowed(client.peer, settings.gateway_allow):
         raise ProxyNotAllowed(
             "The gateway check answers only the proxies named in GATEWAY_ALLOW.", {"peer": client.peer}
@@ -93,13 +94,13 @@ def check(scope: dict[str, Any]) -> Passed:
 
     now = services.clock()
     try:
-        record, decision = services.keys.use(keys.pop(), required, state["request_id"], address=address)
+        record, decision = services.keys.use(keys.pop(), required, state.request_id, address=address)
     except ServiceError as refusal:
         if refusal.key is not None:  # a key found, then refused: its owner is known to the access line
-            state["account_id"], state["key_id"] = refusal.key.user_id, refusal.key.id
+            state.account_id, state.key_id = refusal.key.user_id, refusal.key.id
         raise
-    state["account_id"], state["key_id"] = record.user_id, record.id
-    state["rate_limit"] = decision  # rendered as headers on the answer (app.web.middleware.stamp)
+    state.account_id, state.key_id = record.user_id, record.id
+    state.rate_limit = decision  # rendered as headers on the answer (app.web.headers.stamp)
     if not decision.allowed:
         raise decision.refusal(now, "this account's API keys, which share its tier's limits")
     return Passed(record, effective_scopes(record), required, forwarded, decision)

@@ -8,7 +8,8 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.web.errors import envelope
-from app.web.middleware import send_json
+from app.web.messages import send_json
+from app.web.state import request_state
 
 MISDIRECTED = 421  # RFC 9110: this server is not configured to answer for that authority
 
@@ -33,7 +34,7 @@ class TrustedHostMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and not host_allowed(Headers(scope=scope).get("host", ""), self.hosts):
             body = envelope("host_not_allowed", "This server does not answer for that host name.", None,
-                            scope["state"]["request_id"])
+                            request_state(scope).request_id)
             await send_json(send, MISDIRECTED, b"" if scope["method"] == "HEAD" else body, [(b"connection", b"close")])
             return
         await self.app(scope, receive, send)

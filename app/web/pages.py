@@ -31,7 +31,8 @@ from app.domain.sessions import issue_token
 from app.domain.tiers import TIERS
 from app.web.credentials import SESSION_COOKIE
 from app.web.errors import MESSAGES, envelope, status_and_code
-from app.web.middleware import send_json
+from app.web.messages import send_json
+from app.web.state import request_state
 
 STATIC = Path(__file__).resolve().parent / "static"
 PAGE_FILES = {
@@ -93,9 +94,9 @@ class PagesMiddleware:
         if not known:
             await self.app(scope, receive, send)
             return
-        state = scope["state"]
+        state = request_state(scope)
         if scope["method"] != "GET":
-            body = envelope("method_not_allowed", MESSAGES[405], None, state["request_id"])
+            body = envelope("method_not_allowed", MESSAGES[405], None, state.request_id)
             await send_json(send, 405, body, [(b"allow", b"GET")])
             return
         if path == LOGIN_PATH:
@@ -106,13 +107,13 @@ class PagesMiddleware:
             return
         content, media = self.routes[path]
         if path in PAGE_FILES:
-            state["page_headers"] = PAGE_HEADERS
+            state.page_headers = PAGE_HEADERS
         await send({"type": "http.response.start", "status": 200, "headers": [
             (b"content-type", media), (b"content-length", str(len(content)).encode())]})
         await send({"type": "http.response.body", "body": content})
 
     async def _login(self, scope: Scope, send: Send) -> None:
-        state = scope["state"]
+        state = request_state(scope)
         query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True))
         # An empty tier, as a form's "keep current tier" option sends it, is no tier.
         user, tier, target = query.get("user", ""), query.get("tier") or None, query.get("next", "/")
@@ -125,7 +126,7 @@ class PagesMiddleware:
             problem = ("next", NEXT_MESSAGE)
         if problem:
             details = {"field": problem[0], "in": "query"}
-            await send_json(send, 400, envelope("invalid_parameter", problem[1], details, state["request_id"]))
+            await send_json(send, 400, envelope("invalid_parameter", problem[1], details, state.request_id))
             return
         keys = self.services.keys
         try:
@@ -133,7 +134,7 @@ class PagesMiddleware:
             await asyncio.to_thread(keys.set_tier if tier else keys.account, *((user, tier) if tier else (user,)))
         except ServiceError as error:
             status, code = status_and_code(error)
-            await send_json(send, status, envelope(code, error.message, error.details, state["request_id"]))
+            await send_json(send, status, envelope(code, error.message, error.details, state.request_id))
             return
         token = issue_token(self.services.settings.jwt_secret, user, self.services.clock(), LOGIN_TTL_S)
         await redirect(send, target, f"{SESSION_COOKIE}={token}; Path=/; HttpOnly; SameSite=Lax; Max-Age={LOGIN_TTL_S}")
@@ -143,7 +144,7 @@ class PagesMiddleware:
         target = query.get("next", "/")
         if not safe_next(target):
             details = {"field": "next", "in": "query"}
-            await send_json(send, 400, envelope("invalid_parameter", NEXT_MESSAGE, details, scope["state"]["request_id"]))
+            await send_json(send, 400, envelope("invalid_parameter", NEXT_MESSAGE, details, request_state(scope).request_id))
             return
         await redirect(send, target, f"{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0")
 

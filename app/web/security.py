@@ -2,9 +2,9 @@
 and the two security handlers this service gives Connexion through its `security_map`.
 
 The functions run in Connexion's security middleware, outside Flask: the services come from
-the request scope, put there by `RequestContextMiddleware`. Each authenticates, then counts
-the request against its rate limit; the decision goes back through the scope, and
-becomes the answer's rate-limit headers there.
+the request's state (`app.web.state`), put there by `AccessLogMiddleware`. Each authenticates,
+then counts the request against its rate limit; the outcome's headers go back through the
+same state.
 """
 
 from __future__ import annotations
@@ -23,16 +23,17 @@ from app.domain.ratelimit import Decision, management_subject
 from app.domain.records import KeyRecord
 from app.web.credentials import cookie_values, presented_keys
 from app.web.errors import HTTPServiceError
+from app.web.state import RequestState, request_state
 
 
 def verify_session(token: str, request: ConnexionRequest) -> dict[str, Any]:
     """Authenticate a session cookie and count it against the account's management limit."""
-    state = request.scope["state"]
-    services = state["services"]
+    state = request_state(request.scope)
+    services = state.app_services()
     try:
         now = services.clock()
         user_id = services.sessions.user_id(token, now)
-        state["account_id"] = user_id  # for the access line
+        state.account_id = user_id  # for the access line
         decision = services.limiter.admit(management_subject(user_id), services.management_limits, now)
         _apply(state, decision, "key management for this account")
     except ServiceError as refusal:
@@ -44,26 +45,27 @@ def verify_api_key(
     token: str, request: ConnexionRequest, required_scopes: Sequence[str] | None = None
 ) -> dict[str, Any]:
     """Authenticate an API key, check its scopes and count it against its account's tier limits."""
-    state = request.scope["state"]
-    if "key_refusal" in state:
+    state = request_state(request.scope)
+    if state.key_refusal is not None:
         # The same key sent two ways is tried once per way; it was refused (403, 429, ...)
         # already: say so again rather than look it up and count it a second time.
-        raise state["key_refusal"]
+        raise state.key_refusal
     try:
-        return _verify_api_key(token, request.scope, required_scopes)
+        return _verify_api_key(token, request.scope, state, required_scopes)
     except ServiceError as refusal:
-        state["key_refusal"] = HTTPServiceError(refusal)
-        raise state["key_refusal"] from refusal
+        state.key_refusal = HTTPServiceError(refusal)
+        raise state.key_refusal from refusal
 
 
-def _verify_api_key(token: str, scope: dict[str, Any], required_scopes: Sequence[str] | None) -> dict[str, Any]:
-    state = scope["state"]
-    services = state["services"]
+def _verify_api_key(
+    token: str, scope: dict[str, Any], state: RequestState, required_scopes: Sequence[str] | None
+) -> dict[str, Any]:
+    services = state.app_services()
     if len(presented_keys(scope)) > 1:
         # Which one is meant? Guessing would let a stale or stolen key hide behind a good one.
         raise InvalidAPIKey("Send one API key, one way: this request carries more than one.")
     try:
-        record, decision = services.keys.use(token, required_scopes, state["request_id"])
+        record, decision = services.keys.use(token, required_scopes, state.request_id)
     except ServiceError as refusal:
         if refusal.key is not None:  # a revoked, expired or out-of-scope key: its owner is known
             _identify(state, refusal.key)
@@ -73,13 +75,13 @@ def _verify_api_key(token: str, scope: dict[str, Any], required_scopes: Sequence
     return {"sub": record.user_id, "key": record, "rate_limit": decision}
 
 
-def _identify(state: dict[str, Any], key: KeyRecord) -> None:
+def _identify(state: RequestState, key: KeyRecord) -> None:
     # For the access line, also when the key is then refused (revoked, expired, scope, rate).
-    state["account_id"], state["key_id"] = key.user_id, key.id
+    state.account_id, state.key_id = key.user_id, key.id
 
 
-def _apply(state: dict[str, Any], decision: Decision, subject: str) -> None:
-    state["rate_limit"] = decision  # rendered as headers on the answer (app.web.middleware.stamp)
+def _apply(state: RequestState, decision: Decision, subject: str) -> None:
+    state.rate_limit = decision  # rendered as headers on the answer (app.web.headers.stamp)
     if not decision.allowed:
         raise decision.refusal(decision.at, subject)
 

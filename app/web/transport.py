@@ -20,7 +20,7 @@ costs more per request.) This subclass enforces `HeadLimits` while the head is p
 
 A refusal is answered in the contract's envelope, with a request id, `Connection: close`
 and an access-log line, as the application would answer; the application never sees the
-request. The body's bounds (size, read time) are the application's: `RequestContextMiddleware`.
+request. The body's bounds (size, read time) are the application's: `app.web.bounds`.
 """
 
 from __future__ import annotations
@@ -32,11 +32,13 @@ from typing import Any, ClassVar
 import httptools
 
 from app.domain.errors import ServiceError
+from app.web.access import NO_ROUTE, client_field, log_access, new_request_id
 from app.web.connections import ConnectionLimits, ConnectionTable
 from app.web.errors import envelope, status_and_code
+from app.web.headers import stamp
 from app.web.limits import HeadLimits
-from app.web.middleware import NO_ROUTE, client_field, log_access, new_request_id, stamp
 from app.web.refusals import HeadersTooLarge, RequestTargetTooLong, RequestTimeout
+from app.web.state import RequestState
 from app.web.uvicorn_tuning import HookedHttpToolsProtocol
 
 # After a refusal, what the client is still sending is read and dropped for this long (or
@@ -233,7 +235,7 @@ class BoundedHttpToolsProtocol(HookedHttpToolsProtocol):
                 (b"connection", b"close"),
             ],
         }
-        stamp(start, {"request_id": request_id})
+        stamp(start, RequestState(request_id))
         # An answer to HEAD has no content (RFC 9110 9.3.2): its Content-Length is that of the GET's.
         self.write_response(status, start["headers"], b"" if self._method == b"HEAD" else body)
         log_access(

@@ -24,10 +24,10 @@ from starlette.datastructures import Headers, QueryParams
 from starlette.types import Message, Receive, Scope
 
 from app.domain.errors import InvalidJSON, InvalidParameter
+from app.web.state import request_state
 
 LONE_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]", re.ASCII)
 _VALIDATORS: dict[int, tuple[dict, Draft4Validator]] = {}
-PARSED_BODY = "parsed_json_body"  # key in scope["state"]
 MAX_JSON_DEPTH = 32  # arrays and objects nested in one another
 MAX_INTEGER_DIGITS = 100  # far beyond any field's range; Python refuses 4,300 with a ValueError
 
@@ -121,7 +121,15 @@ class RequestBodyValidator:
         self.validator = _validator_for(schema)
 
     async def wrap_receive(self, receive: Receive, *, scope: Scope) -> tuple[Receive, Scope]:
-        """Read, parse and validate the body; return a `receive` replaying it, and the scope."""
+        """Parse and validate the body; return a `receive` that yields it, and the scope."""
+        received = request_state(scope).body
+        if received:
+            # The body as read, whole, by `app.web.bounds`: not joined again, and `receive` left
+            # unread, so the next layer receives it as it was passed on.
+            body = self.parse(received, scope)
+            if not (body is None and self.nullable):
+                self.validate(body)
+            return receive, scope
         if not int(Headers(scope=scope).get("content-length", 0)):
             # As Connexion does: no body is the schema's default, if it has one.
             default = self.schema.get("default")
@@ -145,6 +153,7 @@ class RequestBodyValidator:
 
     def parse(self, raw: bytes, scope: Scope) -> Any:
         """Return the JSON value `raw` holds, None for no body; raise InvalidJSON naming the fault."""
+        state = request_state(scope)
         try:
             text = raw.decode(self.encoding)
         except (UnicodeDecodeError, LookupError):
@@ -166,7 +175,7 @@ class RequestBodyValidator:
             # `"\ud800"` parses, but is no Unicode text: nothing could store or return it.
             raise InvalidJSON("The request body contains an unpaired UTF-16 surrogate escape.")
         # The handler's `body` argument is this value, validated, instead of a second parse.
-        scope.setdefault("state", {})[PARSED_BODY] = body
+        state.json_body = body
         return body
 
     def validate(self, body: Any) -> None:

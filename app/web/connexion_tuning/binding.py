@@ -46,7 +46,7 @@ from starlette.types import Receive, Scope, Send
 from werkzeug.routing import Rule, UnicodeConverter
 from werkzeug.wrappers import Response as WerkzeugResponse
 
-from app.web.validation import PARSED_BODY
+from app.web.state import NOT_PARSED, request_state
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -67,16 +67,18 @@ class InlineWSGIMiddleware:
         if scope["type"] != "http":
             await self.fallback(scope, receive, send)
             return
-        body = bytearray()
+        parts: list[bytes] = []
         more = True
         while more:
             message = await receive()
             if message["type"] == "http.disconnect":
                 raise ClientDisconnect()  # the client left mid-body: the request is not handled at all
-            body += message.get("body", b"")
+            parts.append(message.get("body", b""))
             more = message.get("more_body", False)
+        # app.web.bounds passes the body on whole, in one message: nothing to join again.
+        body = parts[0] if len(parts) == 1 else b"".join(parts)
 
-        environ: dict[str, Any] = dict(build_environ(scope, io.BytesIO(bytes(body))))  # type: ignore[arg-type]
+        environ: dict[str, Any] = dict(build_environ(scope, io.BytesIO(body)))  # type: ignore[arg-type]
         environ["wsgi.multithread"] = False
         started: dict[str, Any] = {}
         chunks: list[bytes] = []
@@ -170,9 +172,9 @@ class _Binding:
                     value = deepcopy(self.query_defaults[name])
                     kwargs[self.sanitize(name)] = _get_val_from_param(value, definition)
         if self.body_name is not None:
-            state = request.environ["asgi.scope"].get("state", {})
-            if PARSED_BODY in state:  # parsed, and validated, by the request validation layer
-                body = state[PARSED_BODY]
+            parsed = request_state(request.environ["asgi.scope"]).json_body
+            if parsed is not NOT_PARSED:  # parsed, and validated, by the request validation layer
+                body = parsed
             else:
                 body = request.get_json(silent=True) if is_json_mimetype(request.content_type or "") else None
             if body is None and not self.body_nullable:

@@ -1,0 +1,36 @@
+"""CORS: Starlette's handling, with refused preflights in the contract's error envelope.
+
+Which pages may *read* the answers (CORS_ORIGINS, CORS_ORIGIN_REGEX); which may *send* a
+state-changing request with the session cookie is `app.web.csrf`'s check.
+"""
+
+from __future__ import annotations
+
+from starlette.datastructures import Headers
+from starlette.middleware.cors import CORSMiddleware
+from starlette.types import Receive, Scope, Send
+
+from app.web.errors import envelope
+from app.web.messages import send_json
+from app.web.state import request_state
+
+
+class EnvelopeCORSMiddleware(CORSMiddleware):
+    """Starlette's CORS handling, with refused preflights in the contract's error envelope."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = Headers(scope=scope) if scope["type"] == "http" else None
+        if (
+            headers is not None
+            and scope["method"] == "OPTIONS"
+            and "origin" in headers
+            and "access-control-request-method" in headers
+        ):
+            response = self.preflight_response(request_headers=headers)
+            if response.status_code == 400:
+                message = bytes(response.body).decode() + "."
+                body = envelope("cors_not_allowed", message, None, request_state(scope).request_id)
+                kept = [(k, v) for k, v in response.raw_headers if k not in (b"content-type", b"content-length")]
+                await send_json(send, 400, body, kept)
+                return
+        await super().__call__(scope, receive, send)
