@@ -15,7 +15,6 @@ from app.domain.keys import KeyService
 from app.domain.ratelimit import tier_subject
 from app.domain.records import KeyEvent, KeyRecord, Window
 from app.store import SCHEMA_VERSION, SQLiteStore
-from app.store import sqlite as sqlite_store
 
 # Tests taking `store`, `settings` or `query` run on SQLite and on PostgreSQL (see conftest).
 ENGINES = ("sqlite", "postgresql")
@@ -428,7 +427,7 @@ def test_upgrading_a_version_4_database_adds_the_history_indexes_and_keeps_every
         assert every_row(conn) == before
         indexes = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
         plan = conn.execute(
-            "EXPLAIN QUERY PLAN SELECT count(*) FROM api_keys WHERE " + sqlite_store._ACTIVE, (USER, T0)
+            "EXPLAIN QUERY PLAN " + SQLiteStore.compiled()["active_keys"], ("live", USER, T0)
         ).fetchall()
     finally:
         conn.close()
@@ -485,12 +484,8 @@ def add_history(store, user: str, count: int, created_us: int, ended_us: int, ex
     ]
     sql = ("INSERT INTO api_keys (id, user_id, name, digest, preview, created_us, expires_us, revoked_us, "
            "revoked_reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
-    if isinstance(store, SQLiteStore):
-        with store._write() as conn:
-            conn.executemany(sql, rows)
-        return
-    with store._conn() as conn, conn.transaction():
-        conn.cursor().executemany(sql.replace("?", "%s"), rows)
+    with store.transaction() as conn:
+        conn.cursor().executemany(store.sql(sql), rows)
         conn.execute("ANALYZE api_keys")  # the planner sees the table as it now is
 
 
