@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 import select
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any, ClassVar
 
 import psycopg
@@ -135,6 +135,10 @@ class PostgresStore(SQLStore):
             if not durable:
                 conn.execute("SET LOCAL synchronous_commit = off")
             yield conn
+
+    def _batch(self, conn: psycopg.Connection) -> AbstractContextManager[Any]:
+        """Pipeline the block's statements: sent together, their results read at its end."""
+        return conn.pipeline()
 
     def close(self) -> None:
         """Close every connection of the pool."""
