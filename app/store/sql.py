@@ -72,11 +72,11 @@ QUERIES: dict[str, str] = {
     "account": f"SELECT {_ACCOUNT} FROM accounts WHERE user_id = ?",  # nosec B608
     # DO UPDATE (a no-op write) returns the row even when another instance committed it after
     # this statement's snapshot was taken, which a SELECT beside DO NOTHING would not see.
-    "ensure_account": "INSERT INTO accounts (user_id, tier, created_us) VALUES (?, ?, ?) "
+    "ensure_account": "INSERT INTO accounts (user_id, tier, created_us) VALUES (?, ?, ?) "  # nosec B608
     f"ON CONFLICT (user_id) DO UPDATE SET user_id = excluded.user_id RETURNING {_ACCOUNT}",
-    "upsert_tier": "INSERT INTO accounts (user_id, tier, created_us) VALUES (?, ?, ?) "
+    "upsert_tier": "INSERT INTO accounts (user_id, tier, created_us) VALUES (?, ?, ?) "  # nosec B608
     f"ON CONFLICT (user_id) DO UPDATE SET tier = excluded.tier RETURNING {_ACCOUNT}",
-    "update_tier": f"UPDATE accounts SET tier = ? WHERE user_id = ? RETURNING {_ACCOUNT}",
+    "update_tier": f"UPDATE accounts SET tier = ? WHERE user_id = ? RETURNING {_ACCOUNT}",  # nosec B608
     "add_account": "INSERT INTO accounts (user_id, tier, created_us) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
     # The account row is the turnstile of its keys' lifecycle writes.
     "lock_account": "SELECT 1 FROM accounts WHERE user_id = ?{lock_row}",
@@ -162,6 +162,10 @@ class SQLStore:
         raise NotImplementedError
 
     def _write(self, *, durable: bool) -> AbstractContextManager[Any]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Let go of the engine's connections (and, on SQLite, its background thread)."""
         raise NotImplementedError
 
     def _batch(self, conn: Any) -> AbstractContextManager[Any]:

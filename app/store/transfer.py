@@ -13,7 +13,7 @@ import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from app.config import Settings
 from app.domain.errors import StoreUnavailable
@@ -44,10 +44,10 @@ def _connection(settings: Settings, create: bool | None = None) -> Iterator[tupl
     if problem := unreachable(settings):  # once, in one line, before a pool would retry and log each attempt
         raise TransferError(problem)
     try:
-        store = open_store(settings, create=create)  # creates (if allowed) or upgrades the schema
+        # Creates (if allowed) or upgrades the schema. Every engine's store is an SQLStore.
+        store = cast(SQLStore, open_store(settings, create=create))
     except (StoreStartError, StoreUnavailable) as error:
         raise TransferError(str(error)) from None
-    assert isinstance(store, SQLStore)
     try:
         with store.transaction() as conn:
             yield store, conn
