@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 import select
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, ClassVar
 
 import psycopg
@@ -28,6 +28,7 @@ from app.store import postgres_migrations
 from app.store.sql import SQLStore
 
 SCHEMA_VERSION = postgres_migrations.SCHEMA_VERSION
+PIPELINE = psycopg.Pipeline.is_supported()
 DEFAULT_POOL_SIZE = 10
 DEFAULT_TIMEOUT_MS = 5000
 SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -137,8 +138,8 @@ class PostgresStore(SQLStore):
             yield conn
 
     def _batch(self, conn: psycopg.Connection) -> AbstractContextManager[Any]:
-        """Pipeline the block's statements: sent together, their results read at its end."""
-        return conn.pipeline()
+        """Pipeline the block's statements: sent together, their results read at its end (libpq 14 and later)."""
+        return conn.pipeline() if PIPELINE else nullcontext()
 
     def close(self) -> None:
         """Close every connection of the pool."""
