@@ -230,14 +230,10 @@ def start_server(settings: Settings, server: Callable[[Settings], int]) -> int:
 def check_store(settings: Settings, create: bool | None = None) -> str | None:
     """Open and close the store `settings` name; return why it cannot serve, in one line, or None."""
     from app.domain.errors import StoreUnavailable
-    from app.store import StoreStartError
+    from app.store import StoreStartError, unreachable
 
-    if settings.engine == "postgresql":
-        # One attempt, so that the reason (refused, no such database, authentication) is the
-        # one line, rather than the pool's retries logged one by one and a bare "unavailable".
-        problem = reach_postgresql(settings)
-        if problem:
-            return problem
+    if problem := unreachable(settings):
+        return problem
     try:
         open_store(settings, create=create).close()
     except StoreStartError as exc:
@@ -273,21 +269,6 @@ def check_listen(settings: Settings) -> str | None:
             if exc.errno == errno.EADDRINUSE:
                 return f"port {settings.port} on {settings.host} is in use: stop what listens there, or set PORT"
             return f"cannot listen on {url_host(settings.host)}:{settings.port}: {exc.strerror}"
-    return None
-
-
-def reach_postgresql(settings: Settings) -> str | None:
-    """Connect once to the PostgreSQL database `settings` name; return why that failed, in one line, or None."""
-    import psycopg
-
-    from app.store.postgres import connection_kwargs
-
-    try:
-        psycopg.connect(**connection_kwargs(settings.database_url, settings.database_timeout_ms)).close()
-    except psycopg.Error as exc:
-        # libpq's message names the host, port, database and user, never the password.
-        reason = " ".join(str(exc).split()) or type(exc).__name__
-        return f"the postgresql database cannot be reached: {reason}"
     return None
 
 

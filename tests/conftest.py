@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sqlite3
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -151,20 +150,16 @@ def store(open_stores: Callable[[], Store]) -> Store:
 
 
 @pytest.fixture
-def query(settings: Settings) -> Callable[..., list[tuple]]:
+def query(open_stores: Callable[[], Store]) -> Callable[..., list[tuple]]:
     """Run one SQL query (`?` placeholders) on the test's database, whichever the engine."""
+    opened: list[Any] = []
 
     def run(sql: str, params: tuple = ()) -> list[tuple]:
-        if settings.engine == "postgresql":
-            import psycopg
-
-            with psycopg.connect(settings.database_url) as conn:
-                return conn.execute(sql.replace("?", "%s"), params).fetchall()  # type: ignore[arg-type]
-        conn = sqlite3.connect(settings.database_path)
-        try:
-            return conn.execute(sql, params).fetchall()
-        finally:
-            conn.close()
+        if not opened:
+            opened.append(open_stores())
+        store = opened[0]
+        with store._conn() as conn:
+            return conn.execute(store.sql(sql), params).fetchall()
 
     return run
 

@@ -8,9 +8,9 @@ import logging
 import pytest
 from prometheus_client import REGISTRY
 
+from app import metrics
 from app.domain import keymaterial
 from app.logs import JSONFormatter, RedactingFilter, TextFormatter
-from app import metrics
 from app.web.access import access_log, log_access
 
 

@@ -82,11 +82,10 @@ def test_leak_reports_count_per_ipv4_address_and_per_ipv6_64(address, subject):
     assert leak_report_subject(address) == subject
 
 
-@pytest.mark.sqlite_only
-def test_sqlite_deletes_passed_windows_in_batches_until_none_is_left(store, query, monkeypatch):
-    from app.store import sqlite
+def test_passed_windows_are_deleted_in_batches_until_none_is_left(store, query, monkeypatch):
+    from app.store import sql
 
-    monkeypatch.setattr(sqlite, "EXPIRY_BATCH", 7)
+    monkeypatch.setattr(sql, "EXPIRY_BATCH", 7)
     limiter = RateLimiter(store)
     for i in range(30):
         limiter.admit(leak_report_subject(f"10.2.0.{i}"), LEAKS, NOW)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
 
 from app.domain import keymaterial
-from app.domain.errors import ExpiredAPIKey, KeyNotRollable
-from app.domain.keys import KeyService
+from app.domain.errors import ExpiredAPIKey, KeyLimitReached, KeyNotRollable
+from app.domain.keys import KeyService, check_room_for_roll
+from app.domain.records import KeyRecord, Rolled
 from tests.test_api import assert_error, parse_time
 
 # Tests taking `client`, `app`, `make_app`, `store` or `settings` run on SQLite and PostgreSQL.
@@ -189,6 +191,23 @@ def test_both_keys_of_a_roll_count_against_the_cap_while_both_are_active(make_ap
         assert error["details"] == {"limit": 2}
         assert whoami(client, first["key"]).status_code == 200  # nothing changed
         assert roll(client, session, first["id"], 0).status_code == 201
+
+
+def rolled_at(stops_us: int | None, now_us: int = 1_000) -> Rolled:
+    old = KeyRecord(id="old", user_id="user-1", name="ci", preview="sk_live_Ab12••••••••", tier="free",
+                    created_us=0, expires_us=stops_us, revoked_us=None, total_requests=0, last_used_us=None)
+    return Rolled(old, replace(old, id="new", created_us=now_us, expires_us=None), ())
+
+
+def test_the_roll_cap_rule_refuses_a_grace_roll_at_the_cap_and_never_a_roll_that_swaps_keys():
+    """The rule is the domain's, one function: each store counts, and asks it."""
+    with pytest.raises(KeyLimitReached) as refused:
+        check_room_for_roll(rolled_at(stops_us=61_000), active=2, max_active=2)  # both active for a minute
+    assert refused.value.details == {"limit": 2}
+    with pytest.raises(KeyLimitReached):
+        check_room_for_roll(rolled_at(stops_us=None), active=2, max_active=2)  # an old key that never stops
+    check_room_for_roll(rolled_at(stops_us=1_000), active=2, max_active=2)  # the old key stops as the new starts
+    check_room_for_roll(rolled_at(stops_us=61_000), active=1, max_active=2)  # room for both
 
 
 def test_the_pair_may_share_a_name_but_a_third_key_may_not(client, session, mint):

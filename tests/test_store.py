@@ -5,6 +5,7 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,6 @@ from app.domain.keys import KeyService
 from app.domain.ratelimit import tier_subject
 from app.domain.records import KeyEvent, KeyRecord, Window
 from app.store import SCHEMA_VERSION, SQLiteStore
-from app.store import sqlite as sqlite_store
 
 # Tests taking `store`, `settings` or `query` run on SQLite and on PostgreSQL (see conftest).
 ENGINES = ("sqlite", "postgresql")
@@ -332,8 +332,7 @@ def test_a_revoked_key_keeps_why_it_was_revoked_and_is_read_only_when_asked_for(
 def stored_digest(store, key_id: str) -> str:
     """The digest a key is stored under, read back through a lookup that finds it."""
     with store._conn() as conn:
-        marker = "?" if isinstance(store, SQLiteStore) else "%s"
-        return conn.execute(f"SELECT digest FROM api_keys WHERE id = {marker}", (key_id,)).fetchone()[0]
+        return conn.execute(store.sql("SELECT digest FROM api_keys WHERE id = ?"), (key_id,)).fetchone()[0]
 
 
 def test_upgrading_a_version_3_database_keeps_why_each_revoked_key_was_revoked(tmp_path):
@@ -428,7 +427,7 @@ def test_upgrading_a_version_4_database_adds_the_history_indexes_and_keeps_every
         assert every_row(conn) == before
         indexes = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
         plan = conn.execute(
-            "EXPLAIN QUERY PLAN SELECT count(*) FROM api_keys WHERE " + sqlite_store._ACTIVE, (USER, T0)
+            "EXPLAIN QUERY PLAN " + SQLiteStore.compiled()["active_keys"], ("live", USER, T0)
         ).fetchall()
     finally:
         conn.close()
@@ -485,12 +484,8 @@ def add_history(store, user: str, count: int, created_us: int, ended_us: int, ex
     ]
     sql = ("INSERT INTO api_keys (id, user_id, name, digest, preview, created_us, expires_us, revoked_us, "
            "revoked_reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
-    if isinstance(store, SQLiteStore):
-        with store._write() as conn:
-            conn.executemany(sql, rows)
-        return
-    with store._conn() as conn, conn.transaction():
-        conn.cursor().executemany(sql.replace("?", "%s"), rows)
+    with store.transaction() as conn:
+        conn.cursor().executemany(store.sql(sql), rows)
         conn.execute("ANALYZE api_keys")  # the planner sees the table as it now is
 
 
@@ -1187,3 +1182,101 @@ def _outcome(function, *args):
         return function(*args)
     except BaseException as error:  # noqa: BLE001 -- reported by the test
         return error
+
+
+# -- one behaviour on both engines -------------------------------------------------------
+
+
+def test_what_an_owner_did_is_durable_on_both_engines_and_counting_is_not(store, monkeypatch):
+    """Which writes are synced to disk before they return is one rule, the same on either engine."""
+    asked: list[bool] = []
+    write = type(store)._write
+
+    def recording(self, *, durable):
+        asked.append(durable)
+        return write(self, durable=durable)
+
+    monkeypatch.setattr(type(store), "_write", recording)
+
+    def durability(operation) -> list[bool]:
+        asked.clear()
+        operation()
+        return list(asked)
+
+    record = make_record()
+    digest = uuid.uuid4().hex + uuid.uuid4().hex
+    assert durability(lambda: store.ensure_account(USER, T0)) == [True]
+    assert durability(lambda: store.set_tier(USER, "pro", T0)) == [True]
+    assert durability(lambda: store.set_tier("nobody", "pro", T0, create=False)) == [True]
+    assert durability(lambda: store.insert_key(record, digest, 50, make_event(record, "minted"))) == [True]
+    assert durability(lambda: store.use_key(digest, T0, lambda key: windows(T0 // SECOND), "req_1")) == [False]
+    assert durability(lambda: store.consume("ip:192.0.2.1", windows(60), T0)) == [False]
+    assert durability(lambda: store.revoke_key(USER, record.id, T0 + 1, make_event(record, "revoked"))) == [True]
+    assert durability(lambda: store.revoke_leaked([digest], T0 + 2, lambda key: make_event(key, "leaked"))) == [True]
+    assert durability(lambda: store.prune(T0, 100)) == [False]
+    assert set(durability(lambda: store.expire_windows(windows(T0 // SECOND + 60, T0 // SECOND + 86_400)))) == {False}
+
+
+def test_a_durable_write_is_synced_at_commit_and_a_count_is_not(store, settings):
+    """What `durable` asks each engine for: SQLite's full sync, PostgreSQL's synchronous commit."""
+    setting = "PRAGMA synchronous" if settings.engine == "sqlite" else "SHOW synchronous_commit"
+    seen = {}
+    for durable in (True, False):
+        with store._write(durable=durable) as conn:
+            seen[durable] = str(conn.execute(setting).fetchone()[0])
+    # SQLite: 2 is FULL, 1 NORMAL (WAL: a commit is synced at the next checkpoint).
+    assert seen == ({True: "2", False: "1"} if settings.engine == "sqlite" else {True: "on", False: "off"})
+
+
+def count_window_writes(store, settings) -> Callable[[], int]:
+    """Count every row update of rate_windows from now on, with a trigger; return the counter."""
+    with store.transaction() as conn:
+        conn.execute("CREATE TABLE window_writes (n integer)")
+        if settings.engine == "sqlite":
+            conn.execute(
+                "CREATE TRIGGER window_written AFTER UPDATE ON rate_windows "
+                "BEGIN INSERT INTO window_writes VALUES (1); END"
+            )
+        else:
+            conn.execute(
+                "CREATE FUNCTION window_written() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN INSERT INTO window_writes VALUES (1); RETURN NEW; END $$"
+            )
+            conn.execute(
+                "CREATE TRIGGER window_written AFTER UPDATE ON rate_windows "
+                "FOR EACH ROW EXECUTE FUNCTION window_written()"
+            )
+
+    def writes() -> int:
+        with store._conn() as conn:
+            return conn.execute("SELECT count(*) FROM window_writes").fetchone()[0]
+
+    return writes
+
+
+def test_a_refusal_after_the_first_in_a_window_writes_nothing_on_either_engine(store, settings):
+    """The first refusal marks the window blocked; the ones after it find it so and leave it alone."""
+    writes = count_window_writes(store, settings)
+    for _ in range(3):
+        store.consume("ip:192.0.2.1", windows(60), T0)
+    first = writes()
+    refused = store.consume("ip:192.0.2.1", windows(60), T0)
+    assert not refused.allowed and refused.first_block
+    assert writes() == first + 1  # the window marked blocked
+    for _ in range(5):
+        again = store.consume("ip:192.0.2.1", windows(60), T0)
+        assert not again.allowed and not again.first_block
+    assert writes() == first + 1
+
+
+def test_a_refused_key_after_the_first_refusal_writes_nothing_on_either_engine(store, settings):
+    record = insert(store)
+    digest = stored_digest(store, record.id)
+    writes = count_window_writes(store, settings)
+    admit = lambda key: windows(60, per_minute=1)  # noqa: E731
+    assert store.use_key(digest, T0, admit, "req_1")[1].allowed
+    before = writes()
+    assert store.use_key(digest, T0, admit, "req_2")[1].first_block
+    assert [store.use_key(digest, T0, admit, f"req_{i}")[1].allowed for i in range(3, 6)] == [False] * 3
+    assert writes() == before + 1
+    assert [e.type for e in store.list_events(USER, 10, None)].count("rate_limited") == 1

@@ -370,13 +370,22 @@ def check_room_for_key(name: str, name_taken: bool, active: int, max_active: int
         )
 
 
-def roll_over_cap(count: int, max_active: int) -> KeyLimitReached:
-    """The refusal of a roll that would keep one key more active than the account may hold."""
-    return KeyLimitReached(
-        f"This account already has {count} active API keys, the most allowed, and a roll with a grace "
-        "period keeps both keys active; revoke one first, or roll with grace_period_minutes 0.",
-        {"limit": max_active},
-    )
+def check_room_for_roll(rolled: Rolled, active: int, max_active: int) -> None:
+    """Raise KeyLimitReached if `rolled` would keep one key more active than the account may hold.
+
+    `active` is the account's active keys as counted when the replacement is made. A roll whose
+    old key stops at once swaps one active key for another; one with a grace period keeps both
+    active until the old one expires, so it needs room for one more. Each store runs this
+    inside the transaction that counted them.
+    """
+    now = rolled.new.created_us
+    old_stays_active = rolled.old.expires_us is None or rolled.old.expires_us > now
+    if old_stays_active and active >= max_active:
+        raise KeyLimitReached(
+            f"This account already has {active} active API keys, the most allowed, and a roll with a grace "
+            "period keeps both keys active; revoke one first, or roll with grace_period_minutes 0.",
+            {"limit": max_active},
+        )
 
 
 def rfc3339(us: int | None) -> str | None:

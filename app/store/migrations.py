@@ -7,41 +7,17 @@ import sqlite3
 import sqlite_utils
 
 from app.domain.ratelimit import tier_subject
-from app.domain.records import REVOKED_AS_LEAKED, REVOKED_BY_OWNER
 from app.store.errors import SchemaTooNew
+from app.store.schema import ACTIVE_KEYS_INDEX, RETENTION_INDEXES, REVOKED_REASON_BACKFILL
 
 SCHEMA_VERSION = 5
-# When an unrevoked key stops being active: its expiry, or never (the largest 64-bit integer).
-# Written once for both engines, in the indexes below and in the queries that must use them:
-# a planner uses an index on an expression only for the same expression.
-NEVER_US = 9223372036854775807
-ACTIVE_UNTIL = f"coalesce(expires_us, {NEVER_US})"
-# An account's active keys, whatever its history: a range of one index, the revoked keys left
-# out of it and the expired ones before the range. Its name rides along for the uniqueness check.
-# bandit B608: SQL from this module's constants; no input reaches it.
-ACTIVE_KEYS_INDEX = (
-    f"CREATE INDEX IF NOT EXISTS api_keys_active ON api_keys (user_id, ({ACTIVE_UNTIL}), name) "  # nosec B608
-    "WHERE revoked_us IS NULL"
-)
-# What the retention sweep looks for: keys revoked, or expired, before a time; events before one.
-RETENTION_INDEXES = (
-    "CREATE INDEX IF NOT EXISTS api_keys_revoked ON api_keys (revoked_us) WHERE revoked_us IS NOT NULL",
-    "CREATE INDEX IF NOT EXISTS api_keys_expires ON api_keys (expires_us) WHERE expires_us IS NOT NULL",
-    "CREATE INDEX IF NOT EXISTS key_events_occurred ON key_events (occurred_us)",
-)
-# Why each key revoked before version 4 was revoked, from its events: a `leaked` event says a
-# leak report did it, anything else was its owner. The same statement on either engine, and
-# after importing an export written before the reason was kept.
-# bandit B608: SQL from this module's constants; no input reaches it.
-REVOKED_REASON_BACKFILL = (
-    f"UPDATE api_keys SET revoked_reason = CASE WHEN EXISTS (SELECT 1 FROM key_events e "  # nosec B608
-    f"WHERE e.key_id = api_keys.id AND e.type = 'leaked') THEN '{REVOKED_AS_LEAKED}' ELSE '{REVOKED_BY_OWNER}' END "
-    "WHERE revoked_us IS NOT NULL AND revoked_reason IS NULL"
-)
 
 
-def migrate(conn: sqlite3.Connection) -> None:
-    """Bring the schema up to SCHEMA_VERSION; call inside a write transaction.
+def migrate(conn: sqlite3.Connection, target: int = SCHEMA_VERSION) -> None:
+    """Bring the schema up to SCHEMA_VERSION (or the older `target`); call inside a write transaction.
+
+    Each step is kept as it ran when its version was current, so a database of any earlier
+    version upgrades in place, and the tests build each earlier version with the same steps.
 
     A database of a newer version (the code was rolled back) raises SchemaTooNew and is left
     as it is: stamping it older would let this code misread what the newer one wrote.
@@ -49,17 +25,11 @@ def migrate(conn: sqlite3.Connection) -> None:
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version > SCHEMA_VERSION:
         raise SchemaTooNew(version, SCHEMA_VERSION)
-    if version < 1:
-        _create_v1(sqlite_utils.Database(conn))
-    if version < 2:
-        _account_windows_v2(conn)
-    if version < 3:
-        _replaced_by_v3(conn)
-    if version < 4:
-        _revoked_reason_v4(conn)
-    if version < 5:
-        _history_indexes_v5(conn)
-    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    steps = {1: lambda: _create_v1(sqlite_utils.Database(conn)), 2: lambda: _account_windows_v2(conn),
+             3: lambda: _replaced_by_v3(conn), 4: lambda: _revoked_reason_v4(conn), 5: lambda: _history_indexes_v5(conn)}
+    for step in range(version + 1, min(target, SCHEMA_VERSION) + 1):
+        steps[step]()
+    conn.execute(f"PRAGMA user_version = {max(version, min(target, SCHEMA_VERSION))}")
 
 
 def _create_v1(db: sqlite_utils.Database) -> None:

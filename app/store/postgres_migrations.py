@@ -11,7 +11,7 @@ import time
 import psycopg
 
 from app.store.errors import SchemaTooNew
-from app.store.migrations import ACTIVE_KEYS_INDEX, RETENTION_INDEXES, REVOKED_REASON_BACKFILL
+from app.store.schema import ACTIVE_KEYS_INDEX, RETENTION_INDEXES, REVOKED_REASON_BACKFILL
 
 # Each step runs in its own transaction with the row that records it.
 STEPS: tuple[tuple[int, str], ...] = (
@@ -75,8 +75,10 @@ SCHEMA_VERSION = STEPS[-1][0]
 MIGRATION_TIMEOUT_MS = 60_000
 
 
-def migrate(conn: psycopg.Connection) -> int:
-    """Bring the schema in the connection's search_path up to SCHEMA_VERSION; return the version.
+def migrate(conn: psycopg.Connection, target: int = SCHEMA_VERSION) -> int:
+    """Bring the schema in the connection's search_path up to SCHEMA_VERSION (or the older `target`); return the version.
+
+    Each step is kept as it ran when its version was current (see `STEPS`).
 
     `conn` must be in autocommit mode. The advisory lock is keyed by the schema's name, so
     instances sharing a schema take turns and those in other schemas do not wait.
@@ -94,7 +96,7 @@ def migrate(conn: psycopg.Connection) -> int:
         if version > SCHEMA_VERSION:
             raise SchemaTooNew(version, SCHEMA_VERSION)  # a rollback: leave the newer schema as it is
         for step, sql in STEPS:
-            if step <= version:
+            if step <= version or step > target:
                 continue
             with conn.transaction():
                 conn.execute(sql)  # type: ignore[arg-type]  # constant DDL, no parameters

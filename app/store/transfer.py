@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from app.config import Settings
 from app.domain.errors import StoreUnavailable
-from app.store import open_store
+from app.store import open_store, unreachable
 from app.store.errors import StoreStartError
-from app.store.migrations import REVOKED_REASON_BACKFILL
+from app.store.schema import REVOKED_REASON_BACKFILL, TABLES
+from app.store.sql import SQLStore
 
 FORMAT = "socdefenders-keys export"
 VERSION = 3
@@ -30,56 +30,29 @@ ADDED_IN: dict[int, dict[str, dict[str, Any]]] = {
     2: {"api_keys": {"replaced_by": None}},
     3: {"api_keys": {"revoked_reason": None}},
 }
-TABLES: dict[str, tuple[str, ...]] = {
-    "accounts": ("user_id", "tier", "created_us"),
-    "api_keys": ("id", "user_id", "name", "digest", "preview", "created_us", "expires_us", "revoked_us",
-                 "total_requests", "last_used_us", "replaced_by", "revoked_reason"),
-    "key_events": ("id", "user_id", "key_id", "type", "key_name", "key_preview", "request_id", "occurred_us",
-                   "details"),
-    "rate_windows": ("subject", "window", "start", "count", "blocked"),
-}
-# Insertion order: SQLite's rowid, PostgreSQL's seq column.
-ORDER = {"sqlite": {"api_keys": "rowid", "key_events": "rowid"}, "postgresql": {"api_keys": "seq", "key_events": "seq"}}
-
-
 class TransferError(Exception):
     """The export file or the target store is not what an import needs."""
 
 
 @contextmanager
-def _connection(settings: Settings, create: bool | None = None) -> Iterator[Any]:
-    """A DB-API connection to the store `settings` name, migrated first, in one transaction.
+def _connection(settings: Settings, create: bool | None = None) -> Iterator[tuple[SQLStore, Any]]:
+    """The store `settings` name, migrated first, and one durable transaction on it.
 
     A store that cannot be opened (a missing file where none may be created, a schema newer
     than this code, a database out of reach) is a TransferError, in one line.
     """
-    if settings.engine == "postgresql":
-        import psycopg
-
-        from app.store.postgres import connection_kwargs
-
-        try:  # once, for the reason in one line, before the pool would retry and log each attempt
-            psycopg.connect(**connection_kwargs(settings.database_url, settings.database_timeout_ms)).close()
-        except psycopg.Error as error:
-            raise TransferError(f"the postgresql database cannot be reached: {' '.join(str(error).split())}") from None
+    if problem := unreachable(settings):  # once, in one line, before a pool would retry and log each attempt
+        raise TransferError(problem)
     try:
-        open_store(settings, create=create).close()  # creates (if allowed) or upgrades the schema
+        # Creates (if allowed) or upgrades the schema. Every engine's store is an SQLStore.
+        store = cast(SQLStore, open_store(settings, create=create))
     except (StoreStartError, StoreUnavailable) as error:
         raise TransferError(str(error)) from None
-    if settings.engine == "postgresql":
-
-        with psycopg.connect(settings.database_url) as conn:  # commits on success, rolls back on error
-            yield conn
-        return
-    lite = sqlite3.connect(settings.database_path, isolation_level=None)
     try:
-        lite.execute("BEGIN IMMEDIATE")
-        yield lite
-        lite.execute("COMMIT")
+        with store.transaction() as conn:
+            yield store, conn
     finally:
-        if lite.in_transaction:
-            lite.execute("ROLLBACK")
-        lite.close()
+        store.close()
 
 
 def _columns(columns: tuple[str, ...]) -> str:
@@ -90,12 +63,13 @@ def export_rows(settings: Settings, path: str) -> dict[str, int]:
     """Write every row of the store to the new file `path` (created 0600); return the rows per table."""
     counts = dict.fromkeys(TABLES, 0)
     # The source must exist: a mistyped path is an error, not an empty database exported.
-    with _connection(settings, create=False) as conn, _create_private(path) as out:
+    with _connection(settings, create=False) as (store, conn), _create_private(path) as out:
         out.write(json.dumps({"format": FORMAT, "version": VERSION, "engine": settings.engine}) + "\n")
         for table, columns in TABLES.items():
-            order = ORDER[settings.engine].get(table)
+            # Keys and events in insertion order (SQLite's rowid, PostgreSQL's seq).
+            order = f" ORDER BY {store.DIALECT['seq']}" if table in ("api_keys", "key_events") else ""
             # bandit B608: table and column names are this module's constants.
-            sql = f"SELECT {_columns(columns)} FROM {table}" + (f" ORDER BY {order}" if order else "")  # nosec B608
+            sql = f"SELECT {_columns(columns)} FROM {table}{order}"  # nosec B608
             for row in conn.execute(sql).fetchall():
                 values = dict(zip(columns, row, strict=True))
                 if table == "rate_windows":
@@ -122,7 +96,6 @@ def _create_private(path: str) -> IO[str]:
 
 def import_rows(settings: Settings, path: str) -> dict[str, int]:
     """Load an export into the store, which must hold no rows yet; return the rows per table."""
-    placeholder = "%s" if settings.engine == "postgresql" else "?"
     counts = dict.fromkeys(TABLES, 0)
     try:
         with open(path) as source:
@@ -135,7 +108,7 @@ def import_rows(settings: Settings, path: str) -> dict[str, int]:
                 if version < since:
                     for table, defaults in new_columns.items():
                         added[table] = {**added.get(table, {}), **defaults}
-            with _connection(settings) as conn:
+            with _connection(settings) as (store, conn):
                 for table in TABLES:
                     # bandit B608: table names are this module's constants.
                     if conn.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone():  # nosec B608
@@ -149,12 +122,11 @@ def import_rows(settings: Settings, path: str) -> dict[str, int]:
                         raise TransferError(f"{path} line {number}: not a row of this service's tables")
                     columns = TABLES[table]
                     values = [row[c] for c in columns]
-                    if table == "rate_windows" and settings.engine == "sqlite":
-                        values[-1] = int(values[-1])
+                    if table == "rate_windows":
+                        values[-1] = bool(values[-1])
                     conn.execute(
                         # bandit B608: table and column names are this module's constants; values are bound.
-                        f"INSERT INTO {table} ({_columns(columns)}) "  # nosec B608
-                        f"VALUES ({', '.join([placeholder] * len(columns))})",
+                        store.sql(f"INSERT INTO {table} ({_columns(columns)}) VALUES ({', '.join('?' * len(columns))})"),  # nosec B608
                         values,
                     )
                     counts[table] += 1
