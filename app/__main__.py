@@ -391,8 +391,8 @@ def run(settings: Settings, user: str = "dev-user", note: str = "") -> int:
             f"  demo data: {sys.executable} -m app seed-demo   then sign in as {DEMO_USER}:\n"
             f"             {browser}/dev/login?user={DEMO_USER}\n"
         )
-        # Every interface: loopback too.
-        direct = "127.0.0.1" if settings.host == "0.0.0.0" else url_host(settings.host)
+        # Every interface: loopback too. (A comparison, not a bind: bandit's B104 reads any "0.0.0.0".)
+        direct = "127.0.0.1" if settings.host == "0.0.0.0" else url_host(settings.host)  # nosec B104
         also = "" if browser == base else (
             f"  (for an app opened on {direct}: http://{direct}:{settings.port}/dev/login?user={user}\n"
             "   the cookie belongs to the host name you sign in on)\n"
