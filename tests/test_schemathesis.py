@@ -27,10 +27,16 @@ EXAMPLES = 200
 
 @pytest.fixture(scope="module")
 def live_app(tmp_path_factory: pytest.TempPathFactory):
+    return build_live_app(tmp_path_factory)
+
+
+def build_live_app(tmp_path_factory: pytest.TempPathFactory, database_url: str = ""):
+    """The app the run fuzzes, on SQLite, or on the PostgreSQL `database_url` names."""
     secret = "schemathesis-secret-0123456789-0123456789"
     settings = Settings(
         jwt_secret=secret,
         database_path=tmp_path_factory.mktemp("st") / "keys.db",
+        database_url=database_url,
         cors_origin_regex="",
         management_limit_per_minute=1_000_000,
         management_limit_per_day=10_000_000,
