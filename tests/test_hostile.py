@@ -36,6 +36,7 @@ from typing import Any
 import pytest
 
 from app.domain.sessions import issue_token
+from tests.conftest import fresh_pg_schema, schema_url
 from tests.live import LiveServer
 from tests.rawhttp import Answer, exchange, request_bytes
 
@@ -44,12 +45,18 @@ ANY_4XX = frozenset(range(400, 500))
 ISSUED: list[str] = []  # every session token and key this module handed out (see the last test)
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """The production server the corpus attacks, on each engine (PostgreSQL on a fresh schema)."""
     tmp = tmp_path_factory.mktemp("hostile")
     env = {"APP_ENV": "production", "SUPABASE_JWT_SECRET": SECRET, "WEB_CONCURRENCY": "2"}
-    with LiveServer("serve", tmp, env) as server:
-        yield server
+    if request.param == "sqlite":
+        with LiveServer("serve", tmp, env) as server:
+            yield server
+        return
+    for schema in fresh_pg_schema():
+        with LiveServer("serve", tmp, {**env, "DATABASE_URL": schema_url(schema)}) as server:
+            yield server
 
 
 class Account:
