@@ -33,7 +33,9 @@ UNTRUSTED_FORWARDED = Counter("forwarded_for_untrusted",
 MINTED = Counter("api_keys_minted", "API keys minted.")
 REVOKED = Counter("api_keys_revoked", "API keys revoked.")
 # What each successful operation means for the key counters.
-KEY_EVENTS = {("createAPIKey", 201): MINTED, ("revokeAPIKey", 204): REVOKED}
+# A roll mints the replacement (the old key expires; it is not revoked). Leak reports revoke
+# however many keys they name: app.services counts those.
+KEY_EVENTS = {("createAPIKey", 201): MINTED, ("rollAPIKey", 201): MINTED, ("revokeAPIKey", 204): REVOKED}
 
 
 # Each (operation, method, status)'s children of the request metrics, looked up once: asking

@@ -7,6 +7,7 @@ renders it as headers (`app.web.ratelimit_headers`).
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from app import metrics, probes
@@ -50,6 +51,13 @@ class Services:
             raise decision.refusal(now, "leak reports from this address")
         metrics.LEAK_REPORTS_ADMITTED.inc()
         return decision
+
+    def report_leaks(self, candidates: Sequence[str], source: str | None, request_id: str) -> int:
+        """Revoke the active keys among `candidates`; return how many were received (all the reporter is told)."""
+        report = self.keys.report_leaks(candidates, source, request_id)
+        if report.revoked:
+            metrics.REVOKED.inc(report.revoked)  # api_keys_revoked_total counts leaked keys too
+        return report.received
 
     def metrics_for(self, address: str | None) -> tuple[bytes, str] | None:
         """The metrics page and its content type, or None for a client outside METRICS_ALLOW.

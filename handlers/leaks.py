@@ -10,5 +10,5 @@ from handlers.context import client_address, rate_limited, request_id, services
 def report_leaked_keys(body: dict[str, Any]) -> tuple[dict[str, Any], int]:
     wired = services()
     rate_limited(wired.admit_leak_report(client_address()))
-    received = wired.keys.report_leaks(body["keys"], body.get("source"), request_id())
+    received = wired.report_leaks(body["keys"], body.get("source"), request_id())
     return {"data": {"received": received}}, 202

@@ -129,6 +129,29 @@ def test_readyz_is_503_in_the_envelope_while_the_store_cannot_answer_and_ready_a
     assert client.get("/readyz").status_code == 200 and len(calls) == 2
 
 
+def test_readyz_is_503_when_the_store_cannot_run_its_check_at_all(app, client, settings):
+    # Its tables gone (a schema dropped, a file replaced): not an outage the store names, but
+    # not ready all the same, and said as the contract says it, not as a 500.
+    store = app.app.extensions["services"].store
+    if settings.engine == "postgresql":
+        import psycopg
+
+        with psycopg.connect(settings.database_url, autocommit=True) as conn:
+            conn.execute("DROP TABLE accounts CASCADE")
+    else:
+        import sqlite3
+
+        conn = sqlite3.connect(settings.database_path)
+        conn.execute("DROP TABLE accounts")
+        conn.commit()
+        conn.close()
+    assert store is not None
+    response = client.get("/readyz")
+    assert response.status_code == 503, response.text
+    assert response.json()["error"]["code"] == "service_unavailable" and response.headers["retry-after"] == "1"
+    assert client.get("/healthz").status_code == 200
+
+
 def test_readyz_checks_again_when_the_clock_goes_back(app, client, clock, monkeypatch):
     calls = count_checks(app, monkeypatch, [False])
     assert client.get("/readyz").status_code == 200
@@ -252,3 +275,24 @@ def test_every_status_the_probes_send_is_documented_for_get_and_head(tmp_path):
                     assert str(answer.status) in documented, (path, method, what, answer.status)
                     if method == "HEAD":
                         assert answer.body == b"", (path, what)
+
+
+def test_key_counters_count_rolls_as_mints_and_leaked_keys_as_revocations(client, session):
+    from prometheus_client import REGISTRY
+
+    def counted() -> tuple[float, float]:
+        return (REGISTRY.get_sample_value("api_keys_minted_total") or 0.0,
+                REGISTRY.get_sample_value("api_keys_revoked_total") or 0.0)
+
+    minted_before, revoked_before = counted()
+    owner = session("counted-user")
+    first = client.post("/api/v1/keys", json={"name": "counted"}, cookies=owner).json()["data"]
+    rolled = client.post(f"/api/v1/keys/{first['id']}/roll", json={"grace_period_minutes": 60}, cookies=owner)
+    assert rolled.status_code == 201, rolled.text
+    assert counted()[0] - minted_before == 2  # the mint, and the roll's replacement
+    # A leak report naming the replacement twice and a junk candidate revokes one key.
+    leaked = client.post("/api/v1/leaks", json={"keys": [rolled.json()["data"]["key"]] * 2 + ["junk"]})
+    assert leaked.status_code == 202 and leaked.json() == {"data": {"received": 3}}
+    assert counted()[1] - revoked_before == 1
+    assert client.delete(f"/api/v1/keys/{first['id']}", cookies=owner).status_code == 204
+    assert counted()[1] - revoked_before == 2

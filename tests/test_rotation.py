@@ -92,9 +92,9 @@ def test_malformed_leak_candidates_cost_no_database_read(clock):
     keys = KeyService(store, clock)  # type: ignore[arg-type]
     real = keymaterial.generate()
     mistyped = real[:-1] + ("A" if real[-1] != "A" else "B")
-    assert keys.report_leaks(["not a key", mistyped, "sk_live_" + "x" * 38], SOURCE, "req_1") == 3
+    assert keys.report_leaks(["not a key", mistyped, "sk_live_" + "x" * 38], SOURCE, "req_1") == (3, 0)
     assert store.lookups == []
-    assert keys.report_leaks([real, real, "junk"], SOURCE, "req_2") == 3
+    assert keys.report_leaks([real, real, "junk"], SOURCE, "req_2") == (3, 0)  # this store revokes nothing
     assert store.lookups == [[keymaterial.digest(real)]]
 
 

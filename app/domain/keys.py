@@ -105,6 +105,13 @@ class RolledKey:
     old: KeyRecord
 
 
+class LeakReport(NamedTuple):
+    """What a leak report did: the candidates received, and how many active keys it revoked."""
+
+    received: int
+    revoked: int
+
+
 class KeyUse(NamedTuple):
     """A presented key that was found, and whether its rate limit admitted this request."""
 
@@ -207,21 +214,23 @@ class KeyService:
             raise KeyNotFound("No API key with this id exists for this account.", {"key_id": key_id})
         return RolledKey(MintedKey(rolled.new, secret, None), rolled.old)
 
-    def report_leaks(self, candidates: Sequence[str], source: str | None, request_id: str) -> int:
-        """Revoke every active key among `candidates` at once; return how many were received.
+    def report_leaks(self, candidates: Sequence[str], source: str | None, request_id: str) -> LeakReport:
+        """Revoke every active key among `candidates` at once; say how many were received and revoked.
 
         Only well-formed, checksummed candidates are looked up: the rest cost no database read.
-        What was found is not told, so a report is no oracle for which keys exist.
+        What was found is not told to the reporter (only `received` is), so a report is no
+        oracle for which keys exist; `revoked` is for the operator's metrics.
         """
         digests = sorted({keymaterial.digest(c) for c in candidates if keymaterial.is_well_formed(c)})
         if source is not None:  # stored and shown to the owner: never a secret
             source = keymaterial.redact(source)
+        revoked: list[KeyRecord] = []
         if digests:
             now = self.now_us()
-            self._store.revoke_leaked(
+            revoked = self._store.revoke_leaked(
                 digests, now, lambda record: KeyEvent.about(record, "leaked", request_id, now, {"source": source})
             )
-        return len(candidates)
+        return LeakReport(len(candidates), len(revoked))
 
     def list(self, user_id: str, limit: int, cursor: str | None, include_revoked: bool = False) -> Page:
         """Return a page of the user's keys, newest first: unrevoked ones, or all with `include_revoked`."""
