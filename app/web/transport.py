@@ -15,8 +15,8 @@ costs more per request.) This subclass enforces `HeadLimits` while the head is p
   of the first read that did not complete it), or of the connection's opening for its first
   request (408; a connection that sent nothing is simply closed);
 - a worker holds at most so many connections, and one client address so many of them
-  (`app.web.connections`): past a bound, an idle connection of the client holding the most is
-  closed, or the new one is.
+  (`app.web.connections`): past a bound, an idle connection of the client holding the most
+  (at the worker's bound, one whose head has not arrived whole, too) is closed, or the new one is.
 
 A refusal is answered in the contract's envelope, with a request id, `Connection: close`
 and an access-log line, as the application would answer; the application never sees the
@@ -147,8 +147,14 @@ class BoundedHttpToolsProtocol(HookedHttpToolsProtocol):
             and not self.queued()
         )
 
+    def waiting(self) -> bool:
+        """Whether no request is in flight: idle, or its head begun but not yet whole."""
+        if self._refused:
+            return True
+        return self._in_head and not self.answering() and not self.queued()
+
     def close(self) -> None:
-        """Close the connection (an idle one, to make room for another)."""
+        """Close the connection (an idle or waiting one, to make room for another)."""
         self.transport.close()
 
     # Parser hooks
