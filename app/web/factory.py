@@ -116,7 +116,7 @@ def middleware_stack(
                 policy=OriginPolicy(settings.cors_origins, settings.cors_origin_regex)),
         # Development: `Prefer` answers and latency, without authenticating.
         partial(PreferMiddleware, contract=contract, delay_ms=settings.mock_delay_ms,
-                management_limits=services.management_limits) if not settings.production else None,
+                management_limits=services.management_limits, clock=services.clock) if not settings.production else None,
         connexion[SecurityMiddleware],  # app.web.security: authenticated, and counted
         connexion[RequestValidationMiddleware],  # app.web.validation
         connexion.get(ResponseValidationMiddleware),  # when responses are validated
