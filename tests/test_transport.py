@@ -370,6 +370,28 @@ def test_a_websocket_upgrade_is_answered_as_http_in_the_envelope(server):
     assert answer[1]["x-content-type-options"] == "nosniff"
 
 
+@pytest.mark.parametrize("target,status", [("/healthz", 200), ("/readyz", 200), ("/api/v1/whoami", 401)])
+def test_a_websocket_upgrade_on_any_route_is_answered_as_its_http_request_with_nothing_logged(server, target, status):
+    # As a WebSocket client sends it: no Connection: close, the connection kept for another request.
+    upgrade = [("Upgrade", "websocket"), ("Connection", "Upgrade"),
+               ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="), ("Sec-WebSocket-Version", "13")]
+    with connect(server) as sock:
+        sock.sendall(head(target, upgrade))
+        got, headers, body = read_response(sock)
+        assert got == status and "allow" not in headers
+        if status == 401:
+            assert body["error"]["code"] == "missing_api_key"
+        sock.sendall(head("/healthz", [("Connection", "close")]))  # and the connection is still HTTP's
+        assert read_response(sock)[0] == 200
+    request_id = headers["x-request-id"]
+    deadline = time.monotonic() + 10
+    while request_id not in server.output():
+        assert time.monotonic() < deadline, "no access line"
+        time.sleep(0.05)
+    assert "Unsupported upgrade request" not in server.output()
+    assert "WebSocket" not in server.output()
+
+
 def test_no_hostile_request_left_a_traceback(server):
     assert "HTTP parser callback failed" not in server.output()
     assert "Traceback" not in server.output()

@@ -133,6 +133,12 @@ class BoundedHttpToolsProtocol(HookedHttpToolsProtocol):
             refusal = ServiceError("The request is not valid HTTP/1.1.")
         self._refuse(refusal)
 
+    def upgrade_declined(self) -> None:
+        # Both servers run with ws="none": no route is a WebSocket, and a request asking to
+        # upgrade is answered as the HTTP request it also is. Nothing is wrong: nothing to log
+        # (uvicorn would log two WARNING lines, one advising to install a WebSocket library).
+        pass
+
     # For the connection table
 
     def idle(self) -> bool:
