@@ -392,6 +392,28 @@ def test_a_websocket_upgrade_on_any_route_is_answered_as_its_http_request_with_n
     assert "WebSocket" not in server.output()
 
 
+def test_a_request_pipelined_after_an_upgrade_request_is_answered_too(server):
+    upgrade = [("Upgrade", "websocket"), ("Connection", "Upgrade")]
+    with connect(server) as sock:
+        sock.sendall(head("/healthz", upgrade) + head("/readyz", [("Connection", "close")]))
+        received = b""
+        while chunk := sock.recv(65536):  # to the close the second request asked for
+            received += chunk
+    assert received.count(b"HTTP/1.1 200 OK\r\n") == 2
+    assert b'{"status": "ok"' in received and received.endswith(b'{"status": "ready"}\n')
+
+
+def test_an_upgrade_request_with_a_body_is_refused_rather_than_read_without_it(server):
+    # The parser skips such a body: the application would see none, and the body's bytes
+    # would be read as the next request.
+    body = b'{"name": "never-minted"}'
+    request = head("/api/v1/keys", [("Upgrade", "websocket"), ("Connection", "Upgrade"), ("Content-Type", "application/json"),
+                          ("Content-Length", str(len(body))), ("Cookie", session_cookie("upgrader"))], method="POST")
+    answer = exchange(server, request + body)
+    error = assert_envelope(answer, 400, "bad_request")
+    assert "Upgrade" in error["message"]
+
+
 def test_no_hostile_request_left_a_traceback(server):
     assert "HTTP parser callback failed" not in server.output()
     assert "Traceback" not in server.output()

@@ -55,8 +55,12 @@ class HookedHttpToolsProtocol(HttpToolsProtocol):
         self.logger.warning(msg)
         self.send_400_response(msg)
 
-    def upgrade_declined(self) -> None:
-        """A request asked to upgrade (`Upgrade: websocket`, `h2c`), and is answered as HTTP instead."""
+    def upgrade_declined(self, rest: bytes) -> None:
+        """A request asked to upgrade (`Upgrade: websocket`, `h2c`), and is answered as HTTP instead.
+
+        The parser stopped at the end of that request: `rest` is what followed it in the same
+        read (uvicorn drops it), and the parser reads on from there.
+        """
         self._unsupported_upgrade_warning()  # uvicorn's two WARNING lines
 
     # What the hooks may use
@@ -69,11 +73,11 @@ class HookedHttpToolsProtocol(HttpToolsProtocol):
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
             self.unreadable(exc.__context__)
-        except httptools.HttpParserUpgrade:
+        except httptools.HttpParserUpgrade as upgrade:
             if self._should_upgrade():
                 self.handle_websocket_upgrade()
             else:
-                self.upgrade_declined()
+                self.upgrade_declined(data[upgrade.args[0] :])
 
     def method(self) -> bytes:
         """The method of the request being read, once its request line is."""
