@@ -78,12 +78,12 @@ def running_server(argv: list[str], environ: Mapping[str, str]) -> tuple[str, in
 
     Under gunicorn with `Worker`, gunicorn's own count (`-w`, `WEB_CONCURRENCY`, a config file:
     whatever it settled on). Otherwise uvicorn (`uvicorn --factory app.asgi:from_env`), whose
-    count is its `--workers` option, else WEB_CONCURRENCY (uvicorn's own default), else one;
-    uvicorn's worker processes are started with the command line that started it.
+    count is its `--workers` option, else UVICORN_WORKERS, else WEB_CONCURRENCY (uvicorn's own
+    default), else one; uvicorn's worker processes are started with the command line that started it.
     """
     if Worker.workers is not None:
         return "gunicorn worker", Worker.workers
-    workers = environ.get("WEB_CONCURRENCY", "")
+    workers = environ.get("UVICORN_WORKERS", "") or environ.get("WEB_CONCURRENCY", "")
     for n, arg in enumerate(argv):
         if arg == "--workers" and n + 1 < len(argv):
             workers = argv[n + 1]
