@@ -8,11 +8,13 @@ start without a SUPABASE_JWT_SECRET of 32 bytes or more.
 from __future__ import annotations
 
 import gc
+import os
 import sys
 import time
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
 
@@ -52,7 +54,8 @@ def from_env() -> FlaskApp:
         if problem:
             raise ConfigError(problem)
         store = open_store(settings)  # here, after gunicorn has forked this worker: its own pool or file
-        logs.log_startup(settings, store.schema_version(), settings.workers, "gunicorn worker")
+        server, workers = running_server(sys.argv, os.environ)
+        logs.log_startup(settings, store.schema_version(), workers, server)
     except (ConfigError, StoreStartError, StoreUnavailable) as exc:
         # `serve` checked all of this before starting gunicorn; should it have changed since,
         # one line, and the master stops, rather than a traceback from every worker.
@@ -70,6 +73,25 @@ def from_env() -> FlaskApp:
     return app
 
 
+def running_server(argv: list[str], environ: Mapping[str, str]) -> tuple[str, int]:
+    """The server running this app, and how many worker processes it runs, for the start-up line.
+
+    Under gunicorn with `Worker`, gunicorn's own count (`-w`, `WEB_CONCURRENCY`, a config file:
+    whatever it settled on). Otherwise uvicorn (`uvicorn --factory app.asgi:from_env`), whose
+    count is its `--workers` option, else UVICORN_WORKERS, else WEB_CONCURRENCY (uvicorn's own
+    default), else one; uvicorn's worker processes are started with the command line that started it.
+    """
+    if Worker.workers is not None:
+        return "gunicorn worker", Worker.workers
+    workers = environ.get("UVICORN_WORKERS", "") or environ.get("WEB_CONCURRENCY", "")
+    for n, arg in enumerate(argv):
+        if arg == "--workers" and n + 1 < len(argv):
+            workers = argv[n + 1]
+        elif arg.startswith("--workers="):
+            workers = arg.partition("=")[2]
+    return "uvicorn", int(workers) if workers.strip().isdigit() and int(workers) > 0 else 1
+
+
 class Worker(UvicornWorker):
     """Gunicorn worker running uvicorn as `python -m app run` does.
 
@@ -83,8 +105,13 @@ class Worker(UvicornWorker):
     # No route is a WebSocket: an upgrade request is answered as the HTTP request it also is.
     CONFIG_KWARGS: dict[str, Any] = {**UvicornWorker.CONFIG_KWARGS, "access_log": False, "ws": "none"}
 
+    # gunicorn's worker count, once gunicorn has made a worker of this class (in its master,
+    # before the fork): the start-up line says it (`running_server`).
+    workers: ClassVar[int | None] = None
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        Worker.workers = self.cfg.workers
         try:
             # Built in gunicorn's master, before the fork: a configuration error is left to
             # `from_env`, in the worker, which says it in one line and stops the master.

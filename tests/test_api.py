@@ -743,6 +743,31 @@ def test_a_refused_cors_preflight_is_an_envelope(make_app):
     assert "origin" in error["message"]
 
 
+@pytest.mark.parametrize("env", ["production", "development"])
+@pytest.mark.parametrize("path,method", [(KEYS, "POST"), (KEYS, "GET"), ("/api/v1/whoami", "GET"), ("/healthz", "GET")])
+def test_a_preflight_no_allowed_origin_matches_is_the_same_400_in_production_and_development(
+    make_app, env, path, method
+):
+    from app.config import LOCALHOST_ORIGINS
+
+    # Production allows no origin unless CORS_ORIGINS or CORS_ORIGIN_REGEX names one; development localhost.
+    regex = LOCALHOST_ORIGINS if env == "development" else ""
+    with make_app(env=env, key_page=False, cors_origin_regex=regex, cors_origins=()).test_client() as client:
+        response = client.options(
+            path, headers={"Origin": "https://evil.example", "Access-Control-Request-Method": method}
+        )
+    error = assert_error(response, 400, "cors_not_allowed")
+    assert error["message"] == "Disallowed CORS origin."
+    assert "allow" not in response.headers and "access-control-allow-origin" not in response.headers
+
+
+def test_an_options_request_that_is_no_preflight_is_still_a_405_in_production(make_app):
+    with make_app(env="production", key_page=False).test_client() as client:
+        response = client.options(KEYS, headers={"Origin": "https://evil.example"})
+    assert_error(response, 405, "method_not_allowed")
+    assert response.headers["allow"] == "GET, POST"
+
+
 @pytest.mark.parametrize("path", ["/api/v1/keys/", f"/api/v1/keys/{uuid.uuid4()}/", "/healthz/"])
 def test_a_trailing_slash_is_not_found_rather_than_redirected(client, session, path):
     assert_error(client.get(path, cookies=session(), follow_redirects=False), 404, "not_found")

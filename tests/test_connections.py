@@ -25,11 +25,17 @@ SECRET = "connections-test-secret-0123456789-0123456789"
 
 
 class FakeConnection:
-    def __init__(self, name: str, idle: bool = True) -> None:
+    """`idle`: between requests; `waiting`: no request in flight (idle, or its head still arriving)."""
+
+    def __init__(self, name: str, idle: bool = True, waiting: bool | None = None) -> None:
         self.name, self.is_idle, self.closed = name, idle, False
+        self.is_waiting = idle if waiting is None else waiting
 
     def idle(self) -> bool:
         return self.is_idle
+
+    def waiting(self) -> bool:
+        return self.is_waiting
 
     def close(self) -> None:
         self.closed = True
@@ -88,6 +94,27 @@ def test_a_full_worker_with_every_connection_busy_refuses_the_new_one():
     assert table.admit(FakeConnection("b", idle=False), "192.0.2.2")
     assert not table.admit(FakeConnection("c"), "192.0.2.3")
     assert len(table) == 2
+
+
+def test_a_full_worker_closes_a_connection_still_waiting_for_its_head_of_the_client_holding_the_most():
+    table = ConnectionTable(ConnectionLimits(total=4, per_client=3))
+    in_flight = FakeConnection("in_flight", idle=False, waiting=False)
+    assert table.admit(in_flight, "192.0.2.9")
+    heads = [FakeConnection(f"head{n}", idle=False, waiting=True) for n in range(3)]
+    for connection in heads:
+        assert table.admit(connection, "192.0.2.1")
+    assert table.admit(FakeConnection("newcomer"), "192.0.2.5")
+    assert heads[0].closed and not heads[1].closed and not in_flight.closed and len(table) == 4
+
+
+def test_a_client_at_its_bound_keeps_its_connections_whose_heads_are_arriving():
+    # The per-client bound closes only idle ones: a client's own unfinished heads are its business.
+    table = ConnectionTable(ConnectionLimits(total=10, per_client=2))
+    heads = [FakeConnection(f"head{n}", idle=False, waiting=True) for n in range(2)]
+    for connection in heads:
+        assert table.admit(connection, "192.0.2.1")
+    assert not table.admit(FakeConnection("new"), "192.0.2.1")
+    assert not any(c.closed for c in heads)
 
 
 def test_a_trusted_proxy_is_bound_by_the_worker_only():
@@ -196,6 +223,25 @@ def test_a_worker_holding_its_maximum_still_serves_a_new_client(server):
     # The newcomer closed the oldest idle connection of a client holding the most (of two
     # holding 3 each, the first to have come).
     assert answers == [None, 200, 200, 200, 200, 200]
+
+
+def test_a_worker_full_of_unfinished_request_heads_from_many_addresses_still_serves_a_new_client(server):
+    # Eight addresses each hold 3 connections (their bound) with a request head begun and never
+    # finished: 24 for a worker that holds 6. Each connection first has a whole request
+    # answered, so the unfinished head that follows it in the same packet is known to have been
+    # read before the next connection opens.
+    partial = request_bytes("GET", "/healthz").replace(b"Connection: close\r\n", b"") + b"GET /healthz HTTP/1.1\r\nHo"
+    with ExitStack() as stack:
+        for n in range(8):
+            for _ in range(3):
+                sock = open_from(stack, server, f"127.0.2.{n + 1}")
+                try:
+                    sock.sendall(partial)
+                    read_answer(sock, time.monotonic(), 10)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # closed to make room (or, unbounded, refused): either way, no longer held
+        answer = served(server, "127.0.3.1")
+        assert answer.status == 200, str(answer)
 
 
 def test_a_client_holding_more_idle_connections_than_the_process_has_files_leaves_others_served(tmp_path):

@@ -16,6 +16,7 @@ from app.web.contract import ContractIndex
 from tests.test_api import assert_error
 
 KEYS = "/api/v1/keys"
+START_OF_A_DAY = 1_795_046_400.0  # 2026-11-19T00:00:00Z
 SPEC = json.loads(SPEC_PATH.read_text())
 OPERATIONS = {
     op["operationId"]: (method.upper(), path.replace("{key_id}", "0b6f3c1e-4a5d-4e2f-9c8b-7a6d5e4f3b2a"))
@@ -294,7 +295,9 @@ def test_prefer_every_named_example_can_be_forced(client, operation, code, name)
                    if name in m.get("examples", {}))
     if code.startswith(("4", "5")):
         error = assert_error(response, int(code), example["error"]["code"])
-        assert error["message"] == example["error"]["message"]
+        # A 429's wait is the forced window's real one, the example's figure replaced by it.
+        wait = f"retry after {error['details'].get('retry_after')} s"
+        assert error["message"] == re.sub(r"retry after \d+ s", wait, example["error"]["message"])
         assert set(error["details"]) == set(example["error"]["details"])
     else:
         assert_coherent(response, operation, code)
@@ -309,6 +312,53 @@ def test_prefer_forces_each_state_a_key_is_refused_in_on_whoami(client, name, co
     details = assert_error(response, 401, code)["details"]
     assert details.get("reason") == reason
     assert ("replaced_by" in details) == (name == "rolled")
+
+
+def forced_now(clock) -> str:
+    """The time forced answers are coherent with: the service's clock, weeks after the examples were written."""
+    from app.domain.keys import rfc3339
+
+    clock.advance(30 * 86400)
+    return rfc3339(int(clock() * 1_000_000))
+
+
+def test_prefer_rolled_key_example_is_in_its_grace_period_now(client, clock):
+    now = forced_now(clock)
+    key = client.get(OPERATIONS["getAPIKey"][1], headers={"Prefer": "example=rolled_key"}).json()["data"]
+    assert key["status"] == "active" and key["replaced_by"]
+    assert key["created_at"] < key["last_used_at"] <= now < key["expires_at"]
+
+
+def test_prefer_forced_roll_leaves_the_old_key_working_for_its_grace_period_from_now(client, clock):
+    now = forced_now(clock)
+    method, path = OPERATIONS["rollAPIKey"]
+    answer = client.request(method, path, headers={"Prefer": "code=201"}).json()
+    assert answer["data"]["created_at"] == now
+    assert now < answer["meta"]["rolled_from"]["expires_at"] < answer["data"]["expires_at"]
+
+
+def test_prefer_forced_whoami_was_last_used_in_the_minute_its_headers_count(client, clock):
+    from app.domain.keys import rfc3339
+
+    now = forced_now(clock)
+    response = client.get("/api/v1/whoami", headers={"Prefer": "code=200"})
+    key = response.json()["data"]
+    minute_start = rfc3339((int(response.headers["x-ratelimit-reset"]) - 60) * 1_000_000)
+    assert minute_start <= key["last_used_at"] <= now and key["created_at"] < key["last_used_at"]
+    assert key["expires_at"] is None or key["expires_at"] > now
+
+
+@pytest.mark.parametrize("example,length", [("minute", 60), ("day", 86400)])
+def test_prefer_forced_429_resets_when_its_window_ends(client, clock, example, length):
+    clock.now = START_OF_A_DAY + 3 * 3600 + 17 * 60 + 11.5  # 03:17:11.5 UTC
+    response = client.post(KEYS, headers={"Prefer": f"code=429, example={example}"})
+    details = assert_error(response, 429, "rate_limit_exceeded")["details"]
+    second = int(clock())
+    end = second - second % length + length  # the minute's end; the day's, at UTC midnight
+    assert details["reset"] == end and details["retry_after"] == end - second
+    assert response.headers["retry-after"] == str(end - second)
+    assert re.findall(r"retry after (\d+) s", response.json()["error"]["message"]) in ([], [str(end - second)])
+    assert f'"{example}";r=0;t={end - second}' in response.headers["ratelimit"]
 
 
 def test_prefer_example_unknown_is_a_400_naming_the_known_ones(client):
@@ -342,11 +392,42 @@ def test_prefer_delay_combines_with_code(client, slept):
     assert slept == [0.25]
 
 
-@pytest.mark.parametrize("value", ["10001", "-1", "1.5", "soon", "99999999999999999999"])
+@pytest.mark.parametrize("value", ["10001", "99999999999999999999", "0" * 4 + "10001"])
 def test_prefer_delay_out_of_bounds_is_a_400(client, slept, value):
     error = assert_error(client.get(KEYS, headers={"Prefer": f"delay={value}"}), 400, "invalid_parameter")
-    assert error["details"]["expected"] == 10_000
+    assert (error["details"]["constraint"], error["details"]["expected"]) == ("maximum", 10_000)
     assert slept == []
+
+
+@pytest.mark.parametrize("value", ["-1", "1.5", "soon", "abc", "0x10", "²", "５"])
+def test_prefer_delay_not_in_ascii_digits_is_a_400_naming_the_pattern_and_echoing_the_value(client, slept, value):
+    response = client.get(KEYS, headers={"Prefer": f"delay={value}".encode()})  # sent as UTF-8 bytes
+    error = assert_error(response, 400, "invalid_parameter")
+    assert (error["details"]["constraint"], error["details"]["expected"]) == ("pattern", "^[0-9]+$")
+    assert f"delay={value} is not a whole number of milliseconds in ASCII digits" in error["message"]
+    assert slept == []
+
+
+def test_prefer_code_in_digits_other_than_ascii_is_echoed_as_sent_and_named_a_pattern_failure(client):
+    response = client.get(KEYS, headers={"Prefer": "code=２００".encode()})
+    error = assert_error(response, 400, "invalid_parameter")
+    assert "code=２００ is not a status code in ASCII digits" in error["message"]
+    assert "\u00ef" not in response.text and "ï" not in error["message"]
+    assert (error["details"]["constraint"], error["details"]["expected"]) == ("pattern", "^[0-9]+$")
+
+
+@pytest.mark.parametrize("prefer", ["delay= 5", "delay =5", "delay=5;foo", "delay", "code=429 ;x=1", "code = 429"])
+def test_prefer_written_otherwise_than_name_equals_value_is_a_400(client, slept, prefer):
+    error = assert_error(client.get(KEYS, headers={"Prefer": prefer}), 400, "invalid_parameter")
+    assert error["details"]["constraint"] == "pattern" and error["details"]["field"] == "Prefer"
+    assert prefer.strip() in error["message"]
+    assert slept == []
+
+
+def test_prefer_semicolons_between_known_preferences_and_unknown_preferences_are_read_as_ever(client, slept):
+    assert client.post(KEYS, headers={"Prefer": "code=429; example=day"}).json()["error"]["details"]["window"] == "day"
+    assert client.get(KEYS, headers={"Prefer": "return=minimal; x=1, code=503, delay=\"5\""}).status_code == 503
+    assert slept == [0.005]
 
 
 def test_prefer_delay_in_digits_other_than_ascii_is_a_400_not_a_500(tmp_path):

@@ -56,8 +56,8 @@ def test_production_leaves_out_prefer_and_adds_only_what_its_settings_ask(make_a
     assert plain == [
         name
         for name in DEVELOPMENT
-        if name not in ("PreferMiddleware", "EnvelopeCORSMiddleware", "ResponseValidationMiddleware")
-    ]
+        if name not in ("PreferMiddleware", "ResponseValidationMiddleware")
+    ]  # CORS stays, with no origin allowed: it answers preflights (400 cors_not_allowed) and nothing else
     hosts = layer_names(make_app(env="production", trusted_hosts=("keys.example",)).middleware.middlewares)
     assert hosts.index("TrustedHostMiddleware") == hosts.index("PathHygieneMiddleware") + 1
 

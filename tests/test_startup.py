@@ -195,6 +195,28 @@ def test_the_asgi_entry_point_without_app_env_serves_no_development_feature(tmp_
     assert not list(tmp_path.rglob(".supabase-jwt-secret"))
 
 
+def startup_line(server: LiveServer) -> str:
+    return next(line for line in server.output().splitlines() if "socdefenders-keys" in line and " starting (" in line)
+
+
+def test_the_asgi_entry_point_under_gunicorn_says_gunicorns_worker_count(tmp_path):
+    # `-w 1` on the command line; WEB_CONCURRENCY, which gunicorn's command line overrides, says 3.
+    server = gunicorn_entry_point(tmp_path, {"SUPABASE_JWT_SECRET": SECRET, "WEB_CONCURRENCY": "3"})
+    with server:
+        line = startup_line(server)
+    assert "starting (gunicorn worker)" in line and " workers=1" in line, line
+
+
+def test_the_asgi_entry_point_under_plain_uvicorn_says_uvicorn_and_one_worker(tmp_path):
+    server = LiveServer("uvicorn", tmp_path, {"SUPABASE_JWT_SECRET": SECRET})
+    server.env.pop("WEB_CONCURRENCY", None)
+    server.argv = [sys.executable, "-m", "uvicorn", "--factory", "app.asgi:from_env",
+                   "--host", "127.0.0.1", "--port", str(server.port)]
+    with server:
+        line = startup_line(server)
+    assert "starting (uvicorn)" in line and " workers=1" in line and "gunicorn" not in line, line
+
+
 def test_the_asgi_entry_point_without_app_env_or_secret_refuses_to_start(tmp_path):
     server = gunicorn_entry_point(tmp_path, {})
     result = subprocess.run(server.argv, capture_output=True, text=True, timeout=60, cwd=ROOT, env=server.env,

@@ -370,6 +370,50 @@ def test_a_websocket_upgrade_is_answered_as_http_in_the_envelope(server):
     assert answer[1]["x-content-type-options"] == "nosniff"
 
 
+@pytest.mark.parametrize("target,status", [("/healthz", 200), ("/readyz", 200), ("/api/v1/whoami", 401)])
+def test_a_websocket_upgrade_on_any_route_is_answered_as_its_http_request_with_nothing_logged(server, target, status):
+    # As a WebSocket client sends it: no Connection: close, the connection kept for another request.
+    upgrade = [("Upgrade", "websocket"), ("Connection", "Upgrade"),
+               ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="), ("Sec-WebSocket-Version", "13")]
+    with connect(server) as sock:
+        sock.sendall(head(target, upgrade))
+        got, headers, body = read_response(sock)
+        assert got == status and "allow" not in headers
+        if status == 401:
+            assert body["error"]["code"] == "missing_api_key"
+        sock.sendall(head("/healthz", [("Connection", "close")]))  # and the connection is still HTTP's
+        assert read_response(sock)[0] == 200
+    request_id = headers["x-request-id"]
+    deadline = time.monotonic() + 10
+    while request_id not in server.output():
+        assert time.monotonic() < deadline, "no access line"
+        time.sleep(0.05)
+    assert "Unsupported upgrade request" not in server.output()
+    assert "WebSocket" not in server.output()
+
+
+def test_a_request_pipelined_after_an_upgrade_request_is_answered_too(server):
+    upgrade = [("Upgrade", "websocket"), ("Connection", "Upgrade")]
+    with connect(server) as sock:
+        sock.sendall(head("/healthz", upgrade) + head("/readyz", [("Connection", "close")]))
+        received = b""
+        while chunk := sock.recv(65536):  # to the close the second request asked for
+            received += chunk
+    assert received.count(b"HTTP/1.1 200 OK\r\n") == 2
+    assert b'{"status": "ok"' in received and received.endswith(b'{"status": "ready"}\n')
+
+
+def test_an_upgrade_request_with_a_body_is_refused_rather_than_read_without_it(server):
+    # The parser skips such a body: the application would see none, and the body's bytes
+    # would be read as the next request.
+    body = b'{"name": "never-minted"}'
+    request = head("/api/v1/keys", [("Upgrade", "websocket"), ("Connection", "Upgrade"), ("Content-Type", "application/json"),
+                          ("Content-Length", str(len(body))), ("Cookie", session_cookie("upgrader"))], method="POST")
+    answer = exchange(server, request + body)
+    error = assert_envelope(answer, 400, "bad_request")
+    assert "Upgrade" in error["message"]
+
+
 def test_no_hostile_request_left_a_traceback(server):
     assert "HTTP parser callback failed" not in server.output()
     assert "Traceback" not in server.output()

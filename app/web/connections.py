@@ -7,13 +7,19 @@ and every other client's connection fails. `ConnectionTable` keeps the count:
 
 - a client address (an IPv6 client by its /64, which one machine usually holds whole) holds at
   most `per_client` connections to a worker; a new one past that closes the client's oldest
-  idle connection, or, if all of its connections are busy with a request, is closed at once;
-- a worker holds at most `total` connections; a new one past that closes the oldest idle
-  connection of the client holding the most, or, if every connection is busy, is closed at once.
+  idle connection, or, if none of its connections is idle, is closed at once;
+- a worker holds at most `total` connections; a new one past that closes the oldest waiting
+  connection of the client holding the most, or, if every connection has a request in flight,
+  is closed at once.
 
-Idle means between requests: no request being read or answered. Closing an idle keep-alive
+Idle means between requests: no request being read or answered. Waiting means no request in
+flight: idle, or with its request head begun but not complete. A head trickling in costs the
+worker no more than an idle connection, and a few addresses holding unfinished heads would
+otherwise fill the worker for as long as the head read timeout: at the worker's bound they are
+closed like idle ones (unanswered: no request was made). Closing an idle keep-alive
 connection is what HTTP allows a server at any time (a client retries on a fresh one), so
-the clients that lose connections are those holding the most, and a new client is served.
+the clients that lose connections are those holding the most, and a new client is served. A
+request whose head was read whole (being read further, or answered) is never closed.
 Peers in `FORWARDED_ALLOW_IPS` are proxies carrying many clients: only the worker's bound
 applies to them.
 """
@@ -37,7 +43,8 @@ RESERVED_DESCRIPTORS = 256
 SHED = Counter(
     "connections_shed",
     "Connections the server closed to stay within its connection bounds, by bound "
-    "(client or worker) and which connection (an idle one, or the new one).",
+    "(client or worker) and which connection (an idle one, one whose request head had not "
+    "arrived whole, or the new one).",
     ["limit", "closed"],
 )
 
@@ -46,6 +53,7 @@ class Connection(Protocol):
     """What the table needs of a connection."""
 
     def idle(self) -> bool: ...
+    def waiting(self) -> bool: ...
     def close(self) -> None: ...
 
 
@@ -135,25 +143,40 @@ class ConnectionTable:
     def _close_oldest_idle(
         self, connections: dict[Connection, None] | dict[Connection, str | None], limit: str
     ) -> bool:
+        """Close the oldest idle connection of `connections` (the client's bound)."""
         for connection in connections:
             if connection.idle():
-                self.release(connection)  # now: its close is reported later, when the loop gets to it
-                connection.close()
-                SHED.labels(limit, "idle").inc()
+                self._shed(connection, limit, "idle")
                 return True
         return False
 
+    def _close_oldest_waiting(self, connections: dict[Connection, None] | dict[Connection, str | None]) -> bool:
+        """Close the oldest connection of `connections` with no request in flight (the worker's bound)."""
+        for connection in connections:
+            if connection.idle():
+                self._shed(connection, "worker", "idle")
+                return True
+            if connection.waiting():
+                self._shed(connection, "worker", "head")
+                return True
+        return False
+
+    def _shed(self, connection: Connection, limit: str, closed: str) -> None:
+        self.release(connection)  # now: its close is reported later, when the loop gets to it
+        connection.close()
+        SHED.labels(limit, closed).inc()
+
     def _close_idle_of_the_greediest(self) -> bool:
         if self._by_client:
-            # Usually the client holding the most has an idle one: found without sorting.
+            # Usually the client holding the most has one waiting: found without sorting.
             greediest = max(self._by_client.values(), key=len)
-            if self._close_oldest_idle(greediest, "worker"):
+            if self._close_oldest_waiting(greediest):
                 return True
             # Otherwise the others, most first; then proxies (not counted by client), or anyone.
             for mine in sorted(self._by_client.values(), key=len, reverse=True):
-                if mine is not greediest and self._close_oldest_idle(mine, "worker"):
+                if mine is not greediest and self._close_oldest_waiting(mine):
                     return True
-        return self._close_oldest_idle(self._all, "worker")
+        return self._close_oldest_waiting(self._all)
 
 
 def raise_descriptor_limit(needed: int) -> str | None:

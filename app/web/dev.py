@@ -15,6 +15,8 @@ import json
 import re
 import time
 import uuid
+from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from starlette.datastructures import Headers
@@ -31,7 +33,12 @@ from app.web.errors import envelope
 from app.web.ratelimit_headers import rate_limit_headers
 from app.web.state import request_state
 
-PREFERENCE = re.compile(r'^\s*([A-Za-z-]+)\s*(?:=\s*("[^"]*"|[^;,\s]*))?')
+# The preferences this server acts on; any other (`return=minimal`, `respond-async`) is ignored (RFC 7240).
+KNOWN_PREFERENCES = ("code", "example", "delay")
+# One of them as the contract writes it: NAME=VALUE, no space around `=`, a token or a quoted string.
+KNOWN_PREFERENCE = re.compile(r'^\s*(code|example|delay)=("[^"]*"|[^\s",;]+)\s*$', re.IGNORECASE)
+PREFERENCE_NAME = re.compile(r"^\s*([A-Za-z-]+)")
+DIGITS = "^[0-9]+$"  # `delay` and `code`: ASCII digits only
 
 # Realistic answers per status: the codes and messages this server really sends.
 SESSION_ERRORS: dict[int, tuple[str, str, dict[str, Any]]] = {
@@ -56,22 +63,61 @@ KEY_ERRORS = {
     403: ("insufficient_scope", "This API key's tier (free) lacks the scope required by this operation.",
           {"required_scopes": ["taxii:read"], "missing_scopes": ["taxii:read"]}),
 }
-FORCED_RETRY_AFTER_S = 42
+# A time as the contract's examples write them (RFC 3339, UTC).
+EXAMPLE_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,6})?Z$")
+# Fields of an example that say when something will happen; any other time says when it did.
+FUTURE_TIMES = frozenset({"expires_at", "reset"})
 # API-key operations answer as for a free key (10 a minute, 1,000 a day).
 FREE_TIER_LIMITS = Limits(TIERS["free"].per_minute, TIERS["free"].per_day)
 
 
 def preferences(headers: Headers) -> dict[str, str]:
-    """Return the request's `Prefer` preferences (RFC 7240), names lower-cased."""
+    """Return the request's `Prefer` preferences this server knows (RFC 7240), names lower-cased.
+
+    Preferences are separated by commas; a semicolon, which in RFC 7240 starts a preference's
+    parameters, also separates two of these (`code=429; example=day` means what it looks like).
+    These take no parameters: a known preference written otherwise than NAME=VALUE (`delay= 5`,
+    `delay=5;foo`, `delay`) is a 400 rather than silently read some other way.
+    """
     found: dict[str, str] = {}
     for header in headers.getlist("prefer"):
-        # Comma between preferences (RFC 7240); a semicolon, which there starts a preference's
-        # parameters, is read as one too: `code=429; example=day` means what it looks like.
-        for item in re.split(r"[,;]", header):
-            match = PREFERENCE.match(item)
-            if match and match.group(1):
-                found.setdefault(match.group(1).lower(), (match.group(2) or "").strip('"'))
+        for preference in header.split(","):
+            parts = preference.split(";")
+            owner = _known_name(parts[0])
+            for part in parts:
+                name = _known_name(part)
+                if name is None and owner is None:
+                    continue  # another preference's (or its parameters): not this server's
+                match = KNOWN_PREFERENCE.match(part)
+                if match is None:
+                    shown = shown_value(preference.strip())
+                    raise InvalidParameter(
+                        f"Prefer: {shown} is not written as this server reads it: NAME=VALUE for code, example "
+                        "and delay, no space around '=', no parameters (Prefer: code=429, delay=1500).",
+                        {"field": "Prefer", "in": "header", "constraint": "pattern",
+                         "expected": KNOWN_PREFERENCE.pattern},
+                    )
+                found.setdefault(match.group(1).lower(), match.group(2).strip('"'))
     return found
+
+
+def _known_name(part: str) -> str | None:
+    match = PREFERENCE_NAME.match(part)
+    name = match.group(1).lower() if match else None
+    return name if name in KNOWN_PREFERENCES else None
+
+
+def shown_value(raw: str, limit: int = 40) -> str:
+    """A header value as the client wrote it, for a message: its bytes read as UTF-8 where they are.
+
+    Header bytes arrive as Latin-1 text (one character a byte); a client that typed `２００`
+    sent UTF-8, which read as Latin-1 would be echoed as mojibake.
+    """
+    try:
+        text = raw.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        text = raw
+    return text[:limit]
 
 
 def sample(schema: dict[str, Any], now: float) -> Any:
@@ -118,8 +164,9 @@ class PreferMiddleware:
     """Force an operation's documented answer, a named example, or latency (development only)."""
 
     def __init__(self, app: ASGIApp, contract: ContractIndex, delay_ms: int = 0,
-                 management_limits: Limits | None = None) -> None:
+                 management_limits: Limits | None = None, clock: Callable[[], float] = time.time) -> None:
         self.app = app
+        self.clock = clock  # the service's: forced answers' times agree with what it would answer
         self.contract = contract
         self.delay_ms = delay_ms
         self.management_limits = management_limits or Limits(120, 10_000)
@@ -141,10 +188,17 @@ class PreferMiddleware:
     @staticmethod
     def _delay(prefer: dict[str, str]) -> int:
         raw = prefer["delay"]
-        # ASCII digits only, and few: str.isdigit() admits '²', and int() refuses both it and 4,300 digits.
-        if not (raw.isascii() and raw.isdigit() and len(raw) <= 5) or int(raw) > MAX_MOCK_DELAY_MS:
+        # ASCII digits only: str.isdigit() admits '²', which int() refuses.
+        if not (raw.isascii() and raw.isdigit()):
             raise InvalidParameter(
-                f"Prefer: delay must be a whole number of milliseconds from 0 to {MAX_MOCK_DELAY_MS}.",
+                f"Prefer: delay={shown_value(raw)} is not a whole number of milliseconds in ASCII digits "
+                f"(0 to {MAX_MOCK_DELAY_MS}).",
+                {"field": "Prefer", "in": "header", "constraint": "pattern", "expected": DIGITS},
+            )
+        # Compared as text first: int() refuses 4,300 digits and more.
+        if len(raw.lstrip("0")) > len(str(MAX_MOCK_DELAY_MS)) or int(raw) > MAX_MOCK_DELAY_MS:
+            raise InvalidParameter(
+                f"Prefer: delay={raw[:20]} is more than {MAX_MOCK_DELAY_MS} milliseconds.",
                 {"field": "Prefer", "in": "header", "constraint": "maximum", "expected": MAX_MOCK_DELAY_MS},
             )
         return int(raw)
@@ -154,6 +208,12 @@ class PreferMiddleware:
         documented = sorted(responses)
         if "code" in prefer:
             code = prefer["code"]
+            if not (code.isascii() and code.isdigit()):
+                raise InvalidParameter(
+                    f"Prefer: code={shown_value(code)} is not a status code in ASCII digits; {operation} "
+                    f"documents {', '.join(documented)}.",
+                    {"field": "Prefer", "in": "header", "constraint": "pattern", "expected": DIGITS},
+                )
             if code not in responses:
                 raise InvalidParameter(
                     f"Prefer: code={code[:10]} is not a status {operation} documents; it documents "
@@ -176,7 +236,7 @@ class PreferMiddleware:
             if chosen is None:
                 named = sorted({n for c in candidates for n in _examples(responses[c])})
                 raise InvalidParameter(
-                    f"Prefer: example={name[:40]} is not an example {operation} documents"
+                    f"Prefer: example={shown_value(name)} is not an example {operation} documents"
                     + (f" for {candidates[0]}" if "code" in prefer else "")
                     + (f"; it names {', '.join(named)}." if named else "; it names none."),
                     {"field": "Prefer", "in": "header", "constraint": "enum", "expected": named},
@@ -184,7 +244,7 @@ class PreferMiddleware:
         else:
             chosen = candidates[0]
         status = int(chosen)
-        now = time.time()
+        now = self.clock()
         request_id = request_state(scope).request_id
         if status < 300 and status != 204 and body is None:
             # The first named example (each success documents one), else the schema's sample.
@@ -193,20 +253,23 @@ class PreferMiddleware:
                 media = _media(responses[chosen])
                 body = media.get("example", sample(media.get("schema", {}), now))
         stated = _stated_windows(body) if status < 300 else None
-        # A 429's refusing window ends `retry_after` seconds from now: a named example's
-        # figure, else FORCED_RETRY_AFTER_S; its details and headers all say the same.
-        window, retry_after, example_limit = "minute", FORCED_RETRY_AFTER_S, None
+        # A 429's refusing window (a named example's, else the minute) ends when such a window
+        # really does: the minute's end, or the day's at UTC midnight; its details, message and
+        # headers all say the same.
+        window, example_limit = "minute", None
         example_error = body.get("error") if isinstance(body, dict) else None
         if isinstance(example_error, dict) and isinstance(example_error.get("details", {}).get("retry_after"), int):
             window = example_error["details"].get("window", "minute")
-            retry_after = example_error["details"]["retry_after"]
             example_limit = example_error["details"].get("limit")
+            example_error = {**example_error, "message": re.sub(
+                r"retry after \d+ s", lambda _: f"retry after {_retry_after(window, now)} s", example_error["message"])}
+        retry_after = _retry_after(window, now)
         decision = self._decision(operation, now, window if status == 429 else None, retry_after, example_limit, stated)
         headers = self._headers(responses[chosen], decision, retry_after if status == 429 else 1)
         if stated is not None:
             body = _with_windows(body, decision)
         if status < 300:
-            body = _with_fresh_keys(body)
+            body = _with_fresh_keys(_times_from_now(body, now))
         if status == 204:
             raw = b""
         elif isinstance(body, str) and media_type != "application/json":
@@ -214,9 +277,10 @@ class PreferMiddleware:
         elif body is not None:
             if isinstance(example_error, dict):
                 body = {"error": {**example_error, "request_id": request_id}}
-                if status == 429 and "retry_after" in example_error.get("details", {}):
+                if "retry_after" in example_error.get("details", {}):
                     # A named example's window: its reset from now, as the headers say.
-                    body["error"]["details"] = {**body["error"]["details"], "reset": int(now) + retry_after}
+                    body["error"]["details"] = {**body["error"]["details"], "reset": int(now) + retry_after,
+                                                "retry_after": retry_after}
             raw = json.dumps(body).encode()
         elif status >= 400:
             table = SESSION_ERRORS if operation in self.contract.cookie_operations else KEY_ERRORS
@@ -276,6 +340,57 @@ class PreferMiddleware:
             if "example" in header and name.lower() not in {n.lower() for n in values}:
                 values[name] = str(header["example"])
         return [(name.lower().encode(), value.encode()) for name, value in values.items() if name.lower() in documented]
+
+
+def _retry_after(window: str, now: float) -> int:
+    """Whole seconds from `now` to the end of the current `window` (`minute`, or `day`: UTC midnight)."""
+    second = int(now)
+    length = DAY if window == "day" else MINUTE
+    return second - second % length + length - second
+
+
+def _times_from_now(body: Any, now: float) -> Any:
+    """`body` with every time it shows moved by one offset, so that the latest past event in it is `now`.
+
+    An example is written at some moment: its `created_at`, `last_used_at`, `revoked_at` and
+    `occurred_at` are before it, an active key's `expires_at` after it. Moved together, they
+    keep their order and their distances, and an active key has not expired, nor a roll's
+    grace period ended, whenever the example is forced. A body with no past time (an expired
+    key's error details) is moved so that its latest time is now.
+    """
+    found: list[tuple[str, int]] = []
+
+    def collect(value: Any, name: str = "") -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                collect(item, key)
+        elif isinstance(value, list):
+            for item in value:
+                collect(item, name)
+        elif isinstance(value, str) and EXAMPLE_TIME.match(value):
+            found.append((name, _microseconds(value)))
+
+    collect(body)
+    if not found:
+        return body
+    past = [us for name, us in found if name not in FUTURE_TIMES] or [us for _, us in found]
+    offset = int(now * 1_000_000) - max(past)
+
+    def shift(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {key: shift(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [shift(item) for item in value]
+        if isinstance(value, str) and EXAMPLE_TIME.match(value):
+            return rfc3339(_microseconds(value) + offset)
+        return value
+
+    return shift(body)
+
+
+def _microseconds(text: str) -> int:
+    moment = datetime.strptime(text.replace("Z", "+0000"), "%Y-%m-%dT%H:%M:%S.%f%z" if "." in text else "%Y-%m-%dT%H:%M:%S%z")
+    return int(moment.timestamp()) * 1_000_000 + moment.microsecond
 
 
 def _media(response: dict[str, Any]) -> dict[str, Any]:

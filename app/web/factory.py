@@ -80,7 +80,6 @@ def middleware_stack(
     knows the operation.
     """
     connexion = _connexion_layers(tuned, settings.validate_responses)
-    cors = bool(settings.cors_origin_regex or settings.cors_origins)
     layers: list[Layer | None] = [
         connexion[ServerErrorMiddleware],  # a bare 500 for anything no layer below caught
         # Request id and state, metrics, the access line: the first and last thing a request meets.
@@ -104,7 +103,7 @@ def middleware_stack(
             allow_headers=list(settings.cors_allow_headers),
             expose_headers=["X-Request-ID", *RATE_LIMIT_HEADER_NAMES, "Retry-After"],
             max_age=600,
-        ) if cors else None,
+        ),  # with no origin allowed (production's default), only preflights are answered: 400
         # /openapi.json, the key page, /dev/login and /dev/logout: not the contract's operations.
         partial(PagesMiddleware, services=services, spec_bytes=spec_bytes if settings.contract else None,
                 key_page=settings.key_page, dev_login=not settings.production),
@@ -116,7 +115,7 @@ def middleware_stack(
                 policy=OriginPolicy(settings.cors_origins, settings.cors_origin_regex)),
         # Development: `Prefer` answers and latency, without authenticating.
         partial(PreferMiddleware, contract=contract, delay_ms=settings.mock_delay_ms,
-                management_limits=services.management_limits) if not settings.production else None,
+                management_limits=services.management_limits, clock=services.clock) if not settings.production else None,
         connexion[SecurityMiddleware],  # app.web.security: authenticated, and counted
         connexion[RequestValidationMiddleware],  # app.web.validation
         connexion.get(ResponseValidationMiddleware),  # when responses are validated

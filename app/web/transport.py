@@ -15,8 +15,11 @@ costs more per request.) This subclass enforces `HeadLimits` while the head is p
   of the first read that did not complete it), or of the connection's opening for its first
   request (408; a connection that sent nothing is simply closed);
 - a worker holds at most so many connections, and one client address so many of them
-  (`app.web.connections`): past a bound, an idle connection of the client holding the most is
-  closed, or the new one is.
+  (`app.web.connections`): past a bound, an idle connection of the client holding the most
+  (at the worker's bound, one whose head has not arrived whole, too) is closed, or the new one is.
+- no upgrade is taken (both servers run uvicorn with ws="none"): a request asking for one is
+  answered as the HTTP request it also is, without uvicorn's warnings, and what follows it is
+  read as HTTP; one with a body is refused (400), since httptools skips that body.
 
 A refusal is answered in the contract's envelope, with a request id, `Connection: close`
 and an access-log line, as the application would answer; the application never sees the
@@ -133,6 +136,14 @@ class BoundedHttpToolsProtocol(HookedHttpToolsProtocol):
             refusal = ServiceError("The request is not valid HTTP/1.1.")
         self._refuse(refusal)
 
+    def upgrade_declined(self, rest: bytes) -> None:
+        # Both servers run with ws="none": no route is a WebSocket, and a request asking to
+        # upgrade is answered as the HTTP request it also is. Nothing is wrong: nothing to log
+        # (uvicorn would log two WARNING lines, one advising to install a WebSocket library);
+        # and what the client sent after it (a pipelined request) is read as HTTP too.
+        if rest and not self._refused:
+            self.received(rest)
+
     # For the connection table
 
     def idle(self) -> bool:
@@ -147,8 +158,14 @@ class BoundedHttpToolsProtocol(HookedHttpToolsProtocol):
             and not self.queued()
         )
 
+    def waiting(self) -> bool:
+        """Whether no request is in flight: idle, or its head begun but not yet whole."""
+        if self._refused:
+            return True
+        return self._in_head and not self.answering() and not self.queued()
+
     def close(self) -> None:
-        """Close the connection (an idle one, to make room for another)."""
+        """Close the connection (an idle or waiting one, to make room for another)."""
         self.transport.close()
 
     # Parser hooks
@@ -175,10 +192,20 @@ class BoundedHttpToolsProtocol(HookedHttpToolsProtocol):
             limits.check_header(self._header_count, self._header_bytes, size)  # raises the bound broken
 
     def head_complete(self) -> None:
+        if self.parser.should_upgrade() and self._declares_body():
+            # httptools skips the body of a request asking to upgrade: the application would
+            # see none, and the body's bytes would be read as the next request.
+            raise ServiceError("A request asking to upgrade the connection (Upgrade) cannot carry a body here.")
         if self._head_timer is not None:
             self._cancel_head_timer()
         self._in_head = False
         self._heads += 1
+
+    def _declares_body(self) -> bool:
+        for name, value in self.headers:
+            if name == b"transfer-encoding" or (name == b"content-length" and value.strip(b" \t0")):
+                return True
+        return False
 
     def target_invalid(self, error: httptools.HttpParserInvalidURLError) -> None:
         # The client's mistake (`CONNECT host:port`, `GET http://[::1`), not a fault here:

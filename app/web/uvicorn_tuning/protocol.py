@@ -3,7 +3,8 @@
 Subclasses `HttpToolsProtocol` (uvicorn 0.54.0, uvicorn/protocols/http/httptools_impl.py).
 Each override calls uvicorn's own method and then, or before, a hook that does nothing here;
 `feed` replaces `HttpToolsProtocol.data_received` so that a request the parser cannot read, or
-that a hook refuses by raising, goes to `unreadable` instead of uvicorn's plain-text 400.
+that a hook refuses by raising, goes to `unreadable` instead of uvicorn's plain-text 400, and an
+upgrade not taken to `upgrade_declined` instead of uvicorn's warnings.
 """
 
 from __future__ import annotations
@@ -54,6 +55,14 @@ class HookedHttpToolsProtocol(HttpToolsProtocol):
         self.logger.warning(msg)
         self.send_400_response(msg)
 
+    def upgrade_declined(self, rest: bytes) -> None:
+        """A request asked to upgrade (`Upgrade: websocket`, `h2c`), and is answered as HTTP instead.
+
+        The parser stopped at the end of that request: `rest` is what followed it in the same
+        read (uvicorn drops it), and the parser reads on from there.
+        """
+        self._unsupported_upgrade_warning()  # uvicorn's two WARNING lines
+
     # What the hooks may use
 
     def feed(self, data: bytes) -> None:
@@ -64,11 +73,11 @@ class HookedHttpToolsProtocol(HttpToolsProtocol):
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
             self.unreadable(exc.__context__)
-        except httptools.HttpParserUpgrade:
+        except httptools.HttpParserUpgrade as upgrade:
             if self._should_upgrade():
                 self.handle_websocket_upgrade()
             else:
-                self._unsupported_upgrade_warning()
+                self.upgrade_declined(data[upgrade.args[0] :])
 
     def method(self) -> bytes:
         """The method of the request being read, once its request line is."""
