@@ -89,6 +89,9 @@ def _short(error: ValidationError) -> str:
         "enum": f"must be one of {value}",
         "format": f"must be a valid {value}",
     }
+    if rule == "enum" and isinstance(error.instance, str) and len(error.instance) <= 50:
+        # Short enough to name: which value was refused (an unknown scope, say) tells the fix.
+        return f"{error.instance!r} is not one of {value}"
     return phrases.get(rule, f"breaks the rule {rule}")
 
 
