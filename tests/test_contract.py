@@ -251,7 +251,7 @@ SENT_BY_ANY = {
 CONFLICTS = {
     "createAPIKey": {"duplicate_name", "key_limit_reached"},
     "rollAPIKey": {"key_not_rollable", "key_limit_reached"},
-    "updateAPIKey": {"duplicate_name"},  # check_name_free
+    "updateAPIKey": {"duplicate_name", "scope_not_granted"},  # check_name_free, granted_scopes
 }
 
 

@@ -72,15 +72,20 @@ def test_mint_with_no_scopes_is_a_400(client, session):
 
 
 @pytest.mark.parametrize(
-    "entry", ["10.0.0.1/24", "0.0.0.0/0", "::/0", "300.1.1.1", "example.com", "10.0.0.0/33", "fe80::1%eth0"]
+    "entry", ["0.0.0.0/0", "::/0", "300.1.1.1", "example.com", "10.0.0.0/33", "fe80::1%eth0", "010.0.0.1", " 10.0.0.1"]
 )
 def test_mint_with_a_bad_allowlist_entry_is_a_400_naming_it(client, session, entry):
     response = client.post(KEYS, json={"name": "siem", "allowed_ips": ["192.0.2.1", entry]}, cookies=session())
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert error["code"] == "invalid_parameter"
-    assert error["details"]["field"] == "allowed_ips"
-    assert entry in error["message"]
+    assert error["details"]["field"] == "allowed_ips.1"
+    assert repr(entry) in error["message"]
+
+
+def test_mint_takes_a_block_written_with_host_bits_as_the_block_it_lies_in(mint):
+    key = mint(allowed_ips=["10.0.0.1/24", "::ffff:198.51.100.7", "2001:DB8::1/32", "10.0.0.0/24"])
+    assert key["allowed_ips"] == ["10.0.0.0/24", "198.51.100.7", "2001:db8::/32"]
 
 
 def test_mint_with_more_than_twenty_allowlist_entries_is_a_400(client, session):
@@ -179,8 +184,9 @@ def test_update_renames_narrows_and_sets_the_allowlist_each_an_event(client, ses
 def test_update_cannot_widen_scopes_beyond_those_minted(client, session, mint):
     key = mint(scopes=["iocs:read"])
     response = update(client, session, key["id"], scopes=["iocs:read", "export:csv"])
-    assert response.status_code == 400
+    assert response.status_code == 409
     error = response.json()["error"]
+    assert error["code"] == "scope_not_granted"
     assert error["details"]["scope"] == "export:csv"
     assert "narrowed" in error["message"]
     assert client.get(f"{KEYS}/{key['id']}", cookies=session()).json()["data"]["scopes"] == ["iocs:read"]

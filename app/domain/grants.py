@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Sequence
 
-from app.domain.errors import InvalidParameter
+from app.domain.errors import InvalidParameter, ScopeNotGranted
 from app.domain.records import KeyRecord
 from app.domain.tiers import TIERS, get_tier
 
@@ -55,7 +55,8 @@ def granted_scopes(
     """Return `requested` in the tier's order; InvalidParameter naming the first scope not in `grantable`.
 
     `grantable` is the tier's set at mint, or what the key was minted with when it is narrowed
-    (`widening`): a scope beyond it is named, and said to be unknown, above the tier, or a widening.
+    (`widening`): a scope beyond it is named, and said to be unknown or above the tier
+    (InvalidParameter), or, within the tier, a widening (ScopeNotGranted).
     """
     if not requested:
         raise InvalidParameter(
@@ -65,10 +66,15 @@ def granted_scopes(
     for scope in requested:
         if scope in grantable:
             continue
+        if widening and scope in get_tier(tier).scopes:
+            # Well formed, and within the tier: it conflicts with what this key was minted with.
+            raise ScopeNotGranted(
+                f"scopes: {scope!r} was not granted to this key when it was minted; a key's scopes can only be "
+                "narrowed (mint a new key for more).",
+                {"field": "scopes", "scope": scope, "grantable": list(grantable)},
+            )
         if scope not in KNOWN_SCOPES:
             reason = f"scopes: {scope!r} is not a scope of this API (known: {', '.join(KNOWN_SCOPES)})."
-        elif widening and scope in get_tier(tier).scopes:
-            reason = f"scopes: {scope!r} was not granted to this key when it was minted; a key's scopes can only be narrowed."
         else:
             reason = f"scopes: {scope!r} is above this account's tier ({tier})."
         raise InvalidParameter(reason, {"field": "scopes", "in": "body", "scope": scope, "grantable": list(grantable)})
@@ -78,8 +84,8 @@ def granted_scopes(
 def allowlist(entries: Sequence[str]) -> tuple[str, ...]:
     """Return `entries` as canonical addresses and CIDR blocks; InvalidParameter naming the first bad one.
 
-    At most MAX_ALLOWED_IPS; a block of /0 (every address) is refused, as is one with host bits
-    set (`10.0.0.1/24`: which was meant?). Duplicates are kept once.
+    At most MAX_ALLOWED_IPS; a block of /0 (every address) is refused, and one written with host
+    bits set (`10.0.0.1/24`) is the block it lies in. Duplicates are kept once.
     """
     if not entries:
         raise InvalidParameter(
@@ -97,19 +103,19 @@ def allowlist(entries: Sequence[str]) -> tuple[str, ...]:
         try:
             if "%" in entry:  # a zone (`fe80::1%eth0`) names a local interface, no client
                 raise ValueError("a scoped address names a local interface")
-            network = ipaddress.ip_network(entry, strict=True)
+            # `10.0.0.1/24` is taken as the block it lies in, 10.0.0.0/24, and shown so.
+            network = ipaddress.ip_network(entry, strict=False)
         except ValueError as error:
             raise InvalidParameter(
                 f"allowed_ips: {entry!r} is not an IPv4 or IPv6 address or CIDR block ({error}).", details
             ) from None
         if network.prefixlen == 0:
             raise InvalidParameter(f"allowed_ips: {entry!r} allows every address; send null for no allowlist.", details)
-        if isinstance(network, ipaddress.IPv6Network) and network.network_address.ipv4_mapped is not None:
-            # ::ffff:10.0.0.1 is how an IPv4 client reaches a dual-stack socket: kept as IPv4.
-            mapped = network.network_address.ipv4_mapped
-            network = ipaddress.ip_network(f"{mapped}/{max(network.prefixlen - 96, 0)}", strict=False)
-            if network.prefixlen == 0:
-                raise InvalidParameter(f"allowed_ips: {entry!r} allows every IPv4 address.", details)
+        mapped = network.network_address.ipv4_mapped if isinstance(network, ipaddress.IPv6Network) else None
+        if mapped is not None and network.prefixlen > 96:
+            # ::ffff:10.0.0.1 is how an IPv4 client reaches a dual-stack socket: kept as IPv4,
+            # as the client's address is compared.
+            network = ipaddress.ip_network(f"{mapped}/{network.prefixlen - 96}", strict=False)
         text = str(network.network_address) if network.prefixlen == network.max_prefixlen else str(network)
         if text not in canonical:
             canonical.append(text)

@@ -72,6 +72,9 @@ def describe(error: ValidationError, field: str, location: str) -> InvalidParame
     else:
         # The contract may word a pattern's rule for people (`x-pattern-message`).
         reason = error.schema.get("x-pattern-message") if constraint == "pattern" else None
+        value = error.instance
+        if reason and isinstance(value, str) and len(value) <= 50 and value.isascii() and value.isprintable():
+            reason = f"{value!r}: {reason}"  # short and plain enough to name (an allowlist entry, say)
         message = f"{field} is invalid: {reason or _short(error)}."
     return InvalidParameter(message, details)
 
