@@ -154,12 +154,14 @@ def test_a_restricted_key_lacking_the_operations_scope_is_a_403_naming_it(settin
         assert client.get(WHOAMI, headers={"Authorization": f"Bearer {full['data']['key']}"}).status_code == 200
 
 
-def test_update_renames_narrows_and_sets_the_allowlist_each_an_event(client, session, mint):
+def test_update_renames_narrows_and_sets_the_allowlist_each_an_event(client, session, mint, settings):
     key = mint(scopes=["iocs:read", "lookup:read", "export:csv"])
     response = update(
         client, session, key["id"], name="partner-acme-iocs", scopes=["iocs:read"], allowed_ips=["198.51.100.0/24"]
     )
     assert response.status_code == 200, response.text
+    # Counted against the account's key-management limit, as every cookie operation is.
+    assert response.headers["X-RateLimit-Limit"] == str(settings.management_limit_per_minute)
     data = response.json()["data"]
     assert (data["name"], data["scopes"], data["granted_scopes"], data["allowed_ips"]) == (
         "partner-acme-iocs",
