@@ -69,3 +69,11 @@ def test_an_allowlisted_key_passes_only_addresses_inside_it():
     assert not address_allowed("203.0.113.1", networks)
     assert not address_allowed(None, networks)
     assert allowed_networks(key()) is None
+
+
+def test_a_refused_scope_or_entry_that_is_a_key_is_masked():
+    secret = "sk_live_" + "A" * 38
+    for refuse in (lambda: granted_scopes([secret], FREE_SCOPES, "free"), lambda: allowlist([secret])):
+        with pytest.raises(InvalidParameter) as refused:
+            refuse()
+        assert secret not in str(refused.value) and secret not in repr(refused.value.details)

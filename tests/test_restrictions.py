@@ -253,3 +253,11 @@ def test_rolling_keeps_scopes_and_allowlist(client, session, mint):
     rolled = client.post(f"{KEYS}/{key['id']}/roll", json={}, cookies=session()).json()["data"]
     assert rolled["scopes"] == rolled["granted_scopes"] == ["iocs:read"]
     assert rolled["allowed_ips"] == ["198.51.100.7"]
+
+
+def test_a_key_sent_as_a_scope_or_an_allowlist_entry_is_never_repeated_back(client, session, mint):
+    secret = mint("source")["key"]
+    for body in ({"scopes": [secret]}, {"allowed_ips": [secret]}, {"allowed_ips": [secret + "/24"]}):
+        response = client.post(KEYS, json={"name": "leaky", **body}, cookies=session())
+        assert response.status_code == 400
+        assert secret not in response.text

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Sequence
 
+from app.domain import keymaterial
 from app.domain.errors import InvalidParameter, ScopeNotGranted
 from app.domain.records import KeyRecord
 from app.domain.tiers import TIERS, get_tier
@@ -66,6 +67,7 @@ def granted_scopes(
     for scope in requested:
         if scope in grantable:
             continue
+        scope = keymaterial.redact(scope)  # named in the answer: never a key sent by mistake
         if widening and scope in get_tier(tier).scopes:
             # Well formed, and within the tier: it conflicts with what this key was minted with.
             raise ScopeNotGranted(
@@ -99,7 +101,8 @@ def allowlist(entries: Sequence[str]) -> tuple[str, ...]:
         )
     canonical: list[str] = []
     for entry in entries:
-        details = {"field": "allowed_ips", "in": "body", "entry": entry}
+        shown = keymaterial.redact(entry)  # named in the answer: never a key sent by mistake
+        details = {"field": "allowed_ips", "in": "body", "entry": shown}
         try:
             if "%" in entry:  # a zone (`fe80::1%eth0`) names a local interface, no client
                 raise ValueError("a scoped address names a local interface")
@@ -107,10 +110,12 @@ def allowlist(entries: Sequence[str]) -> tuple[str, ...]:
             network = ipaddress.ip_network(entry, strict=False)
         except ValueError as error:
             raise InvalidParameter(
-                f"allowed_ips: {entry!r} is not an IPv4 or IPv6 address or CIDR block ({error}).", details
+                f"allowed_ips: {shown!r} is not an IPv4 or IPv6 address or CIDR block "
+                f"({keymaterial.redact(str(error))}).",
+                details,
             ) from None
         if network.prefixlen == 0:
-            raise InvalidParameter(f"allowed_ips: {entry!r} allows every address; send null for no allowlist.", details)
+            raise InvalidParameter(f"allowed_ips: {shown!r} allows every address; send null for no allowlist.", details)
         mapped = network.network_address.ipv4_mapped if isinstance(network, ipaddress.IPv6Network) else None
         if mapped is not None and network.prefixlen > 96:
             # ::ffff:10.0.0.1 is how an IPv4 client reaches a dual-stack socket: kept as IPv4,
