@@ -1,4 +1,4 @@
-"""Key management: mint, list, read, roll and revoke (session cookie)."""
+"""Key management: mint, list, read, change, roll and revoke (session cookie)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from handlers.render import render_api_key_created, render_api_key_info
 
 def create_api_key(body: dict[str, Any], user: str) -> tuple[dict[str, Any], int]:
     keys = services().keys
-    minted = keys.mint(user, body["name"], body.get("expires_in_days"), request_id())
+    minted = keys.mint(
+        user, body["name"], body.get("expires_in_days"), request_id(), body.get("scopes"), body.get("allowed_ips")
+    )
     data = render_api_key_created(keys.info(minted.record), minted.secret)
     meta = {"warning": MINT_WARNING}
     if minted.name_hint:
@@ -36,6 +38,11 @@ def list_api_keys(
 def get_api_key(key_id: str, user: str) -> dict[str, Any]:
     keys = services().keys
     return {"data": render_api_key_info(keys.info(keys.get(user, key_id)))}
+
+
+def update_api_key(key_id: str, body: dict[str, Any], user: str) -> dict[str, Any]:
+    keys = services().keys
+    return {"data": render_api_key_info(keys.info(keys.update(user, key_id, body, request_id())))}
 
 
 def revoke_api_key(key_id: str, user: str) -> tuple[None, int]:

@@ -22,6 +22,8 @@ def render_api_key_info(info: KeyInfo) -> dict[str, Any]:
         "key_preview": key.preview,
         "tier": tier.name,
         "scopes": list(info.scopes),
+        "granted_scopes": None if key.scopes is None else list(key.scopes),
+        "allowed_ips": None if key.allowed_ips is None else list(key.allowed_ips),
         "rate_limit_per_minute": tier.per_minute,
         "rate_limit_per_day": tier.per_day,
         "total_requests": key.total_requests,

@@ -460,3 +460,61 @@ def test_the_audit_trail_shows_a_rolled_keys_end_in_its_zone_and_wraps_long_leak
                              " return w.scrollWidth - w.clientWidth; }")
         assert wrap <= 0, (table, wrap)
     context.close()
+
+
+def test_the_key_page_mints_a_restricted_key_shows_its_scopes_and_allowlist_and_edits_them(browser, server, tmp_path):
+    context = browser.new_context(viewport={"width": 1300, "height": 900})
+    page = context.new_page()
+    sign_in(page, server, "restrict-user", "pro")
+    page.fill("#name", "partner-acme-iocs")
+    page.click("#restrict summary")
+    boxes = page.locator("#mint-scopes input[type=checkbox]")
+    expect(boxes).to_have_count(13)  # the pro tier's scopes, all ticked
+    for scope in ("statistics:read", "articles:read", "export:json", "export:csv", "export:stix", "export:misp",
+                  "export:cef", "export:openioc", "export:sigma", "detection-rules:read"):
+        page.get_by_label(scope, exact=True).uncheck()
+    page.fill("#allowed-ips", "198.51.100.0/24\n2001:db8::7")
+    page.click("#mint-button")
+    expect(page.locator("#secret")).to_be_visible()
+    secret = page.locator("#secret-value").inner_text()
+    page.click("#secret-done")
+
+    row = page.locator("#keys tbody tr", has_text="partner-acme-iocs")
+    expect(row.locator("td[data-label=Scopes]")).to_have_text("iocs:read, lookup:read, taxii:read")
+    expect(row.locator("td[data-label='Allowed from']")).to_have_text("198.51.100.0/24, 2001:db8::7")
+    (key,) = keys_of(server, "restrict-user")
+    assert key["granted_scopes"] == ["iocs:read", "lookup:read", "taxii:read"]
+    assert key["allowed_ips"] == ["198.51.100.0/24", "2001:db8::7"]
+    # This test's requests come from 127.0.0.1, outside the allowlist.
+    status, _, body = server.request("GET", "/api/v1/whoami", headers={"X-API-Key": secret})
+    assert (status, body["error"]["code"]) == (403, "ip_not_allowed")
+
+    row.get_by_role("button", name="Edit partner-acme-iocs").click()
+    expect(page.locator("#edit")).to_be_visible()
+    expect(page.locator("#edit-scopes input[type=checkbox]")).to_have_count(3)  # never more than granted
+    page.fill("#edit-key-name", "partner-acme-iocs-2027")
+    page.locator("#edit-scopes").get_by_label("taxii:read", exact=True).uncheck()
+    page.fill("#edit-ips", "")
+    page.click("#confirm-edit")
+    row = page.locator("#keys tbody tr", has_text="partner-acme-iocs-2027")
+    expect(row.locator("td[data-label=Scopes]")).to_have_text("iocs:read, lookup:read")
+    expect(row.locator("td[data-label='Allowed from']")).to_have_text("anywhere")
+    events = page.locator("#events tbody")
+    expect(events).to_contain_text("renamed")
+    expect(events).to_contain_text("scopes changed")
+    expect(events).to_contain_text("allowlist changed")
+    assert server.request("GET", "/api/v1/whoami", headers={"X-API-Key": secret})[0] == 200
+    page.screenshot(path=str(tmp_path / "restricted-key.png"), full_page=True)
+    width = page.evaluate("() => document.querySelector('#keys').getBoundingClientRect().right")
+    assert width <= 1300
+    context.close()
+
+
+def test_the_key_page_refuses_a_bad_allowlist_entry_readably(page, server):
+    sign_in(page, server, "restrict-error-user")
+    page.fill("#name", "office-only")
+    page.click("#restrict summary")
+    page.fill("#allowed-ips", "10.0.0.0/33")
+    page.click("#mint-button")
+    expect(page.locator("#error")).to_contain_text("10.0.0.0/33")
+    assert keys_of(server, "restrict-error-user") == []

@@ -260,9 +260,12 @@ def test_seed_demo_fills_an_account_with_every_key_state_and_a_second_run_adds_n
     expiring = listed["staging-sentinel"]["expires_at"]
     assert 0 < time.mktime(time.strptime(expiring[:19], "%Y-%m-%dT%H:%M:%S")) - time.mktime(time.gmtime()) < 7 * 86400
     assert "tom-laptop-dev" not in listed
+    restricted = listed["partner-acme-iocs"]
+    assert restricted["scopes"] == restricted["granted_scopes"] == ["iocs:read", "lookup:read"]
+    assert listed["soc-office-only"]["allowed_ips"] == ["198.51.100.0/24", "2001:db8::/48"]
     events = [e.type for e in keys.events("demo@example", 100, None).items]
     assert {"minted", "revoked", "rate_limited"} <= set(events)
-    assert len(events) == 7  # five mints, one revocation, one refusal: the second run added none
+    assert len(events) == 9  # seven mints, one revocation, one refusal: the second run added none
 
 
 def test_seed_demo_leaves_the_account_near_its_daily_limit(tmp_path):

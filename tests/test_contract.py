@@ -248,7 +248,11 @@ SENT_BY_ANY = {
 }
 # What the handlers' domain calls raise as 409 (app.domain.keys: check_room_for_key, refuse_roll,
 # roll_over_cap).
-CONFLICTS = {"createAPIKey": {"duplicate_name", "key_limit_reached"}, "rollAPIKey": {"key_not_rollable", "key_limit_reached"}}
+CONFLICTS = {
+    "createAPIKey": {"duplicate_name", "key_limit_reached"},
+    "rollAPIKey": {"key_not_rollable", "key_limit_reached"},
+    "updateAPIKey": {"duplicate_name", "scope_not_granted"},  # check_name_free, granted_scopes
+}
 
 
 def codes_sent(document: dict, path: str, method: str, operation: dict, status: str) -> set[str]:
@@ -266,6 +270,8 @@ def codes_sent(document: dict, path: str, method: str, operation: dict, status: 
         sends |= {"missing_api_key", "invalid_api_key", "expired_api_key", "revoked_api_key"}  # KeyService.use
     if status == "403" and operation["operationId"] in cookie_operations and method.upper() in STATE_CHANGING:
         sends.add("origin_not_allowed")  # app.web.csrf
+    if status == "403" and any(name != "CookieAuth" for requirement in security for name in requirement):
+        sends.add("ip_not_allowed")  # KeyService.use, for a key with an allowlist
     if status == "403" and any(scopes for requirement in security for scopes in requirement.values()):
         sends.add("insufficient_scope")  # KeyService.authorize, for an operation that requires a scope
     parameters = [*document["paths"][path].get("parameters", []), *operation.get("parameters", [])]

@@ -47,6 +47,7 @@ def test_cookie_and_key_operations_follow_each_operations_security():
         "revokeAPIKey",
         "listKeyEvents",
         "rollAPIKey",
+        "updateAPIKey",
     }
     assert INDEX.key_operations == {"getCurrentKey"}
 
@@ -55,7 +56,7 @@ def test_routes_and_allowed_methods_come_from_the_path_templates():
     assert INDEX.route_of("/api/v1/keys/abc") == "/api/v1/keys/{key_id}"
     assert INDEX.route_of("/api/v1/keys/abc/def") is None
     assert INDEX.allowed_methods("/healthz") == "GET, HEAD"
-    assert INDEX.allowed_methods("/api/v1/keys/abc") == "DELETE, GET"
+    assert INDEX.allowed_methods("/api/v1/keys/abc") == "DELETE, GET, PATCH"
     assert INDEX.template_of("rollAPIKey") == "/api/v1/keys/{key_id}/roll"
 
 

@@ -367,19 +367,23 @@ def test_check_refuses_address_outside_key_allowlist_uncounted(
     client: Any,
     mint: Callable[..., dict[str, Any]],
     session: Callable[..., dict[str, str]],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import ipaddress
-
-    from app.domain import keys as key_service
-
-    # Keys carry no allowlist yet; this one is given 203.0.113.0/24 where a key use asks for it.
-    monkeypatch.setattr(key_service, "allowed_networks", lambda record: (ipaddress.ip_network("203.0.113.0/24"),))
-    key = mint()
+    key = mint(allowed_ips=["203.0.113.0/24"])
     inside = ask(proxy, "GET", "/api/v1/iocs", key["key"], **{"X-Forwarded-For": "198.51.100.7, 203.0.113.9"})
     assert inside.status_code == 200, inside.text
+    assert inside.json()["data"]["allowed_ips"] == ["203.0.113.0/24"]
     outside = ask(proxy, "GET", "/api/v1/iocs", key["key"], **{"X-Forwarded-For": "203.0.113.9, 198.51.100.7"})
     assert outside.status_code == 403
     assert outside.json()["error"]["code"] == "ip_not_allowed"
     assert outside.json()["error"]["details"]["address"] == "198.51.100.7"
     assert client.get(f"/api/v1/keys/{key['id']}", cookies=session()).json()["data"]["total_requests"] == 1
+
+
+def test_check_refuses_a_restricted_key_the_routes_scope_naming_it(proxy: Any, mint: Callable[..., dict[str, Any]]) -> None:
+    key = mint(scopes=["iocs:read"])
+    assert ask(proxy, "GET", "/api/v1/iocs", key["key"]).status_code == 200
+    refused = ask(proxy, "GET", "/api/v1/export/csv/latest", key["key"])
+    assert refused.status_code == 403
+    error = refused.json()["error"]
+    assert (error["code"], error["details"]["missing_scopes"]) == ("insufficient_scope", ["export:csv"])
+    assert "export:csv" in error["message"]

@@ -219,6 +219,39 @@ def test_gateway_refuses_missing_scope_naming_it(proxy: Proxy, keys_service: Liv
     assert_envelope(body, "route_not_mapped")
 
 
+def test_gateway_refuses_a_restricted_key_the_routes_scope_naming_it(proxy: Proxy, keys_service: LiveServer) -> None:
+    key = mint(keys_service, user(), scopes=["iocs:read", "lookup:read"])
+    status, _, body = proxy.request("GET", "/api/v1/iocs?limit=5", {"X-API-Key": key["key"]})
+    assert status == 200, (proxy.name, body)
+    # export:csv is in the free tier's set, but this key was minted without it.
+    status, _, body = proxy.request("GET", "/api/v1/export/csv/latest", {"X-API-Key": key["key"]})
+    assert status == 403, (proxy.name, body)
+    assert_envelope(body, "insufficient_scope")
+    assert body["error"]["details"]["missing_scopes"] == ["export:csv"]
+    assert "export:csv" in body["error"]["message"]
+
+
+def test_gateway_refuses_an_address_outside_the_keys_allowlist(proxy: Proxy, keys_service: LiveServer) -> None:
+    owner = user()
+    # The proxies reach the client over loopback: 127.0.0.1 is the address they report.
+    outside = mint(keys_service, owner, "office-only", allowed_ips=["198.51.100.0/24"])
+    inside = mint(keys_service, owner, "loopback-only", allowed_ips=["127.0.0.0/8", "::1"])
+    status, _, body = proxy.request("GET", "/api/v1/iocs", {"X-API-Key": outside["key"]})
+    assert status == 403, (proxy.name, body)
+    assert_envelope(body, "ip_not_allowed")
+    # A client cannot claim an address inside the allowlist: the proxy appends the one it saw.
+    status, _, body = proxy.request(
+        "GET", "/api/v1/iocs", {"X-API-Key": outside["key"], "X-Forwarded-For": "198.51.100.7"}
+    )
+    assert status == 403, (proxy.name, body)
+    assert_envelope(body, "ip_not_allowed")
+    status, _, body = proxy.request("GET", "/api/v1/iocs", {"X-API-Key": inside["key"]})
+    assert status == 200, (proxy.name, body)
+    # The refusals were not counted: the account's first request is the one that passed.
+    status, _, answer = keys_service.request("GET", f"/api/v1/keys/{outside['id']}", None, cookie(owner))
+    assert answer["data"]["total_requests"] == 0
+
+
 def test_gateway_gives_exhausted_account_429_with_headers(proxy: Proxy, keys_service: LiveServer) -> None:
     key = mint(keys_service, user())
     headers = {"Authorization": f"Bearer {key['key']}"}

@@ -160,6 +160,46 @@ def test_python_client_walks_a_key_through_its_life(server, python_client):
     assert str(events[2].details.rolled_from) == str(a.id) and str(events[3].details.replaced_by) == str(rolled.id)
 
 
+def test_python_client_restricts_a_key_and_narrows_it(server, python_client):
+    from socdefenders_keys_client import Client
+    from socdefenders_keys_client.api.api_keys import create_api_key, get_current_key, update_api_key
+    from socdefenders_keys_client.models import (
+        CreateApiKeyBody,
+        CreateApiKeyBodyScopesItem,
+        Error,
+        UpdateApiKeyBody,
+        UpdateApiKeyBodyScopesItem,
+    )
+
+    owner = Client(base_url=server.base, cookies={"sb-access-token": session_token("python-restricted")})
+    body = CreateApiKeyBody(
+        name="partner-acme-iocs",
+        scopes=[CreateApiKeyBodyScopesItem.IOCSREAD, CreateApiKeyBodyScopesItem.LOOKUPREAD],
+        allowed_ips=["198.51.100.0/24"],
+    )
+    key = create_api_key.sync(client=owner, body=body).data
+    assert [s.value for s in key.granted_scopes] == key.scopes == ["iocs:read", "lookup:read"]
+    assert key.allowed_ips == ["198.51.100.0/24"]
+    # The client calls from 127.0.0.1, outside the allowlist.
+    refused = get_current_key.sync_detailed(client=Client(base_url=server.base, headers={"X-API-Key": key.key}))
+    assert refused.status_code == 403 and isinstance(refused.parsed, Error)
+    assert refused.parsed.error.code == "ip_not_allowed"
+
+    narrowed = update_api_key.sync(
+        client=owner,
+        key_id=str(key.id),
+        body=UpdateApiKeyBody(scopes=[UpdateApiKeyBodyScopesItem.IOCSREAD], allowed_ips=None),
+    ).data
+    assert narrowed.scopes == ["iocs:read"] and narrowed.allowed_ips is None
+    widened = update_api_key.sync_detailed(
+        client=owner, key_id=str(key.id), body=UpdateApiKeyBody(scopes=[UpdateApiKeyBodyScopesItem.EXPORTCSV])
+    )
+    assert widened.status_code == 409 and widened.parsed.error.code == "scope_not_granted"
+    assert get_current_key.sync(client=Client(base_url=server.base, headers={"X-API-Key": key.key})).data.scopes == [
+        "iocs:read"
+    ]
+
+
 @pytest.fixture(scope="module")
 def typescript_program(tmp_path_factory):
     if shutil.which("npm") is None or shutil.which("node") is None:

@@ -24,7 +24,13 @@ T0 = 1_795_000_000_000_000
 MINUTE, DAY = 1_795_000_020, 1_794_960_000  # window starts, in seconds
 DIGESTS = {name: name * 16 for name in ("aaaa", "bbbb", "cccc", "dddd")}
 # The version that added each column, per engine.
-ADDED = {"sqlite": {"replaced_by": 3, "revoked_reason": 4}, "postgresql": {"replaced_by": 2, "revoked_reason": 3}}
+ADDED = {
+    "sqlite": {"replaced_by": 3, "revoked_reason": 4, "scopes": 6, "allowed_ips": 6},
+    "postgresql": {"replaced_by": 2, "revoked_reason": 3, "scopes": 5, "allowed_ips": 5},
+}
+# What the restricted keys hold once the schema has their columns (k-live: narrowed scopes;
+# k-rolled: an allowlist).
+RESTRICTIONS = {"k-live": ('["iocs:read", "taxii:read"]', None), "k-rolled": (None, '["10.0.0.0/8", "2001:db8::1"]')}
 
 
 def old_rows(engine: str, version: int) -> dict[str, list[dict[str, Any]]]:
@@ -55,6 +61,8 @@ def old_rows(engine: str, version: int) -> dict[str, list[dict[str, Any]]]:
             row["replaced_by"] = replaced_by
         if has["revoked_reason"]:
             row["revoked_reason"] = reason
+        if has["scopes"]:
+            row["scopes"], row["allowed_ips"] = RESTRICTIONS.get(key_id, (None, None))
         api_keys.append(row)
     events = [
         (f"e-{kind}-{key[0]}", key[1], key[0], kind, key[2], f"sk_live_{key[3]}", f"req-{i}", key[4] + i, "{}")
@@ -113,6 +121,8 @@ def expected(engine: str, version: int) -> dict[str, list[tuple]]:
     for old, new in zip(rows["api_keys"], after["api_keys"], strict=True):
         old.setdefault("replaced_by", None)
         old.setdefault("revoked_reason", new["revoked_reason"])
+        old.setdefault("scopes", None)  # a key from before restrictions: its tier's full set
+        old.setdefault("allowed_ips", None)  # and any address
     if engine == "sqlite" and version < 2:  # each account's current windows hold its keys' counts
         rows["rate_windows"] = after["rate_windows"]
     return {
@@ -123,7 +133,7 @@ def expected(engine: str, version: int) -> dict[str, list[tuple]]:
     }
 
 
-def serves(store: Any) -> None:
+def serves(store: Any, restricted: bool) -> None:
     """The upgraded store finds and counts a key, and lists the history, as if it had always been current."""
     assert store.get_key("alice", "k-gone") is None
     assert store.get_key("alice", "k-gone", include_revoked=True).revoked_reason == "owner"
@@ -138,6 +148,10 @@ def serves(store: Any) -> None:
     key, counted = used
     assert (key.total_requests, counted.counts) == (8, {"minute": 7, "day": 41})
     assert len(store.list_events("alice", 10, None)) == 5
+    # A key restricted before the upgrade stays so; one from before restrictions is unrestricted.
+    assert key.scopes == (("iocs:read", "taxii:read") if restricted else None)
+    rolled = store.get_key("bob", "k-rolled")
+    assert rolled.allowed_ips == (("10.0.0.0/8", "2001:db8::1") if restricted else None)
 
 
 @pytest.mark.parametrize("version", range(1, migrations.SCHEMA_VERSION + 1))
@@ -159,7 +173,7 @@ def test_every_sqlite_schema_version_upgrades_in_place_with_every_row(tmp_path, 
             assert every_row(conn) == expected("sqlite", version)
         finally:
             conn.close()
-        serves(store)
+        serves(store, version >= ADDED["sqlite"]["scopes"])
     finally:
         store.close()
 
@@ -181,7 +195,7 @@ def test_every_postgresql_schema_version_upgrades_in_place_with_every_row(pg_sch
         assert store.schema_version() == postgres_migrations.SCHEMA_VERSION
         with psycopg.connect(url) as conn:
             assert every_row(conn) == expected("postgresql", version)
-        serves(store)
+        serves(store, version >= ADDED["postgresql"]["scopes"])
     finally:
         store.close()
 

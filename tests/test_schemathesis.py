@@ -118,8 +118,8 @@ def test_the_run_covered_every_operation_with_every_check_enabled(contract):
 
 
 def test_stateful_mint_read_revoke_read(contract, live_app):
-    """Follow the contract's links: mint -> read -> revoke -> read (use_after_free must hold), and
-    mint -> roll -> read or revoke the replacement."""
+    """Follow the contract's links: mint -> read -> revoke -> read (use_after_free must hold),
+    mint -> roll -> read or revoke the replacement, and mint -> update."""
     app = live_app[0]
     keys = app.app.extensions["services"].keys
 
@@ -150,3 +150,5 @@ def test_stateful_mint_read_revoke_read(contract, live_app):
     assert [e for e in trail if e.type == "revoked" and e.request_id != "req_stateful"]
     # And mint -> roll: keys minted by the machine were rolled through the link to rollAPIKey.
     assert any(e.type == "rolled" for e in trail)
+    # And mint -> update: keys minted by the machine were changed through the link to updateAPIKey.
+    assert any(e.type in ("renamed", "scopes_changed", "allowlist_changed") for e in trail)

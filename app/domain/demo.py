@@ -42,6 +42,12 @@ def seed_demo(store: Store, user_id: str, now: float) -> list[str]:
         revoked = at(10 * DAY).mint(user_id, "tom-laptop-dev", None, REQUEST_ID)
         at(2 * DAY).revoke(user_id, revoked.record.id, REQUEST_ID)
         added.append("tom-laptop-dev: revoked")
+    if "partner-acme-iocs" not in present:
+        at(6 * DAY).mint(user_id, "partner-acme-iocs", 60, REQUEST_ID, scopes=["iocs:read", "lookup:read"])
+        added.append("partner-acme-iocs: restricted to iocs:read and lookup:read")
+    if "soc-office-only" not in present:
+        at(4 * DAY).mint(user_id, "soc-office-only", None, REQUEST_ID, allowed_ips=["198.51.100.0/24", "2001:db8::/48"])
+        added.append("soc-office-only: usable only from 198.51.100.0/24 and 2001:db8::/48")
     if "key1" not in present:
         at(3600).mint(user_id, "key1", None, REQUEST_ID)
         added.append("key1: a name the naming convention calls useless")

@@ -84,6 +84,10 @@ class KeyLimitReached(ServiceError):
     """The caller already has the maximum number of active keys."""
 
 
+class ScopeNotGranted(ServiceError):
+    """A key's scopes can be narrowed, never widened: this one was not granted it at mint (`details.scope`)."""
+
+
 class KeyNotRollable(ServiceError):
     """The key to roll is revoked, expired or rolled already (`details.reason` says which)."""
 

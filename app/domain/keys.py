@@ -24,7 +24,7 @@ from app.domain.errors import (
     RevokedAPIKey,
     ServiceError,
 )
-from app.domain.grants import address_allowed, allowed_networks, effective_scopes
+from app.domain.grants import address_allowed, allowed_networks, allowlist, effective_scopes, granted_scopes
 from app.domain.ratelimit import Decision, Limits, RateLimiter
 from app.domain.records import REVOKED_AS_LEAKED, Account, KeyEvent, KeyInfo, KeyRecord, Rolled, Window
 from app.domain.store import Store
@@ -49,7 +49,7 @@ MAX_NAME_LENGTH = 100  # characters, as stored (in NFC): the contract's maxLengt
 # contract's pattern (JSON Schema tools differ on astral characters in a regex), so removed
 # from a name before it is stored or compared.
 INVISIBLE_BEYOND_BMP = re.compile(
-    "[\U000110BD\U000110CD\U00013430-\U0001343F\U0001BCA0-\U0001BCA3\U0001D173-\U0001D17A\U000E0000-\U000E0FFF"
+    "[\U000110bd\U000110cd\U00013430-\U0001343f\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e0fff"
     # and the non-characters that end every plane beyond the first (U+1FFFE, ..., U+10FFFF)
     + "".join(chr(plane * 0x10000 + 0xFFFE) + chr(plane * 0x10000 + 0xFFFF) for plane in range(1, 17))
     + "]"
@@ -156,10 +156,26 @@ class KeyService:
         get_tier(tier)
         return self._store.set_tier(user_id, tier, self.now_us(), create)
 
-    def mint(self, user_id: str, name: str, expires_in_days: int | None, request_id: str) -> MintedKey:
-        """Mint a key for the user; the secret is returned here and never again."""
+    def mint(
+        self,
+        user_id: str,
+        name: str,
+        expires_in_days: int | None,
+        request_id: str,
+        scopes: Sequence[str] | None = None,
+        allowed_ips: Sequence[str] | None = None,
+    ) -> MintedKey:
+        """Mint a key for the user; the secret is returned here and never again.
+
+        `scopes` (default: the tier's full set) must be a non-empty subset of the account's tier's;
+        `allowed_ips` (default: anywhere) up to MAX_ALLOWED_IPS addresses or CIDR blocks.
+        """
         name = canonical_name(name)
         account = self.account(user_id)
+        if scopes is not None:
+            scopes = granted_scopes(scopes, get_tier(account.tier).scopes, account.tier)
+        if allowed_ips is not None:
+            allowed_ips = allowlist(allowed_ips)
         now = self.now_us()
         secret = keymaterial.generate()
         record = KeyRecord(
@@ -173,8 +189,19 @@ class KeyService:
             revoked_us=None,
             total_requests=0,
             last_used_us=None,
+            scopes=None if scopes is None else tuple(scopes),
+            allowed_ips=None if allowed_ips is None else tuple(allowed_ips),
         )
-        self._store.insert_key(record, keymaterial.digest(secret), self._max_active, KeyEvent.about(record, "minted", request_id, now))
+        details = {
+            **({} if record.scopes is None else {"scopes": list(record.scopes)}),
+            **({} if record.allowed_ips is None else {"allowed_ips": list(record.allowed_ips)}),
+        }
+        self._store.insert_key(
+            record,
+            keymaterial.digest(secret),
+            self._max_active,
+            KeyEvent.about(record, "minted", request_id, now, details),
+        )
         hint = NAME_HINT if USELESS_NAME.match(name.strip()) else None
         return MintedKey(record, secret, hint)
 
@@ -200,19 +227,93 @@ class KeyService:
             if old.expires_us is not None:
                 stops = min(stops, old.expires_us)
             new = KeyRecord(
-                id=new_id, user_id=old.user_id, name=old.name, preview=keymaterial.preview(secret), tier=old.tier,
-                created_us=now, expires_us=old.expires_us, revoked_us=None, total_requests=0, last_used_us=None,
+                id=new_id,
+                user_id=old.user_id,
+                name=old.name,
+                preview=keymaterial.preview(secret),
+                tier=old.tier,
+                created_us=now,
+                expires_us=old.expires_us,
+                revoked_us=None,
+                total_requests=0,
+                last_used_us=None,
+                scopes=old.scopes,
+                allowed_ips=old.allowed_ips,  # a roll changes the secret, nothing it may do
             )
             after = replace(old, expires_us=stops, replaced_by=new_id)
-            return Rolled(after, new, (
-                KeyEvent.about(after, "rolled", request_id, now, {"replaced_by": new_id, "expires_at": rfc3339(stops)}),
-                KeyEvent.about(new, "minted", request_id, now, {"rolled_from": old.id}),
-            ))
+            return Rolled(
+                after,
+                new,
+                (
+                    KeyEvent.about(
+                        after, "rolled", request_id, now, {"replaced_by": new_id, "expires_at": rfc3339(stops)}
+                    ),
+                    KeyEvent.about(new, "minted", request_id, now, {"rolled_from": old.id}),
+                ),
+            )
 
         rolled = self._store.roll_key(user_id, key_id.lower(), plan, keymaterial.digest(secret), self._max_active)
         if rolled is None:
             raise KeyNotFound("No API key with this id exists for this account.", {"key_id": key_id})
         return RolledKey(MintedKey(rolled.new, secret, None), rolled.old)
+
+    def update(self, user_id: str, key_id: str, changes: dict[str, Any], request_id: str) -> KeyRecord:
+        """Rename the user's key, narrow its scopes or change its allowlist, each change an event.
+
+        `changes` holds any of `name`, `scopes` (a non-empty subset of those the key was minted
+        with, or of its tier's set for a key minted with all of them) and `allowed_ips` (None
+        removes the allowlist). A change to what a key already is records nothing. KeyNotFound
+        for a revoked key or one of another account; DuplicateName if another active key has the name.
+        """
+        name = canonical_name(changes["name"]) if "name" in changes else None
+        allowed: tuple[str, ...] | None = None
+        if changes.get("allowed_ips") is not None:
+            allowed = allowlist(changes["allowed_ips"])
+        now = self.now_us()
+
+        def plan(old: KeyRecord) -> tuple[KeyRecord, list[KeyEvent]]:
+            new, events = old, []
+            if name is not None and name != old.name:
+                new = replace(new, name=name)
+                events.append(KeyEvent.about(new, "renamed", request_id, now, {"previous_name": old.name}))
+            if "scopes" in changes:
+                grantable = get_tier(old.tier).scopes if old.scopes is None else old.scopes
+                scopes = granted_scopes(changes["scopes"] or (), grantable, old.tier, widening=True)
+                if scopes != old.scopes:
+                    new = replace(new, scopes=scopes)
+                    events.append(
+                        KeyEvent.about(
+                            new,
+                            "scopes_changed",
+                            request_id,
+                            now,
+                            {
+                                "previous_scopes": None if old.scopes is None else list(old.scopes),
+                                "scopes": list(scopes),
+                            },
+                        )
+                    )
+            if "allowed_ips" in changes and allowed != old.allowed_ips:
+                new = replace(new, allowed_ips=allowed)
+                events.append(
+                    KeyEvent.about(
+                        new,
+                        "allowlist_changed",
+                        request_id,
+                        now,
+                        {
+                            "previous_allowed_ips": None if old.allowed_ips is None else list(old.allowed_ips),
+                            "allowed_ips": None if allowed is None else list(allowed),
+                        },
+                    )
+                )
+            return new, events
+
+        updated = self._store.update_key(user_id, key_id.lower(), plan)
+        if updated is None:
+            self.get(user_id, key_id)  # says why: revoked, or no such key
+            raise KeyNotFound("No API key with this id exists for this account.", {"key_id": key_id})
+        return updated
 
     def report_leaks(self, candidates: Sequence[str], source: str | None, request_id: str) -> LeakReport:
         """Revoke every active key among `candidates` at once; say how many were received and revoked.
@@ -257,7 +358,9 @@ class KeyService:
         """Revoke the user's key at once; KeyNotFound if there is no such unrevoked key."""
         now = self.now_us()
         existing = self.get(user_id, key_id)
-        revoked = self._store.revoke_key(user_id, existing.id, now, KeyEvent.about(existing, "revoked", request_id, now))
+        revoked = self._store.revoke_key(
+            user_id, existing.id, now, KeyEvent.about(existing, "revoked", request_id, now)
+        )
         if revoked is None:  # revoked by a concurrent request in between
             raise KeyNotFound("No API key with this id exists for this account.", {"key_id": key_id})
         return revoked
@@ -267,8 +370,9 @@ class KeyService:
         events = self._store.list_events(user_id, limit + 1, decode_cursor(cursor))
         return _page(events, limit, lambda e: (e.occurred_us, e.id))
 
-    def use(self, presented: str, required_scopes: Sequence[str] | None, request_id: str,
-            address: str | None = None) -> KeyUse:
+    def use(
+        self, presented: str, required_scopes: Sequence[str] | None, request_id: str, address: str | None = None
+    ) -> KeyUse:
         """Authenticate `presented`, check its scopes and count it against its account's tier limits.
 
         Raises the precise 401 (invalid, revoked, expired) or 403 (scope), in that order, naming
@@ -331,7 +435,8 @@ class KeyService:
         missing = [s for s in required_scopes or () if s not in granted]
         if missing:
             raise InsufficientScope(
-                f"This API key's tier ({record.tier}) lacks the scope required by this operation: {', '.join(missing)}.",
+                f"This API key lacks the scope required by this operation: {', '.join(missing)} "
+                f"(its scopes in force: {', '.join(granted) or 'none'}; tier {record.tier}).",
                 {"required_scopes": list(required_scopes or ()), "missing_scopes": missing},
             )
 
@@ -351,7 +456,8 @@ def refuse_roll(key: KeyRecord, now_us: int) -> None:
     """Raise KeyNotRollable unless `key` is active and has not been rolled."""
     if key.revoked_us is not None:
         raise KeyNotRollable(
-            "This API key has been revoked and cannot be rolled; mint a new one.", {"key_id": key.id, "reason": "revoked"}
+            "This API key has been revoked and cannot be rolled; mint a new one.",
+            {"key_id": key.id, "reason": "revoked"},
         )
     if key.replaced_by is not None:
         raise KeyNotRollable(
@@ -373,10 +479,15 @@ def check_room_for_key(name: str, name_taken: bool, active: int, max_active: int
         raise DuplicateName(f"An active API key named {name!r} already exists.", {"field": "name"})
     if active >= max_active:
         raise KeyLimitReached(
-            f"This account already has {active} active API keys, the most allowed; "
-            "revoke one before minting another.",
+            f"This account already has {active} active API keys, the most allowed; revoke one before minting another.",
             {"limit": max_active},
         )
+
+
+def check_name_free(name: str, name_taken: bool) -> None:
+    """Raise DuplicateName if another active key of the account is called `name` (a rename's check)."""
+    if name_taken:
+        raise DuplicateName(f"An active API key named {name!r} already exists.", {"field": "name"})
 
 
 def check_room_for_roll(rolled: Rolled, active: int, max_active: int) -> None:

@@ -37,6 +37,10 @@ class KeyRecord:
     last_used_us: int | None
     replaced_by: str | None = None  # the key that replaced this one when it was rolled
     revoked_reason: str | None = None  # why it was revoked: REVOKED_BY_OWNER or REVOKED_AS_LEAKED
+    # The scopes it was minted with (narrowed since, never widened); None: its tier's full set.
+    scopes: tuple[str, ...] | None = None
+    # The addresses and CIDR blocks it may be used from, as written; None: anywhere.
+    allowed_ips: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from app.domain.ratelimit import tier_subject
 from app.store.errors import SchemaTooNew
 from app.store.schema import ACTIVE_KEYS_INDEX, RETENTION_INDEXES, REVOKED_REASON_BACKFILL
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 def migrate(conn: sqlite3.Connection, target: int = SCHEMA_VERSION) -> None:
@@ -25,20 +25,35 @@ def migrate(conn: sqlite3.Connection, target: int = SCHEMA_VERSION) -> None:
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version > SCHEMA_VERSION:
         raise SchemaTooNew(version, SCHEMA_VERSION)
-    steps = {1: lambda: _create_v1(sqlite_utils.Database(conn)), 2: lambda: _account_windows_v2(conn),
-             3: lambda: _replaced_by_v3(conn), 4: lambda: _revoked_reason_v4(conn), 5: lambda: _history_indexes_v5(conn)}
+    steps = {
+        1: lambda: _create_v1(sqlite_utils.Database(conn)),
+        2: lambda: _account_windows_v2(conn),
+        3: lambda: _replaced_by_v3(conn),
+        4: lambda: _revoked_reason_v4(conn),
+        5: lambda: _history_indexes_v5(conn),
+        6: lambda: _restrictions_v6(conn),
+    }
     for step in range(version + 1, min(target, SCHEMA_VERSION) + 1):
         steps[step]()
     conn.execute(f"PRAGMA user_version = {max(version, min(target, SCHEMA_VERSION))}")
 
 
 def _create_v1(db: sqlite_utils.Database) -> None:
-    db.table("accounts").create({"user_id": str, "tier": str, "created_us": int}, pk="user_id", not_null={"tier", "created_us"})
+    db.table("accounts").create(
+        {"user_id": str, "tier": str, "created_us": int}, pk="user_id", not_null={"tier", "created_us"}
+    )
     db.table("api_keys").create(
         {
-            "id": str, "user_id": str, "name": str, "digest": str, "preview": str,
-            "created_us": int, "expires_us": int, "revoked_us": int,
-            "total_requests": int, "last_used_us": int,
+            "id": str,
+            "user_id": str,
+            "name": str,
+            "digest": str,
+            "preview": str,
+            "created_us": int,
+            "expires_us": int,
+            "revoked_us": int,
+            "total_requests": int,
+            "last_used_us": int,
         },
         pk="id",
         not_null={"user_id", "name", "digest", "preview", "created_us", "total_requests"},
@@ -49,8 +64,15 @@ def _create_v1(db: sqlite_utils.Database) -> None:
     db.table("api_keys").create_index(["user_id", "created_us"])
     db.table("key_events").create(
         {
-            "id": str, "user_id": str, "key_id": str, "type": str, "key_name": str,
-            "key_preview": str, "request_id": str, "occurred_us": int, "details": str,
+            "id": str,
+            "user_id": str,
+            "key_id": str,
+            "type": str,
+            "key_name": str,
+            "key_preview": str,
+            "request_id": str,
+            "occurred_us": int,
+            "details": str,
         },
         pk="id",
         not_null={"user_id", "key_id", "type", "key_name", "key_preview", "request_id", "occurred_us", "details"},
@@ -61,7 +83,6 @@ def _create_v1(db: sqlite_utils.Database) -> None:
         pk=("subject", "window"),
         not_null={"start", "count", "blocked"},
     )
-
 
 
 def _account_windows_v2(conn: sqlite3.Connection) -> None:
@@ -106,6 +127,16 @@ def _history_indexes_v5(conn: sqlite3.Connection) -> None:
     deletes. Indexes only: no row changes."""
     conn.execute(ACTIVE_KEYS_INDEX)
     # Newest first, ties in insertion order: SQLite appends the rowid to every index.
-    conn.execute("CREATE INDEX IF NOT EXISTS api_keys_unrevoked ON api_keys (user_id, created_us) WHERE revoked_us IS NULL")
+    conn.execute(
+        "CREATE INDEX IF NOT EXISTS api_keys_unrevoked ON api_keys (user_id, created_us) WHERE revoked_us IS NULL"
+    )
     for statement in RETENTION_INDEXES:
         conn.execute(statement)
+
+
+def _restrictions_v6(conn: sqlite3.Connection) -> None:
+    """Add what a key may do: its granted scopes and its address allowlist (NULL: unrestricted, as every key was)."""
+    present = {row[1] for row in conn.execute("PRAGMA table_info(api_keys)")}
+    for column in ("scopes", "allowed_ips"):
+        if column not in present:
+            conn.execute(f"ALTER TABLE api_keys ADD COLUMN {column} TEXT")

@@ -70,6 +70,9 @@ STEPS: tuple[tuple[int, str], ...] = (
         "CREATE INDEX IF NOT EXISTS api_keys_unrevoked ON api_keys (user_id, created_us, seq) WHERE revoked_us IS NULL",
         *RETENTION_INDEXES,
     )) + ";"),
+    # What a key may do: its granted scopes and its address allowlist, JSON arrays (NULL:
+    # unrestricted, as every key was).
+    (5, "ALTER TABLE api_keys ADD COLUMN scopes text; ALTER TABLE api_keys ADD COLUMN allowed_ips text;"),
 )
 SCHEMA_VERSION = STEPS[-1][0]
 MIGRATION_TIMEOUT_MS = 60_000

@@ -28,6 +28,8 @@ TABLES: dict[str, tuple[str, ...]] = {
         "last_used_us",
         "replaced_by",
         "revoked_reason",
+        "scopes",  # JSON array of the scopes it was granted; NULL: its tier's full set
+        "allowed_ips",  # JSON array of addresses and CIDR blocks; NULL: any address
     ),
     "key_events": (
         "id",

@@ -34,7 +34,7 @@ from dataclasses import replace
 from typing import Any, ClassVar
 
 from app.domain import records
-from app.domain.keys import check_room_for_key, check_room_for_roll
+from app.domain.keys import check_name_free, check_room_for_key, check_room_for_roll
 from app.domain.ratelimit import count_in, tier_subject
 from app.domain.records import Account, Consumption, KeyEvent, KeyRecord, Rolled, StoredWindow, Window
 from app.domain.tiers import DEFAULT_TIER
@@ -44,12 +44,13 @@ EXPIRY_BATCH = 5000  # passed rate windows deleted per write transaction
 
 _KEY = (
     "k.id, k.user_id, k.name, k.preview, a.tier, k.created_us, k.expires_us, k.revoked_us, "
-    "k.total_requests, k.last_used_us, k.replaced_by, k.revoked_reason FROM api_keys k "
+    "k.total_requests, k.last_used_us, k.replaced_by, k.revoked_reason, k.scopes, k.allowed_ips FROM api_keys k "
     "JOIN accounts a ON a.user_id = k.user_id"
 )
 _ACCOUNT = "user_id, tier, created_us"
 _NEW_KEY = (
-    "INSERT INTO api_keys (id, user_id, name, digest, preview, created_us, expires_us) VALUES (?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO api_keys (id, user_id, name, digest, preview, created_us, expires_us, scopes, allowed_ips) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _REVOKE = "UPDATE api_keys SET revoked_us = ?, revoked_reason = ? WHERE id = ?"
 # The page after a (time, id) position, newest first. Ties in time fall back to insertion order;
@@ -92,6 +93,7 @@ QUERIES: dict[str, str] = {
     "key_by_digest": f"SELECT {_KEY.replace(' FROM', ', k.digest FROM', 1)} WHERE k.digest = ?{{lock_key}}",  # nosec B608
     "revoke": _REVOKE,
     "roll_old": "UPDATE api_keys SET expires_us = ?, replaced_by = ? WHERE id = ?",
+    "update_key": "UPDATE api_keys SET name = ?, scopes = ?, allowed_ips = ? WHERE id = ?",
     "event": "INSERT INTO key_events (id, user_id, key_id, type, key_name, key_preview, request_id, "
     "occurred_us, details) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
     "prune_revoked": "DELETE FROM api_keys WHERE {seq} IN "
@@ -130,6 +132,35 @@ QUERIES: dict[str, str] = {
         for everything in (False, True)
     },
 }
+
+
+def _json_list(values: Sequence[str] | None) -> str | None:
+    """A key's scopes or allowlist as stored: a JSON array, or NULL for none (unrestricted)."""
+    return None if values is None else json.dumps(list(values))
+
+
+def key_record(row: Sequence[Any]) -> KeyRecord:
+    """A KeyRecord from a row of `_KEY`'s columns, its scopes and allowlist decoded."""
+    *plain, scopes, allowed_ips = row
+    return KeyRecord(  # type: ignore[misc]  # `plain` is the twelve fields before these two
+        *plain,
+        scopes=None if scopes is None else tuple(json.loads(scopes)),
+        allowed_ips=None if allowed_ips is None else tuple(json.loads(allowed_ips)),
+    )
+
+
+def _new_key(record: KeyRecord, digest: str) -> tuple[Any, ...]:
+    return (
+        record.id,
+        record.user_id,
+        record.name,
+        digest,
+        record.preview,
+        record.created_us,
+        record.expires_us,
+        _json_list(record.scopes),
+        _json_list(record.allowed_ips),
+    )
 
 
 class SQLStore:
@@ -215,23 +246,20 @@ class SQLStore:
             conn.execute(self._q["lock_account"], (record.user_id,)).fetchone()
             count, same_name = conn.execute(self._q["active_keys"], (record.name, record.user_id, now)).fetchone()
             check_room_for_key(record.name, bool(same_name), count, max_active)
-            conn.execute(
-                self._q["new_key"],
-                (record.id, record.user_id, record.name, digest, record.preview, now, record.expires_us),
-            )
+            conn.execute(self._q["new_key"], _new_key(record, digest))
             self._insert_event(conn, event)
 
     def get_key(self, user_id: str, key_id: str, include_revoked: bool = False) -> KeyRecord | None:
         """Return the user's key with this id unless it is revoked (or, with `include_revoked`, even so)."""
         with self._conn() as conn:
             row = conn.execute(self._q["key" if include_revoked else "unrevoked_key"], (key_id, user_id)).fetchone()
-        return KeyRecord(*row) if row else None
+        return key_record(row) if row else None
 
     def list_keys(
         self, user_id: str, limit: int, before: tuple[int, str] | None, include_revoked: bool = False
     ) -> list[KeyRecord]:
         """Return up to `limit` keys, newest first, older than the `before` position; revoked ones only if asked."""
-        return [KeyRecord(*row) for row in self._page("keys", user_id, limit, before, include_revoked)]
+        return [key_record(row) for row in self._page("keys", user_id, limit, before, include_revoked)]
 
     def revoke_key(
         self, user_id: str, key_id: str, now_us: int, event: KeyEvent, reason: str = records.REVOKED_BY_OWNER
@@ -246,7 +274,7 @@ class SQLStore:
             # The account's rate windows stay: its other keys, and any minted next, share them.
             conn.execute(self._q["revoke"], (now_us, reason, key_id))
             self._insert_event(conn, event)
-        return KeyRecord(*row)
+        return key_record(row)
 
     def roll_key(
         self, user_id: str, key_id: str, plan: Callable[[KeyRecord], Rolled], digest: str, max_active: int
@@ -265,17 +293,42 @@ class SQLStore:
             row = conn.execute(self._q["lock_key"], (key_id, user_id)).fetchone()
             if row is None:
                 return None
-            rolled = plan(KeyRecord(*row))
+            rolled = plan(key_record(row))
             new = rolled.new
             active, _ = conn.execute(self._q["active_keys"], (new.name, user_id, new.created_us)).fetchone()
             check_room_for_roll(rolled, active, max_active)
             conn.execute(self._q["roll_old"], (rolled.old.expires_us, rolled.old.replaced_by, rolled.old.id))
-            conn.execute(
-                self._q["new_key"], (new.id, new.user_id, new.name, digest, new.preview, new.created_us, new.expires_us)
-            )
+            conn.execute(self._q["new_key"], _new_key(new, digest))
             for event in rolled.events:
                 self._insert_event(conn, event)
         return rolled
+
+    def update_key(
+        self, user_id: str, key_id: str, plan: Callable[[KeyRecord], tuple[KeyRecord, Sequence[KeyEvent]]]
+    ) -> KeyRecord | None:
+        """Change the user's unrevoked key as `plan` says, with its events, in one transaction; None if there is none.
+
+        `plan` sees the key as stored now and raises to refuse, writing nothing, or returns the
+        key as it will stand and an event per change. The account row is locked first, as
+        minting does, so a new name is checked against the active keys one write at a time.
+        """
+        with self._write(durable=True) as conn:
+            if conn.execute(self._q["lock_account"], (user_id,)).fetchone() is None:
+                return None
+            row = conn.execute(self._q["lock_unrevoked_key"], (key_id, user_id)).fetchone()
+            if row is None:
+                return None
+            old = key_record(row)
+            new, events = plan(old)
+            if not events:
+                return new
+            if new.name != old.name:
+                _, same_name = conn.execute(self._q["active_keys"], (new.name, user_id, new.created_us)).fetchone()
+                check_name_free(new.name, bool(same_name))
+            conn.execute(self._q["update_key"], (new.name, _json_list(new.scopes), _json_list(new.allowed_ips), new.id))
+            for event in events:
+                self._insert_event(conn, event)
+        return new
 
     def revoke_leaked(
         self, digests: Sequence[str], now_us: int, event: Callable[[KeyRecord], KeyEvent]
@@ -294,7 +347,7 @@ class SQLStore:
             f"ORDER BY k.digest{self.DIALECT['lock_key']}"
         )
         with self._write(durable=True) as conn:
-            found = [KeyRecord(*row) for row in conn.execute(select, (*digests, now_us)).fetchall()]
+            found = [key_record(row) for row in conn.execute(select, (*digests, now_us)).fetchall()]
             for record in found:
                 conn.execute(self._q["revoke"], (now_us, records.REVOKED_AS_LEAKED, record.id))
                 self._insert_event(conn, event(record))
@@ -384,7 +437,7 @@ class SQLStore:
             row = conn.execute(self._q["key_by_digest"], (digest,)).fetchone()
             if row is None or not hmac.compare_digest(row[-1], digest):
                 return None
-            record = KeyRecord(*row[:-1])
+            record = key_record(row[:-1])
             counted = self._count(conn, tier_subject(record.user_id), admit(record), now_us, record, request_id)
         if counted.usage is not None:
             # As the key stands after this request: its usage counted with it.

@@ -60,7 +60,8 @@ KEY_ERRORS = {
     400: ("invalid_parameter", "limit is invalid: must be at most 100.",
           {"field": "limit", "in": "query", "constraint": "maximum", "expected": 100}),
     401: ("missing_api_key", 'API key is required. Include it in the Authorization header as "Bearer sk_live_..."', {}),
-    403: ("insufficient_scope", "This API key's tier (free) lacks the scope required by this operation.",
+    403: ("insufficient_scope", "This API key lacks the scope required by this operation: taxii:read (its scopes in "
+          "force: iocs:read, statistics:read, articles:read, lookup:read, export:json, export:csv; tier free).",
           {"required_scopes": ["taxii:read"], "missing_scopes": ["taxii:read"]}),
 }
 # A time as the contract's examples write them (RFC 3339, UTC).

@@ -51,6 +51,7 @@ DOMAIN_ERRORS: dict[type[ServiceError], tuple[int, str]] = {
     domain.DuplicateName: (409, "duplicate_name"),
     domain.KeyLimitReached: (409, "key_limit_reached"),
     domain.KeyNotRollable: (409, "key_not_rollable"),
+    domain.ScopeNotGranted: (409, "scope_not_granted"),
     RequestTimeout: (408, "request_timeout"),
     domain.PayloadTooLarge: (413, "payload_too_large"),
     RequestTargetTooLong: (414, "uri_too_long"),

@@ -153,6 +153,8 @@ def passed_body(passed: Passed) -> dict[str, Any]:
             "key_id": passed.record.id,
             "tier": passed.record.tier,
             "scopes": list(passed.scopes),
+            "granted_scopes": None if passed.record.scopes is None else list(passed.record.scopes),
+            "allowed_ips": None if passed.record.allowed_ips is None else list(passed.record.allowed_ips),
             "required_scopes": list(passed.required),
             "method": passed.request.method,
             "path": passed.request.path,

@@ -18,6 +18,7 @@ and (development only) `/dev/login` and `/dev/logout`.
 from __future__ import annotations
 
 import asyncio
+import json
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -54,10 +55,16 @@ NEXT_MESSAGE = "next must be a path on this server, such as /ui/ (not another ho
 
 
 def render_page(html: bytes, dev_login: bool) -> bytes:
-    """Fill the key page's `<body>` attributes: the poor-name rule and whether /dev/login exists."""
+    """Fill the key page's `<body>` attributes: the poor-name rule, each tier's scopes and whether /dev/login exists."""
     # The page builds a case-insensitive JavaScript RegExp (USELESS_NAME is re.IGNORECASE) from
     # the pattern: the rule minting's meta.name_hint follows, written once.
-    values = {"poor-name": USELESS_NAME.pattern, "name-hint": NAME_HINT, "dev-login": "on" if dev_login else "off"}
+    values = {
+        "poor-name": USELESS_NAME.pattern,
+        "name-hint": NAME_HINT,
+        "dev-login": "on" if dev_login else "off",
+        # Each tier's scopes, for the scope choices at mint and when a key is edited.
+        "tier-scopes": json.dumps({name: list(tier.scopes) for name, tier in TIERS.items()}),
+    }
     text = html.decode()
     for name, value in values.items():
         text = text.replace(f'data-{name}=""', f'data-{name}="{escape(value)}"', 1)
@@ -81,7 +88,9 @@ class PagesMiddleware:
         self.app = app
         self.services = services
         # spec_bytes None (CONTRACT=off): /openapi.json is a 404 like any unknown path.
-        self.routes: dict[str, tuple[bytes, bytes]] = {"/openapi.json": (spec_bytes, b"application/json")} if spec_bytes else {}
+        self.routes: dict[str, tuple[bytes, bytes]] = (
+            {"/openapi.json": (spec_bytes, b"application/json")} if spec_bytes else {}
+        )
         if key_page:
             for path, (name, media) in PAGE_FILES.items():
                 self.routes[path] = ((STATIC / name).read_bytes(), media)
@@ -108,8 +117,13 @@ class PagesMiddleware:
         content, media = self.routes[path]
         if path in PAGE_FILES:
             state.page_headers = PAGE_HEADERS
-        await send({"type": "http.response.start", "status": 200, "headers": [
-            (b"content-type", media), (b"content-length", str(len(content)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", media), (b"content-length", str(len(content)).encode())],
+            }
+        )
         await send({"type": "http.response.body", "body": content})
 
     async def _login(self, scope: Scope, send: Send) -> None:
@@ -119,7 +133,10 @@ class PagesMiddleware:
         user, tier, target = query.get("user", ""), query.get("tier") or None, query.get("next", "/")
         problem = None
         if not valid_user_id(user):
-            problem = ("user", f"user must be 1 to {MAX_USER_ID_LENGTH} printable characters with no surrounding space.")
+            problem = (
+                "user",
+                f"user must be 1 to {MAX_USER_ID_LENGTH} printable characters with no surrounding space.",
+            )
         elif tier is not None and tier not in TIERS:
             problem = ("tier", f"tier must be one of {', '.join(sorted(TIERS))}.")
         elif not safe_next(target):
@@ -144,7 +161,9 @@ class PagesMiddleware:
         target = query.get("next", "/")
         if not safe_next(target):
             details = {"field": "next", "in": "query"}
-            await send_json(send, 400, envelope("invalid_parameter", NEXT_MESSAGE, details, request_state(scope).request_id))
+            await send_json(
+                send, 400, envelope("invalid_parameter", NEXT_MESSAGE, details, request_state(scope).request_id)
+            )
             return
         await redirect(send, target, f"{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0")
 

@@ -65,7 +65,10 @@ def _verify_api_key(
         # Which one is meant? Guessing would let a stale or stolen key hide behind a good one.
         raise InvalidAPIKey("Send one API key, one way: this request carries more than one.")
     try:
-        record, decision = services.keys.use(token, required_scopes, state.request_id)
+        # The client as app.web.clients resolved it (behind TRUSTED_PROXIES, the forwarded one):
+        # a key with an allowlist is refused from anywhere else.
+        address = state.client.address if state.client is not None else None
+        record, decision = services.keys.use(token, required_scopes, state.request_id, address=address)
     except ServiceError as refusal:
         if refusal.key is not None:  # a revoked, expired or out-of-scope key: its owner is known
             _identify(state, refusal.key)

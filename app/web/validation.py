@@ -23,6 +23,7 @@ from jsonschema.validators import extend
 from starlette.datastructures import Headers, QueryParams
 from starlette.types import Message, Receive, Scope
 
+from app.domain import keymaterial
 from app.domain.errors import InvalidJSON, InvalidParameter
 from app.web.state import request_state
 
@@ -72,8 +73,22 @@ def describe(error: ValidationError, field: str, location: str) -> InvalidParame
     else:
         # The contract may word a pattern's rule for people (`x-pattern-message`).
         reason = error.schema.get("x-pattern-message") if constraint == "pattern" else None
+        value = error.instance
+        if reason and _nameable(value):
+            reason = f"{value!r}: {reason}"  # short and plain enough to name (an allowlist entry, say)
         message = f"{field} is invalid: {reason or _short(error)}."
     return InvalidParameter(message, details)
+
+
+def _nameable(value: Any) -> bool:
+    """Whether a refused value may be named in the message: short, plain, and holding no key."""
+    return (
+        isinstance(value, str)
+        and len(value) <= 50
+        and value.isascii()
+        and value.isprintable()
+        and keymaterial.redact(value) == value
+    )
 
 
 def _short(error: ValidationError) -> str:
@@ -89,6 +104,9 @@ def _short(error: ValidationError) -> str:
         "enum": f"must be one of {value}",
         "format": f"must be a valid {value}",
     }
+    if rule == "enum" and _nameable(error.instance):
+        # Short enough to name: which value was refused (an unknown scope, say) tells the fix.
+        return f"{error.instance!r} is not one of {value}"
     return phrases.get(rule, f"breaks the rule {rule}")
 
 

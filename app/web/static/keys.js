@@ -1,4 +1,4 @@
-// The key page: list, mint, roll, revoke and audit API keys with the session cookie, the way the
+// The key page: list, mint (optionally restricted), edit, roll, revoke and audit API keys with the session cookie, the way the
 // vendor's own sample calls the API: fetch('/api/v1/keys', {credentials: 'include', ...}).
 // No framework and no build step; the secret lives only in the page until it is dismissed.
 "use strict";
@@ -104,6 +104,43 @@ function timeElement(iso) {
 // The rule minting's meta.name_hint follows, as the server put it in the page.
 const poorName = document.body.dataset.poorName ? new RegExp(document.body.dataset.poorName, "i") : null;
 const devLogin = document.body.dataset.devLogin === "on";
+// Each tier's scopes, as the server put them in the page; the signed-in account's tier.
+const tierScopes = document.body.dataset.tierScopes ? JSON.parse(document.body.dataset.tierScopes) : {};
+let accountTier = null;
+
+// Checkboxes for `scopes` in `fieldset`, those in `checked` ticked (and ticked again on a form reset).
+function scopeChoices(fieldset, scopes, checked) {
+  fieldset.querySelectorAll("label").forEach((label) => label.remove());
+  for (const scope of scopes) {
+    const label = document.createElement("label");
+    label.className = "check";
+    const box = document.createElement("input");
+    box.type = "checkbox";
+    box.value = scope;
+    box.checked = box.defaultChecked = checked.includes(scope);
+    label.append(box, scope);
+    fieldset.append(label);
+  }
+}
+
+function chosenScopes(fieldset) {
+  return [...fieldset.querySelectorAll("input:checked")].map((box) => box.value);
+}
+
+function addresses(text) {
+  return text.split(/[\s,]+/).filter(Boolean);
+}
+
+function sameList(a, b) {
+  return a.length === b.length && a.every((item, i) => item === b[i]);
+}
+
+// A key's scopes as shown: those in force, and any it was granted that its tier no longer grants.
+function scopesText(key) {
+  if (key.granted_scopes === null) return `all of ${key.tier} (${key.scopes.length})`;
+  const lapsed = key.granted_scopes.filter((scope) => !key.scopes.includes(scope));
+  return key.scopes.join(", ") + (lapsed.length ? ` (not in force on ${key.tier}: ${lapsed.join(", ")})` : "");
+}
 
 function cell(row, label, value, className) {
   const td = document.createElement("td");
@@ -159,12 +196,16 @@ async function loadKeys() {
     cell(row, "Status", key.replaced_by && key.status === "active" ? "active, rolled" : key.status,
       `status-${key.status}`);
     cell(row, "Tier", key.tier);
+    cell(row, "Scopes", scopesText(key), key.granted_scopes === null ? "" : "restricted");
+    cell(row, "Allowed from", key.allowed_ips === null ? "anywhere" : key.allowed_ips.join(", "),
+      key.allowed_ips === null ? "" : "restricted");
     cell(row, "Requests", key.total_requests.toLocaleString(), "num");
     cell(row, "Last used", timeElement(key.last_used_at));
     const [text, className] = expiry(key);
     cell(row, "Expires", text, className);
     const actions = document.createElement("div");
     actions.className = "actions";
+    actions.append(button("Edit", `Edit ${key.name}`, "secondary", () => editKey(key)));
     if (key.status === "active" && !key.replaced_by) {
       actions.append(button("Roll", `Roll ${key.name}`, "secondary", () => confirmRoll(key)));
     }
@@ -225,7 +266,8 @@ async function loadEvents() {
     cell(row, "Key", `${event.key_name} (${event.key_preview})`);
     // Times (`expires_at` of a roll) as every other time on the page: in the reader's zone.
     const details = Object.entries(event.details || {})
-      .map(([k, v]) => `${k}: ${k.endsWith("_at") && typeof v === "string" ? when(v) : v}`).join(", ");
+      .map(([k, v]) => `${k}: ${k.endsWith("_at") && typeof v === "string" ? when(v)
+        : Array.isArray(v) ? v.join(" ") : v === null ? "none" : v}`).join(", ");
     cell(row, "Details", details || "—");
     body.append(row);
   }
@@ -237,6 +279,10 @@ function showSignedIn(account) {
   const user = document.createElement("strong");
   user.textContent = account.user_id;
   $("#session").replaceChildren("Signed in as ", user, ` (${account.tier} tier).`);
+  if (account.tier !== accountTier) {  // the choices at mint: the tier's scopes, all ticked
+    accountTier = account.tier;
+    scopeChoices($("#mint-scopes"), tierScopes[account.tier] || [], tierScopes[account.tier] || []);
+  }
   $("#signout").hidden = false;
   $("#signout-note").hidden = true;
   $("#signin").hidden = true;
@@ -308,6 +354,10 @@ async function mint(event) {
   const button = $("#mint-button");
   const body = { name: $("#name").value };
   if ($("#expires").value) body.expires_in_days = Number($("#expires").value);
+  const scopes = chosenScopes($("#mint-scopes"));
+  if (!sameList(scopes, tierScopes[accountTier] || [])) body.scopes = scopes;  // all ticked: the tier's full set
+  const allowed = addresses($("#allowed-ips").value);
+  if (allowed.length) body.allowed_ips = allowed;
   button.disabled = true;
   try {
     const { data, meta } = await api("/api/v1/keys", {
@@ -396,6 +446,30 @@ function confirmRoll(key) {
       ? `The old key (${key.key_preview}) stopped working now.`
       : `The old key (${key.key_preview}) keeps working until ${when(stops)}; deploy this one before then.`;
     $("#secret-rolled").hidden = false;
+    await refresh();
+  });
+}
+
+// Rename a key, narrow its scopes or change its allowlist: only what changed is sent.
+function editKey(key) {
+  const granted = key.granted_scopes === null ? tierScopes[key.tier] || key.scopes : key.granted_scopes;
+  $("#edit-key-name").value = key.name;
+  scopeChoices($("#edit-scopes"), granted, granted);
+  $("#edit-ips").value = (key.allowed_ips || []).join("\n");
+  confirmThen("edit", key, "save", async () => {
+    const body = {};
+    const name = $("#edit-key-name").value;
+    if (name !== key.name) body.name = name;
+    const scopes = chosenScopes($("#edit-scopes"));
+    if (!sameList(scopes, granted)) body.scopes = scopes;
+    const allowed = addresses($("#edit-ips").value);
+    if (!sameList(allowed, key.allowed_ips || [])) body.allowed_ips = allowed.length ? allowed : null;
+    if (Object.keys(body).length === 0) return;
+    await api(`/api/v1/keys/${encodeURIComponent(key.id)}`, {
+      method: "PATCH",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(body),
+    });
     await refresh();
   });
 }
