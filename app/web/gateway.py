@@ -140,7 +140,8 @@ def passed_headers(passed: Passed) -> dict[str, str]:
         "X-Key-Scopes": " ".join(passed.scopes),
         UPSTREAM_URI_HEADER: passed.request.upstream_uri,
         # The same in two parts, for proxies that rewrite path and query apart (Caddy).
-        "X-Upstream-Path": passed.request.upstream_path,
+        # ('$' as %24: Caddy puts the path in place with a regexp replacement, which expands '$1'.)
+        "X-Upstream-Path": passed.request.upstream_path.replace("$", "%24"),
         "X-Upstream-Query": passed.request.upstream_query,
     }
 
