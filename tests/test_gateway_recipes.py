@@ -122,6 +122,7 @@ def test_gateway_overwrites_forwarding_headers_a_client_sent(proxy: Proxy, keys_
         (b"/api/v1/iocs?%zz", "/api/v1/iocs?%zz"),
         (b"/api/v1/iocs?q=\xc3\xa9", "/api/v1/iocs?q=%C3%A9"),
         (b"/api/v1/iocs/\xc3\xa9", "/api/v1/iocs/%C3%A9"),
+        (b"/api/v1/iocs?q={http.request.header.X-API-Key}", "/api/v1/iocs?q={http.request.header.X-API-Key}"),
     ],
 )
 def test_gateway_sends_the_uri_as_the_client_sent_it(
@@ -148,7 +149,7 @@ def test_gateway_reads_a_double_slash_as_a_path(proxy: Proxy, keys_service: Live
         assert answer["error"]["details"]["path"] == "/evil.example/api/v1/iocs"
 
 
-@pytest.mark.parametrize("length", [4096, 8000])
+@pytest.mark.parametrize("length", [4096, 8000, 9000])
 def test_gateway_passes_a_long_path(proxy: Proxy, keys_service: LiveServer, length: int) -> None:
     key = mint(keys_service, user())
     prefix = b"/api/v1/lookup/"
@@ -207,6 +208,7 @@ def test_gateway_answers_503_envelope_when_keys_service_is_down(keyless_proxy: P
     [
         b"GET /api/v1/iocs HTTP/1.1\nAuthorization: Bearer a\nAuthorization: Bearer b\n",
         b"GET /api/v1/iocs/%00 HTTP/1.1\n",
+        b"GET /api/v1/iocs HTTP/1.1\nX-Padding: " + b"p" * 9000 + b"\n",
     ],
 )
 def test_gateway_refuses_bad_requests_with_envelope(proxy: Proxy, request_head: bytes) -> None:
