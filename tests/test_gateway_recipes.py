@@ -205,7 +205,8 @@ def test_gateway_answers_503_envelope_when_keys_service_is_down(keyless_proxy: P
     answer = json.loads(body)
     assert_envelope(answer, "service_unavailable")
     assert int(headers["retry-after"][0]) > 0
-    assert answer["error"]["request_id"]
+    assert answer["error"]["request_id"].startswith("req_")
+    assert headers["x-request-id"] == [answer["error"]["request_id"]]
 
 
 @pytest.mark.parametrize(
