@@ -17,13 +17,12 @@ upstream, so that what is checked is what the upstream serves.
 from __future__ import annotations
 
 import json
-import posixpath
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
+from urllib.parse import unquote, unquote_plus, unquote_to_bytes, urlsplit
 
 from app.domain.tiers import TIERS
 
@@ -32,8 +31,6 @@ METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 OPENAPI_METHODS = {m.lower() for m in METHODS}
 SCOPES_EXTENSION = "x-scopes"
 KNOWN_SCOPES = frozenset(scope for tier in TIERS.values() for scope in tier.scopes)
-# Characters kept as they are when a decoded path is encoded again (RFC 3986 pchar and "/").
-PATH_SAFE = "/:@!$&'()*+,;=-._~"
 
 # The vendor's areas (its tags: IOCs, Statistics, Articles, Lookup, Export Formats, Detection
 # Rules, TAXII under /api/taxii2/), read-only: any other method is refused unless mapped.
@@ -86,72 +83,138 @@ class RouteMap:
 
 @dataclass(frozen=True)
 class ForwardedRequest:
-    """The request a proxy asks about, as the check reads it from the proxy's headers."""
+    """The request a proxy asks about, as the check reads it from the proxy's headers.
+
+    `raw_path` and `raw_query` are the client's own, untouched but for dot and empty path
+    segments, the api_key pairs, and bytes a URI may not carry raw (non-ASCII, space,
+    control), which are percent-encoded (`é` sent raw goes upstream as `%C3%A9`): what goes upstream.
+    """
 
     method: str
-    path: str  # canonical: decoded, dot segments resolved, no empty segments
-    query: tuple[tuple[str, str], ...]  # without any api_key parameter
+    path: str  # canonical: decoded, dot segments resolved, no empty segments; what is matched
     query_keys: tuple[str, ...]  # the values of api_key in the original query
+    raw_path: str = "/"  # `path` as the client encoded it
+    raw_query: str = ""  # the original query, byte for byte, without its api_key pairs
 
     @property
     def upstream_path(self) -> str:
-        """The canonical path, encoded: the one the check matched, for the proxy to send upstream."""
-        return quote(self.path, safe=PATH_SAFE)
+        """The path the check matched, encoded as the client encoded it."""
+        return self.raw_path
 
     @property
     def upstream_query(self) -> str:
         """The original query without api_key ("" for none)."""
-        return urlencode(self.query, quote_via=quote)
+        return self.raw_query
 
     @property
     def upstream_uri(self) -> str:
-        """The URI to send upstream: the canonical path, encoded, and the query without api_key."""
-        query = self.upstream_query
-        return self.upstream_path + ("?" + query if query else "")
+        """The URI to send upstream: the path the check matched and the query without api_key."""
+        return self.raw_path + ("?" + self.raw_query if self.raw_query else "")
 
 
 class UnreadableRequest(Exception):
-    """The forwarded method or URI cannot be read; the message says which."""
+    """The forwarded method or URI cannot be read; the message says which (`part`)."""
+
+    def __init__(self, message: str, part: str) -> None:
+        super().__init__(message)
+        self.part = part  # "method" or "uri"
 
 
 def parse_forwarded(method: str | None, uri: str | None) -> ForwardedRequest:
-    """Read the original method and URI (`/path?query`, or an absolute URL) a proxy forwarded."""
+    """Read the original method and origin-form URI (`/path?query`) a proxy forwarded.
+
+    `uri` is the header's bytes read as latin-1. Only origin-form is read: an absolute URL
+    (`http://host/path`) is refused, and a path that starts `//` is a path, never a host.
+    """
     if not method or method.upper() not in METHODS:
-        raise UnreadableRequest(f"The original method is missing or not one of {', '.join(sorted(METHODS))}.")
+        raise UnreadableRequest(f"The original method is missing or not one of {', '.join(sorted(METHODS))}.", "method")
     if not uri:
-        raise UnreadableRequest("The original URI is missing.")
-    parts = urlsplit(uri)
-    path = canonical_path(parts.path)
-    if path is None:
-        raise UnreadableRequest("The original path is not a plain path (encoded '/' or '\\', or a control character).")
-    pairs = parse_qsl(parts.query, keep_blank_values=True)
-    query = tuple((k, v) for k, v in pairs if k != KEY_PARAMETER)
-    keys = tuple(v for k, v in pairs if k == KEY_PARAMETER)
-    return ForwardedRequest(method.upper(), path, query, keys)
+        raise UnreadableRequest("The original URI is missing.", "uri")
+    raw_path, _, raw_query = uri.partition("#")[0].partition("?")
+    if not raw_path.startswith("/"):
+        raise UnreadableRequest("The original URI must be a path ('/...'), not an absolute URL.", "uri")
+    resolved = resolve_raw_path(raw_path)
+    path = _decode_path(resolved) if resolved is not None else None
+    if resolved is None or path is None:
+        raise UnreadableRequest(
+            "The original path is not a plain path (encoded '/' or '\\', a control character, or not UTF-8).", "uri"
+        )
+    kept, keys = split_query(raw_query)
+    return ForwardedRequest(method.upper(), path, keys, _escape_raw(resolved), _escape_raw(kept))
 
 
-def canonical_path(raw: str) -> str | None:
-    """Return `raw` decoded, dot segments resolved and empty segments removed; None if ambiguous.
+def _escape_raw(text: str) -> str:
+    """Percent-encode the bytes a URI may not carry raw; leave every other character, escapes included."""
+    if all(0x20 < ord(c) < 0x7F for c in text):
+        return text
+    try:
+        data = text.encode("latin-1")  # a header's bytes
+    except UnicodeEncodeError:
+        data = text.encode("utf-8")
+    return "".join(chr(b) if 0x20 < b < 0x7F else f"%{b:02X}" for b in data)
 
-    An encoded slash or backslash, or a control character, could be read one way here and
-    another way upstream: refused rather than guessed.
+
+def split_query(raw: str) -> tuple[str, tuple[str, ...]]:
+    """Remove the api_key pairs from a raw query, textually; return the rest and their values.
+
+    Every other byte stays as sent: no pair is decoded and encoded again.
+    """
+    kept, keys = [], []
+    for pair in raw.split("&") if raw else ():
+        name, _, value = pair.partition("=")
+        if unquote_plus(name) == KEY_PARAMETER:
+            keys.append(unquote_plus(value))
+        else:
+            kept.append(pair)
+    return "&".join(kept), tuple(keys)
+
+
+def resolve_raw_path(raw: str) -> str | None:
+    """Resolve dot segments and drop empty ones in a still-encoded path; None if ambiguous.
+
+    An encoded slash or backslash could be read one way here and another way upstream:
+    refused rather than guessed. Other escapes are kept as the client wrote them.
     """
     if not raw.startswith("/"):
         return None
     lowered = raw.lower()
     if "%2f" in lowered or "%5c" in lowered or "\\" in raw:
         return None
+    segments: list[str] = []
+    for segment in raw.split("/"):
+        dots = unquote(segment)
+        if dots in ("", "."):
+            continue
+        if dots == "..":
+            if segments:
+                segments.pop()
+            continue
+        segments.append(segment)
+    resolved = "/" + "/".join(segments)
+    last = unquote(raw.rsplit("/", 1)[-1])
+    if segments and (raw.endswith("/") or last in (".", "..")):
+        resolved += "/"
+    return resolved
+
+
+def _decode_path(raw: str) -> str | None:
     try:
-        decoded = unquote(raw, errors="strict") if "%" in raw else raw
+        data = raw.encode("latin-1")
+    except UnicodeEncodeError:  # not from a header: already text
+        data = raw.encode("utf-8")
+    try:
+        decoded = unquote_to_bytes(data).decode("utf-8")
     except UnicodeDecodeError:
         return None
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in decoded):
         return None
-    normalised = posixpath.normpath(decoded)
-    normalised = "/" + normalised.lstrip("/")  # normpath keeps a leading "//"
-    if normalised != "/" and decoded.endswith("/"):
-        normalised += "/"
-    return normalised
+    return decoded
+
+
+def canonical_path(raw: str) -> str | None:
+    """Return `raw` decoded, dot segments resolved and empty segments removed; None if ambiguous."""
+    resolved = resolve_raw_path(raw)
+    return _decode_path(resolved) if resolved is not None else None
 
 
 def compile_pattern(path: str) -> re.Pattern[str]:

@@ -107,20 +107,20 @@ def check(scope: dict[str, Any]) -> Passed:
 
 
 def forwarded_request(scope: dict[str, Any]) -> ForwardedRequest:
-    """The original method and URI, from X-Forwarded-Method/-Uri or else X-Original-Method/-URI."""
-    uri = header(scope, b"x-forwarded-uri")
+    """The original method and URI, from X-Forwarded-Method/-Uri or else X-Original-Method/-URI.
+
+    A request carrying either X-Forwarded header is read from that pair alone.
+    """
+    method, uri = header(scope, b"x-forwarded-method"), header(scope, b"x-forwarded-uri")
     names = ("X-Forwarded-Method", "X-Forwarded-Uri")
-    if uri is not None:
-        method = header(scope, b"x-forwarded-method")
-    else:
-        uri, method = header(scope, b"x-original-uri"), header(scope, b"x-original-method")
+    if method is None and uri is None:
+        method, uri = header(scope, b"x-original-method"), header(scope, b"x-original-uri")
         names = ("X-Original-Method", "X-Original-URI")
     try:
         return parse_forwarded(method, uri)
     except UnreadableRequest as error:
-        raise InvalidParameter(
-            f"{error} Proxies send it in {names[0]} and {names[1]}.", {"in": "header", "field": names[1]}
-        ) from None
+        field = names[0] if error.part == "method" else names[1]
+        raise InvalidParameter(f"{error} The proxy sends it in {field}.", {"in": "header", "field": field}) from None
 
 
 def client_address(scope: dict[str, Any], peer: str | None) -> str | None:
@@ -140,7 +140,8 @@ def passed_headers(passed: Passed) -> dict[str, str]:
         "X-Key-Scopes": " ".join(passed.scopes),
         UPSTREAM_URI_HEADER: passed.request.upstream_uri,
         # The same in two parts, for proxies that rewrite path and query apart (Caddy).
-        "X-Upstream-Path": passed.request.upstream_path,
+        # ('$' as %24: Caddy puts the path in place with a regexp replacement, which expands '$1'.)
+        "X-Upstream-Path": passed.request.upstream_path.replace("$", "%24"),
         "X-Upstream-Query": passed.request.upstream_query,
     }
 
