@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable
 
@@ -58,9 +57,4 @@ class Readiness:
             self._store.check_ready(self._timeout_s)
         except StoreUnavailable as error:
             return error
-        except Exception as error:  # a store that cannot run its own check (a table gone, no rights) is not ready
-            logging.getLogger("app").error(
-                "readiness check failed: %s: %s", type(error).__name__, str(error).strip().splitlines()[0] if str(error).strip() else ""
-            )
-            return StoreUnavailable("The key store cannot answer its readiness check.")
         return None
