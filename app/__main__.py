@@ -21,6 +21,7 @@ from app.compat import UnsupportedUpstream, check_upstream
 from app.config import ConfigError, Settings
 from app.domain.demo import DEMO_USER, seed_demo
 from app.domain.sessions import issue_token
+from app.domain.store import Store
 from app.domain.tiers import TIERS
 from app.store import open_store
 from app.version import __version__
@@ -139,12 +140,10 @@ def dev_token_command(args: argparse.Namespace, environ: dict[str, str]) -> int:
 def set_tier_command(args: argparse.Namespace, environ: dict[str, str]) -> int:
     from app.domain.keys import KeyService
 
-    settings = Settings.from_env(environ, sessions=False)
-    problem = check_store(settings)
-    if problem:
-        print(f"configuration error: {problem}", file=sys.stderr)
+    store = checked_store(Settings.from_env(environ, sessions=False))
+    if store is None:
         return 2
-    account = KeyService(open_store(settings), time.time).set_tier(args.user_id, args.tier, create=args.create)
+    account = KeyService(store, time.time).set_tier(args.user_id, args.tier, create=args.create)
     if account is None:
         # A typo in a user id would otherwise make a paying account nobody signs in to.
         print(f"set-tier: no account {args.user_id!r}: it has never signed in; "
@@ -155,12 +154,10 @@ def set_tier_command(args: argparse.Namespace, environ: dict[str, str]) -> int:
 
 
 def seed_demo_command(args: argparse.Namespace, environ: dict[str, str]) -> int:
-    settings = Settings.from_env(environ, sessions=False)
-    problem = check_store(settings)
-    if problem:
-        print(f"configuration error: {problem}", file=sys.stderr)
+    store = checked_store(Settings.from_env(environ, sessions=False))
+    if store is None:
         return 2
-    added = seed_demo(open_store(settings), args.user_id, time.time())
+    added = seed_demo(store, args.user_id, time.time())
     print(f"{args.user_id}: " + ("added\n  " + "\n  ".join(added) if added else "already seeded, nothing added"))
     return 0
 
@@ -225,6 +222,15 @@ def start_server(settings: Settings, server: Callable[[Settings], int]) -> int:
         print(f"configuration error: {problem}", file=sys.stderr)
         return 2
     return server(settings)
+
+
+def checked_store(settings: Settings) -> Store | None:
+    """The store `settings` name, opened; or None, having said in one line why it cannot serve."""
+    problem = check_store(settings)
+    if problem:
+        print(f"configuration error: {problem}", file=sys.stderr)
+        return None
+    return open_store(settings)
 
 
 def check_store(settings: Settings, create: bool | None = None) -> str | None:

@@ -15,6 +15,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
+from app.domain.grants import ip_of
+
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 NO_OPERATION = "none"  # requests no operation of the contract matched
 
@@ -81,12 +83,5 @@ def exposition() -> tuple[bytes, str]:
 
 def allowed(client: str | None, networks: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
     """Whether the client's address lies in one of `networks`."""
-    if not client:
-        return False
-    try:
-        address = ipaddress.ip_address(client)
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return any(address in network for network in networks)
+    address = ip_of(client)
+    return address is not None and any(address in network for network in networks)

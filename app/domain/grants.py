@@ -35,19 +35,25 @@ def allowed_networks(record: KeyRecord) -> tuple[Network, ...] | None:
     return tuple(ipaddress.ip_network(entry, strict=False) for entry in record.allowed_ips)
 
 
+def ip_of(address: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """`address` as an IP address (its zone dropped, an IPv4-mapped IPv6 address as the IPv4 one), or None."""
+    if not address:
+        return None
+    try:
+        parsed = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(parsed, ipaddress.IPv6Address) and parsed.ipv4_mapped is not None:
+        return parsed.ipv4_mapped
+    return parsed
+
+
 def address_allowed(address: str | None, networks: Sequence[Network] | None) -> bool:
     """Whether a use from `address` passes an allowlist (None: no allowlist, any address passes)."""
     if networks is None:
         return True
-    if not address:
-        return False
-    try:
-        parsed = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(parsed, ipaddress.IPv6Address) and parsed.ipv4_mapped is not None:
-        parsed = parsed.ipv4_mapped
-    return any(parsed in network for network in networks)
+    parsed = ip_of(address)
+    return parsed is not None and any(parsed in network for network in networks)
 
 
 def granted_scopes(

@@ -35,6 +35,7 @@ from typing import Protocol
 from prometheus_client import Counter
 
 from app.config import Settings
+from app.domain.grants import ip_of
 
 # Descriptors a worker needs besides its connections: the listening socket, the database's
 # files (or its pool's connections, counted apart), the metrics files, logs and the like.
@@ -87,14 +88,9 @@ def client_key(address: str | None, proxies: Sequence[str] = ()) -> str | None:
     None for a trusted proxy (`proxies` as FORWARDED_ALLOW_IPS has them) or a peer with no IP
     address (a Unix socket): the per-client bound does not apply to them.
     """
-    if not address:
+    ip = ip_of(address)
+    if ip is None:
         return None
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
     if "*" in proxies or any(ip in ipaddress.ip_network(proxy) for proxy in proxies):
         return None
     if isinstance(ip, ipaddress.IPv6Address):
