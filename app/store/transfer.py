@@ -248,13 +248,9 @@ def import_rows(settings: Settings, path: str) -> dict[str, int]:
                     values = [row[c] for c in columns]
                     if table == "rate_windows":
                         values[-1] = bool(values[-1])
-                    conn.execute(
-                        # bandit B608: table and column names are this module's constants; values are bound.
-                        store.sql(
-                            f"INSERT INTO {table} ({_columns(columns)}) VALUES ({', '.join('?' * len(columns))})"
-                        ),  # nosec B608
-                        values,
-                    )
+                    # bandit B608: table and column names are this module's constants; values are bound.
+                    insert = f"INSERT INTO {table} ({_columns(columns)}) VALUES ({', '.join('?' * len(columns))})"  # nosec B608
+                    conn.execute(store.sql(insert), values)
                     counts[table] += 1
                 if version < 3:
                     conn.execute(REVOKED_REASON_BACKFILL)
