@@ -6,12 +6,21 @@ this tree, the same script serves N1 and then N2 requests of a workload through 
 ASGI interface, no network, under `valgrind --tool=callgrind`; (I(N2) - I(N1)) / (N2 - N1)
 is the cost of one request, start-up cancelled out.
 
-    python bench/instructions.py [REV ...]      # the driver
-    python bench/instructions.py --serve WORKLOAD N   # one measured process (run in a tree)
+Two ways to reach the app:
+- `raw` (the default): what a `serve` worker runs. The app is built by `app.asgi.from_env()`
+  from a production environment (APP_ENV=production, the default INFO access log, written to
+  /dev/null; multiprocess metrics in a scratch directory) and each request is one call of the
+  ASGI app with a hand-made scope, `receive` and `send`, on one event loop: no test client.
+- `testclient`: the app built by `create_app` and driven through Starlette's test client, as
+  this script measured before (two thirds of that figure is the test client itself).
+
+    python bench/instructions.py [--mode raw|testclient] [REV ...]   # the driver
+    python bench/instructions.py --serve WORKLOAD N [MODE]            # one measured process (run in a tree)
 """
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -57,16 +66,96 @@ def serve(workload: str, count: int) -> None:
             assert response.status_code < 300, response.text
 
 
-def count(tree: Path, workload: str, requests: int) -> int:
-    result = subprocess.run(
-        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
-         str(Path(__file__).resolve()), "--serve", workload, str(requests)],
-        cwd=tree, capture_output=True, text=True, check=True,
-    )
-    return int(re.search(r"Collected : (\d+)", result.stderr).group(1))
+def serve_raw(workload: str, count: int) -> None:
+    """Build the app as a `serve` worker does and answer `count` requests of `workload` through raw ASGI calls."""
+    import asyncio
+    import os
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    sys.path.insert(0, str(Path.cwd()))
+    scratch = Path(tempfile.mkdtemp())
+    (scratch / "metrics").mkdir()
+    database = scratch / "keys.db"
+    os.environ.update({
+        "APP_ENV": "production", "SUPABASE_JWT_SECRET": SECRET, "DATABASE_URL": f"sqlite:///{database}",
+        "CREATE_DATABASE": "on", "PROMETHEUS_MULTIPROC_DIR": str(scratch / "metrics"),
+        "KEY_MANAGEMENT_LIMIT_PER_MINUTE": str(10**9), "KEY_MANAGEMENT_LIMIT_PER_DAY": str(10**9),
+        "MAX_ACTIVE_KEYS": str(10**9),
+    })
+    os.environ.pop("LOG_LEVEL", None)  # the default: INFO, one access line per request
+    # The access log goes to stderr, as in a worker; here into /dev/null (callgrind reports to its own file).
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    from app.asgi import from_env
+    from app.domain.keys import KeyService
+    from app.domain.sessions import issue_token
+    from app.store import SQLiteStore
+
+    store = SQLiteStore(database)
+    KeyService(store, time.time).set_tier("bench", "pro")
+    store.close()
+    app = from_env()
+    cookie = b"sb-access-token=" + issue_token(SECRET, "bench", time.time(), 3600).encode()
+
+    async def call(method: str, path: str, headers: list[tuple[bytes, bytes]], body: bytes = b"") -> tuple[int, bytes]:
+        scope = {
+            "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
+            "method": method, "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
+            "root_path": "", "headers": [(b"host", b"127.0.0.1:8000"), *headers],
+            "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000), "state": {},
+        }
+        sent = False
+        status, chunks = 0, []
+
+        async def receive() -> dict:
+            nonlocal sent
+            if sent:
+                return {"type": "http.disconnect"}
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body":
+                chunks.append(message.get("body", b""))
+
+        await app(scope, receive, send)
+        return status, b"".join(chunks)
+
+    def mint(name: str) -> tuple[int, bytes]:
+        body = ('{"name":"%s"}' % name).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                   (b"cookie", cookie)]
+        return loop.run_until_complete(call("POST", "/api/v1/keys", headers, body))
+
+    loop = asyncio.new_event_loop()
+    status, body = mint("bench-key")
+    assert status == 201, body
+    key = json.loads(body)["data"]["key"].encode()
+    for i in range(count):
+        if workload == "whoami":
+            status, body = loop.run_until_complete(call("GET", "/api/v1/whoami", [(b"x-api-key", key)]))
+        elif workload == "mint":
+            status, body = mint(f"bench-{i}")
+        else:
+            status, body = loop.run_until_complete(call("GET", "/healthz", []))
+        assert status < 300, body
 
 
-def main(revisions: list[str]) -> None:
+def count(tree: Path, workload: str, requests: int, mode: str) -> int:
+    with tempfile.NamedTemporaryFile(prefix="callgrind-", suffix=".log") as log:
+        subprocess.run(
+            ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", f"--log-file={log.name}",
+             sys.executable, str(Path(__file__).resolve()), "--serve", workload, str(requests), mode],
+            cwd=tree, capture_output=True, text=True, check=True,
+        )
+        return int(re.search(r"Collected : (\d+)", Path(log.name).read_text()).group(1))
+
+
+def main(revisions: list[str], mode: str = "raw") -> None:
     with tempfile.TemporaryDirectory(prefix="bench-instructions-") as scratch:
         trees = {"this tree": ROOT}
         for revision in revisions:
@@ -74,10 +163,10 @@ def main(revisions: list[str]) -> None:
             subprocess.run(["git", "worktree", "add", "--detach", "-q", str(tree), revision], cwd=ROOT, check=True)
             trees[revision] = tree
         try:
-            print(f"instructions per request (callgrind, in process, ({N2} - {N1}) requests):")
+            print(f"instructions per request (callgrind, in process, {mode}, ({N2} - {N1}) requests):")
             for workload in WORKLOADS:
                 for name, tree in trees.items():
-                    per = (count(tree, workload, N2) - count(tree, workload, N1)) / (N2 - N1)
+                    per = (count(tree, workload, N2, mode) - count(tree, workload, N1, mode)) / (N2 - N1)
                     print(f"  {workload:8} {name:10} {per / 1e6:6.3f} M", flush=True)
         finally:
             for tree in trees.values():
@@ -87,6 +176,8 @@ def main(revisions: list[str]) -> None:
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--serve"]:
-        serve(sys.argv[2], int(sys.argv[3]))
+        (serve_raw if sys.argv[4:5] != ["testclient"] else serve)(sys.argv[2], int(sys.argv[3]))
+    elif sys.argv[1:2] == ["--mode"]:
+        main(sys.argv[3:], sys.argv[2])
     else:
         main(sys.argv[1:])
