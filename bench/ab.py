@@ -34,7 +34,7 @@ class TreeTarget(Target):
 
     def __init__(self, name: str, tree: Path, db: Path) -> None:
         env = {"APP_ENV": "production", "SUPABASE_JWT_SECRET": SECRET, "WEB_CONCURRENCY": "1",
-               "DATABASE_URL": f"sqlite:///{db}", "LOG_LEVEL": "WARNING", "CREATE_DATABASE": "on"}
+               "DATABASE_URL": f"sqlite:///{db}", "LOG_LEVEL": "INFO", "CREATE_DATABASE": "on"}
         super().__init__(name, [sys.executable, "-m", "app", "serve"], env, db, "1")
         self.checkout = tree
 

@@ -325,7 +325,7 @@ def fill_keys(db: Path, count: int) -> None:
 
 def ours(name: str, workers: int, db: Path, cpus: str | None) -> Target:
     env = {"APP_ENV": "production", "SUPABASE_JWT_SECRET": SECRET, "WEB_CONCURRENCY": str(workers),
-           "DATABASE_URL": f"sqlite:///{db}", "LOG_LEVEL": "WARNING",
+           "DATABASE_URL": f"sqlite:///{db}", "LOG_LEVEL": "INFO",
            "CREATE_DATABASE": "on"}  # a fresh file each run
     return Target(name, [sys.executable, "-m", "app", "serve"], env, db, cpus)
 
@@ -358,7 +358,7 @@ def on_postgres(name: str, schema: str) -> Target:
 
     url = f"{PG_URL}{'&' if '?' in PG_URL else '?'}options={quote(f'-c search_path={schema}', safe='')}&application_name={schema}"
     env = {"APP_ENV": "production", "SUPABASE_JWT_SECRET": SECRET, "WEB_CONCURRENCY": "2", "DATABASE_URL": url,
-           "LOG_LEVEL": "WARNING"}
+           "LOG_LEVEL": "INFO"}
     return Target(name, [sys.executable, "-m", "app", "serve"], env, None, None,
                   store=lambda: PostgresStore(url, pool_size=1, migrate=False))
 
