@@ -415,6 +415,31 @@ def test_in_production_sign_out_forgets_the_page_and_explains_that_the_session_o
     assert secret not in page.content() and "prod-splunk-2026q4" not in page.content()
 
 
+def test_a_refresh_answered_after_sign_out_does_not_put_the_keys_back(page, production):
+    signed_in_by_cookie(page, production, "prod-late-refresh-user")
+    page.goto(production.base + "/")
+    expect(page.locator("#session")).to_have_text("Signed in as prod-late-refresh-user (free tier).")
+    held = []  # the key list the refresh after the mint asks for, held until the sign-out is done
+    released = []
+    page.route("**/api/v1/keys?limit=100", lambda route: route.continue_() if released else held.append(route))
+    page.fill("#name", "late-refresh-key")
+    page.press("#name", "Enter")
+    expect(page.locator("#secret")).to_be_visible()
+    deadline = time.monotonic() + 10
+    while not held and time.monotonic() < deadline:
+        page.wait_for_timeout(50)
+    assert held, "the refresh after the mint asked for no key list"
+    page.click("#signout")
+    expect(page.locator("#signout-note")).to_contain_text("cannot end your session")
+    released.append(True)
+    for route in held:
+        route.continue_()
+    page.wait_for_timeout(500)  # time for the late answer to be (wrongly) rendered
+    expect(page.locator("#keys-section")).to_be_hidden()
+    expect(page.locator("#signout-note")).to_be_visible()
+    assert "late-refresh-key" not in page.content()
+
+
 def test_in_production_only_a_configured_origin_may_call_with_credentials(page, production, pages):
     allowed, foreign = pages
     signed_in_by_cookie(page, production, "prod-cors-user")

@@ -187,8 +187,20 @@ function keyRow(key, flagPoor = false) {
   return row;
 }
 
-async function loadKeys() {
-  const { data, meta } = await api("/api/v1/keys?limit=100");
+// Bumped by a sign-out: an answer to a request made before it (a refresh still in flight) is
+// dropped rather than put back on the page the sign-out cleared.
+let pageGeneration = 0;
+
+class StaleAnswer extends Error {}
+
+async function current(request, generation) {
+  const answer = await request;
+  if (generation !== pageGeneration) throw new StaleAnswer();
+  return answer;
+}
+
+async function loadKeys(generation) {
+  const { data, meta } = await current(api("/api/v1/keys?limit=100"), generation);
   const body = $("#keys tbody");
   body.replaceChildren();
   for (const key of data) {
@@ -230,8 +242,8 @@ function button(text, label, className, onClick) {
 
 // Revoked keys, each with why: by its owner, or leaked (with where it was found, from the
 // `leaked` event, when it is among the events loaded).
-async function loadRevoked(events) {
-  const { data } = await api("/api/v1/keys?include_revoked=true&limit=100");
+async function loadRevoked(events, generation) {
+  const { data } = await current(api("/api/v1/keys?include_revoked=true&limit=100"), generation);
   const revoked = data.filter((key) => key.status === "revoked");
   const leaks = new Map(events.filter((e) => e.type === "leaked").map((e) => [e.key_id, e]));
   const body = $("#revoked tbody");
@@ -255,8 +267,8 @@ async function loadRevoked(events) {
   $("#revoked-section").hidden = revoked.length === 0;
 }
 
-async function loadEvents() {
-  const { data } = await api("/api/v1/key-events?limit=50");
+async function loadEvents(generation) {
+  const { data } = await current(api("/api/v1/key-events?limit=50"), generation);
   const body = $("#events tbody");
   body.replaceChildren();
   for (const event of data) {
@@ -304,11 +316,13 @@ function showSignedOut() {
 }
 
 async function refresh() {
+  const generation = pageGeneration;
   try {
-    const account = await loadKeys();
-    await loadRevoked(await loadEvents());
+    const account = await loadKeys(generation);
+    await loadRevoked(await loadEvents(generation), generation);
     showSignedIn(account);
   } catch (error) {
+    if (error instanceof StaleAnswer) return;  // signed out meanwhile
     if (error instanceof ApiError && error.status === 401) {
       showSignedOut();
       return;
@@ -325,6 +339,7 @@ async function signOut() {
     window.location.assign("/dev/logout");
     return;
   }
+  pageGeneration += 1;
   clearError();
   hideSecret();
   for (const table of ["#keys", "#revoked", "#events"]) $(`${table} tbody`).replaceChildren();
