@@ -98,3 +98,32 @@ class LiveServer:
         except urllib.error.HTTPError as error:
             raw, status, response_headers = error.read(), error.code, error.headers
         return status, {k.lower(): v for k, v in response_headers.items()}, json.loads(raw) if raw else None
+
+
+def node_tool(name: str, label: str) -> Path:
+    """The Node.js tool `name` that `make test` installs into tools/node_modules (a linter of the
+    contract); skipped, saying why, where it is not installed, and a failure under CI."""
+    import pytest
+
+    tool = ROOT / "tools" / "node_modules" / ".bin" / name
+    if not tool.exists():
+        message = (
+            f"{label} is not installed, so the contract was not linted by it: install Node.js and npm "
+            "(apt-get install nodejs npm), then run `make test`, which installs it into tools/node_modules"
+        )
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return tool
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The sum of the samples of `name` with `labels` in a Prometheus text page."""
+    import re
+
+    total = 0.0
+    for line in text.splitlines():
+        match = re.match(rf"{name}(?:\{{(.*)\}})? (\S+)$", line)
+        if match and all(f'{k}="{v}"' in (match.group(1) or "") for k, v in labels.items()):
+            total += float(match.group(2))
+    return total

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import ipaddress
-import re
 
 import pytest
 
 from app.web.clients import MAX_HOPS, Client, Proxies, resolve
+from tests.live import metric
 
 ENGINES = ("sqlite", "postgresql")
 
@@ -88,14 +88,6 @@ def metrics_text(make_app) -> str:
         assert response.status_code == 200
         return response.text
 
-
-def metric(text: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        match = re.match(rf"{name}(?:\{{(.*)\}})? (\S+)$", line)
-        if match and all(f'{k}="{v}"' in (match.group(1) or "") for k, v in labels.items()):
-            total += float(match.group(2))
-    return total
 
 
 def test_leak_reports_behind_a_trusted_proxy_are_limited_per_client_and_counted(make_app, clock):

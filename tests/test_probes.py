@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fcntl
-import re
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -16,7 +15,7 @@ from app.config import Settings
 from app.domain.errors import StoreUnavailable
 from app.domain.sessions import issue_token
 from app.version import __version__
-from tests.live import LiveServer
+from tests.live import LiveServer, metric
 
 SECRET = "probe-test-secret-0123456789-0123456789-abc"
 ENGINES = ("sqlite", "postgresql")
@@ -166,14 +165,6 @@ def test_metrics_are_hidden_from_clients_outside_metrics_allow(client):
 def cookie(user: str) -> dict[str, str]:
     return {"Cookie": f"sb-access-token={issue_token(SECRET, user, time.time(), 3600)}"}
 
-
-def metric(text: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        match = re.match(rf"{name}(?:\{{(.*)\}})? (\S+)$", line)
-        if match and all(f'{k}="{v}"' in (match.group(1) or "") for k, v in labels.items()):
-            total += float(match.group(2))
-    return total
 
 
 def scrape(server: LiveServer) -> str:
