@@ -30,7 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 N1, N2 = 20, 100
-WORKLOADS = ("whoami", "mint")
+WORKLOADS = ("whoami", "check", "mint")
 SECRET = "instructions-secret-0123456789-0123456789"
 
 
@@ -98,10 +98,11 @@ def serve_raw(workload: str, count: int) -> None:
     app = from_env()
     cookie = b"sb-access-token=" + issue_token(SECRET, "bench", time.time(), 3600).encode()
 
-    async def call(method: str, path: str, headers: list[tuple[bytes, bytes]], body: bytes = b"") -> tuple[int, bytes]:
+    async def call(method: str, path: str, headers: list[tuple[bytes, bytes]], body: bytes = b"",
+                   query: bytes = b"") -> tuple[int, bytes]:
         scope = {
             "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
-            "method": method, "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
+            "method": method, "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": query,
             "root_path": "", "headers": [(b"host", b"127.0.0.1:8000"), *headers],
             "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000), "state": {},
         }
@@ -126,7 +127,7 @@ def serve_raw(workload: str, count: int) -> None:
         return status, b"".join(chunks)
 
     def mint(name: str) -> tuple[int, bytes]:
-        body = ('{"name":"%s"}' % name).encode()
+        body = json.dumps({"name": name}, separators=(",", ":")).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                    (b"cookie", cookie)]
         return loop.run_until_complete(call("POST", "/api/v1/keys", headers, body))
@@ -135,9 +136,18 @@ def serve_raw(workload: str, count: int) -> None:
     status, body = mint("bench-key")
     assert status == 201, body
     key = json.loads(body)["data"]["key"].encode()
+    # What the shipped nginx configuration (deploy/nginx/gateway.conf.template) sends the check.
+    check_headers = [
+        (b"x-api-key", key), (b"x-original-method", b"GET"), (b"x-original-uri", b"/api/v1/iocs?limit=5"),
+        (b"x-forwarded-host", b"127.0.0.1:8080"), (b"x-forwarded-proto", b"http"),
+        (b"x-forwarded-for", b"127.0.0.1"), (b"x-real-ip", b"127.0.0.1"),
+    ]
     for i in range(count):
         if workload == "whoami":
             status, body = loop.run_until_complete(call("GET", "/api/v1/whoami", [(b"x-api-key", key)]))
+        elif workload == "check":
+            status, body = loop.run_until_complete(
+                call("GET", "/api/v1/gateway/check", check_headers, query=b"refusal=header"))
         elif workload == "mint":
             status, body = mint(f"bench-{i}")
         else:

@@ -48,6 +48,9 @@ DEFAULT_ROUTES: dict[str, str | None] = {
 }
 
 
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
+
+
 class BadRouteMap(Exception):
     """A scope map file cannot be used; the message says where and why, on one line."""
 
@@ -177,6 +180,8 @@ def resolve_raw_path(raw: str) -> str | None:
     """
     if not raw.startswith("/"):
         return None
+    if "%" not in raw and "\\" not in raw and "//" not in raw and "/." not in raw:
+        return raw  # nothing to resolve: no escape, no empty or dot segment
     lowered = raw.lower()
     if "%2f" in lowered or "%5c" in lowered or "\\" in raw:
         return None
@@ -198,6 +203,8 @@ def resolve_raw_path(raw: str) -> str | None:
 
 
 def _decode_path(raw: str) -> str | None:
+    if "%" not in raw and raw.isascii():
+        return None if _CONTROL.search(raw) else raw
     try:
         data = raw.encode("latin-1")
     except UnicodeEncodeError:  # not from a header: already text
@@ -206,9 +213,7 @@ def _decode_path(raw: str) -> str | None:
         decoded = unquote_to_bytes(data).decode("utf-8")
     except UnicodeDecodeError:
         return None
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in decoded):
-        return None
-    return decoded
+    return None if _CONTROL.search(decoded) else decoded
 
 
 def canonical_path(raw: str) -> str | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
+from functools import lru_cache
 
 from app.domain import keymaterial
 from app.domain.errors import InvalidParameter, ScopeNotGranted
@@ -17,6 +18,8 @@ from app.domain.tiers import TIERS, get_tier
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 MAX_ALLOWED_IPS = 20
+# Longer than any address (45 characters) with a zone (an interface's name, at most 15): no address.
+MAX_ADDRESS_TEXT = 64
 KNOWN_SCOPES: tuple[str, ...] = tuple(dict.fromkeys(s for tier in TIERS.values() for s in tier.scopes))
 
 
@@ -32,13 +35,23 @@ def allowed_networks(record: KeyRecord) -> tuple[Network, ...] | None:
     """Return the networks `record` may be used from, or None for anywhere (a key without an allowlist)."""
     if record.allowed_ips is None:
         return None
-    return tuple(ipaddress.ip_network(entry, strict=False) for entry in record.allowed_ips)
+    return _networks(record.allowed_ips)
+
+
+@lru_cache(maxsize=1024)  # a key's allowlist, parsed once while it is in use
+def _networks(entries: tuple[str, ...]) -> tuple[Network, ...]:
+    return tuple(ipaddress.ip_network(entry, strict=False) for entry in entries)
 
 
 def ip_of(address: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     """`address` as an IP address (its zone dropped, an IPv4-mapped IPv6 address as the IPv4 one), or None."""
-    if not address:
+    if not address or len(address) > MAX_ADDRESS_TEXT:
         return None
+    return _ip_of(address)
+
+
+@lru_cache(maxsize=4096)  # the same peers and clients, request after request
+def _ip_of(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
         parsed = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from functools import lru_cache
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -78,6 +79,11 @@ def parse_address(text: str) -> Address | None:
     text = text.strip()
     if len(text) > MAX_ADDRESS_CHARS or "%" in text:
         return None
+    return _parse_address(text)
+
+
+@lru_cache(maxsize=4096)  # a proxy's address and its clients' repeat from request to request
+def _parse_address(text: str) -> Address | None:
     if text.startswith("["):
         end = text.find("]")
         text = text[1:end] if end > 0 and (text[end + 1 :] == "" or text[end + 1] == ":") else ""

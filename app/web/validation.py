@@ -31,6 +31,8 @@ LONE_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]", re.ASCII)
 _VALIDATORS: dict[int, tuple[dict, Draft4Validator]] = {}
 MAX_JSON_DEPTH = 32  # arrays and objects nested in one another
 MAX_INTEGER_DIGITS = 100  # far beyond any field's range; Python refuses 4,300 with a ValueError
+MAX_PASSED_QUERIES = 64  # query strings remembered as valid, per operation
+MAX_REMEMBERED_QUERY = 256  # bytes: a longer query string is validated every time
 
 
 _PATTERN = Draft4Validator.VALIDATORS["pattern"]  # jsonschema's own `pattern` keyword, public
@@ -276,11 +278,31 @@ def _has_lone_surrogate(value: Any) -> bool:
 
 
 class RequestParameterValidator(ParameterValidator):
-    """Parameter validator with structured errors."""
+    """Parameter validator with structured errors.
+
+    One per operation (app/web/connexion_tuning/stack.py). An operation whose parameters are
+    all in the query is judged by its query string alone, so the query strings it has passed
+    are remembered (a bounded few) and not validated again: a proxy asks the gateway check
+    with the same `?refusal=header` on every request.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._query_only = set(self.parameters) <= {"query"}
+        self._passed: set[bytes] = set()
 
     def validate(self, scope: Any) -> None:
-        if self.parameters or self.strict_validation:  # else there is nothing to parse or check
+        if not (self.parameters or self.strict_validation):  # nothing to parse or check
+            return
+        if not self._query_only:
             super().validate(scope)
+            return
+        query = scope.get("query_string", b"")
+        if query in self._passed:
+            return
+        super().validate(scope)
+        if len(self._passed) < MAX_PASSED_QUERIES and len(query) <= MAX_REMEMBERED_QUERY:
+            self._passed.add(query)
 
     def validate_request(self, request: Any) -> None:
         sources = {
