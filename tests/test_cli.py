@@ -159,11 +159,17 @@ def test_migrate_creates_the_schema_on_sqlite_and_says_so(tmp_path):
     assert SQLiteStore(tmp_path / "keys.db").ensure_account("alice", 0).tier == "free"
 
 
-def test_migrate_on_postgresql_from_several_processes_at_once_applies_each_step_once(tmp_path, pg_schema):
+@pytest.mark.parametrize("start", [0, 1], ids=["new", "version-1"])
+def test_migrate_on_postgresql_from_several_processes_at_once_runs_each_step_once(tmp_path, pg_schema, start):
+    """A new database is created at the current version, once; an older one takes each step once."""
     import psycopg
 
+    from app.store import postgres_migrations
     from tests.conftest import schema_url
 
+    if start:
+        with psycopg.connect(schema_url(pg_schema), autocommit=True) as conn:
+            postgres_migrations.migrate(conn, target=start)
     env = {"PATH": "/usr/bin:/bin", "SUPABASE_JWT_SECRET": SECRET, "DATABASE_URL": schema_url(pg_schema)}
     procs = [subprocess.Popen([sys.executable, "-m", "app", "migrate"], cwd=ROOT, env=env, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(4)]
@@ -176,7 +182,7 @@ def test_migrate_on_postgresql_from_several_processes_at_once_applies_each_step_
         from app.store.postgres_migrations import SCHEMA_VERSION
 
         versions = [v for (v,) in conn.execute("SELECT version FROM schema_version ORDER BY version")]
-    assert versions == list(range(1, SCHEMA_VERSION + 1))
+    assert versions == ([SCHEMA_VERSION] if start == 0 else list(range(1, SCHEMA_VERSION + 1)))
 
 
 def test_a_sqlite_store_exported_and_imported_into_postgresql_keeps_keys_usage_and_limits(tmp_path, pg_schema):

@@ -3,7 +3,9 @@
 Each earlier version is built by the migration chain's own steps, stopped at that version: the
 steps are kept as they ran when their version was current (app/store/migrations.py,
 app/store/postgres_migrations.py). Rows go into every table as that version held them; the
-current code then opens the database, migrates it, and must find every row, and serve it.
+current code then opens the database, migrates it, and must find every row, and serve it; and
+the upgraded schema must equal the declared one (app/store/schema.py, read back as in
+tests/test_schema.py) in every respect, as a new database does.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from app.domain.records import Window
 from app.store import migrations, postgres_migrations
 from app.store.schema import TABLES
 from app.store.sqlite import SQLiteStore
+from tests.test_schema import declared, postgresql_schema, sqlite_schema
 
 ENGINES = ("sqlite", "postgresql")
 
@@ -171,6 +174,7 @@ def test_every_sqlite_schema_version_upgrades_in_place_with_every_row(tmp_path, 
         conn = sqlite3.connect(path)
         try:
             assert every_row(conn) == expected("sqlite", version)
+            assert sqlite_schema(conn) == declared("sqlite")
         finally:
             conn.close()
         serves(store, version >= ADDED["sqlite"]["scopes"])
@@ -195,25 +199,8 @@ def test_every_postgresql_schema_version_upgrades_in_place_with_every_row(pg_sch
         assert store.schema_version() == postgres_migrations.SCHEMA_VERSION
         with psycopg.connect(url) as conn:
             assert every_row(conn) == expected("postgresql", version)
+            assert postgresql_schema(conn) == declared("postgresql")
         serves(store, version >= ADDED["postgresql"]["scopes"])
     finally:
         store.close()
 
-
-def test_a_new_database_holds_the_declared_tables_and_columns_on_either_engine(store, settings, query):
-    """The schema is declared once (app/store/schema.py): both engines' chains end at it."""
-    if settings.engine == "sqlite":
-        found = {table: tuple(row[1] for row in query(f"PRAGMA table_info({table})")) for table in TABLES}
-    else:
-        found = {
-            table: tuple(
-                c
-                for (c,) in query(
-                    "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() "
-                    "AND table_name = ? AND column_name <> 'seq' ORDER BY ordinal_position",
-                    (table,),
-                )
-            )
-            for table in TABLES
-        }
-    assert found == TABLES

@@ -1,4 +1,12 @@
-"""The SQLite schema, versioned in `PRAGMA user_version`, and the steps between versions."""
+"""SQLite: a new database created from the declared schema, an older one upgraded step by step.
+
+The schema is the one declared in `app.store.schema`. A new database (no tables, version 0)
+is created from it (`sqlite_ddl()`) and stamped with SCHEMA_VERSION in `PRAGMA user_version`.
+A database of an earlier version is upgraded by the steps below, each kept as it ran when its
+version was current; tests/test_migrations.py requires every earlier version, so upgraded, to
+equal the declaration. Adding a column: declare it, add a step here (and one to
+`app.store.postgres_migrations`), and raise SCHEMA_VERSION to it.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +16,7 @@ import sqlite_utils
 
 from app.domain.ratelimit import tier_subject
 from app.store.errors import SchemaTooNew
-from app.store.schema import ACTIVE_KEYS_INDEX, RETENTION_INDEXES, REVOKED_REASON_BACKFILL
+from app.store.schema import ACTIVE_KEYS_INDEX, RETENTION_INDEXES, REVOKED_REASON_BACKFILL, sqlite_ddl
 
 SCHEMA_VERSION = 6
 
@@ -16,8 +24,10 @@ SCHEMA_VERSION = 6
 def migrate(conn: sqlite3.Connection, target: int = SCHEMA_VERSION) -> None:
     """Bring the schema up to SCHEMA_VERSION (or the older `target`); call inside a write transaction.
 
-    Each step is kept as it ran when its version was current, so a database of any earlier
-    version upgrades in place, and the tests build each earlier version with the same steps.
+    A new database is created at SCHEMA_VERSION from the declared schema; one of an earlier
+    version runs each step after its own. Each step is kept as it ran when its version was
+    current, so a database of any earlier version upgrades in place, and the tests build each
+    earlier version (a `target` below SCHEMA_VERSION) with the same steps.
 
     A database of a newer version (the code was rolled back) raises SchemaTooNew and is left
     as it is: stamping it older would let this code misread what the newer one wrote.
@@ -25,6 +35,11 @@ def migrate(conn: sqlite3.Connection, target: int = SCHEMA_VERSION) -> None:
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version > SCHEMA_VERSION:
         raise SchemaTooNew(version, SCHEMA_VERSION)
+    if version == 0 and target >= SCHEMA_VERSION and _empty(conn):
+        for statement in sqlite_ddl():
+            conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        return
     steps = {
         1: lambda: _create_v1(sqlite_utils.Database(conn)),
         2: lambda: _account_windows_v2(conn),
@@ -36,6 +51,10 @@ def migrate(conn: sqlite3.Connection, target: int = SCHEMA_VERSION) -> None:
     for step in range(version + 1, min(target, SCHEMA_VERSION) + 1):
         steps[step]()
     conn.execute(f"PRAGMA user_version = {max(version, min(target, SCHEMA_VERSION))}")
+
+
+def _empty(conn: sqlite3.Connection) -> bool:
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' LIMIT 1").fetchone() is None
 
 
 def _create_v1(db: sqlite_utils.Database) -> None:

@@ -1,7 +1,16 @@
-"""The PostgreSQL schema, versioned in a `schema_version` table, and the steps between versions.
+"""PostgreSQL: a new schema created from the declared one, an older one upgraded step by step.
+
+The schema is the one declared in `app.store.schema`. A new database (no row in its
+`schema_version` table) is created from it (`postgresql_ddl()`) in one transaction, with one
+`schema_version` row for SCHEMA_VERSION. A database of an earlier version is upgraded by the
+steps below, each kept as it ran when its version was current, with a row for each;
+tests/test_migrations.py requires every earlier version, so upgraded, to equal the declaration.
+Adding a column: declare it, add a step here (and one to `app.store.migrations`); SCHEMA_VERSION
+is the last step's.
 
 Every instance migrates at start-up; `pg_advisory_lock` makes the instances that start at
-once take turns, so each step runs exactly once and the others find it done.
+once take turns, so each step (or a new database's creation) runs exactly once and the others
+find it done.
 """
 
 from __future__ import annotations
@@ -11,7 +20,7 @@ import time
 import psycopg
 
 from app.store.errors import SchemaTooNew
-from app.store.schema import ACTIVE_KEYS_INDEX, RETENTION_INDEXES, REVOKED_REASON_BACKFILL
+from app.store.schema import ACTIVE_KEYS_INDEX, RETENTION_INDEXES, REVOKED_REASON_BACKFILL, postgresql_ddl
 
 # Each step runs in its own transaction with the row that records it.
 STEPS: tuple[tuple[int, str], ...] = (
@@ -81,7 +90,9 @@ MIGRATION_TIMEOUT_MS = 60_000
 def migrate(conn: psycopg.Connection, target: int = SCHEMA_VERSION) -> int:
     """Bring the schema in the connection's search_path up to SCHEMA_VERSION (or the older `target`); return the version.
 
-    Each step is kept as it ran when its version was current (see `STEPS`).
+    A new database is created at SCHEMA_VERSION from the declared schema; one of an earlier
+    version (or a `target` below SCHEMA_VERSION) runs the steps of `STEPS`, each kept as it ran
+    when its version was current.
 
     `conn` must be in autocommit mode. The advisory lock is keyed by the schema's name, so
     instances sharing a schema take turns and those in other schemas do not wait.
@@ -98,6 +109,15 @@ def migrate(conn: psycopg.Connection, target: int = SCHEMA_VERSION) -> int:
         version = row[0] if row else 0
         if version > SCHEMA_VERSION:
             raise SchemaTooNew(version, SCHEMA_VERSION)  # a rollback: leave the newer schema as it is
+        if version == 0 and target >= SCHEMA_VERSION:
+            with conn.transaction():
+                for statement in postgresql_ddl():
+                    conn.execute(statement)  # type: ignore[arg-type]  # constant DDL, no parameters
+                conn.execute(
+                    "INSERT INTO schema_version (version, applied_us) VALUES (%s, %s)",
+                    (SCHEMA_VERSION, time.time_ns() // 1000),
+                )
+            return SCHEMA_VERSION
         for step, sql in STEPS:
             if step <= version or step > target:
                 continue
