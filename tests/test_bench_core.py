@@ -1,11 +1,12 @@
 """bench/corestore.py (the SQLAlchemy Core trial `make bench BENCH=core` measures) gives the shipped store's answers.
 
-One sequence, run once on the shipped `SQLiteStore` and once on `CoreStore`, each on a fresh
-file, with the same clock and the same ids and secrets: mints (the key-management limit
-counted before each, as the web layer does), a mint refused for a taken name, whoamis of a
-free account's keys past its 10 a minute (the first refusal recorded once), the next minute,
-a revoke, a whoami of the revoked key and of an unknown one. Every answer (records, decisions,
-refusals) and every row of every table afterwards must be identical.
+One sequence, run once on the shipped `SQLiteStore` and once on `CoreStore` (statements built
+per call, or once: `PrebuiltCoreStore`), each on a fresh file, with the same clock and the same
+ids and secrets: mints (the key-management limit counted before each, as the web layer does),
+a mint refused for a taken name, whoamis of a free account's keys past its 10 a minute (the
+first refusal recorded once), the next minute, a revoke, a whoami of the revoked key and of an
+unknown one. Every answer (records, decisions, refusals) and every row of every table
+afterwards must be identical.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from app.domain.errors import ServiceError  # noqa: E402
 from app.domain.keys import KeyService  # noqa: E402
 from app.domain.ratelimit import Limits, management_subject  # noqa: E402
 from app.store import SQLiteStore  # noqa: E402
-from bench.corestore import CoreStore  # noqa: E402
+from bench.corestore import CoreStore, PrebuiltCoreStore  # noqa: E402
 from tests.conftest import FakeClock  # noqa: E402
 
 MANAGEMENT = Limits(30, 1_000)
@@ -97,14 +98,15 @@ def tables(path: Path) -> dict[str, list[tuple[Any, ...]]]:
         conn.close()
 
 
-def test_the_core_store_answers_and_stores_exactly_what_the_shipped_store_does(tmp_path, monkeypatch):
+@pytest.mark.parametrize("kind", [CoreStore, PrebuiltCoreStore], ids=["built-per-call", "built-once"])
+def test_the_core_store_answers_and_stores_exactly_what_the_shipped_store_does(kind, tmp_path, monkeypatch):
     shipped = SQLiteStore(tmp_path / "shipped.db")
     try:
         expected = scenario(shipped, monkeypatch)
     finally:
         shipped.close()
 
-    core = CoreStore(tmp_path / "core.db")
+    core = kind(tmp_path / "core.db")
     executed: list[str] = []  # every statement SQLite ran on the Core engine's connections
     from sqlalchemy import event
 
