@@ -124,10 +124,12 @@ fuzz: $(DEV_STAMP)
 ## Our server (1 and 2 workers) beside Prism's mock and a bare Starlette floor, then one and two
 ## instances on PostgreSQL beside SQLite, then nginx with the gateway check beside nginx straight
 ## to a stand-in upstream; writes bench/RESULTS.md. `make bench BENCH=pg`: the PostgreSQL part alone
-## (BENCH_DATABASE_URL, default TEST_DATABASE_URL or the local test database); BENCH=gateway: the gateway part alone.
+## (BENCH_DATABASE_URL, default TEST_DATABASE_URL or the local test database); BENCH=gateway: the gateway part alone;
+## BENCH=core: the store's whoami and mint paths in SQLAlchemy Core against the shipped store (bench/core.py,
+## which needs the development packages).
 PRISM := bench/.prism/node_modules/.bin/prism
 BENCH ?= all
-bench: $(RUNTIME_STAMP) $(if $(filter pg gateway,$(BENCH)),,$(PRISM))
+bench: $(if $(filter core,$(BENCH)),$(DEV_STAMP),$(RUNTIME_STAMP)) $(if $(filter pg gateway core,$(BENCH)),,$(PRISM))
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	command -v nginx >/dev/null && command -v envsubst >/dev/null || (apt-get update -qq && apt-get install -y -qq nginx gettext-base)
 	$(PY) bench/run.py $(BENCH)

@@ -12,6 +12,8 @@ bench/RESULTS.md.
                         section of bench/RESULTS.md
     bench/run.py gateway  nginx with the gateway check beside nginx straight to a stand-in
                         upstream (`make bench BENCH=gateway`; bench/gateway.py); its section alone
+    bench/run.py core   the store's whoami and mint paths in SQLAlchemy Core against the shipped
+                        store (`make bench BENCH=core`; bench/core.py); its section alone
 """
 
 from __future__ import annotations
@@ -474,8 +476,13 @@ def main() -> None:
 
         gateway.main()
         return
+    if sys.argv[1:] == ["core"]:
+        from bench import core
+
+        core.main()
+        return
     if sys.argv[1:] not in ([], ["all"]):
-        raise SystemExit("usage: bench/run.py [all|pg|gateway]")
+        raise SystemExit("usage: bench/run.py [all|pg|gateway|core]")
     for old in OUT.glob("*.db*"):
         old.unlink()
     floor_db = OUT / "floor.db"
