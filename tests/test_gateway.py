@@ -251,12 +251,16 @@ def test_check_in_header_mode_answers_403_with_the_true_status(proxy: Any, mint:
     assert unknown.headers["X-Gateway-Status"] == "401"
 
 
-def test_check_allowlist_client_is_the_address_the_proxy_wrote(proxy: Any, mint: Callable[..., dict[str, Any]]) -> None:
-    from app.web.gateway import client_address
+def test_check_allowlist_client_is_the_address_the_proxy_wrote() -> None:
+    from app.web.gateway import client_address, forwarded_headers
 
-    scope = {"headers": [(b"x-forwarded-for", b"198.51.100.1, 203.0.113.9")]}
-    assert client_address(scope, "127.0.0.1") == "203.0.113.9"
-    assert client_address({"headers": []}, "127.0.0.1") == "127.0.0.1"
+    def client(*forwarded_for: bytes) -> str | None:
+        headers = [(b"x-api-key", b"sk_live_x"), *((b"x-forwarded-for", v) for v in forwarded_for)]
+        return client_address(forwarded_headers({"headers": headers})[1], "127.0.0.1")
+
+    assert client(b"198.51.100.1, 203.0.113.9") == "203.0.113.9"
+    assert client(b"198.51.100.1", b"203.0.113.9") == "203.0.113.9"  # the last line is the proxy's
+    assert client() == "127.0.0.1"
 
 
 def test_address_allowed_by_allowlist() -> None:

@@ -11,8 +11,13 @@ SESSION_COOKIE = "sb-access-token"
 def presented_keys(scope: dict[str, Any]) -> set[str]:
     """Return every distinct API key the request carries, in any of the three places."""
     query = scope.get("query_string", b"")
-    # Read as Starlette reads them (the security handlers see the same values).
-    keys = {v for k, v in parse_qsl(query.decode("latin-1"), keep_blank_values=True) if k == "api_key"} if query else set()
+    # Read as Starlette reads them (the security handlers see the same values); a query
+    # without `api_key` or any escape (which could spell it) holds none.
+    keys = (
+        {v for k, v in parse_qsl(query.decode("latin-1"), keep_blank_values=True) if k == "api_key"}
+        if b"api_key" in query or b"%" in query
+        else set()
+    )
     for name, raw in scope["headers"]:
         if name == b"x-api-key":
             keys.add(raw.decode("latin-1").strip())

@@ -55,13 +55,22 @@ class Passed:
     decision: Decision
 
 
-def header(scope: dict[str, Any], name: bytes) -> str | None:
-    """The last value of a request header, or None."""
-    found = None
+# The request headers the check reads besides the key's: the original method and URI in either
+# pair, and the client's address.
+_FORWARDED = frozenset({b"x-forwarded-method", b"x-forwarded-uri", b"x-original-method", b"x-original-uri"})
+
+
+def forwarded_headers(scope: dict[str, Any]) -> tuple[dict[bytes, str], list[str]]:
+    """In one pass over the headers: the last value of each header of `_FORWARDED` that the
+    request carries, and every X-Forwarded-For value, in order."""
+    found: dict[bytes, str] = {}
+    forwarded_for: list[str] = []
     for key, value in scope["headers"]:
-        if key == name:
-            found = value.decode("latin-1")
-    return found
+        if key in _FORWARDED:
+            found[key] = value.decode("latin-1")
+        elif key == b"x-forwarded-for":
+            forwarded_for.append(value.decode("latin-1"))
+    return found, forwarded_for
 
 
 def check(scope: dict[str, Any]) -> Passed:
@@ -74,8 +83,10 @@ def check(scope: dict[str, Any]) -> Passed:
         raise ProxyNotAllowed(
             "The gateway check answers only the proxies named in GATEWAY_ALLOW.", {"peer": client.peer}
         )
-    forwarded = forwarded_request(scope)
-    keys = presented_keys(scope) | set(forwarded.query_keys)
+    found, forwarded_for = forwarded_headers(scope)
+    forwarded = forwarded_request(found)
+    keys = presented_keys(scope)
+    keys.update(forwarded.query_keys)
     if not keys:
         raise MissingAPIKey(
             'API key is required. Include it in the Authorization header as "Bearer sk_live_...", '
@@ -90,7 +101,7 @@ def check(scope: dict[str, Any]) -> Passed:
             {"method": forwarded.method, "path": forwarded.path},
         )
     required = route.scopes if route is not None else ()
-    address = client_address(scope, client.peer)
+    address = client_address(forwarded_for, client.peer)
 
     now = services.clock()
     try:
@@ -106,15 +117,16 @@ def check(scope: dict[str, Any]) -> Passed:
     return Passed(record, effective_scopes(record), required, forwarded, decision)
 
 
-def forwarded_request(scope: dict[str, Any]) -> ForwardedRequest:
-    """The original method and URI, from X-Forwarded-Method/-Uri or else X-Original-Method/-URI.
+def forwarded_request(found: dict[bytes, str]) -> ForwardedRequest:
+    """The original method and URI, from X-Forwarded-Method/-Uri or else X-Original-Method/-URI
+    (`found`: the headers `forwarded_headers` read).
 
     A request carrying either X-Forwarded header is read from that pair alone.
     """
-    method, uri = header(scope, b"x-forwarded-method"), header(scope, b"x-forwarded-uri")
+    method, uri = found.get(b"x-forwarded-method"), found.get(b"x-forwarded-uri")
     names = ("X-Forwarded-Method", "X-Forwarded-Uri")
     if method is None and uri is None:
-        method, uri = header(scope, b"x-original-method"), header(scope, b"x-original-uri")
+        method, uri = found.get(b"x-original-method"), found.get(b"x-original-uri")
         names = ("X-Original-Method", "X-Original-URI")
     try:
         return parse_forwarded(method, uri)
@@ -123,10 +135,13 @@ def forwarded_request(scope: dict[str, Any]) -> ForwardedRequest:
         raise InvalidParameter(f"{error} The proxy sends it in {field}.", {"in": "header", "field": field}) from None
 
 
-def client_address(scope: dict[str, Any], peer: str | None) -> str | None:
+# The check's proxy is trusted by GATEWAY_ALLOW: the address it appended is the client.
+_THE_PROXY = Proxies(any_peer=True)
+
+
+def client_address(forwarded_for: list[str], peer: str | None) -> str | None:
     """The client the proxy reports: the rightmost X-Forwarded-For entry, or the proxy itself."""
-    forwarded_for = [v.decode("latin-1") for k, v in scope["headers"] if k == b"x-forwarded-for"]
-    return resolve(peer, forwarded_for, Proxies(any_peer=True)).address
+    return resolve(peer, forwarded_for, _THE_PROXY).address
 
 
 def passed_headers(passed: Passed) -> dict[str, str]:
