@@ -75,10 +75,17 @@ def conversation(client: Any, clock: FakeClock) -> list[tuple[Any, ...]]:
     cursor = call("GET", "/api/v1/keys?limit=1", cookies=cookies).json()["meta"]["next_cursor"]
     call("GET", f"/api/v1/keys?limit=1&cursor={cursor}", cookies=cookies)
     call("GET", "/api/v1/keys?limit=abc", cookies=cookies)
+    call("GET", "/api/v1/keys?limit=abc", cookies=cookies)  # a query string refused before: refused again
     call("GET", "/api/v1/keys?limit=0", cookies=cookies)
+    call("GET", "/api/v1/keys?limit=1", cookies=cookies)  # a query string seen before
     call("GET", f"/api/v1/keys/{first['id'].upper()}", cookies=cookies)
     call("GET", "/api/v1/keys/not-a-uuid", cookies=cookies)
     call("GET", f"/api/v1/keys/{first['id']}")
+    # The gateway check, as nginx asks it (the same query string each time) and as Caddy does.
+    asked = {"X-API-Key": second["key"], "X-Original-Method": "GET", "X-Original-URI": "/api/v1/iocs?limit=5"}
+    for refusal in ("header", "header", "status", "bogus", "bogus"):
+        call("GET", f"/api/v1/gateway/check?refusal={refusal}", headers=asked)
+    call("GET", "/api/v1/gateway/check?refusal=header", headers={**asked, "X-Original-URI": "/elsewhere"})
     clock.advance(1)
     call("GET", "/api/v1/whoami", headers={"X-API-Key": second["key"]})
     call("GET", f"/api/v1/whoami?api_key={second['key']}")
@@ -115,13 +122,14 @@ def test_tuned_app_answers_as_plain_connexion_does(tmp_path: Path, validate_resp
             validate_responses=validate_responses,
             max_active_keys=3,
         )
-        with create_app(settings, clock=clock, tuned=tuned).test_client() as client:
+        # From a loopback peer, as a proxy on the same host asks the gateway check.
+        with create_app(settings, clock=clock, tuned=tuned).test_client(client=("127.0.0.1", 40100)) as client:
             return conversation(client, clock)
 
     tuned = run("tuned", tuned=True)
     plain = run("plain", tuned=False)
 
-    assert len(tuned) == len(plain) == 46
+    assert len(tuned) == len(plain) == 54
     for ours, reference in zip(tuned, plain, strict=True):
         assert ours == reference
     statuses = [answer[2] for answer in tuned]
@@ -141,6 +149,8 @@ def test_tuned_app_answers_as_plain_connexion_does(tmp_path: Path, validate_resp
         "key_not_found",
     ):
         assert code in codes, code
+    checks = [answer[2] for answer in tuned if "/gateway/check" in answer[1]]
+    assert checks == [204, 204, 200, 400, 400, 403], checks
     limited = next(answer for answer in tuned if answer[2] == 429)
     assert {"retry-after", "x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset"} <= set(limited[3])
 

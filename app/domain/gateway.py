@@ -49,6 +49,7 @@ DEFAULT_ROUTES: dict[str, str | None] = {
 
 
 _CONTROL = re.compile("[\x00-\x1f\x7f]")
+_URI_SAFE = re.compile("[\x21-\x7e]*")  # what a URI may carry raw
 
 
 class BadRouteMap(Exception):
@@ -148,7 +149,7 @@ def parse_forwarded(method: str | None, uri: str | None) -> ForwardedRequest:
 
 def _escape_raw(text: str) -> str:
     """Percent-encode the bytes a URI may not carry raw; leave every other character, escapes included."""
-    if all(0x20 < ord(c) < 0x7F for c in text):
+    if _URI_SAFE.fullmatch(text):
         return text
     try:
         data = text.encode("latin-1")  # a header's bytes

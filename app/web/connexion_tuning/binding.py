@@ -102,6 +102,12 @@ class InlineWSGIMiddleware:
         await send({"type": "http.response.body", "body": b"".join(chunks), "more_body": False})
 
 
+# Query strings whose arguments a binding remembers, and the longest it remembers.
+_REMEMBERED_QUERIES = 64
+_REMEMBERED_QUERY_CHARS = 256
+_IMMUTABLE = (str, int, float, bool, type(None))
+
+
 class _Binding:
     """One operation's request-to-handler-to-response path, worked out once.
 
@@ -115,7 +121,9 @@ class _Binding:
     only on the operation: which parameters exist and their defaults, the handler's
     arguments, the body's name and default, the response media type. Here that is computed
     on the operation's first request; each request then only reads its own values and casts
-    them with Connexion's own converters. Operations using what this does not cover (form
+    them with Connexion's own converters (a query string's arguments, once cast, are remembered
+    for the next request with the same query string: a proxy asks the gateway check with the
+    same `?refusal=header` every time). Operations using what this does not cover (form
     bodies, object-valued query parameters, several response media types) return None from
     `compile` and keep Connexion's generic decorators.
     """
@@ -130,6 +138,7 @@ class _Binding:
         self.path = {p["name"]: p for p in operation.parameters if p["in"] == "path"}
         self.query = {p["name"]: p for p in operation.parameters if p["in"] == "query" and wanted(p["name"])}
         self.query_defaults = _get_query_defaults(self.query)
+        self.remembered: dict[str, dict[str, Any]] = {}  # query string -> its arguments
         self.body_name: str | None = None
         if operation.is_request_body_defined and operation.method.upper() != "TRACE":
             name = self.sanitize(operation.body_name(None))
@@ -163,14 +172,7 @@ class _Binding:
                 definition = self.path.get(name)
                 kwargs[self.sanitize(name)] = value if definition is None else _get_val_from_param(value, definition)
         if self.query:
-            args = request.args
-            given = self.uri_parser.resolve_query({k: args.getlist(k) for k in args}) if args else {}
-            for name, definition in self.query.items():
-                if name in given:
-                    kwargs[self.sanitize(name)] = _get_val_from_param(given[name], definition)
-                elif name in self.query_defaults:
-                    value = deepcopy(self.query_defaults[name])
-                    kwargs[self.sanitize(name)] = _get_val_from_param(value, definition)
+            kwargs.update(self._query_arguments(request))
         if self.body_name is not None:
             parsed = request_state(request.environ["asgi.scope"]).json_body
             if parsed is not NOT_PARSED:  # parsed, and validated, by the request validation layer
@@ -186,6 +188,30 @@ class _Binding:
         if CONTEXT_NAME in self.arguments:
             kwargs[CONTEXT_NAME] = context
         return self.respond(self.function(**kwargs))
+
+    def _query_arguments(self, request: Any) -> dict[str, Any]:
+        """The handler's query arguments, cast; the same query string gives the same arguments,
+        so those made only of immutable values are remembered for it (a bounded few)."""
+        query = request.environ.get("QUERY_STRING", "")
+        remembered = self.remembered.get(query)
+        if remembered is not None:
+            return remembered
+        arguments: dict[str, Any] = {}
+        args = request.args
+        given = self.uri_parser.resolve_query({k: args.getlist(k) for k in args}) if args else {}
+        for name, definition in self.query.items():
+            if name in given:
+                arguments[self.sanitize(name)] = _get_val_from_param(given[name], definition)
+            elif name in self.query_defaults:
+                value = deepcopy(self.query_defaults[name])
+                arguments[self.sanitize(name)] = _get_val_from_param(value, definition)
+        if (
+            len(self.remembered) < _REMEMBERED_QUERIES
+            and len(query) <= _REMEMBERED_QUERY_CHARS
+            and all(isinstance(value, _IMMUTABLE) for value in arguments.values())
+        ):
+            self.remembered[query] = arguments  # read only: the caller copies it into its kwargs
+        return arguments
 
     def respond(self, result: Any) -> Any:
         if isinstance(result, (flask.Response, WerkzeugResponse)):
