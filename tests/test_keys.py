@@ -42,3 +42,23 @@ def test_use_refusal_of_an_unknown_key_names_none(store, clock):
     with pytest.raises(InvalidAPIKey) as refused:
         keys.use(keymaterial.generate(), None, "req_use")  # well formed, never minted
     assert refused.value.key is None
+
+
+def test_evolve_makes_what_dataclasses_replace_makes_and_leaves_the_record_alone() -> None:
+    import dataclasses
+
+    from app.domain import records
+    from app.domain.records import Consumption, KeyRecord, evolve
+
+    key = KeyRecord("k1", "u1", "prod", "sk_live_ab…", "pro", 1, None, None, 5, None, None, None, ("iocs:read",), None)
+    used = evolve(key, total_requests=6, last_used_us=99)
+    assert used == dataclasses.replace(key, total_requests=6, last_used_us=99)
+    assert (key.total_requests, key.last_used_us) == (5, None)
+    counted = Consumption(True, {"minute": 1}, None, False)
+    assert evolve(counted, usage=(6, 99)) == dataclasses.replace(counted, usage=(6, 99))
+    with pytest.raises(TypeError, match="no field total"):
+        evolve(key, total=6)
+    # evolve skips __init__: it holds only while no record checks or derives anything there.
+    for record in vars(records).values():
+        if dataclasses.is_dataclass(record):
+            assert not hasattr(record, "__post_init__"), record

@@ -30,7 +30,6 @@ import hmac
 import json
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import replace
 from typing import Any, ClassVar
 
 from app.domain import records
@@ -442,7 +441,7 @@ class SQLStore:
         if counted.usage is not None:
             # As the key stands after this request: its usage counted with it.
             total_requests, last_used_us = counted.usage
-            record = replace(record, total_requests=total_requests, last_used_us=last_used_us)
+            record = records.evolve(record, total_requests=total_requests, last_used_us=last_used_us)
         return record, counted
 
     # -- inside a transaction -------------------------------------------------------------
@@ -490,7 +489,7 @@ class SQLStore:
         if used is None:
             return result
         usage = used.fetchone()
-        return replace(result, usage=(usage[0], usage[1]))
+        return records.evolve(result, usage=(usage[0], usage[1]))
 
     def _page(
         self, name: str, user_id: str, limit: int, before: tuple[int, str] | None, everything: bool = False

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import lru_cache
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -170,5 +170,5 @@ class ClientAddressMiddleware:
             # A proxy this server was not told to trust (or a forged header): every client
             # behind it shares one address's limits. Counted, for operators to see.
             metrics.UNTRUSTED_FORWARDED.inc()
-        request_state(scope).client = replace(client, peer=peer[0] if peer else None)
+        request_state(scope).client = Client(client.address, client.forwarded, client.unknown, peer[0] if peer else None)
         await self.app(scope, receive, send)
