@@ -330,3 +330,25 @@ def _comparable(routed: tuple[dict[str, Any], dict[str, Any] | None]) -> Any:
         return value
 
     return [plain(scope) for scope in routed]
+
+
+def test_remembered_query_strings_stay_bounded_and_refusals_are_never_remembered() -> None:
+    from connexion.uri_parsing import OpenAPIURIParser
+
+    from app.domain.errors import InvalidParameter
+    from app.web.validation import MAX_PASSED_QUERIES, RequestParameterValidator
+
+    parameters = [{"name": "refusal", "in": "query", "schema": {"type": "string", "enum": ["status", "header"]}}]
+    validator = RequestParameterValidator(parameters, uri_parser=OpenAPIURIParser(parameters, {}))
+
+    def validate(query: bytes) -> None:
+        validator.validate({"type": "http", "query_string": query, "headers": [], "path_params": {}})
+
+    for i in range(5 * MAX_PASSED_QUERIES):  # distinct query strings, each valid (unknown names are ignored)
+        validate(b"refusal=header&n=%d" % i)
+        assert len(validator._passed) <= MAX_PASSED_QUERIES
+        for _ in range(2):
+            with pytest.raises(InvalidParameter):
+                validate(b"refusal=bogus")
+    validate(b"refusal=header")
+    assert b"refusal=header" in validator._passed

@@ -301,7 +301,9 @@ class RequestParameterValidator(ParameterValidator):
         if query in self._passed:
             return
         super().validate(scope)
-        if len(self._passed) < MAX_PASSED_QUERIES and len(query) <= MAX_REMEMBERED_QUERY:
+        if len(query) <= MAX_REMEMBERED_QUERY:
+            if len(self._passed) >= MAX_PASSED_QUERIES:
+                self._passed.clear()  # start again: what is in use now comes back at once
             self._passed.add(query)
 
     def validate_request(self, request: Any) -> None:
