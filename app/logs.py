@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import logging.config
+import os
 import re
 import time
 from typing import Any
@@ -53,8 +54,13 @@ class RedactingFilter(logging.Filter):
             record.msg, record.args = cleaned, ()
         fields = getattr(record, "fields", None)
         if fields:
-            record.fields = {name: scrub(value) if isinstance(value, str) else value for name, value in fields.items()}
+            record.fields = scrub_fields(fields)
         return True
+
+
+def scrub_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    """A record's structured fields with secrets masked in their text values."""
+    return {name: scrub(value) if isinstance(value, str) else value for name, value in fields.items()}
 
 
 # A text field value written as it is; any other is written as a JSON string (quoted, with
@@ -76,13 +82,22 @@ class TextFormatter(logging.Formatter):
     """`TIME LEVEL LOGGER MESSAGE key=value ...`, one line per record (a traceback follows it)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        line = f"{utc_time(record.created)} {record.levelname} {record.name} {record.getMessage()}"
-        fields = _fields(record)
-        if fields:
-            line += " " + " ".join(f"{name}={_text_value(value)}" for name, value in fields.items())
+        line = text_line(record.created, record.levelname, record.name, record.getMessage(), _fields(record))
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line
+
+    @staticmethod
+    def line(created: float, level: str, name: str, message: str, fields: dict[str, Any], pid: int) -> str:
+        return text_line(created, level, name, message, fields)
+
+
+def text_line(created: float, level: str, name: str, message: str, fields: dict[str, Any]) -> str:
+    """A line as `TextFormatter` writes it (`fields` without the None ones)."""
+    line = f"{utc_time(created)} {level} {name} {message}"
+    if fields:
+        line += " " + " ".join(f"{key}={_text_value(value)}" for key, value in fields.items())
+    return line
 
 
 def _text_value(value: Any) -> str:
@@ -94,18 +109,73 @@ class JSONFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, pid, then the record's fields."""
 
     def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "time": utc_time(record.created),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-            "pid": record.process,
-        }
-        for name, value in _fields(record).items():
-            entry.setdefault(name, value)
+        entry = json_entry(record.created, record.levelname, record.name, record.getMessage(), _fields(record),
+                           record.process)
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)
+
+    @staticmethod
+    def line(created: float, level: str, name: str, message: str, fields: dict[str, Any], pid: int) -> str:
+        return json.dumps(json_entry(created, level, name, message, fields, pid), default=str)
+
+
+def json_entry(
+    created: float, level: str, name: str, message: str, fields: dict[str, Any], pid: int | None
+) -> dict[str, Any]:
+    """A line's object as `JSONFormatter` writes it (`fields` without the None ones)."""
+    entry: dict[str, Any] = {"time": utc_time(created), "level": level, "logger": name, "message": message, "pid": pid}
+    for key, value in fields.items():
+        entry.setdefault(key, value)
+    return entry
+
+
+LINE_FORMATTERS = (TextFormatter, JSONFormatter)
+
+
+def write_info(logger: logging.Logger, message: str, fields: dict[str, Any]) -> bool:
+    """Write an INFO line straight to the stderr handler `configure` installs, as it would write
+    the record `logger.info(message, extra={"fields": fields})` (same redaction, same bytes),
+    without making the record; False, having written nothing, when the record would meet
+    anything else on its way (another handler or filter, a level, a formatter: a test's
+    capture, an operator's own configuration), and the caller logs the record instead.
+
+    A LogRecord and its trip through the handler's filter and formatter cost more than the
+    rest of an access line together: the access log writes one per request.
+    """
+    handler: logging.Handler | None = None
+    current: logging.Logger | None = logger
+    while current is not None:
+        if current.filters or current.disabled:
+            return False
+        for candidate in current.handlers:
+            if handler is not None:
+                return False  # two handlers
+            handler = candidate
+        if not current.propagate:
+            break
+        current = current.parent  # type: ignore[assignment]
+    if (
+        type(handler) is not logging.StreamHandler
+        or handler.level > logging.INFO
+        or len(handler.filters) != 1
+        or type(handler.filters[0]) is not RedactingFilter
+        or type(handler.formatter) not in LINE_FORMATTERS
+    ):
+        return False
+    fields = {key: value for key, value in scrub_fields(fields).items() if value is not None}
+    line = handler.formatter.line(  # type: ignore[union-attr]
+        time.time(), "INFO", logger.name, scrub(message), fields, os.getpid()
+    )
+    handler.acquire()
+    try:
+        handler.stream.write(line + handler.terminator)
+        handler.flush()
+    except Exception:  # a failing stream: the record path reports it as the handler does (handleError)
+        return False
+    finally:
+        handler.release()
+    return True
 
 
 def dict_config(level: str = "INFO", log_format: str = "text") -> dict[str, Any]:

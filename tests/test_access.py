@@ -78,6 +78,26 @@ def test_the_access_line_is_what_the_logger_would_write_with_secrets_masked(acce
     assert secret not in direct and "[REDACTED]" in direct
 
 
+def test_the_line_goes_straight_to_the_configured_handler_and_otherwise_as_a_record(access_stream, caplog):
+    from app.logs import write_info
+
+    handler, stream = access_stream
+    handler.setFormatter(TextFormatter())
+    assert write_info(access_log, "GET /healthz 200", {"status": 200, "key_id": None})
+    assert stream.getvalue().endswith(" INFO app.access GET /healthz 200 status=200\n")
+    # Anything else on the way (a second handler, a filter, another formatter): not straight.
+    with caplog.at_level(logging.INFO, logger="app.access"):
+        access_log.addHandler(caplog.handler)
+        try:
+            assert not write_info(access_log, "GET /healthz 200", {})
+            log_access("req_1", "GET", "/healthz", 200, 0.001, "127.0.0.1:1")
+        finally:
+            access_log.removeHandler(caplog.handler)
+    assert [r.getMessage() for r in caplog.records] == ["GET /healthz 200"]
+    handler.setFormatter(logging.Formatter())
+    assert not write_info(access_log, "GET /healthz 200", {})
+
+
 def test_no_access_line_is_written_below_info(access_stream):
     _, stream = access_stream
     access_log.setLevel(logging.WARNING)
