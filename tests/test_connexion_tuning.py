@@ -352,3 +352,6 @@ def test_remembered_query_strings_stay_bounded_and_refusals_are_never_remembered
                 validate(b"refusal=bogus")
     validate(b"refusal=header")
     assert b"refusal=header" in validator._passed
+    for carrying in (b"refusal=header&api_key=sk_live_x", b"refusal=header&%61pi_key=sk_live_x"):
+        validate(carrying)
+        assert carrying not in validator._passed  # no key is kept in memory

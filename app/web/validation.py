@@ -282,8 +282,9 @@ class RequestParameterValidator(ParameterValidator):
 
     One per operation (app/web/connexion_tuning/stack.py). An operation whose parameters are
     all in the query is judged by its query string alone, so the query strings it has passed
-    are remembered (a bounded few) and not validated again: a proxy asks the gateway check
-    with the same `?refusal=header` on every request.
+    are remembered (a bounded few, none that carries or could spell `api_key`: no key is kept)
+    and not validated again: a proxy asks the gateway check with the same `?refusal=header`
+    on every request.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -301,7 +302,7 @@ class RequestParameterValidator(ParameterValidator):
         if query in self._passed:
             return
         super().validate(scope)
-        if len(query) <= MAX_REMEMBERED_QUERY:
+        if len(query) <= MAX_REMEMBERED_QUERY and b"api_key" not in query and b"%" not in query:  # no key kept
             if len(self._passed) >= MAX_PASSED_QUERIES:
                 self._passed.clear()  # start again: what is in use now comes back at once
             self._passed.add(query)

@@ -205,7 +205,12 @@ class _Binding:
             elif name in self.query_defaults:
                 value = deepcopy(self.query_defaults[name])
                 arguments[self.sanitize(name)] = _get_val_from_param(value, definition)
-        if len(query) <= _REMEMBERED_QUERY_CHARS and all(isinstance(v, _IMMUTABLE) for v in arguments.values()):
+        if (
+            len(query) <= _REMEMBERED_QUERY_CHARS
+            and "api_key" not in query
+            and "%" not in query  # nothing that carries or could spell a key is kept
+            and all(isinstance(v, _IMMUTABLE) for v in arguments.values())
+        ):
             if len(self.remembered) >= _REMEMBERED_QUERIES:
                 self.remembered.clear()  # start again: what is in use now comes back at once
             self.remembered[query] = arguments  # read only: the caller copies it into its kwargs
