@@ -21,6 +21,7 @@ Two ways to reach the app:
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -161,6 +162,7 @@ def count(tree: Path, workload: str, requests: int, mode: str) -> int:
             ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", f"--log-file={log.name}",
              sys.executable, str(Path(__file__).resolve()), "--serve", workload, str(requests), mode],
             cwd=tree, capture_output=True, text=True, check=True,
+            env={**os.environ, "PYTHONHASHSEED": "0"},  # the same hashes, so the same dict and set layouts, each run
         )
         return int(re.search(r"Collected : (\d+)", Path(log.name).read_text()).group(1))
 
