@@ -12,7 +12,7 @@ SQLAlchemy Core would write them:
   `INSERT ... ON CONFLICT DO UPDATE ... RETURNING`, locked, its active keys counted for the cap
   and the name, the key and its `minted` event inserted.
 
-Tables are `Table` objects in a `MetaData`, declared from `app.store.schema.TABLES`; statements
+Tables are `Table` objects in a `MetaData`, built from `app.store.schema.SCHEMA`; statements
 are `select()` / `insert()` (the SQLite dialect's, for `on_conflict_do_nothing` and
 `on_conflict_do_update`) / `update()`, with `.with_for_update()`
 where the shipped PostgreSQL query locks a row (rendered as nothing on SQLite, as the shipped
@@ -74,56 +74,39 @@ from app.domain.keys import check_room_for_key
 from app.domain.ratelimit import count_in, tier_subject
 from app.domain.records import Account, Consumption, KeyEvent, KeyRecord, StoredWindow, Window
 from app.domain.tiers import DEFAULT_TIER
+from app.store import schema
 from app.store.schema import ACTIVE_UNTIL, TABLES
 from app.store.sqlite import BUSY_TIMEOUT_MS, SQLiteStore, _unavailable
 
 # -- the schema, as Core metadata -------------------------------------------------------------
 
+# Built from the store's one declaration (`app.store.schema.SCHEMA`), as a Core user would
+# declare it: each kind as its Core type, and the JSON-holding text columns as Core's JSON, so
+# that Core encodes and decodes them (the shipped store calls json itself).
+CORE_TYPES: dict[str, Any] = {"text": Text, "integer": Integer, "boolean": Boolean(create_constraint=False)}
+JSON_COLUMNS = {("api_keys", "scopes"), ("api_keys", "allowed_ips"), ("key_events", "details")}
+
+
+def _core_table(table: schema.Table) -> Table:
+    return Table(
+        table.name,
+        metadata,
+        *(
+            Column(
+                c.name,
+                JSON(none_as_null=True) if (table.name, c.name) in JSON_COLUMNS else CORE_TYPES[c.kind],
+                primary_key=c.name in table.primary_key,
+                nullable=not c.not_null and c.name not in table.primary_key,
+                unique=c.unique,
+                server_default=None if c.default is None else text(str(c.default)),
+            )
+            for c in table.columns
+        ),
+    )
+
+
 metadata = MetaData()
-accounts = Table(
-    "accounts", metadata,
-    Column("user_id", Text, primary_key=True),
-    Column("tier", Text, nullable=False),
-    Column("created_us", Integer, nullable=False),
-)
-api_keys = Table(
-    "api_keys", metadata,
-    Column("id", Text, primary_key=True),
-    Column("user_id", Text, nullable=False),
-    Column("name", Text, nullable=False),
-    Column("digest", Text, nullable=False, unique=True),
-    Column("preview", Text, nullable=False),
-    Column("created_us", Integer, nullable=False),
-    Column("expires_us", Integer),
-    Column("revoked_us", Integer),
-    Column("total_requests", Integer, nullable=False, server_default=text("0")),
-    Column("last_used_us", Integer),
-    Column("replaced_by", Text),
-    Column("revoked_reason", Text),
-    Column("scopes", JSON(none_as_null=True)),  # NULL: the tier's full set
-    Column("allowed_ips", JSON(none_as_null=True)),  # NULL: any address
-)
-key_events = Table(
-    "key_events", metadata,
-    Column("id", Text, primary_key=True),
-    Column("user_id", Text, nullable=False),
-    Column("key_id", Text, nullable=False),
-    Column("type", Text, nullable=False),
-    Column("key_name", Text, nullable=False),
-    Column("key_preview", Text, nullable=False),
-    Column("request_id", Text, nullable=False),
-    Column("occurred_us", Integer, nullable=False),
-    Column("details", JSON, nullable=False),
-)
-rate_windows = Table(
-    "rate_windows", metadata,
-    Column("subject", Text, primary_key=True),
-    Column("window", Text, primary_key=True),
-    Column("start", Integer, nullable=False),
-    Column("count", Integer, nullable=False),
-    Column("blocked", Boolean(create_constraint=False), nullable=False),
-)
-# The same columns as the shipped schema, in the same order.
+accounts, api_keys, key_events, rate_windows = (_core_table(t) for t in schema.SCHEMA)
 assert {t.name: tuple(c.name for c in t.columns) for t in metadata.sorted_tables} == TABLES
 
 # The expression the `api_keys_active` index is built on, written the same way (SQLite uses an
