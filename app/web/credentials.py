@@ -8,14 +8,21 @@ from urllib.parse import parse_qsl
 SESSION_COOKIE = "sb-access-token"
 
 
+def query_may_carry_key(query: str | bytes) -> bool:
+    """Whether a query string could hold an `api_key`: one without the name or any escape
+    (which could spell it) holds none."""
+    if isinstance(query, bytes):
+        return b"api_key" in query or b"%" in query
+    return "api_key" in query or "%" in query
+
+
 def presented_keys(scope: dict[str, Any]) -> set[str]:
     """Return every distinct API key the request carries, in any of the three places."""
     query = scope.get("query_string", b"")
-    # Read as Starlette reads them (the security handlers see the same values); a query
-    # without `api_key` or any escape (which could spell it) holds none.
+    # Read as Starlette reads them (the security handlers see the same values).
     keys = (
         {v for k, v in parse_qsl(query.decode("latin-1"), keep_blank_values=True) if k == "api_key"}
-        if b"api_key" in query or b"%" in query
+        if query_may_carry_key(query)
         else set()
     )
     for name, raw in scope["headers"]:

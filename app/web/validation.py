@@ -25,6 +25,7 @@ from starlette.types import Message, Receive, Scope
 
 from app.domain import keymaterial
 from app.domain.errors import InvalidJSON, InvalidParameter
+from app.web.credentials import query_may_carry_key
 from app.web.state import request_state
 
 LONE_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]", re.ASCII)
@@ -302,7 +303,7 @@ class RequestParameterValidator(ParameterValidator):
         if query in self._passed:
             return
         super().validate(scope)
-        if len(query) <= MAX_REMEMBERED_QUERY and b"api_key" not in query and b"%" not in query:  # no key kept
+        if len(query) <= MAX_REMEMBERED_QUERY and not query_may_carry_key(query):  # no key is kept
             if len(self._passed) >= MAX_PASSED_QUERIES:
                 self._passed.clear()  # start again: what is in use now comes back at once
             self._passed.add(query)

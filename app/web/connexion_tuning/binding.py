@@ -46,6 +46,7 @@ from starlette.types import Receive, Scope, Send
 from werkzeug.routing import Rule, UnicodeConverter
 from werkzeug.wrappers import Response as WerkzeugResponse
 
+from app.web.credentials import query_may_carry_key
 from app.web.state import NOT_PARSED, request_state
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
@@ -207,8 +208,7 @@ class _Binding:
                 arguments[self.sanitize(name)] = _get_val_from_param(value, definition)
         if (
             len(query) <= _REMEMBERED_QUERY_CHARS
-            and "api_key" not in query
-            and "%" not in query  # nothing that carries or could spell a key is kept
+            and not query_may_carry_key(query)  # no key is kept
             and all(isinstance(v, _IMMUTABLE) for v in arguments.values())
         ):
             if len(self.remembered) >= _REMEMBERED_QUERIES:
