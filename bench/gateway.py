@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import run as bench  # noqa: E402
+from tests.standin import nginx_command  # noqa: E402
 
 HEADING = "## Behind a gateway"
 TEMPLATE = ROOT / "deploy" / "nginx" / "gateway.conf.template"
@@ -118,16 +119,7 @@ def nginx(name: str, template: str, keys: int, upstream: int) -> Process:
         "KEYS_SERVICE": f"127.0.0.1:{keys}",
         "UPSTREAM": f"127.0.0.1:{upstream}",
     }
-    rendered = subprocess.run(
-        ["envsubst", "${LISTEN_PORT} ${KEYS_SERVICE} ${UPSTREAM}"],
-        input=template,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    (prefix / "nginx.conf").write_text(rendered)
-    return Process(name, ["nginx", "-p", str(prefix), "-c", "nginx.conf", "-g", "daemon off;"], env, prefix, port)
+    return Process(name, nginx_command(template, prefix, env), env, prefix, port)
 
 
 def load(port: int, seconds: int, uri: str, keys_service: bench.Target, rate: float | None = None) -> dict:

@@ -2,15 +2,18 @@
 what it received (method, URI, headers), so that tests see what the proxy let through.
 
 `python -m tests.standin PORT` serves it on 127.0.0.1:PORT (the bench runs it so).
+`nginx_command` renders an nginx template as the README says, for the tests and the bench.
 """
 
 from __future__ import annotations
 
 import json
 import socket
+import subprocess
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 IOCS = [
     {"type": "ipv4", "value": "203.0.113.66", "first_seen": "2026-12-01T08:00:00Z", "sources": 4},
@@ -52,6 +55,21 @@ class StandIn(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: object) -> None:  # quiet: tests read the echo instead
         pass
+
+
+def nginx_command(template: str, prefix: Path, env: dict[str, str]) -> list[str]:
+    """Render `template` into `prefix`/nginx.conf as the README says (envsubst with the three
+    names, from `env`), and return the command that runs it unprivileged in the foreground."""
+    rendered = subprocess.run(
+        ["envsubst", "${LISTEN_PORT} ${KEYS_SERVICE} ${UPSTREAM}"],
+        input=template,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    (prefix / "nginx.conf").write_text(rendered)
+    return ["nginx", "-p", str(prefix), "-c", "nginx.conf", "-g", "daemon off;"]
 
 
 def serve(port: int = 0) -> ThreadingHTTPServer:

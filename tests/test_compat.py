@@ -132,6 +132,13 @@ def _fake_package(tmp_path: Path, package: str, version: str) -> dict[str, str]:
     }
 
 
+def _python(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """Run this Python with `args` in the project, as the service's entry points run."""
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
 @pytest.mark.parametrize(
     ("command", "package", "version", "series"),
     [
@@ -145,15 +152,7 @@ def test_the_entry_points_refuse_an_unsupported_release_in_one_line(tmp_path, co
     env = _fake_package(tmp_path, package, version)
     if command == "serve":
         env["APP_ENV"] = "production"
-    result = subprocess.run(
-        [sys.executable, "-m", "app", command],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = _python(env, "-m", "app", command)
     assert result.returncode == 1
     assert result.stdout == ""
     assert result.stderr.count("\n") == 1
@@ -164,15 +163,7 @@ def test_the_entry_points_refuse_an_unsupported_release_in_one_line(tmp_path, co
 
 def test_the_gunicorn_entry_point_refuses_an_unsupported_release_in_one_line(tmp_path):
     env = _fake_package(tmp_path, "a2wsgi", "1.11.0")
-    result = subprocess.run(
-        [sys.executable, "-c", "import app.asgi"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = _python(env, "-c", "import app.asgi")
     assert result.returncode == 3  # gunicorn's "worker cannot boot": the master stops
     assert (
         result.stderr == "a2wsgi 1.11.0 is installed, but this service runs only on a2wsgi 1.10.x: "

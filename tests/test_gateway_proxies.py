@@ -97,16 +97,7 @@ def start_nginx(tmp: Path, keys: str, upstream: str) -> Proxy:
     require("nginx", "envsubst")
     port = free_port()
     env = {**os.environ, "LISTEN_PORT": str(port), "KEYS_SERVICE": keys, "UPSTREAM": upstream}
-    rendered = subprocess.run(
-        ["envsubst", "${LISTEN_PORT} ${KEYS_SERVICE} ${UPSTREAM}"],
-        input=NGINX_TEMPLATE.read_text(),
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    (tmp / "nginx.conf").write_text(rendered)
-    return Proxy("nginx", ["nginx", "-p", str(tmp), "-c", "nginx.conf", "-g", "daemon off;"], env, tmp, port)
+    return Proxy("nginx", standin.nginx_command(NGINX_TEMPLATE.read_text(), tmp, env), env, tmp, port)
 
 
 def start_caddy(tmp: Path, keys: str, upstream: str) -> Proxy:
