@@ -42,12 +42,18 @@ class Fence:
 # Within one minor series (0.x: one minor) upstream keeps its internals; a new one may not.
 FENCE = (
     Fence("connexion", (3, 3), (3, 4), "app/web/connexion_tuning (copies and overrides of its 3.3 internals)"),
-    Fence("a2wsgi", (1, 10), (1, 11), "app/web/connexion_tuning/binding.py (a2wsgi.wsgi.build_environ)"),
+    Fence("a2wsgi", (1, 10), (1, 11), "app/web/connexion_tuning/binding.py (a copy of a2wsgi.wsgi.build_environ)"),
     Fence(
         "flask",
         (3, 1),
         (3, 2),
-        "app/web/connexion_tuning/binding.py (RequestContext.push matching only with a URL adapter)",
+        "app/web/connexion_tuning/binding.py (RequestContext.push matching only with a URL adapter; ensure_sync)",
+    ),
+    Fence(
+        "werkzeug",
+        (3, 1),
+        (3, 2),
+        "app/web/connexion_tuning/binding.py (what Response.get_wsgi_headers changes, and when)",
     ),
     Fence("starlette", (1, 10), (1, 11), "app/web/connexion_tuning/stack.py (what Router.app writes into the scope)"),
     Fence("uvicorn", (0, 54), (0, 55), "app/web/uvicorn_tuning (HttpToolsProtocol's private helpers)"),

@@ -22,6 +22,7 @@ SUPPORTED = {
     "connexion": "3.3.0",
     "a2wsgi": "1.10.10",
     "flask": "3.1.3",
+    "werkzeug": "3.1.9",
     "starlette": "1.10.0",
     "uvicorn": "0.54.0",
     "httptools": "0.9.0",

@@ -355,3 +355,92 @@ def test_remembered_query_strings_stay_bounded_and_refusals_are_never_remembered
     for carrying in (b"refusal=header&api_key=sk_live_x", b"refusal=header&%61pi_key=sk_live_x"):
         validate(carrying)
         assert carrying not in validator._passed  # no key is kept in memory
+
+
+ENVIRON_SCOPES = [
+    {"method": "GET", "path": "/api/v1/whoami", "root_path": "", "query_string": b"", "headers": []},
+    {  # a root path, repeated headers (joined with commas), the two headers WSGI names without HTTP_
+        "method": "POST", "path": "/keys/api/v1/keys", "root_path": "/keys", "query_string": b"a=1&b=%20",
+        "headers": [(b"content-type", b"application/json"), (b"content-length", b"2"), (b"x-api-key", b"k1"),
+                    (b"x-api-key", b"k2"), (b"x-forwarded-for", b"10.0.0.1"), (b"cookie", b"a=b")],
+    },
+    {  # a path outside the root path, a path in UTF-8, latin-1 header bytes, no client, no server
+        "method": "GET", "path": "/élan", "root_path": "/keys", "query_string": b"q=%C3%A9",
+        "headers": [(b"x-odd", b"caf\xe9")], "client": None, "server": None,
+    },
+]
+
+
+@pytest.mark.parametrize("given", ENVIRON_SCOPES)
+@pytest.mark.parametrize("script_name", ["", "/mounted"])
+def test_the_environ_is_the_one_a2wsgi_builds(
+    given: dict[str, Any], script_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import io
+
+    from a2wsgi.wsgi import build_environ
+
+    scope = {"type": "http", "http_version": "1.1", "scheme": "https", "server": ("keys.example", 443),
+             "client": ("192.0.2.7", 50123), **given}
+    body = io.BytesIO(b"{}")
+    monkeypatch.setenv("SCRIPT_NAME", script_name)
+    expected = dict(build_environ(scope, body))  # type: ignore[arg-type]
+    expected["wsgi.multithread"] = False  # Flask runs on the event loop's one thread here
+    ours = binding.build_environ(scope, body, binding.InlineWSGIMiddleware(None, None).script_name)  # type: ignore[arg-type]
+    assert ours == expected
+    assert list(ours) == list(expected)
+
+
+RESPONSES = [
+    ({"response": b'{"a": 1}', "status": 200, "content_type": "application/json"}, "GET"),
+    ({"response": b'{"a": 1}', "status": 201, "headers": {"X-Trace": "t"}}, "POST"),
+    ({"response": b"", "status": 204}, "DELETE"),  # no Content-Length for a 204
+    ({"response": b"x", "status": 304}, "GET"),  # no entity headers for a 304
+    ({"response": b"hello", "status": 200}, "HEAD"),  # headers only
+    ({"response": b"", "status": 303, "headers": {"Location": "/caf\u00e9?x=\u00e9"}}, "POST"),  # IRI to URI
+    ({"response": b"{}", "status": 200, "headers": {"Content-Location": "/\u00e9"}}, "GET"),
+    ({"response": ["a", b"b"], "status": 200}, "GET"),  # chunks of text are encoded
+    ({"response": (b"a", b"b"), "status": 200}, "GET"),  # a tuple: Werkzeug's own path
+    ({"response": "a generator", "status": 200}, "GET"),  # no length known
+    ({"response": b"{}", "status": 100}, "GET"),
+]
+
+
+@pytest.mark.parametrize(("arguments", "method"), RESPONSES)
+def test_a_response_reaches_the_server_as_werkzeug_starts_it(arguments: dict[str, Any], method: str) -> None:
+    import flask
+
+    def started(response_class: type[Any]) -> tuple[Any, ...]:
+        given = dict(arguments)
+        if given["response"] == "a generator":
+            given["response"] = (chunk for chunk in [b"streamed"])
+        response = response_class(**given)
+        closed: list[bool] = []
+        response.call_on_close(lambda: closed.append(True))
+        seen: list[Any] = []
+        body = response({"REQUEST_METHOD": method, "SERVER_NAME": "keys.example", "SERVER_PORT": "443",
+                         "wsgi.url_scheme": "https", "PATH_INFO": "/", "SCRIPT_NAME": "", "HTTP_HOST": "keys.example"},
+                        lambda status, headers: seen.append((status, headers)))
+        chunks = list(body)
+        body.close()  # type: ignore[attr-defined]
+        return seen, chunks, closed
+
+    assert started(binding._Response) == started(flask.Response)
+
+
+def test_flask_remembers_whether_a_function_needs_running_to_completion(make_app: Callable[..., Any]) -> None:
+    app = make_app().app
+    assert isinstance(app, binding._RoutedFlask)
+
+    def plain() -> str:
+        return "plain"
+
+    async def coroutine() -> str:
+        return "awaited"
+
+    for _ in range(2):  # asked again, the same answer
+        assert app.ensure_sync(plain) is plain
+        assert app.ensure_sync(coroutine)() == "awaited"
+    for i in range(2 * binding._REMEMBERED_FUNCTIONS):  # functions made anew (closures): never more remembered than the bound
+        assert app.ensure_sync(lambda i=i: i)() == i
+    assert len(app.__dict__["_synced"]) <= binding._REMEMBERED_FUNCTIONS

@@ -101,6 +101,15 @@ class SQLiteStore(SQLStore):
         conn.execute("PRAGMA foreign_keys = ON")
         return conn
 
+    def _connection(self) -> sqlite3.Connection:
+        """The shared connection, or this thread's, opened on first use."""
+        if self._shared is not None:
+            return self._shared
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._open()
+        return conn
+
     @contextmanager
     def _conn(self) -> Iterator[sqlite3.Connection]:
         try:
@@ -108,10 +117,7 @@ class SQLiteStore(SQLStore):
                 with self._lock:
                     yield self._shared
                 return
-            conn = getattr(self._local, "conn", None)
-            if conn is None:
-                conn = self._local.conn = self._open()
-            yield conn
+            yield self._connection()
         except sqlite3.OperationalError as error:
             if _unavailable(error):
                 raise StoreUnavailable("The key store is temporarily unavailable; retry shortly.") from error
@@ -120,31 +126,46 @@ class SQLiteStore(SQLStore):
     @contextmanager
     def _writer_turn(self) -> Iterator[None]:
         """Wait for this process's turn to write (see `app.store.writer`)."""
-        if self._writer is None:
-            with self._lock:
-                yield
-            return
-        with self._writer.held():
+        turn = self._lock if self._writer is None else self._writer
+        turn.acquire()
+        try:
             yield
+        finally:
+            turn.release()
 
     @contextmanager
     def _write(self, *, durable: bool) -> Iterator[sqlite3.Connection]:
-        """Run a write transaction that takes the database's write lock up front; `durable`: synced to disk."""
-        with self._conn() as conn, self._writer_turn():
+        """Run a write transaction that takes the database's write lock up front; `durable`: synced to disk.
+
+        One writer at a time: the store's lock with a shared connection, else this process's
+        turn on the `WriterLock`. (`_conn` and `_writer_turn` written out in one generator: every
+        counted request writes through here.)
+        """
+        try:
+            conn = self._connection()
+            turn = self._lock if self._writer is None else self._writer
+            turn.acquire()
             try:
                 if durable:
                     # Sync this commit (and any before it) to disk before the client hears of it.
                     conn.execute("PRAGMA synchronous = FULL")
-                conn.execute("BEGIN IMMEDIATE")
                 try:
-                    yield conn
-                    conn.execute("COMMIT")
+                    conn.execute("BEGIN IMMEDIATE")
+                    try:
+                        yield conn
+                        conn.execute("COMMIT")
+                    finally:
+                        if conn.in_transaction:  # an error, or a COMMIT that failed
+                            conn.execute("ROLLBACK")
                 finally:
-                    if conn.in_transaction:  # an error, or a COMMIT that failed
-                        conn.execute("ROLLBACK")
+                    if durable:
+                        conn.execute("PRAGMA synchronous = NORMAL")
             finally:
-                if durable:
-                    conn.execute("PRAGMA synchronous = NORMAL")
+                turn.release()
+        except sqlite3.OperationalError as error:
+            if _unavailable(error):
+                raise StoreUnavailable("The key store is temporarily unavailable; retry shortly.") from error
+            raise
 
     def checkpoint_in_background(self, interval: float = CHECKPOINT_INTERVAL_S) -> None:
         """Checkpoint the write-ahead log from a thread of this process (see `Checkpointer`).

@@ -57,6 +57,14 @@ class WriterLock:
     @contextmanager
     def held(self) -> Iterator[None]:
         """Hold the lock for the block; StoreUnavailable if it is not free within the timeout."""
+        self.acquire()
+        try:
+            yield
+        finally:
+            self.release()
+
+    def acquire(self) -> None:
+        """Take the lock; StoreUnavailable if it is not free within the timeout. Each acquire, one `release`."""
         if not self._threads.acquire(timeout=self._timeout):
             raise StoreUnavailable("The key store is busy; retry shortly.")
         try:
@@ -64,10 +72,13 @@ class WriterLock:
                 fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 self._wait_for_turn()
-            try:
-                yield
-            finally:
-                fcntl.flock(self._file, fcntl.LOCK_UN)
+        except BaseException:
+            self._threads.release()
+            raise
+
+    def release(self) -> None:
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
         finally:
             self._threads.release()
 

@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import functools
 import io
+import os
 import re
+import sys
 from collections.abc import Callable, Iterable
 from copy import deepcopy
 from typing import Any
 
 import flask
-from a2wsgi.wsgi import build_environ
+from a2wsgi.wsgi import unicode_to_wsgi
 from connexion.apps.flask import FlaskApi, FlaskASGIApp, FlaskOperation
 from connexion.context import context, operation
 from connexion.datastructures import NoContent
@@ -57,12 +59,15 @@ class InlineWSGIMiddleware:
 
     Replaces `a2wsgi.WSGIMiddleware` (a2wsgi 1.10, a2wsgi/wsgi.py), which FlaskASGIApp
     (connexion 3.3.0, connexion/apps/flask.py) wraps the Flask app in: a thread pool and a
-    hand-off per message. The environ is built by a2wsgi's own `build_environ`.
+    hand-off per message. The environ is built as a2wsgi's `build_environ` builds it (`environ`).
     """
 
     def __init__(self, app: WSGIApp, fallback: Any) -> None:
         self.app = app
         self.fallback = fallback  # for what is not HTTP (lifespan)
+        # a2wsgi reads SCRIPT_NAME from the process environment on every request; it is read
+        # when the app is built, as every other setting is.
+        self.script_name = unicode_to_wsgi(os.environ.get("SCRIPT_NAME", ""))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -79,8 +84,7 @@ class InlineWSGIMiddleware:
         # app.web.bounds passes the body on whole, in one message: nothing to join again.
         body = parts[0] if len(parts) == 1 else b"".join(parts)
 
-        environ: dict[str, Any] = dict(build_environ(scope, io.BytesIO(body)))  # type: ignore[arg-type]
-        environ["wsgi.multithread"] = False
+        environ = build_environ(scope, io.BytesIO(body), self.script_name)
         started: dict[str, Any] = {}
         chunks: list[bytes] = []
 
@@ -101,6 +105,63 @@ class InlineWSGIMiddleware:
         raw_headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in started["headers"]]
         await send({"type": "http.response.start", "status": status, "headers": raw_headers})
         await send({"type": "http.response.body", "body": b"".join(chunks), "more_body": False})
+
+
+# Request header name -> its environ key, for the names seen most (a bounded few).
+_ENVIRON_NAMES: dict[bytes, str] = {b"content-length": "CONTENT_LENGTH", b"content-type": "CONTENT_TYPE"}
+_REMEMBERED_NAMES = 256
+
+
+def _environ_name(raw: bytes) -> str:
+    name = _ENVIRON_NAMES.get(raw)
+    if name is None:
+        name = f"HTTP_{raw.decode('latin1')}".upper().replace("-", "_")
+        if len(_ENVIRON_NAMES) < _REMEMBERED_NAMES:
+            _ENVIRON_NAMES[raw] = name
+    return name
+
+
+def build_environ(scope: Scope, body: io.BytesIO, script_name: str) -> dict[str, Any]:
+    """The WSGI environ of an HTTP scope and its body, as Flask runs it here.
+
+    Replaces `a2wsgi.wsgi.build_environ` (a2wsgi 1.10.10), key for key and value for value,
+    with `wsgi.multithread` False (Flask runs on the loop's one thread) and `script_name` the
+    process's SCRIPT_NAME, when set, as a2wsgi takes it; tests/test_connexion_tuning.py
+    compares the two.
+    """
+    root_path = scope.get("root_path", "").encode("utf8").decode("latin1")
+    path_info = scope["path"].encode("utf8").decode("latin1")
+    if path_info.startswith(root_path):
+        path_info = path_info[len(root_path) :]
+    server_addr, server_port = scope.get("server") or ("localhost", 80)
+    environ: dict[str, Any] = {
+        "asgi.scope": scope,
+        "REQUEST_METHOD": scope["method"],
+        "SCRIPT_NAME": script_name or root_path,
+        "PATH_INFO": path_info,
+        "QUERY_STRING": scope["query_string"].decode("ascii"),
+        "SERVER_PROTOCOL": f"HTTP/{scope['http_version']}",
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": scope.get("scheme", "http"),
+        "wsgi.input": body,
+        "wsgi.errors": sys.stdout,
+        "wsgi.multithread": False,
+        "wsgi.multiprocess": True,
+        "wsgi.run_once": False,
+        "SERVER_NAME": server_addr,
+        "SERVER_PORT": str(server_port or 0),
+    }
+    client = scope.get("client")
+    if client is not None:
+        environ["REMOTE_ADDR"], port = client
+        environ["REMOTE_PORT"] = str(port)
+    for raw, value in scope.get("headers", ()):
+        name = _environ_name(raw)
+        text = value.decode("latin1")
+        if name in environ:
+            text = environ[name] + "," + text
+        environ[name] = text
+    return environ
 
 
 # Query strings whose arguments a binding remembers, and the longest it remembers.
@@ -151,6 +212,7 @@ class _Binding:
         produces = list(set(operation.produces))
         self.content_type = produces[0] if produces else None
         self.produces_json = self.content_type is not None and is_json_mimetype(self.content_type)
+        self.response_class: type[WerkzeugResponse] = flask.current_app.response_class  # built inside a request
 
     @classmethod
     def compile(cls, operation: Any, function: Callable[..., Any], decorator: FlaskDecorator) -> _Binding | None:
@@ -235,10 +297,11 @@ class _Binding:
             body = self.jsonifier.dumps(data)
         else:
             body = self.jsonifier.dumps(data) if self.produces_json else data
-        if content_type:
-            headers["Content-Type"] = content_type
-        response_class = flask.current_app.response_class
-        return response_class(response=body, status=status or (204 if body is None else 200), headers=headers)
+        # Content-Type goes last, as when Werkzeug adds it to the handler's headers.
+        return self.response_class(
+            response=body, status=status or (204 if body is None else 200), headers=headers or None,
+            content_type=content_type or None,
+        )
 
 
 class _CompiledDecorator(FlaskDecorator):
@@ -286,8 +349,49 @@ class _ASGIApp(FlaskASGIApp):
         return api
 
 
+_REMEMBERED_FUNCTIONS = 256  # views, hooks and error handlers: a fixed set, bounded all the same
 ROUTED_RULE = "socdefenders_keys.routed_rule"  # environ key: the rule Connexion's routing chose
 _PARAMETER = re.compile(r"<([^>]*)>")
+
+
+class _Body(list):  # type: ignore[type-arg]
+    """A response's body chunks, closing the response when the server is done with them."""
+
+    __slots__ = ("close",)
+    close: Callable[[], None]
+
+
+class _Response(flask.Response):
+    """Flask's response, handed to the server without copying its headers to change nothing.
+
+    Replaces `Response.__call__` (werkzeug 3.1.9, werkzeug/wrappers/response.py) where
+    `get_wsgi_headers` would return the headers as they are: a body of bytes already buffered
+    (so `Content-Length` is set), a status that has a body, no `Location` or
+    `Content-Location` to rewrite, and a request that is not HEAD. The server gets the same
+    status, headers and body, and closing the body closes the response, as with Werkzeug's
+    `ClosingIterator`; any other response is started by Werkzeug's own code.
+    """
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        body = self.response
+        status = self.status_code
+        if (
+            type(body) is not list
+            or self.direct_passthrough
+            or status < 200
+            or status in (204, 304)
+            or environ["REQUEST_METHOD"] == "HEAD"
+            or not all(type(chunk) is bytes for chunk in body)
+        ):
+            return super().__call__(environ, start_response)
+        headers = list(self.headers)
+        names = {key.lower() for key, _ in headers}
+        if "content-length" not in names or "location" in names or "content-location" in names:
+            return super().__call__(environ, start_response)
+        start_response(self.status, headers)
+        chunks = _Body(body)
+        chunks.close = self.close
+        return chunks
 
 
 class _RoutedFlask(flask.Flask):
@@ -303,6 +407,19 @@ class _RoutedFlask(flask.Flask):
     method could also match (`_operation_rules`); for any other request, and for requests
     Connexion did not route, Flask binds and matches as usual.
     """
+
+    response_class = _Response
+
+    def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        """`Flask.ensure_sync` (flask 3.1.3, flask/app.py), remembered per function: whether a
+        function is a coroutine function does not change, and asking costs an inspection."""
+        synced = self.__dict__.setdefault("_synced", {})
+        found = synced.get(func)
+        if found is None:
+            found = super().ensure_sync(func)
+            if len(synced) < _REMEMBERED_FUNCTIONS:
+                synced[func] = found
+        return found
 
     def create_url_adapter(self, request: Any) -> Any:
         if request is not None and ROUTED_RULE in request.environ:
