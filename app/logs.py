@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from app.domain.keymaterial import KEY_LIKE
+from app.domain.keys import utc_seconds
 
 # An API key, as the key material module writes it (linear on any input).
 API_KEY = KEY_LIKE
@@ -70,7 +71,7 @@ PLAIN_VALUE = re.compile(r"[0-9A-Za-z._:/{}\[\]@+%*-]+")
 
 def utc_time(created: float) -> str:
     """Return a record's time in ISO 8601, UTC, to the millisecond: 2026-11-29T14:08:23.123Z."""
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{int(created % 1 * 1000):03d}Z"
+    return f"{utc_seconds(int(created))}.{int(created % 1 * 1000):03d}Z"
 
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
@@ -101,8 +102,13 @@ def text_line(created: float, level: str, name: str, message: str, fields: dict[
 
 
 def _text_value(value: Any) -> str:
+    if type(value) in _PLAIN_TYPES:  # digits, sign, point, exponent, inf, nan, True, False: all plain
+        return str(value)
     text = str(value)
     return text if PLAIN_VALUE.fullmatch(text) else json.dumps(text)
+
+
+_PLAIN_TYPES = frozenset({int, float, bool})
 
 
 class JSONFormatter(logging.Formatter):
@@ -163,7 +169,9 @@ def write_info(logger: logging.Logger, message: str, fields: dict[str, Any]) -> 
         or type(handler.formatter) not in LINE_FORMATTERS
     ):
         return False
-    fields = {key: value for key, value in scrub_fields(fields).items() if value is not None}
+    fields = {
+        key: scrub(value) if isinstance(value, str) else value for key, value in fields.items() if value is not None
+    }  # scrub_fields, without the None ones
     line = handler.formatter.line(  # type: ignore[union-attr]
         time.time(), "INFO", logger.name, scrub(message), fields, os.getpid()
     )

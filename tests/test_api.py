@@ -310,6 +310,20 @@ def test_whoami_with_a_malformed_authorization_header_is_invalid(client):
     assert_error(client.get("/api/v1/whoami", headers={"Authorization": "Bearer"}), 401, "invalid_api_key")
 
 
+@pytest.mark.parametrize("authorization", ["", "Basic dXNlcjpwYXNz", "Token abc"])
+def test_an_authorization_header_of_another_scheme_leaves_the_key_header_to_decide(client, mint, authorization):
+    key = mint()["key"]
+    headers = {"Authorization": authorization}
+    assert_error(client.get("/api/v1/whoami", headers=headers), 401, "missing_api_key")
+    assert client.get("/api/v1/whoami", headers={**headers, "X-API-Key": key}).status_code == 200
+
+
+def test_a_bearer_key_is_read_whatever_the_schemes_case(client, mint):
+    key = mint()["key"]
+    for scheme in ("Bearer", "bearer", "BEARER"):
+        assert client.get("/api/v1/whoami", headers={"Authorization": f"{scheme} {key}"}).status_code == 200
+
+
 def test_expired_key_is_refused_as_expired(client, mint, clock):
     key = mint(expires_in_days=1)
     clock.advance(86400)

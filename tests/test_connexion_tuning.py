@@ -444,3 +444,26 @@ def test_flask_remembers_whether_a_function_needs_running_to_completion(make_app
     for i in range(2 * binding._REMEMBERED_FUNCTIONS):  # functions made anew (closures): never more remembered than the bound
         assert app.ensure_sync(lambda i=i: i)() == i
     assert len(app.__dict__["_synced"]) <= binding._REMEMBERED_FUNCTIONS
+
+
+@pytest.mark.parametrize("data", [
+    {"data": {"id": "6e1d2f3a", "n": 1, "f": 0.5, "none": None, "list": [1, "é", {"k": True}]}},
+    [],
+    "text \u2028 with\nbreaks",
+])
+def test_the_encoder_made_once_writes_what_connexions_jsonifier_writes(data: Any) -> None:
+    import datetime
+    import json as json_module
+    import uuid
+
+    from connexion.jsonifier import Jsonifier
+
+    jsonifier = Jsonifier(json_module)
+    dumps = binding._dumps_of(jsonifier)
+    assert dumps is not jsonifier.dumps  # the app's jsonifier: the encoder is made once
+    extra = {"when": datetime.datetime(2026, 12, 5, 11, 0, tzinfo=datetime.UTC), "id": uuid.UUID(int=7)}
+    for value in (data, {"wrapped": data, **extra}):
+        assert dumps(value) == jsonifier.dumps(value)
+        assert dumps(value) == jsonifier.dumps(value)  # and again: the encoder keeps nothing between calls
+    other = Jsonifier(json_module, indent=2)
+    assert binding._dumps_of(other) == other.dumps  # anything else: the jsonifier's own

@@ -149,6 +149,25 @@ def test_text_line_writes_fields_as_key_value_pairs_that_no_value_can_forge():
                     'route=/api/v1/keys/{key_id} duration_ms=1.5 account_id="eve status=500 \\"x\\"\\nforged"')
 
 
+@pytest.mark.parametrize("created", [START + 0.25, 0.0, 1e9 + 0.9995, 4102444799.999, 951782400.5])
+def test_times_are_utc_to_the_millisecond_as_strftime_writes_them(created):
+    from app.logs import utc_time
+
+    for _ in range(2):  # asked again (the second is remembered), the same text
+        expected = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{int(created % 1 * 1000):03d}Z"
+        assert utc_time(created) == expected
+
+
+@pytest.mark.parametrize(("value", "written"), [
+    (0, "0"), (-17, "-17"), (12.5, "12.5"), (1e-05, "1e-05"), (1e16, "1e+16"), (float("inf"), "inf"),
+    (float("nan"), "nan"), (True, "True"), ("plain-text_1.0", "plain-text_1.0"), ("two words", '"two words"'),
+    ("caf\u00e9", '"caf\\u00e9"'),
+])
+def test_a_field_is_written_as_it_is_when_plain_and_quoted_otherwise(value, written):
+    line = formatted(TextFormatter(), "m", fields={"v": value})
+    assert line.endswith(f" m v={written}")
+
+
 def test_log_format_is_text_or_json_and_anything_else_refuses_to_start():
     assert Settings.from_env({"SUPABASE_JWT_SECRET": "s" * 32}).log_format == "text"
     assert Settings.from_env({"SUPABASE_JWT_SECRET": "s" * 32, "LOG_FORMAT": "JSON"}).log_format == "json"

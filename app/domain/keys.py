@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 import unicodedata
@@ -513,7 +514,14 @@ def rfc3339(us: int | None) -> str | None:
     if us is None:
         return None
     seconds, micros = divmod(us, 1_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{micros:06d}Z"
+    return f"{utc_seconds(seconds)}.{micros:06d}Z"
+
+
+@functools.lru_cache(maxsize=256)
+def utc_seconds(seconds: int) -> str:
+    """A whole second since the epoch as `YYYY-MM-DDTHH:MM:SS`, UTC (the few in use remembered:
+    a key's times, and now, are written on every answer and every log line)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
 
 
 def encode_cursor(position: tuple[int, str]) -> str:

@@ -13,8 +13,8 @@ as 499, as nginx does.
 from __future__ import annotations
 
 import logging
+import os
 import re
-import secrets
 import time
 from typing import Any
 
@@ -40,7 +40,7 @@ NO_ROUTE = "-"
 
 
 def new_request_id() -> str:
-    return "req_" + secrets.token_hex(8)
+    return "req_" + os.urandom(8).hex()  # secrets.token_hex(8), without its two calls
 
 
 class AccessLogMiddleware:

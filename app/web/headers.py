@@ -12,7 +12,7 @@ from __future__ import annotations
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.web.paths import DOCS_PREFIX
-from app.web.ratelimit_headers import rate_limit_headers
+from app.web.ratelimit_headers import RATE_LIMIT_HEADER_NAMES, rate_limit_headers
 from app.web.state import RequestState, request_state
 
 # On every response: the API's answers are JSON for programs, never a page to frame, sniff
@@ -28,6 +28,8 @@ DOCS_PAGE_POLICY = (
     b"default-src 'none'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
     b"img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 )
+
+_WIRE_NAMES = {name: name.lower().encode("latin-1") for name in RATE_LIMIT_HEADER_NAMES}
 
 
 class ResponseHeadersMiddleware:
@@ -68,7 +70,7 @@ def stamp(message: Message, state: RequestState) -> None:
         added.update(state.page_headers)  # a page's own policy (app.web.pages)
     if state.rate_limit is not None:  # what a security function or handler counted
         for name, value in rate_limit_headers(state.rate_limit).items():
-            added[name.lower().encode("latin-1")] = value.encode("latin-1")
+            added[_WIRE_NAMES[name]] = value.encode("latin-1")
     replaced = set(added)
     if message["status"] == 204:
         replaced.add(b"content-type")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import io
+import json
 import os
 import re
 import sys
@@ -28,7 +29,7 @@ from typing import Any
 import flask
 from a2wsgi.wsgi import unicode_to_wsgi
 from connexion.apps.flask import FlaskApi, FlaskASGIApp, FlaskOperation
-from connexion.context import context, operation
+from connexion.context import _context, context, operation
 from connexion.datastructures import NoContent
 from connexion.decorators import FlaskDecorator
 from connexion.decorators.parameter import (
@@ -41,6 +42,7 @@ from connexion.decorators.parameter import (
 )
 from connexion.decorators.response import BaseResponseDecorator, SyncResponseDecorator
 from connexion.frameworks.flask import Flask as FlaskFramework
+from connexion.jsonifier import Jsonifier
 from connexion.lifecycle import ConnexionResponse
 from connexion.utils import inspect_function_arguments, is_json_mimetype, is_nullable
 from starlette.requests import ClientDisconnect
@@ -195,6 +197,7 @@ class _Binding:
         self.arguments, self.has_kwargs = inspect_function_arguments(unwrap_decorators(function))
         self.sanitize = pythonic if decorator.pythonic_params else sanitized
         self.jsonifier = decorator.jsonifier
+        self.dumps = _dumps_of(decorator.jsonifier)
         self.uri_parser = decorator.uri_parser
         wanted = self._wanted
         self.path = {p["name"]: p for p in operation.parameters if p["in"] == "path"}
@@ -245,9 +248,13 @@ class _Binding:
             if body is None and not self.body_nullable:
                 body = deepcopy(self.body_default)
             kwargs[self.body_name] = body
-        for key, value in context.items():
-            if self.has_kwargs or key in self.arguments:
-                kwargs[key] = value
+        found = _context.get()  # what `context` stands for: what the security functions found
+        if self.has_kwargs:
+            kwargs.update(found)
+        else:
+            for name in self.arguments:
+                if name in found:
+                    kwargs[name] = found[name]
         if CONTEXT_NAME in self.arguments:
             kwargs[CONTEXT_NAME] = context
         return self.respond(self.function(**kwargs))
@@ -294,14 +301,27 @@ class _Binding:
             body = None
         elif content_type is None:
             content_type = "application/json"  # what Connexion assumes when the contract names none
-            body = self.jsonifier.dumps(data)
+            body = self.dumps(data)
         else:
-            body = self.jsonifier.dumps(data) if self.produces_json else data
+            body = self.dumps(data) if self.produces_json else data
         # Content-Type goes last, as when Werkzeug adds it to the handler's headers.
         return self.response_class(
             response=body, status=status or (204 if body is None else 200), headers=headers or None,
             content_type=content_type or None,
         )
+
+
+def _dumps_of(jsonifier: Any) -> Callable[[Any], str]:
+    """`jsonifier.dumps`, with its encoder made once where that writes the same text.
+
+    `Jsonifier.dumps` (connexion 3.3.0, connexion/jsonifier.py) over the json module with no
+    argument but the encoder class calls `json.dumps(data, cls=...)`, which makes that class
+    with its defaults on every call; an encoder keeps nothing between `encode` calls.
+    """
+    if type(jsonifier) is Jsonifier and jsonifier.json is json and set(jsonifier.dumps_args) == {"cls"}:
+        encode = jsonifier.dumps_args["cls"]().encode
+        return lambda data: encode(data) + "\n"
+    return jsonifier.dumps  # type: ignore[no-any-return]
 
 
 class _CompiledDecorator(FlaskDecorator):
