@@ -391,6 +391,25 @@ def test_the_environ_is_the_one_a2wsgi_builds(
     assert list(ours) == list(expected)
 
 
+def test_remembered_header_names_stay_few_and_short_and_names_in_use_come_back() -> None:
+    import io
+
+    def environ(*names: bytes) -> dict[str, Any]:
+        scope = {"type": "http", "http_version": "1.1", "method": "GET", "path": "/", "root_path": "",
+                 "query_string": b"", "headers": [(name, b"v") for name in names]}
+        return binding.build_environ(scope, io.BytesIO(), "")
+
+    long_name = b"x-" + b"a" * 8000
+    assert environ(long_name)["HTTP_X_" + "A" * 8000] == "v"
+    assert long_name not in binding._ENVIRON_NAMES  # never kept: a client cannot pin kilobytes per name
+    for i in range(3 * binding._REMEMBERED_NAMES):  # a flood of distinct names
+        assert environ(f"x-flood-{i}".encode(), b"content-type")[f"HTTP_X_FLOOD_{i}"] == "v"
+        assert len(binding._ENVIRON_NAMES) <= binding._REMEMBERED_NAMES
+    environ(b"x-api-key")
+    assert binding._ENVIRON_NAMES[b"x-api-key"] == "HTTP_X_API_KEY"  # a name in use is remembered again
+    assert environ(b"content-type")["CONTENT_TYPE"] == "v"  # and the two WSGI names keep their keys
+
+
 RESPONSES = [
     ({"response": b'{"a": 1}', "status": 200, "content_type": "application/json"}, "GET"),
     ({"response": b'{"a": 1}', "status": 201, "headers": {"X-Trace": "t"}}, "POST"),

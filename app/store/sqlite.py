@@ -92,23 +92,41 @@ class SQLiteStore(SQLStore):
 
     # -- connections ----------------------------------------------------------------------
 
-    def _open(self) -> sqlite3.Connection:
+    def _open(self, durable: bool = False) -> sqlite3.Connection:
+        """A connection of this database; `durable`: one whose every commit is synced to disk."""
         assert self._path is not None
         conn = sqlite3.connect(self._path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
         conn.execute("PRAGMA foreign_keys = ON")
         return conn
 
-    def _connection(self) -> sqlite3.Connection:
-        """The shared connection, or this thread's, opened on first use."""
+    def _connection(self, durable: bool = False) -> sqlite3.Connection:
+        """The shared connection, or this thread's (its durable one for `durable`), opened on first use.
+
+        Each thread keeps two: reads and counts at `synchronous = NORMAL`, and durable writes
+        at `FULL`, so no write changes a connection's setting (a setting left changed by a
+        failure would outlive the write).
+        """
         if self._shared is not None:
             return self._shared
-        conn = getattr(self._local, "conn", None)
+        local = self._local
+        conn = getattr(local, "durable" if durable else "conn", None)
         if conn is None:
-            conn = self._local.conn = self._open()
+            conn = self._open(durable)
+            if durable:
+                local.durable = conn
+            else:
+                local.conn = conn
         return conn
+
+    def _discard(self, conn: sqlite3.Connection) -> None:
+        """Close a connection whose transaction could not be ended; the next use opens another."""
+        for name in ("conn", "durable"):
+            if getattr(self._local, name, None) is conn:
+                setattr(self._local, name, None)
+        conn.close()  # an open transaction is rolled back with it
 
     @contextmanager
     def _conn(self) -> Iterator[sqlite3.Connection]:
@@ -138,16 +156,18 @@ class SQLiteStore(SQLStore):
         """Run a write transaction that takes the database's write lock up front; `durable`: synced to disk.
 
         One writer at a time: the store's lock with a shared connection, else this process's
-        turn on the `WriterLock`. (`_conn` and `_writer_turn` written out in one generator: every
-        counted request writes through here.)
+        turn on the `WriterLock`. A durable write runs on the thread's durable connection
+        (`synchronous = FULL`); a connection handed to the store is set to FULL for the write.
+        A transaction that cannot even be rolled back takes its connection with it. (`_conn`
+        and `_writer_turn` written out in one generator: every counted request writes here.)
         """
         try:
-            conn = self._connection()
+            conn = self._connection(durable)
+            toggled = durable and conn is self._shared
             turn = self._lock if self._writer is None else self._writer
             turn.acquire()
             try:
-                if durable:
-                    # Sync this commit (and any before it) to disk before the client hears of it.
+                if toggled:
                     conn.execute("PRAGMA synchronous = FULL")
                 try:
                     conn.execute("BEGIN IMMEDIATE")
@@ -156,15 +176,23 @@ class SQLiteStore(SQLStore):
                         conn.execute("COMMIT")
                     finally:
                         if conn.in_transaction:  # an error, or a COMMIT that failed
-                            conn.execute("ROLLBACK")
+                            self._roll_back(conn)
                 finally:
-                    if durable:
+                    if toggled:
                         conn.execute("PRAGMA synchronous = NORMAL")
             finally:
                 turn.release()
         except sqlite3.OperationalError as error:
             if _unavailable(error):
                 raise StoreUnavailable("The key store is temporarily unavailable; retry shortly.") from error
+            raise
+
+    def _roll_back(self, conn: sqlite3.Connection) -> None:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            if conn is not self._shared:
+                self._discard(conn)  # left inside its transaction, it would refuse every later BEGIN
             raise
 
     def checkpoint_in_background(self, interval: float = CHECKPOINT_INTERVAL_S) -> None:
@@ -180,10 +208,11 @@ class SQLiteStore(SQLStore):
         if self._checkpointer is not None:
             self._checkpointer.stop()
             self._checkpointer = None
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        for name in ("conn", "durable"):
+            conn = getattr(self._local, name, None)
+            if conn is not None:
+                conn.close()
+                setattr(self._local, name, None)
         with self._probe_lock:
             if self._probe is not None:
                 self._probe.close()

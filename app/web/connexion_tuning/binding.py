@@ -109,16 +109,21 @@ class InlineWSGIMiddleware:
         await send({"type": "http.response.body", "body": b"".join(chunks), "more_body": False})
 
 
-# Request header name -> its environ key, for the names seen most (a bounded few).
-_ENVIRON_NAMES: dict[bytes, str] = {b"content-length": "CONTENT_LENGTH", b"content-type": "CONTENT_TYPE"}
+# Request header name -> its environ key, for names in use (a bounded few, each short).
+_WSGI_NAMES = {b"content-length": "CONTENT_LENGTH", b"content-type": "CONTENT_TYPE"}
+_ENVIRON_NAMES: dict[bytes, str] = dict(_WSGI_NAMES)
 _REMEMBERED_NAMES = 256
+_REMEMBERED_NAME_BYTES = 64
 
 
 def _environ_name(raw: bytes) -> str:
     name = _ENVIRON_NAMES.get(raw)
     if name is None:
         name = f"HTTP_{raw.decode('latin1')}".upper().replace("-", "_")
-        if len(_ENVIRON_NAMES) < _REMEMBERED_NAMES:
+        if len(raw) <= _REMEMBERED_NAME_BYTES:
+            if len(_ENVIRON_NAMES) >= _REMEMBERED_NAMES:  # start again: the names in use come back at once
+                _ENVIRON_NAMES.clear()
+                _ENVIRON_NAMES.update(_WSGI_NAMES)
             _ENVIRON_NAMES[raw] = name
     return name
 
