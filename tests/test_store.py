@@ -1230,30 +1230,15 @@ def test_a_durable_write_is_synced_at_commit_and_a_count_is_not(store, settings)
     assert seen == ({True: "2", False: "1"} if settings.engine == "sqlite" else {True: "on", False: "off"})
 
 
-def test_sqlite_keeps_a_connection_at_full_sync_for_durable_writes_and_changes_no_setting(tmp_path):
-    store = SQLiteStore(tmp_path / "keys.db")
-    statements: list[str] = []
-    for durable in (False, True):
-        store._connection(durable).set_trace_callback(statements.append)
-    record = insert(store)  # an account and a key: durable
-    store.consume("ip:192.0.2.1", [Window("minute", T0 // 1_000_000, 10)], T0)  # a count: not durable
-    with contextlib.suppress(RuntimeError), store._write(durable=True):
-        raise RuntimeError("a durable write that fails midway")
-    assert store.get_key(USER, record.id) == record
-    assert not [s for s in statements if "synchronous" in s.lower()]  # no write changes the setting
-    settings = {durable: store._connection(durable).execute("PRAGMA synchronous").fetchone()[0] for durable in (False, True)}
-    assert settings == {False: 1, True: 2}  # NORMAL for counts and reads, FULL for durable writes
+class FailingOnce:
+    """A connection on which one statement (`failing`) fails, once, as a failing disk makes it fail."""
 
-
-class FailingRollback:
-    """A connection whose next ROLLBACK fails as a failing disk would make it fail."""
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn, self.closed, self.fail = conn, False, True
+    def __init__(self, conn: sqlite3.Connection, failing: str) -> None:
+        self.conn, self.closed, self.failing = conn, False, failing
 
     def execute(self, sql: str, *args):
-        if sql == "ROLLBACK" and self.fail:
-            self.fail = False
+        if sql == self.failing:
+            self.failing = ""
             error = sqlite3.OperationalError("disk I/O error")
             error.sqlite_errorcode = sqlite3.SQLITE_IOERR
             raise error
@@ -1272,16 +1257,27 @@ def test_a_write_that_cannot_be_rolled_back_is_a_503_and_the_next_write_gets_a_n
     from app.domain.errors import StoreUnavailable
 
     store = SQLiteStore(tmp_path / "keys.db")
-    broken = FailingRollback(store._connection(durable))
-    setattr(store._local, "durable" if durable else "conn", broken)
+    broken = store._local.conn = FailingOnce(store._connection(), "ROLLBACK")
     with pytest.raises(StoreUnavailable), store._write(durable=durable) as conn:
         conn.execute("INSERT INTO accounts (user_id, tier, created_us) VALUES ('lost', 'free', 1)")
         raise sqlite3.IntegrityError("the write fails")
     assert broken.closed  # left inside its transaction, the connection is not used again
-    record = insert(store)  # the next writes work, on a new connection
+    record = insert(store)  # the next writes work, on a new connection, which counts at NORMAL again
     store.consume("ip:192.0.2.1", [Window("minute", T0 // 1_000_000, 10)], T0)
     assert store.get_key(USER, record.id) == record
     assert raw(tmp_path / "keys.db", "SELECT count(*) FROM accounts WHERE user_id = 'lost'") == [(0,)]
+    with store._write(durable=False) as conn:
+        assert conn.execute("PRAGMA synchronous").fetchone() == (1,)
+
+
+def test_a_durable_write_that_landed_stands_when_its_connection_cannot_be_set_back(tmp_path):
+    store = SQLiteStore(tmp_path / "keys.db")
+    broken = store._local.conn = FailingOnce(store._connection(), "PRAGMA synchronous = NORMAL")
+    record = insert(store)  # committed at FULL; setting the connection back to NORMAL fails
+    assert broken.closed  # left at FULL, it would sync every later count: not used again
+    assert store.get_key(USER, record.id) == record  # the key was minted, and is answered as minted
+    with store._write(durable=False) as conn:
+        assert conn.execute("PRAGMA synchronous").fetchone() == (1,)  # counts run at NORMAL again
 
 
 def count_window_writes(store, settings) -> Callable[[], int]:

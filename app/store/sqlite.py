@@ -92,41 +92,30 @@ class SQLiteStore(SQLStore):
 
     # -- connections ----------------------------------------------------------------------
 
-    def _open(self, durable: bool = False) -> sqlite3.Connection:
-        """A connection of this database; `durable`: one whose every commit is synced to disk."""
+    def _open(self) -> sqlite3.Connection:
         assert self._path is not None
         conn = sqlite3.connect(self._path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
+        conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA foreign_keys = ON")
         return conn
 
-    def _connection(self, durable: bool = False) -> sqlite3.Connection:
-        """The shared connection, or this thread's (its durable one for `durable`), opened on first use.
-
-        Each thread keeps two: reads and counts at `synchronous = NORMAL`, and durable writes
-        at `FULL`, so no write changes a connection's setting (a setting left changed by a
-        failure would outlive the write).
-        """
+    def _connection(self) -> sqlite3.Connection:
+        """The shared connection, or this thread's, opened on first use."""
         if self._shared is not None:
             return self._shared
-        local = self._local
-        conn = getattr(local, "durable" if durable else "conn", None)
+        conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = self._open(durable)
-            if durable:
-                local.durable = conn
-            else:
-                local.conn = conn
+            conn = self._local.conn = self._open()
         return conn
 
     def _discard(self, conn: sqlite3.Connection) -> None:
-        """Close a connection whose transaction could not be ended; the next use opens another."""
-        for name in ("conn", "durable"):
-            if getattr(self._local, name, None) is conn:
-                setattr(self._local, name, None)
-        conn.close()  # an open transaction is rolled back with it
+        """Close this thread's connection, left in a state no later write should meet; the next
+        use opens another. (A connection handed to the store is the caller's: kept.)"""
+        if conn is not self._shared and getattr(self._local, "conn", None) is conn:
+            self._local.conn = None
+            conn.close()  # an open transaction is rolled back with it
 
     @contextmanager
     def _conn(self) -> Iterator[sqlite3.Connection]:
@@ -156,18 +145,22 @@ class SQLiteStore(SQLStore):
         """Run a write transaction that takes the database's write lock up front; `durable`: synced to disk.
 
         One writer at a time: the store's lock with a shared connection, else this process's
-        turn on the `WriterLock`. A durable write runs on the thread's durable connection
-        (`synchronous = FULL`); a connection handed to the store is set to FULL for the write.
-        A transaction that cannot even be rolled back takes its connection with it. (`_conn`
+        turn on the `WriterLock`. A durable write is committed at `synchronous = FULL` and its
+        connection set back to NORMAL after it. A connection that cannot be rolled back, or set
+        back, is discarded (`_discard`), and a write that committed keeps its outcome. (`_conn`
         and `_writer_turn` written out in one generator: every counted request writes here.)
+
+        One connection per thread serves both kinds of write: a second one, kept at FULL for
+        durable writes, measured slower (each connection drops its page cache whenever the
+        other has written, which a mint, counting then inserting, made happen twice a mint).
         """
         try:
-            conn = self._connection(durable)
-            toggled = durable and conn is self._shared
+            conn = self._connection()
             turn = self._lock if self._writer is None else self._writer
             turn.acquire()
             try:
-                if toggled:
+                if durable:
+                    # Sync this commit (and any before it) to disk before the client hears of it.
                     conn.execute("PRAGMA synchronous = FULL")
                 try:
                     conn.execute("BEGIN IMMEDIATE")
@@ -178,8 +171,8 @@ class SQLiteStore(SQLStore):
                         if conn.in_transaction:  # an error, or a COMMIT that failed
                             self._roll_back(conn)
                 finally:
-                    if toggled:
-                        conn.execute("PRAGMA synchronous = NORMAL")
+                    if durable:
+                        self._relax(conn)
             finally:
                 turn.release()
         except sqlite3.OperationalError as error:
@@ -191,9 +184,19 @@ class SQLiteStore(SQLStore):
         try:
             conn.execute("ROLLBACK")
         except sqlite3.Error:
-            if conn is not self._shared:
-                self._discard(conn)  # left inside its transaction, it would refuse every later BEGIN
+            self._discard(conn)  # left inside its transaction, it would refuse every later BEGIN
             raise
+
+    def _relax(self, conn: sqlite3.Connection) -> None:
+        """Set `conn` back to synchronous = NORMAL after a durable write, or discard it."""
+        if conn is not self._shared and getattr(self._local, "conn", None) is not conn:
+            return  # discarded already
+        try:
+            conn.execute("PRAGMA synchronous = NORMAL")
+        except sqlite3.Error:
+            # Left at FULL (or broken), it would sync every later count: not used again. The
+            # write's own outcome stands: a COMMIT that landed is answered as landed.
+            self._discard(conn)
 
     def checkpoint_in_background(self, interval: float = CHECKPOINT_INTERVAL_S) -> None:
         """Checkpoint the write-ahead log from a thread of this process (see `Checkpointer`).
@@ -208,11 +211,10 @@ class SQLiteStore(SQLStore):
         if self._checkpointer is not None:
             self._checkpointer.stop()
             self._checkpointer = None
-        for name in ("conn", "durable"):
-            conn = getattr(self._local, name, None)
-            if conn is not None:
-                conn.close()
-                setattr(self._local, name, None)
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
         with self._probe_lock:
             if self._probe is not None:
                 self._probe.close()
