@@ -150,9 +150,11 @@ class SQLiteStore(SQLStore):
         back, is discarded (`_discard`), and a write that committed keeps its outcome. (`_conn`
         and `_writer_turn` written out in one generator: every counted request writes here.)
 
-        One connection per thread serves both kinds of write: a second one, kept at FULL for
-        durable writes, measured slower (each connection drops its page cache whenever the
-        other has written, which a mint, counting then inserting, made happen twice a mint).
+        One connection per thread serves both kinds of write. A second one kept at FULL for
+        durable writes (no PRAGMA per write) cost more: each connection drops its page cache
+        whenever the other has written, which a mint (count, then insert) makes happen twice;
+        in process, 2 x 4 alternated runs of 1,600 mints took 1,229 against 908 us of CPU per
+        mint (medians; system time 130 against 87 us).
         """
         try:
             conn = self._connection()
