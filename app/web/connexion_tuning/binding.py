@@ -61,7 +61,7 @@ class InlineWSGIMiddleware:
 
     Replaces `a2wsgi.WSGIMiddleware` (a2wsgi 1.10, a2wsgi/wsgi.py), which FlaskASGIApp
     (connexion 3.3.0, connexion/apps/flask.py) wraps the Flask app in: a thread pool and a
-    hand-off per message. The environ is built as a2wsgi's `build_environ` builds it (`environ`).
+    hand-off per message. The environ is built as a2wsgi's `build_environ` builds it (`build_environ` here).
     """
 
     def __init__(self, app: WSGIApp, fallback: Any) -> None:
