@@ -178,6 +178,29 @@ def test_read_only_database_answers_503_and_recovers_without_restart(tmp_path: P
         assert "Traceback" not in server.output()
 
 
+def test_a_worker_restarted_while_the_database_is_read_only_starts_and_recovers(tmp_path: Path) -> None:
+    require_chattr(tmp_path)
+    with LiveServer("serve", tmp_path, ENV) as server:
+        database = server.database_path
+        status, _, body = mint(server, "ro-restart", "before")
+        assert status == 201, body
+        workers = sorted(set(re.findall(r"Booting worker with pid: (\d+)", server.output())))
+        with immutable(database, database.with_name(database.name + "-wal")):
+            os.kill(int(workers[0]), signal.SIGTERM)  # gunicorn boots a replacement, which meets the fault
+            eventually(lambda: len(set(re.findall(r"Booting worker with pid: (\d+)", server.output()))),
+                       lambda booted: booted == 3, within=15)
+            time.sleep(1)  # the replacement's start-up: before this fix, a failure that stopped the server
+            for attempt in range(4):  # both workers, the new one included, answer, and refuse to write
+                assert_unavailable(mint(server, "ro-restart", f"during-{attempt}"))
+        assert "Shutting down: Master" not in server.output()
+        for attempt in range(6):  # writes work again on both workers, without a restart
+            status, _, body = eventually(lambda a=attempt: mint(server, "ro-restart", f"after-{a}"),
+                                         lambda answer: answer[0] != 503)
+            assert status == 201, body
+        names = [k["name"] for k in stored(server, "ro-restart")[0]]
+        assert sorted(names) == sorted(["before", *(f"after-{a}" for a in range(6))])
+
+
 # -- disk full ------------------------------------------------------------------------------
 
 @pytest.fixture

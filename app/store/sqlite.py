@@ -237,7 +237,14 @@ class SQLiteStore(SQLStore):
     # -- schema ---------------------------------------------------------------------------
 
     def migrate(self) -> None:
-        """Create or upgrade the schema; safe when several workers start at once."""
+        """Create or upgrade the schema; safe when several workers start at once.
+
+        A database already at this version is only read: a worker (re)started while the file
+        cannot be written starts, answers 503 to writes, and writes again once it can, instead
+        of failing to start (which stops gunicorn's whole server).
+        """
+        if self.schema_version() == SCHEMA_VERSION:
+            return
         with self._write(durable=True) as conn:
             migrations.migrate(conn)
 
