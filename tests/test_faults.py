@@ -149,9 +149,16 @@ def require_chattr(directory: Path) -> None:
         probe.unlink(missing_ok=True)
 
 
-def test_read_only_database_answers_503_and_recovers_without_restart(tmp_path: Path) -> None:
+@contextmanager
+def server_with_chattr(tmp_path: Path) -> Iterator[LiveServer]:
+    """A production server with two workers, where `chattr +i` stops root's writes (else skipped)."""
     require_chattr(tmp_path)
     with LiveServer("serve", tmp_path, ENV) as server:
+        yield server
+
+
+def test_read_only_database_answers_503_and_recovers_without_restart(tmp_path: Path) -> None:
+    with server_with_chattr(tmp_path) as server:
         database = server.database_path
         status, _, body = mint(server, "ro-user", "before-read-only")
         assert status == 201, body
@@ -179,8 +186,7 @@ def test_read_only_database_answers_503_and_recovers_without_restart(tmp_path: P
 
 
 def test_a_worker_restarted_while_the_database_is_read_only_starts_and_recovers(tmp_path: Path) -> None:
-    require_chattr(tmp_path)
-    with LiveServer("serve", tmp_path, ENV) as server:
+    with server_with_chattr(tmp_path) as server:
         database = server.database_path
         status, _, body = mint(server, "ro-restart", "before")
         assert status == 201, body
