@@ -68,6 +68,8 @@ class SQLiteStore(SQLStore):
                 self._writer = WriterLock(self._path.with_name(self._path.name + ".write-lock"), BUSY_TIMEOUT_MS / 1000)
             except OSError as error:
                 raise StoreStartError(f"cannot open the SQLite database {self._path}: {error.strerror}") from None
+        # One writer at a time: the store's lock with a shared connection, else the WriterLock.
+        self._turn: threading.RLock | WriterLock = self._lock if self._writer is None else self._writer
         try:
             self.migrate()
         except sqlite3.DatabaseError as error:  # not a database, or a damaged one
@@ -110,10 +112,14 @@ class SQLiteStore(SQLStore):
             conn = self._local.conn = self._open()
         return conn
 
+    def _discardable(self, conn: sqlite3.Connection) -> bool:
+        """Whether `conn` is this thread's connection still (not the shared one, not discarded)."""
+        return conn is not self._shared and getattr(self._local, "conn", None) is conn
+
     def _discard(self, conn: sqlite3.Connection) -> None:
         """Close this thread's connection, left in a state no later write should meet; the next
         use opens another. (A connection handed to the store is the caller's: kept.)"""
-        if conn is not self._shared and getattr(self._local, "conn", None) is conn:
+        if self._discardable(conn):
             self._local.conn = None
             conn.close()  # an open transaction is rolled back with it
 
@@ -133,12 +139,11 @@ class SQLiteStore(SQLStore):
     @contextmanager
     def _writer_turn(self) -> Iterator[None]:
         """Wait for this process's turn to write (see `app.store.writer`)."""
-        turn = self._lock if self._writer is None else self._writer
-        turn.acquire()
+        self._turn.acquire()
         try:
             yield
         finally:
-            turn.release()
+            self._turn.release()
 
     @contextmanager
     def _write(self, *, durable: bool) -> Iterator[sqlite3.Connection]:
@@ -159,7 +164,7 @@ class SQLiteStore(SQLStore):
         conn = None
         try:
             conn = self._connection()
-            turn = self._lock if self._writer is None else self._writer
+            turn = self._turn
             turn.acquire()
             try:
                 if durable:
@@ -203,7 +208,7 @@ class SQLiteStore(SQLStore):
 
     def _relax(self, conn: sqlite3.Connection) -> None:
         """Set `conn` back to synchronous = NORMAL after a durable write, or discard it."""
-        if conn is not self._shared and getattr(self._local, "conn", None) is not conn:
+        if conn is not self._shared and not self._discardable(conn):
             return  # discarded already
         try:
             conn.execute("PRAGMA synchronous = NORMAL")
