@@ -3,8 +3,9 @@
 On a shared machine two runs minutes apart differ by 15% and more, so a change is judged
 against the code before it in the same run: each revision is checked out into a temporary
 worktree and served with one production worker (`python -m app serve`, the same .venv),
-pinned to CPU 1; wrk, on CPU 0, alternates between them workload by workload for ROUNDS
-rounds. Medians of req/s, p50 and p99 are printed with each revision's ratio to this tree.
+pinned to CPU 1 (BENCH_WORKERS=2: two workers, unpinned); wrk, on CPU 0, alternates between
+them workload by workload for ROUNDS rounds. Medians of req/s, p50, p99 and the server's CPU
+per request are printed with each revision's ratio to this tree.
 Keys are minted over HTTP and their accounts moved to the pro tier with plain SQL, which
 every schema version so far understands.
 """
@@ -29,15 +30,17 @@ from bench.run import OUT, ROOT, SECRET, Target, post_json, wrk  # noqa: E402
 KEYS = 200
 # BENCH_WORKLOADS="mint" (space-separated) runs only those.
 WORKLOADS = tuple(os.environ.get("BENCH_WORKLOADS", "whoami mint healthz").split())
+# BENCH_WORKERS=2 serves each tree with two workers (unpinned) instead of one on CPU 1.
+WORKERS = int(os.environ.get("BENCH_WORKERS", "1"))
 
 
 class TreeTarget(Target):
     """`python -m app serve` from another checkout."""
 
     def __init__(self, name: str, tree: Path, db: Path) -> None:
-        env = {"APP_ENV": "production", "SUPABASE_JWT_SECRET": SECRET, "WEB_CONCURRENCY": "1",
+        env = {"APP_ENV": "production", "SUPABASE_JWT_SECRET": SECRET, "WEB_CONCURRENCY": str(WORKERS),
                "DATABASE_URL": f"sqlite:///{db}", "LOG_LEVEL": "INFO", "CREATE_DATABASE": "on"}
-        super().__init__(name, [sys.executable, "-m", "app", "serve"], env, db, "1")
+        super().__init__(name, [sys.executable, "-m", "app", "serve"], env, db, "1" if WORKERS == 1 else None)
         self.checkout = tree
 
     def start(self) -> float:
@@ -91,7 +94,7 @@ def main(revisions: list[str]) -> None:
                     print(f"round {round_ + 1} {workload:8} {target.name:10} {result['rps']:8.0f} req/s  "
                           f"p99 {result['p99_us'] / 1000:6.2f} ms  errors {result['errors'] + result['status_errors']}",
                           flush=True)
-    print(f"\nmedians of {rounds} alternated rounds, 1 worker each, {bench.CONNECTIONS} connections:")
+    print(f"\nmedians of {rounds} alternated rounds, {WORKERS} worker(s) each, {bench.CONNECTIONS} connections:")
     for workload in WORKLOADS:
         base = statistics.median(r["rps"] for r in results[("this", workload)])
         for target in targets:
@@ -100,6 +103,7 @@ def main(revisions: list[str]) -> None:
             print(f"  {workload:8} {target.name:10} {rps:8.0f} req/s ({rps / base:4.2f}x this tree)  "
                   f"p50 {statistics.median(r['p50_us'] for r in runs) / 1000:5.2f} ms  "
                   f"p99 {statistics.median(r['p99_us'] for r in runs) / 1000:5.2f} ms  "
+                  f"CPU {statistics.median(r['cpu_ms_per_req'] for r in runs):5.3f} ms/req  "
                   f"range {min(r['rps'] for r in runs):.0f}-{max(r['rps'] for r in runs):.0f}")
 
 

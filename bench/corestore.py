@@ -25,8 +25,9 @@ values at execution (what a team tuning Core for speed would do).
 
 Transactions keep the shipped discipline: every connection gets the same PRAGMAs; a write
 takes the writer lock, then `BEGIN IMMEDIATE` (SQLAlchemy's documented recipe for pysqlite:
-the driver's own BEGIN switched off, the `begin` event emits ours); a durable write (an
-account, a key) commits at `synchronous = FULL`, a counted request at `NORMAL`. A read runs in
+the driver's own BEGIN switched off, the `begin` event emits ours); every write commits at
+`synchronous = NORMAL`, and a durable one (an account, a key) then has its log synced by the
+shipped store's `LogSync`, as the shipped store's are. A read runs in
 a deferred transaction, as Core always runs statements in one. The same `app.domain` rules
 (`count_in`, `check_room_for_key`, `tier_subject`, `KeyEvent.about`) decide. Every other
 method (revoking, listing, rolling, the sweeps) is the shipped store's, untouched.
@@ -292,18 +293,11 @@ class CoreStore(SQLiteStore):
 
     @contextmanager
     def _core_write(self, *, durable: bool) -> Iterator[Connection]:
-        """One write transaction: the writer lock, BEGIN IMMEDIATE, committed (at synchronous = FULL if `durable`)."""
-        with self._unavailable_as_503(), self._writes.connect() as conn, self._writer_turn():
-            driver = conn.connection.driver_connection
-            assert driver is not None
-            if durable:
-                driver.execute("PRAGMA synchronous = FULL")
-            try:
-                with conn.begin():
-                    yield conn
-            finally:
-                if durable:
-                    driver.execute("PRAGMA synchronous = NORMAL")
+        """One write transaction: the writer lock, BEGIN IMMEDIATE, committed; if `durable`, its log synced."""
+        with self._unavailable_as_503(), self._writes.connect() as conn, self._writer_turn(), conn.begin():
+            yield conn
+        if durable and self._log_sync is not None:
+            self._log_sync.sync()
 
     # -- accounts and keys: a mint ---------------------------------------------------------
 

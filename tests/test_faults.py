@@ -20,6 +20,7 @@ How each fault is made, running as root (which file modes do not stop):
 
 from __future__ import annotations
 
+import errno
 import http.client
 import os
 import re
@@ -115,6 +116,35 @@ def test_a_store_that_cannot_be_used_is_a_503_and_a_bug_is_a_500(
     assert "what SQLite said" not in response.text
     if status == 503:
         assert response.headers["retry-after"] == "1"
+
+
+def test_a_mint_whose_disk_sync_fails_is_a_503_saying_the_key_may_be_stored(
+    client: Any, session: Any, settings: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if settings.engine != "sqlite":
+        pytest.skip("SQLite's log sync; PostgreSQL syncs inside its own commit")
+    from app.store import writer
+
+    real, failures = os.fdatasync, [OSError(errno.EIO, "Input/output error")]
+
+    def fdatasync(fd: int) -> None:
+        if failures:
+            raise failures.pop()
+        real(fd)
+
+    assert client.post("/api/v1/keys", json={"name": "siem-0"}, cookies=session()).status_code == 201
+    monkeypatch.setattr(writer.os, "fdatasync", fdatasync)
+    response = client.post("/api/v1/keys", json={"name": "siem-1"}, cookies=session())
+    assert response.status_code == 503
+    error = response.json()["error"]
+    assert error["code"] == "service_unavailable" and error["request_id"] == response.headers["x-request-id"]
+    assert "may have been saved" in error["message"] and "sk_live_" not in response.text
+    assert "Input/output" not in response.text and response.headers["retry-after"] == "1"
+    # The disk answers again: so does the service. The key whose sync failed was committed,
+    # and is there for its owner to see (and revoke); its secret was never shown.
+    assert client.post("/api/v1/keys", json={"name": "siem-2"}, cookies=session()).status_code == 201
+    listed = client.get("/api/v1/keys", cookies=session()).json()["data"]
+    assert sorted(key["name"] for key in listed) == ["siem-0", "siem-1", "siem-2"]
 
 
 # -- read-only ------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import threading
 import time
@@ -1219,15 +1220,41 @@ def test_what_an_owner_did_is_durable_on_both_engines_and_counting_is_not(store,
     assert set(durability(lambda: store.expire_windows(windows(T0 // SECOND + 60, T0 // SECOND + 86_400)))) == {False}
 
 
-def test_a_durable_write_is_synced_at_commit_and_a_count_is_not(store, settings):
-    """What `durable` asks each engine for: SQLite's full sync, PostgreSQL's synchronous commit."""
-    setting = "PRAGMA synchronous" if settings.engine == "sqlite" else "SHOW synchronous_commit"
-    seen = {}
-    for durable in (True, False):
+def test_a_durable_write_is_on_disk_before_it_returns_and_a_count_is_not(store, settings, monkeypatch):
+    """What `durable` asks each engine for: on SQLite, its log synced (every connection commits at
+    NORMAL); on PostgreSQL, a synchronous commit."""
+    if settings.engine != "sqlite":
+        seen = {}
+        for durable in (True, False):
+            with store._write(durable=durable) as conn:
+                seen[durable] = str(conn.execute("SHOW synchronous_commit").fetchone()[0])
+        assert seen == {True: "on", False: "off"}
+        return
+    synced = record_syncs(monkeypatch)
+    log = Path(f"{settings.database_path}-wal")
+    for durable in (False, True):
+        synced.clear()
         with store._write(durable=durable) as conn:
-            seen[durable] = str(conn.execute(setting).fetchone()[0])
-    # SQLite: 2 is FULL, 1 NORMAL (WAL: a commit is synced at the next checkpoint).
-    assert seen == ({True: "2", False: "1"} if settings.engine == "sqlite" else {True: "on", False: "off"})
+            assert conn.execute("PRAGMA synchronous").fetchone() == (1,)  # NORMAL: COMMIT does not sync
+            conn.execute("INSERT INTO accounts (user_id, tier, created_us) VALUES (?, 'free', 1)", (f"u{durable}",))
+        # Synced before `_write` returned (nothing defers it here): the database's log, once.
+        assert synced == ([(log.stat().st_dev, log.stat().st_ino)] if durable else [])
+
+
+def record_syncs(monkeypatch) -> list[tuple[int, int]]:
+    """Record the file (device, inode) of every fdatasync the store's log sync makes, then make it."""
+    from app.store import writer
+
+    synced: list[tuple[int, int]] = []
+    real = os.fdatasync
+
+    def fdatasync(fd: int) -> None:
+        st = os.fstat(fd)
+        synced.append((st.st_dev, st.st_ino))
+        real(fd)
+
+    monkeypatch.setattr(writer.os, "fdatasync", fdatasync)
+    return synced
 
 
 class FailingOnce:
@@ -1285,14 +1312,88 @@ def test_a_connection_found_read_only_is_replaced_once_the_database_can_be_writt
         read_only.execute("SELECT 1")  # closed
 
 
-def test_a_durable_write_that_landed_stands_when_its_connection_cannot_be_set_back(tmp_path):
+def test_a_durable_write_whose_sync_fails_is_refused_and_the_next_one_is_synced(tmp_path, monkeypatch):
+    from app.domain.errors import StoreUnavailable
+    from app.store import writer
+
     store = SQLiteStore(tmp_path / "keys.db")
-    broken = store._local.conn = FailingOnce(store._connection(), "PRAGMA synchronous = NORMAL")
-    record = insert(store)  # committed at FULL; setting the connection back to NORMAL fails
-    assert broken.closed  # left at FULL, it would sync every later count: not used again
-    assert store.get_key(USER, record.id) == record  # the key was minted, and is answered as minted
-    with store._write(durable=False) as conn:
-        assert conn.execute("PRAGMA synchronous").fetchone() == (1,)  # counts run at NORMAL again
+    real, failures = os.fdatasync, [OSError(5, "Input/output error")]
+
+    def fdatasync(fd: int) -> None:
+        if failures:
+            raise failures.pop()
+        real(fd)
+
+    monkeypatch.setattr(writer.os, "fdatasync", fdatasync)
+    with pytest.raises(StoreUnavailable, match="could not confirm that the change reached the disk"):
+        insert(store)  # committed, but not known to be on disk: not answered as done (503)
+    record = insert(store)  # the next sync is tried afresh
+    assert store.get_key(USER, record.id) == record
+    store.close()
+
+
+def test_a_durable_write_lets_others_write_while_the_disk_syncs_it(tmp_path, monkeypatch):
+    from app.store import writer
+
+    store = SQLiteStore(tmp_path / "keys.db")
+    syncing, release = threading.Event(), threading.Event()
+
+    def fdatasync(fd: int) -> None:
+        syncing.set()
+        assert release.wait(10)
+
+    monkeypatch.setattr(writer.os, "fdatasync", fdatasync)
+    minted: list[object] = []
+    minting = threading.Thread(target=lambda: minted.append(insert(store)))
+    minting.start()
+    assert syncing.wait(10)
+    # The key is committed and its write lock let go: another write goes through meanwhile.
+    done = threading.Event()
+    threading.Thread(target=lambda: (store.consume("ip:192.0.2.1", windows(60), T0), done.set())).start()
+    assert done.wait(10)
+    assert minted == []  # ... while the mint itself is not answered until the disk is done
+    release.set()
+    minting.join(10)
+    assert len(minted) == 1
+    store.close()
+
+
+def test_syncs_asked_for_while_one_is_under_way_share_the_next_one(tmp_path, monkeypatch):
+    from app.store import writer
+    from app.store.writer import LogSync
+
+    log = tmp_path / "keys.db-wal"
+    log.write_bytes(b"frames")
+    sync = LogSync(log)
+    returned: list[str] = []
+    began_after: list[int] = []  # for each sync, how many writers had been answered when it began
+    first_syncing, release = threading.Event(), threading.Event()
+
+    def fdatasync(fd: int) -> None:
+        began_after.append(len(returned))
+        if len(began_after) == 1:
+            first_syncing.set()
+            assert release.wait(10)
+
+    monkeypatch.setattr(writer.os, "fdatasync", fdatasync)
+    first = threading.Thread(target=lambda: (sync.sync(), returned.append("first")))
+    first.start()
+    assert first_syncing.wait(10)
+    # Four writers commit while that sync is under way; none of them is covered by it.
+    others = [threading.Thread(target=lambda: (sync.sync(), returned.append("later"))) for _ in range(4)]
+    for thread in others:
+        thread.start()
+    deadline = time.monotonic() + 10
+    while sync._asked < 5 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert sync._asked == 5 and returned == []
+    release.set()
+    for thread in (first, *others):
+        thread.join(10)
+    # One more sync answered all four, and it began only after the first writer was answered.
+    assert began_after == [0, 1]
+    assert returned == ["first", "later", "later", "later", "later"]
+    sync.close()
 
 
 def count_window_writes(store, settings) -> Callable[[], int]:

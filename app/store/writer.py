@@ -1,4 +1,4 @@
-"""Taking turns to write one SQLite file across processes, and checkpointing its log.
+"""Taking turns to write one SQLite file across processes, syncing and checkpointing its log.
 
 SQLite alone makes a writer that finds the database locked sleep between polls (1, 2, 5,
 10 ms and more) even when the holder is done in a tenth of a millisecond; with several
@@ -172,3 +172,86 @@ class Checkpointer:
         """Stop the thread and wait for it."""
         self._stop.set()
         self._thread.join()
+
+
+class LogSync:
+    """Group commit: SQLite's write-ahead log synced once for every commit waiting on it.
+
+    A connection at `synchronous = NORMAL` commits into the log without syncing it; once the
+    log is synced, every transaction committed into it is on disk, as after a commit at FULL,
+    which syncs the same file. So a durable write commits at NORMAL, lets go of the write
+    lock, and then calls `sync`, which returns once a sync that began after that commit is
+    done. The write lock is not held while the disk works: other writers commit meanwhile,
+    and their syncs share the disk's work. In this process, a thread that asks while another
+    is syncing waits for it, and then the first waiting thread syncs once for all who waited
+    (every one of their commits came before that sync began); across processes, the
+    filesystem joins syncs that overlap into one journal commit. No write waits for another's
+    transaction, only for the disk, and a write that fails rolls back alone.
+
+    The log is opened by path, read-only, and opened again if SQLite replaced it (a log is
+    removed only once it has been copied into the database and that synced). Where there is
+    no log, there is nothing to sync: the commit went into the database itself, synced there
+    (rollback-journal mode at NORMAL syncs each commit). The log's directory is synced once
+    for each new log file, as SQLite does for a log it created. A sync that fails fails the
+    write that made it (`StoreUnavailable`); a thread that waited for it tries again itself.
+    """
+
+    def __init__(self, log_path: Path) -> None:
+        self._path = log_path
+        self._state = threading.Condition(threading.Lock())
+        self._asked = 0  # requests so far, numbered
+        self._synced = 0  # every request up to this number is on disk
+        self._syncing = False
+        self._fd = -1
+        self._pid = 0
+
+    def sync(self) -> None:
+        """Return once everything committed to the log before this call is on disk; StoreUnavailable if it cannot be."""
+        with self._state:
+            self._asked += 1
+            mine = self._asked
+            while self._syncing:
+                self._state.wait()
+            if self._synced >= mine:  # a sync that began after this call covered it
+                return
+            self._syncing = True
+            covering = self._asked  # every request so far committed before this sync begins
+        try:
+            self._sync()
+        except OSError as error:
+            log.warning("syncing the SQLite log failed: %s", error.strerror or error)
+            raise StoreUnavailable(
+                "The key store could not confirm that the change reached the disk; it may have been saved: "
+                "check before retrying.") from None
+        else:
+            with self._state:
+                self._synced = covering
+        finally:
+            with self._state:
+                self._syncing = False
+                self._state.notify_all()
+
+    def _sync(self) -> None:
+        if self._pid != os.getpid():  # a descriptor opened before a fork is the parent's to close
+            self._pid, self._fd = os.getpid(), -1
+        if self._fd >= 0 and os.fstat(self._fd).st_nlink == 0:  # that log was removed
+            os.close(self._fd)
+            self._fd = -1
+        if self._fd < 0:
+            try:
+                self._fd = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                return
+            directory = os.open(self._path.parent, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+        os.fdatasync(self._fd)
+
+    def close(self) -> None:
+        """Close the log, if this process opened it."""
+        with self._state:
+            if self._fd >= 0 and self._pid == os.getpid():
+                os.close(self._fd)
+            self._fd = -1
