@@ -138,7 +138,8 @@ def test_a_mint_whose_disk_sync_fails_is_a_503_saying_the_key_may_be_stored(
     assert response.status_code == 503
     error = response.json()["error"]
     assert error["code"] == "service_unavailable" and error["request_id"] == response.headers["x-request-id"]
-    assert "may have been saved" in error["message"] and "sk_live_" not in response.text
+    assert "may have been saved" in error["message"] and error["details"] == {"reason": "unconfirmed"}
+    assert "sk_live_" not in response.text
     assert "Input/output" not in response.text and response.headers["retry-after"] == "1"
     # The disk answers again: so does the service. The key whose sync failed was committed,
     # and is there for its owner to see (and revoke); its secret was never shown.

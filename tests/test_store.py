@@ -1325,8 +1325,9 @@ def test_a_durable_write_whose_sync_fails_is_refused_and_the_next_one_is_synced(
         real(fd)
 
     monkeypatch.setattr(writer.os, "fdatasync", fdatasync)
-    with pytest.raises(StoreUnavailable, match="could not confirm that the change reached the disk"):
+    with pytest.raises(StoreUnavailable, match="could not confirm that the change reached the disk") as refused:
         insert(store)  # committed, but not known to be on disk: not answered as done (503)
+    assert refused.value.details == {"reason": "unconfirmed"}
     record = insert(store)  # the next sync is tried afresh
     assert store.get_key(USER, record.id) == record
     store.close()
@@ -1393,6 +1394,101 @@ def test_syncs_asked_for_while_one_is_under_way_share_the_next_one(tmp_path, mon
     # One more sync answered all four, and it began only after the first writer was answered.
     assert began_after == [0, 1]
     assert returned == ["first", "later", "later", "later", "later"]
+    sync.close()
+
+
+def test_a_database_reached_through_a_symlink_has_its_real_log_synced(tmp_path, monkeypatch):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    store = SQLiteStore(tmp_path / "link" / "keys.db")
+    synced = record_syncs(monkeypatch)
+    insert(store)
+    log = (tmp_path / "real" / "keys.db-wal").stat()  # SQLite keeps the log beside the real file
+    assert synced and set(synced) == {(log.st_dev, log.st_ino)}
+    store.close()
+
+
+def test_a_durable_write_that_changed_nothing_is_not_synced(tmp_path, monkeypatch):
+    store = SQLiteStore(tmp_path / "keys.db")
+    record = insert(store)
+    synced = record_syncs(monkeypatch)
+    assert store.revoke_key(USER, str(uuid.uuid4()), T0 + 1, make_event(record, "revoked")) is None
+    assert store.set_tier("nobody", "pro", T0, create=False) is None
+    assert synced == []  # nothing was written: no sync to wait for, and none that could fail
+    assert store.revoke_key(USER, record.id, T0 + 1, make_event(record, "revoked")) is not None
+    assert len(synced) == 1
+    store.close()
+
+
+def test_many_threads_writing_durably_share_syncs(tmp_path, monkeypatch):
+    from app.store import writer
+    from app.store.writer import LogSync
+
+    log = tmp_path / "keys.db-wal"
+    log.write_bytes(b"frames")
+    sync = LogSync(log)
+    syncs = []
+
+    def fdatasync(fd: int) -> None:
+        syncs.append(fd)
+        time.sleep(0.001)  # a disk's sync: the other threads ask meanwhile
+
+    monkeypatch.setattr(writer.os, "fdatasync", fdatasync)
+    threads = [threading.Thread(target=lambda: [sync.sync() for _ in range(100)]) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sync._asked == 1600 and sync._synced == 1600
+    # A writer covered by a finished sync returns at once, and a waiting crowd is synced
+    # together: far fewer syncs than writes (one each would be 1,600).
+    assert len(syncs) < 800, len(syncs)
+    sync.close()
+
+
+def test_a_failed_sync_fails_every_write_it_was_to_confirm(tmp_path, monkeypatch):
+    from app.domain.errors import StoreUnavailable
+    from app.store import writer
+    from app.store.writer import LogSync
+
+    log = tmp_path / "keys.db-wal"
+    log.write_bytes(b"frames")
+    sync = LogSync(log)
+    calls = 0
+
+    def fdatasync(fd: int) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:  # under way while two more writers commit and ask
+            deadline = time.monotonic() + 10
+            while sync._asked < 3 and time.monotonic() < deadline:
+                time.sleep(0.001)
+        elif calls == 2:  # one of them syncs for both, and the disk fails
+            raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(writer.os, "fdatasync", fdatasync)
+    outcomes: list[str] = []
+
+    def write() -> None:
+        try:
+            sync.sync()
+            outcomes.append("synced")
+        except StoreUnavailable as error:
+            outcomes.append(error.details["reason"])
+
+    first = threading.Thread(target=write)
+    first.start()
+    while calls < 1:
+        time.sleep(0.001)
+    later = [threading.Thread(target=write) for _ in range(2)]
+    for thread in later:
+        thread.start()
+    for thread in (first, *later):
+        thread.join(10)
+    # Neither of the two is answered by a sync retried on its behalf after the failure.
+    assert outcomes == ["synced", "unconfirmed", "unconfirmed"] and calls == 2
+    sync.sync()  # a write after the failure syncs afresh
+    assert calls == 3
     sync.close()
 
 

@@ -63,16 +63,18 @@ class SQLiteStore(SQLStore):
             self._shared = database
             self._path: Path | None = None
             file = next((row[2] for row in database.execute("PRAGMA database_list") if row[1] == "main"), "")
+            if database.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                file = ""  # a rollback journal: each commit syncs the database itself
         else:
             self._path = Path(database)
-            file = str(self._path)
+            file = os.path.realpath(self._path)  # where SQLite keeps it, and its log beside it
             try:
                 self._prepare_file(create)
                 self._writer = WriterLock(self._path.with_name(self._path.name + ".write-lock"), BUSY_TIMEOUT_MS / 1000)
             except OSError as error:
                 raise StoreStartError(f"cannot open the SQLite database {self._path}: {error.strerror}") from None
         # Durable writes are synced through the log; an in-memory database has nothing to sync.
-        self._log_sync = LogSync(Path(file + "-wal")) if file else None
+        self._log_sync: LogSync | None = LogSync(Path(file + "-wal")) if file else None
         # One writer at a time: the store's lock with a shared connection, else the WriterLock.
         self._turn: threading.RLock | WriterLock = self._lock if self._writer is None else self._writer
         try:
@@ -103,7 +105,10 @@ class SQLiteStore(SQLStore):
         assert self._path is not None
         conn = sqlite3.connect(self._path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        conn.execute("PRAGMA journal_mode = WAL")
+        if conn.execute("PRAGMA journal_mode = WAL").fetchone()[0] != "wal":
+            # A filesystem without write-ahead logging: with a rollback journal, each commit
+            # syncs the database itself (also at NORMAL), and there is no log to sync.
+            self._log_sync = None
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA foreign_keys = ON")
         return conn
@@ -157,7 +162,7 @@ class SQLiteStore(SQLStore):
         One writer at a time: the store's lock with a shared connection, else this process's
         turn on the `WriterLock`. Every write commits at `synchronous = NORMAL`; a durable one
         then has the log synced (`LogSync`: group commit) before it returns, after the write
-        lock is let go. A connection that cannot be rolled back is discarded (`_discard`).
+        lock is let go (unless it changed no row). A connection that cannot be rolled back is discarded (`_discard`).
         (`_conn` and `_writer_turn` written out in one generator: every counted request
         writes here.)
 
@@ -168,6 +173,7 @@ class SQLiteStore(SQLStore):
         one worker, 1,076 against 1,075.
         """
         conn = None
+        changed = False
         try:
             conn = self._connection()
             turn = self._turn
@@ -175,7 +181,9 @@ class SQLiteStore(SQLStore):
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
+                    before = conn.total_changes
                     yield conn
+                    changed = conn.total_changes != before
                     conn.execute("COMMIT")
                 finally:
                     if conn.in_transaction:  # an error, or a COMMIT that failed
@@ -190,7 +198,7 @@ class SQLiteStore(SQLStore):
             if _unavailable(error):
                 raise StoreUnavailable("The key store is temporarily unavailable; retry shortly.") from error
             raise
-        if durable and self._log_sync is not None:
+        if durable and changed and self._log_sync is not None:  # a write that changed nothing has nothing to sync
             self._log_sync.sync()
 
     def _roll_back(self, conn: sqlite3.Connection) -> None:

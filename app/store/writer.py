@@ -182,18 +182,19 @@ class LogSync:
     which syncs the same file. So a durable write commits at NORMAL, lets go of the write
     lock, and then calls `sync`, which returns once a sync that began after that commit is
     done. The write lock is not held while the disk works: other writers commit meanwhile,
-    and their syncs share the disk's work. In this process, a thread that asks while another
-    is syncing waits for it, and then the first waiting thread syncs once for all who waited
-    (every one of their commits came before that sync began); across processes, the
-    filesystem joins syncs that overlap into one journal commit. No write waits for another's
-    transaction, only for the disk, and a write that fails rolls back alone.
+    and their syncs share the disk's work. In this process, threads that ask while a sync is
+    under way wait for it, and then one of them syncs once for all who waited (each of their
+    commits came before that sync began); across processes, the filesystem joins syncs that
+    overlap into one journal commit. No write waits for another's transaction, only for the
+    disk, and a write that fails rolls back alone.
 
-    The log is opened by path, read-only, and opened again if SQLite replaced it (a log is
-    removed only once it has been copied into the database and that synced). Where there is
-    no log, there is nothing to sync: the commit went into the database itself, synced there
-    (rollback-journal mode at NORMAL syncs each commit). The log's directory is synced once
-    for each new log file, as SQLite does for a log it created. A sync that fails fails the
-    write that made it (`StoreUnavailable`); a thread that waited for it tries again itself.
+    The log is opened by its real path (SQLite keeps it beside the database's real file, a
+    symlink resolved), read-only, and opened again if SQLite replaced it (a log is removed
+    only once it has been copied into the database and that synced, and only when the last
+    connection closes, never while the writer's is open). The log's directory is synced once
+    for each new log file. A sync that fails fails every write it was to confirm
+    (`StoreUnavailable`, `details.reason` "unconfirmed": committed, but maybe not on disk); a
+    write that asks after it tries again, as SQLite itself would at its next commit.
     """
 
     def __init__(self, log_path: Path) -> None:
@@ -201,6 +202,7 @@ class LogSync:
         self._state = threading.Condition(threading.Lock())
         self._asked = 0  # requests so far, numbered
         self._synced = 0  # every request up to this number is on disk
+        self._failed = 0  # every request up to this number was in a sync that failed
         self._syncing = False
         self._fd = -1
         self._pid = 0
@@ -210,19 +212,21 @@ class LogSync:
         with self._state:
             self._asked += 1
             mine = self._asked
-            while self._syncing:
+            while self._syncing and self._synced < mine and self._failed < mine:
                 self._state.wait()
             if self._synced >= mine:  # a sync that began after this call covered it
                 return
+            if self._failed >= mine:  # ... and failed
+                raise _unconfirmed()
             self._syncing = True
             covering = self._asked  # every request so far committed before this sync begins
         try:
             self._sync()
         except OSError as error:
-            log.warning("syncing the SQLite log failed: %s", error.strerror or error)
-            raise StoreUnavailable(
-                "The key store could not confirm that the change reached the disk; it may have been saved: "
-                "check before retrying.") from None
+            log.warning("syncing the SQLite log %s failed: %s", self._path, error.strerror or error)
+            with self._state:
+                self._failed = max(self._failed, covering)
+            raise _unconfirmed() from None
         else:
             with self._state:
                 self._synced = covering
@@ -238,10 +242,9 @@ class LogSync:
             os.close(self._fd)
             self._fd = -1
         if self._fd < 0:
-            try:
-                self._fd = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
-            except FileNotFoundError:
-                return
+            # A log that is not there after a commit in WAL mode means it is not where it is
+            # looked for: an error (never a silent success).
+            self._fd = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
             directory = os.open(self._path.parent, os.O_RDONLY | os.O_CLOEXEC)
             try:
                 os.fsync(directory)
@@ -250,8 +253,16 @@ class LogSync:
         os.fdatasync(self._fd)
 
     def close(self) -> None:
-        """Close the log, if this process opened it."""
+        """Close the log, if this process opened it, once no sync is under way."""
         with self._state:
+            while self._syncing:
+                self._state.wait()
             if self._fd >= 0 and self._pid == os.getpid():
                 os.close(self._fd)
             self._fd = -1
+
+
+def _unconfirmed() -> StoreUnavailable:
+    return StoreUnavailable(
+        "The key store could not confirm that the change reached the disk; it may have been saved: "
+        "check before retrying.", {"reason": "unconfirmed"})
