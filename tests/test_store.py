@@ -16,7 +16,7 @@ from app.domain.errors import DuplicateName, KeyLimitReached, RevokedAPIKey
 from app.domain.keys import KeyService
 from app.domain.ratelimit import tier_subject
 from app.domain.records import KeyEvent, KeyRecord, Window
-from app.store import SCHEMA_VERSION, SQLiteStore
+from app.store import SCHEMA_VERSION, SQLiteStore, writer
 
 # Tests taking `store`, `settings` or `query` run on SQLite and on PostgreSQL (see conftest).
 ENGINES = ("sqlite", "postgresql")
@@ -1243,7 +1243,6 @@ def test_a_durable_write_is_on_disk_before_it_returns_and_a_count_is_not(store, 
 
 def record_syncs(monkeypatch) -> list[tuple[int, int]]:
     """Record the file (device, inode) of every fdatasync the store's log sync makes, then make it."""
-    from app.store import writer
 
     synced: list[tuple[int, int]] = []
     real = os.fdatasync
@@ -1314,7 +1313,6 @@ def test_a_connection_found_read_only_is_replaced_once_the_database_can_be_writt
 
 def test_a_durable_write_whose_sync_fails_is_refused_and_the_next_one_is_synced(tmp_path, monkeypatch):
     from app.domain.errors import StoreUnavailable
-    from app.store import writer
 
     store = SQLiteStore(tmp_path / "keys.db")
     real, failures = os.fdatasync, [OSError(5, "Input/output error")]
@@ -1334,7 +1332,6 @@ def test_a_durable_write_whose_sync_fails_is_refused_and_the_next_one_is_synced(
 
 
 def test_a_durable_write_lets_others_write_while_the_disk_syncs_it(tmp_path, monkeypatch):
-    from app.store import writer
 
     store = SQLiteStore(tmp_path / "keys.db")
     syncing, release = threading.Event(), threading.Event()
@@ -1359,13 +1356,20 @@ def test_a_durable_write_lets_others_write_while_the_disk_syncs_it(tmp_path, mon
     store.close()
 
 
-def test_syncs_asked_for_while_one_is_under_way_share_the_next_one(tmp_path, monkeypatch):
-    from app.store import writer
+@pytest.fixture
+def log_sync(tmp_path):
+    """A `LogSync` on a log with commits in it (the syncs are faked by each test)."""
     from app.store.writer import LogSync
 
     log = tmp_path / "keys.db-wal"
     log.write_bytes(b"frames")
     sync = LogSync(log)
+    yield sync
+    sync.close()
+
+
+def test_syncs_asked_for_while_one_is_under_way_share_the_next_one(log_sync, monkeypatch):
+    sync = log_sync
     returned: list[str] = []
     began_after: list[int] = []  # for each sync, how many writers had been answered when it began
     first_syncing, release = threading.Event(), threading.Event()
@@ -1394,7 +1398,6 @@ def test_syncs_asked_for_while_one_is_under_way_share_the_next_one(tmp_path, mon
     # One more sync answered all four, and it began only after the first writer was answered.
     assert began_after == [0, 1]
     assert returned == ["first", "later", "later", "later", "later"]
-    sync.close()
 
 
 def test_a_database_reached_through_a_symlink_has_its_real_log_synced(tmp_path, monkeypatch):
@@ -1420,13 +1423,8 @@ def test_a_durable_write_that_changed_nothing_is_not_synced(tmp_path, monkeypatc
     store.close()
 
 
-def test_many_threads_writing_durably_share_syncs(tmp_path, monkeypatch):
-    from app.store import writer
-    from app.store.writer import LogSync
-
-    log = tmp_path / "keys.db-wal"
-    log.write_bytes(b"frames")
-    sync = LogSync(log)
+def test_many_threads_writing_durably_share_syncs(log_sync, monkeypatch):
+    sync = log_sync
     syncs = []
 
     def fdatasync(fd: int) -> None:
@@ -1443,17 +1441,12 @@ def test_many_threads_writing_durably_share_syncs(tmp_path, monkeypatch):
     # A writer covered by a finished sync returns at once, and a waiting crowd is synced
     # together: far fewer syncs than writes (one each would be 1,600).
     assert len(syncs) < 800, len(syncs)
-    sync.close()
 
 
-def test_a_failed_sync_fails_every_write_it_was_to_confirm(tmp_path, monkeypatch):
+def test_a_failed_sync_fails_every_write_it_was_to_confirm(log_sync, monkeypatch):
     from app.domain.errors import StoreUnavailable
-    from app.store import writer
-    from app.store.writer import LogSync
 
-    log = tmp_path / "keys.db-wal"
-    log.write_bytes(b"frames")
-    sync = LogSync(log)
+    sync = log_sync
     calls = 0
 
     def fdatasync(fd: int) -> None:
@@ -1489,7 +1482,6 @@ def test_a_failed_sync_fails_every_write_it_was_to_confirm(tmp_path, monkeypatch
     assert outcomes == ["synced", "unconfirmed", "unconfirmed"] and calls == 2
     sync.sync()  # a write after the failure syncs afresh
     assert calls == 3
-    sync.close()
 
 
 def count_window_writes(store, settings) -> Callable[[], int]:
