@@ -1402,7 +1402,9 @@ def test_syncs_asked_for_while_one_is_under_way_share_the_next_one(log_sync, mon
 
 def test_a_database_reached_through_a_symlink_has_its_real_log_synced(tmp_path, monkeypatch):
     (tmp_path / "real").mkdir()
-    (tmp_path / "link").symlink_to(tmp_path / "real")
+    (tmp_path / "link").mkdir()
+    SQLiteStore(tmp_path / "real" / "keys.db").close()
+    (tmp_path / "link" / "keys.db").symlink_to(tmp_path / "real" / "keys.db")
     store = SQLiteStore(tmp_path / "link" / "keys.db")
     synced = record_syncs(monkeypatch)
     insert(store)
