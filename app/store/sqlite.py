@@ -63,8 +63,6 @@ class SQLiteStore(SQLStore):
             self._shared = database
             self._path: Path | None = None
             file = next((row[2] for row in database.execute("PRAGMA database_list") if row[1] == "main"), "")
-            if database.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                file = ""  # a rollback journal: each commit syncs the database itself
         else:
             self._path = Path(database)
             file = os.path.realpath(self._path)  # where SQLite keeps it, and its log beside it
@@ -79,6 +77,12 @@ class SQLiteStore(SQLStore):
         self._turn: threading.RLock | WriterLock = self._lock if self._writer is None else self._writer
         try:
             self.migrate()
+            with self._conn() as conn:
+                if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    # A rollback journal (a filesystem without write-ahead logging, or a connection
+                    # handed over in that mode): each commit syncs the database itself, even at
+                    # NORMAL, and there is no log to sync.
+                    self._log_sync = None
         except sqlite3.DatabaseError as error:  # not a database, or a damaged one
             raise StoreStartError(f"{self._path or 'the database'} is not a usable SQLite database: {error}") from None
         except StoreUnavailable as error:
@@ -105,10 +109,7 @@ class SQLiteStore(SQLStore):
         assert self._path is not None
         conn = sqlite3.connect(self._path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        if conn.execute("PRAGMA journal_mode = WAL").fetchone()[0] != "wal":
-            # A filesystem without write-ahead logging: with a rollback journal, each commit
-            # syncs the database itself (also at NORMAL), and there is no log to sync.
-            self._log_sync = None
+        conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA foreign_keys = ON")
         return conn
@@ -162,9 +163,9 @@ class SQLiteStore(SQLStore):
         One writer at a time: the store's lock with a shared connection, else this process's
         turn on the `WriterLock`. Every write commits at `synchronous = NORMAL`; a durable one
         then has the log synced (`LogSync`: group commit) before it returns, after the write
-        lock is let go (unless it changed no row). A connection that cannot be rolled back is discarded (`_discard`).
-        (`_conn` and `_writer_turn` written out in one generator: every counted request
-        writes here.)
+        lock is let go (unless it changed no row). A connection that cannot be rolled back is
+        discarded (`_discard`). (`_conn` and `_writer_turn` written out in one generator: every
+        counted request writes here.)
 
         Committed at FULL, a durable write held the write lock through its sync, so two
         workers minting synced one after the other; synced after the lock is let go, the
