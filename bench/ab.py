@@ -32,6 +32,8 @@ KEYS = 200
 WORKLOADS = tuple(os.environ.get("BENCH_WORKLOADS", "whoami mint healthz").split())
 # BENCH_WORKERS=2 serves each tree with two workers (unpinned) instead of one on CPU 1.
 WORKERS = int(os.environ.get("BENCH_WORKERS", "1"))
+# BENCH_DB_DIR=/dev/shm keeps the databases there (a disk whose sync costs nothing) instead of bench/out.
+DB_DIR = Path(os.environ.get("BENCH_DB_DIR") or OUT)
 
 
 class TreeTarget(Target):
@@ -71,14 +73,14 @@ def main(revisions: list[str]) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     rounds = bench.ROUNDS
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="bench-ab-") as scratch:
-        targets = [TreeTarget("this", ROOT, OUT / "ab-this.db")]
+        targets = [TreeTarget("this", ROOT, DB_DIR / "ab-this.db")]
         for revision in revisions:
             tree = Path(scratch) / revision
             subprocess.run(["git", "worktree", "add", "--detach", "-q", str(tree), revision], cwd=ROOT, check=True)
             stack.callback(subprocess.run, ["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, check=False)
-            targets.append(TreeTarget(revision, tree, OUT / f"ab-{revision}.db"))
+            targets.append(TreeTarget(revision, tree, DB_DIR / f"ab-{revision}.db"))
         for target in targets:
-            for old in OUT.glob(f"ab-{target.name}.db*"):
+            for old in DB_DIR.glob(f"ab-{target.name}.db*"):
                 old.unlink()
             target.start()
             stack.callback(target.stop)

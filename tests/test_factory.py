@@ -26,6 +26,7 @@ DEVELOPMENT = [
     "EnvelopeCORSMiddleware",
     "PagesMiddleware",
     "ExceptionMiddleware",
+    "DurableAnswerMiddleware",
     "SpecPathsSwaggerUIMiddleware",
     "ExactRoutingMiddleware",
     "OriginCheckMiddleware",

@@ -3,7 +3,9 @@
 Accounts, keys, key events and rate-limit windows in one file. Write transactions start with
 `BEGIN IMMEDIATE`, one writer at a time across worker processes (`WriterLock`), so SQLite needs
 no row locks. Every write commits at `synchronous = NORMAL`; a durable one returns once its log
-is synced (`LogSync`: group commit), after the write lock is let go. SQLite's faults that mean
+is synced (`LogSync`: group commit), after the write lock is let go, or, inside
+`writer.syncs_deferred` (a web request, `app.web.durable`), numbers the sync its answer must
+wait for. SQLite's faults that mean
 the store cannot answer now (busy, locked, read-only, full, failing disk) are `StoreUnavailable`.
 """
 
@@ -21,7 +23,7 @@ from app.domain.errors import StoreUnavailable
 from app.store import migrations
 from app.store.errors import DatabaseMissing, StoreStartError
 from app.store.sql import SQLStore
-from app.store.writer import CHECKPOINT_INTERVAL_S, Checkpointer, LogSync, WriterLock
+from app.store.writer import CHECKPOINT_INTERVAL_S, Checkpointer, LogSync, WriterLock, make_durable
 
 BUSY_TIMEOUT_MS = 5000
 SCHEMA_VERSION = migrations.SCHEMA_VERSION
@@ -162,16 +164,15 @@ class SQLiteStore(SQLStore):
 
         One writer at a time: the store's lock with a shared connection, else this process's
         turn on the `WriterLock`. Every write commits at `synchronous = NORMAL`; a durable one
-        then has the log synced (`LogSync`: group commit) before it returns, after the write
-        lock is let go (unless it changed no row). A connection that cannot be rolled back is
-        discarded (`_discard`). (`_conn` and `_writer_turn` written out in one generator: every
-        counted request writes here.)
+        then, after the write lock is let go and unless it changed no row, has the log synced
+        (`LogSync`: group commit) before it returns, or, inside `syncs_deferred`, numbers the
+        sync the request's answer waits for (`writer.make_durable`). A connection that cannot
+        be rolled back is discarded (`_discard`). (`_conn` and `_writer_turn` written out in
+        one generator: every counted request writes here.)
 
         Committed at FULL, a durable write held the write lock through its sync, so two
         workers minting synced one after the other; synced after the lock is let go, the
-        other worker commits meanwhile and the two syncs overlap. `make bench-ab` with two
-        workers, 16 connections: 1,561 against 901 mints a second (medians of 5 rounds); with
-        one worker, 1,076 against 1,075.
+        other worker commits meanwhile and the two syncs overlap (README, "Performance").
         """
         conn = None
         changed = False
@@ -200,7 +201,7 @@ class SQLiteStore(SQLStore):
                 raise StoreUnavailable("The key store is temporarily unavailable; retry shortly.") from error
             raise
         if durable and changed and self._log_sync is not None:  # a write that changed nothing has nothing to sync
-            self._log_sync.sync()
+            make_durable(self._log_sync)
 
     def _roll_back(self, conn: sqlite3.Connection) -> None:
         """Roll back after an error (the body's, or COMMIT's), which goes on as the write's outcome.

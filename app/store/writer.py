@@ -17,6 +17,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,34 @@ CHECKPOINT_INTERVAL_S = 0.05
 IDLE_CHECKPOINT_INTERVAL_S = 0.25
 
 log = logging.getLogger(__name__)
+
+# The durable writes of the request being handled, when it is answered only after they are
+# synced (`syncs_deferred`); None: each durable write is synced before it returns.
+_deferred: ContextVar[list[tuple[LogSync, int]] | None] = ContextVar("deferred_log_syncs", default=None)
+
+
+@contextmanager
+def syncs_deferred() -> Iterator[list[tuple[LogSync, int]]]:
+    """Collect, instead of waiting for, the log syncs the durable writes in this block need.
+
+    Each entry is a log and the ticket (`LogSync.ticket`) its sync must cover. The caller
+    must not acknowledge any of those writes until every entry is settled.
+    """
+    pending: list[tuple[LogSync, int]] = []
+    token = _deferred.set(pending)
+    try:
+        yield pending
+    finally:
+        _deferred.reset(token)
+
+
+def make_durable(log_sync: LogSync) -> None:
+    """After a commit: sync the log now, or, inside `syncs_deferred`, number the sync it needs."""
+    pending = _deferred.get()
+    if pending is None:
+        log_sync.sync()
+    else:
+        pending.append((log_sync, log_sync.ticket()))
 
 
 @dataclass
@@ -195,6 +224,11 @@ class LogSync:
     for each new log file. A sync that fails fails every write it was to confirm
     (`StoreUnavailable`, `details.reason` "unconfirmed": committed, but maybe not on disk); a
     write that asks after it tries again, as SQLite itself would at its next commit.
+
+    `sync` is `ticket` (numbered after the commit) then `wait` (until a sync that began after
+    it is done). A web request splits the two (`syncs_deferred`, `app.web.durable`): its
+    writes only take tickets, and its answer waits, off the event loop, for a sync that
+    covers them, while the loop handles other requests; `settled` tells it whether one has.
     """
 
     def __init__(self, log_path: Path) -> None:
@@ -209,15 +243,31 @@ class LogSync:
 
     def sync(self) -> None:
         """Return once everything committed to the log before this call is on disk; StoreUnavailable if it cannot be."""
+        self.wait(self.ticket())
+
+    def ticket(self) -> int:
+        """Number a request for a sync, made after a commit: any sync that begins from now on covers it."""
         with self._state:
             self._asked += 1
-            mine = self._asked
+            return self._asked
+
+    def settled(self, ticket: int) -> bool:
+        """Whether a sync has covered `ticket` (True), or none yet (False); StoreUnavailable if one that did failed."""
+        with self._state:
+            if self._failed >= ticket:
+                raise _unconfirmed()
+            return self._synced >= ticket
+
+    def wait(self, ticket: int) -> None:
+        """Return once a sync that began after `ticket` was numbered is done; StoreUnavailable if it failed."""
+        mine = ticket
+        with self._state:
             while self._syncing and self._synced < mine and self._failed < mine:
                 self._state.wait()
-            if self._synced >= mine:  # a sync that began after this call covered it
-                return
-            if self._failed >= mine:  # ... and failed
+            if self._failed >= mine:  # a sync that began after this call covered it, and failed
                 raise _unconfirmed()
+            if self._synced >= mine:  # ... and succeeded
+                return
             self._syncing = True
             covering = self._asked  # every request so far committed before this sync begins
         try:

@@ -39,6 +39,7 @@ from app.web.contract import ContractIndex
 from app.web.cors import EnvelopeCORSMiddleware
 from app.web.csrf import OriginCheckMiddleware, OriginPolicy
 from app.web.dev import PreferMiddleware
+from app.web.durable import DurableAnswerMiddleware
 from app.web.errors import ErrorHandlers
 from app.web.headers import ResponseHeadersMiddleware
 from app.web.hosts import TrustedHostMiddleware
@@ -108,6 +109,7 @@ def middleware_stack(
         partial(PagesMiddleware, services=services, spec_bytes=spec_bytes if settings.contract else None,
                 key_page=settings.key_page, dev_login=not settings.production),
         connexion[ExceptionMiddleware],  # from here in, errors are answered by `ErrorHandlers`
+        DurableAnswerMiddleware,  # a durable write's answer waits for its sync, the loop does not
         connexion[SwaggerUIMiddleware],
         connexion[RoutingMiddleware],  # the operation is known from here in
         # A cookie-authenticated change sent from a foreign page (403), before it is counted.
