@@ -4,7 +4,9 @@ Starlette routes three endpoints by hand and does exactly what the real service 
 them, with the same modules: the session check (HS256 JWT) and per-account rate limit,
 key minting with the same SQLite transactions, and key verification with the same
 transaction (`KeyService.use`: the key's lookup, its account's rate windows, its usage).
-No contract validation, no middleware stack. It is the floor the real server is measured
+A mint is answered once its key is synced to disk, the sync off the event loop, by the
+layer the service uses for that (`app.web.durable`). No contract validation, no other
+middleware. It is the floor the real server is measured
 against: `uvicorn bench.floor:app`.
 """
 
@@ -26,6 +28,7 @@ from app.domain.errors import ServiceError
 from app.domain.keys import MINT_WARNING
 from app.domain.ratelimit import management_subject
 from app.store import SQLiteStore
+from app.web.durable import DurableAnswerMiddleware
 from app.web.errors import error_headers, status_and_code
 from app.web.ratelimit_headers import rate_limit_headers
 from handlers.render import render_api_key_created, render_current_key
@@ -85,8 +88,8 @@ async def whoami(request: Request) -> Response:
     return reply({"data": info}, 200, rate_limit_headers(decision))
 
 
-app = Starlette(routes=[
+app = DurableAnswerMiddleware(Starlette(routes=[
     Route("/healthz", healthz),
     Route("/api/v1/keys", mint, methods=["POST"]),
     Route("/api/v1/whoami", whoami),
-])
+]))

@@ -1439,7 +1439,7 @@ def test_many_threads_writing_durably_share_syncs(log_sync, monkeypatch):
         thread.start()
     for thread in threads:
         thread.join(60)
-    assert sync._asked == 1600 and sync._synced == 1600
+    assert sync._asked == 1600 and sync._done == 1600
     # A writer covered by a finished sync returns at once, and a waiting crowd is synced
     # together: far fewer syncs than writes (one each would be 1,600).
     assert len(syncs) < 800, len(syncs)
@@ -1538,3 +1538,44 @@ def test_a_refused_key_after_the_first_refusal_writes_nothing_on_either_engine(s
     assert [store.use_key(digest, T0, admit, f"req_{i}")[1].allowed for i in range(3, 6)] == [False] * 3
     assert writes() == before + 1
     assert [e.type for e in store.list_events(USER, 10, None)].count("rate_limited") == 1
+
+
+def test_a_failed_sync_fails_only_the_writes_it_was_to_confirm(log_sync, monkeypatch):
+    from app.domain.errors import StoreUnavailable
+
+    sync = log_sync
+    failing = [False]
+
+    def fdatasync(fd: int) -> None:
+        if failing[0]:
+            raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(writer.os, "fdatasync", fdatasync)
+    first = sync.ticket()
+    sync.wait(first)
+    second = sync.ticket()
+    failing[0] = True
+    with pytest.raises(StoreUnavailable):
+        sync.wait(second)
+    # The first was confirmed by a sync of its own before the failure: it stays confirmed.
+    assert sync.settled(first) is True
+    with pytest.raises(StoreUnavailable):
+        sync.settled(second)
+    failing[0] = False
+    third = sync.ticket()
+    assert sync.settled(third) is False
+    sync.wait(third)
+    assert sync.settled(third) is True
+
+
+def test_a_durable_write_made_after_its_request_was_answered_syncs_before_it_returns(tmp_path, monkeypatch):
+    store = SQLiteStore(tmp_path / "keys.db")
+    synced = record_syncs(monkeypatch)
+    with writer.syncs_deferred() as pending:
+        insert(store)
+        assert pending and synced == []  # numbered, for the answer to wait for
+    numbered = len(pending)
+    # A write after the block (a thread or task started in it) has no answer holding for it.
+    insert(store, name="second")
+    assert len(pending) == numbered and synced
+    store.close()

@@ -19,11 +19,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import ClassVar
 
-from app.domain.errors import StoreUnavailable
+from app.domain.errors import ServiceError, StoreUnavailable
 from app.store import migrations
 from app.store.errors import DatabaseMissing, StoreStartError
 from app.store.sql import SQLStore
-from app.store.writer import CHECKPOINT_INTERVAL_S, Checkpointer, LogSync, WriterLock, make_durable
+from app.store.writer import CHECKPOINT_INTERVAL_S, Checkpointer, LogSync, WriterLock, make_durable, relied_on
 
 BUSY_TIMEOUT_MS = 5000
 SCHEMA_VERSION = migrations.SCHEMA_VERSION
@@ -166,7 +166,9 @@ class SQLiteStore(SQLStore):
         turn on the `WriterLock`. Every write commits at `synchronous = NORMAL`; a durable one
         then, after the write lock is let go and unless it changed no row, has the log synced
         (`LogSync`: group commit) before it returns, or, inside `syncs_deferred`, numbers the
-        sync the request's answer waits for (`writer.make_durable`). A connection that cannot
+        sync the request's answer waits for (`writer.make_durable`); one that committed nothing
+        (no row changed, or the domain refused) there waits for a sync of what it found
+        (`writer.relied_on`). A connection that cannot
         be rolled back is discarded (`_discard`). (`_conn` and `_writer_turn` written out in
         one generator: every counted request writes here.)
 
@@ -200,8 +202,15 @@ class SQLiteStore(SQLStore):
             if _unavailable(error):
                 raise StoreUnavailable("The key store is temporarily unavailable; retry shortly.") from error
             raise
-        if durable and changed and self._log_sync is not None:  # a write that changed nothing has nothing to sync
-            make_durable(self._log_sync)
+        except ServiceError as refusal:  # the domain refused, by what it found (a name taken, the key cap)
+            if durable and self._log_sync is not None and not isinstance(refusal, StoreUnavailable):
+                relied_on(self._log_sync)
+            raise
+        if durable and self._log_sync is not None:
+            if changed:
+                make_durable(self._log_sync)
+            else:  # nothing of its own to sync
+                relied_on(self._log_sync)
 
     def _roll_back(self, conn: sqlite3.Connection) -> None:
         """Roll back after an error (the body's, or COMMIT's), which goes on as the write's outcome.

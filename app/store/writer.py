@@ -15,6 +15,7 @@ import os
 import queue
 import sqlite3
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -25,35 +26,58 @@ from app.domain.errors import StoreUnavailable
 
 CHECKPOINT_INTERVAL_S = 0.05
 IDLE_CHECKPOINT_INTERVAL_S = 0.25
+# Failed log syncs remembered, to answer the requests each was to confirm (they ask at once).
+REMEMBERED_FAILURES = 64
 
 log = logging.getLogger(__name__)
 
+class Deferred(list[tuple["LogSync", int]]):
+    """The syncs a request's answer waits for: (log, ticket) pairs; `closed` once it is answered."""
+
+    closed = False
+
+
 # The durable writes of the request being handled, when it is answered only after they are
 # synced (`syncs_deferred`); None: each durable write is synced before it returns.
-_deferred: ContextVar[list[tuple[LogSync, int]] | None] = ContextVar("deferred_log_syncs", default=None)
+_deferred: ContextVar[Deferred | None] = ContextVar("deferred_log_syncs", default=None)
 
 
 @contextmanager
-def syncs_deferred() -> Iterator[list[tuple[LogSync, int]]]:
+def syncs_deferred() -> Iterator[Deferred]:
     """Collect, instead of waiting for, the log syncs the durable writes in this block need.
 
     Each entry is a log and the ticket (`LogSync.ticket`) its sync must cover. The caller
-    must not acknowledge any of those writes until every entry is settled.
+    must not acknowledge any of those writes until every entry is settled. A write made after
+    the block (by a thread or task started in it) syncs before it returns, as outside one.
     """
-    pending: list[tuple[LogSync, int]] = []
+    pending = Deferred()
     token = _deferred.set(pending)
     try:
         yield pending
     finally:
+        pending.closed = True
         _deferred.reset(token)
 
 
 def make_durable(log_sync: LogSync) -> None:
     """After a commit: sync the log now, or, inside `syncs_deferred`, number the sync it needs."""
     pending = _deferred.get()
-    if pending is None:
+    if pending is None or pending.closed:
         log_sync.sync()
     else:
+        pending.append((log_sync, log_sync.ticket()))
+
+
+def relied_on(log_sync: LogSync) -> None:
+    """After a durable write that committed nothing (it changed no row, or was refused).
+
+    What it found may be another request's commit whose sync is still under way (a name
+    taken, the key cap reached, a key already revoked). Inside `syncs_deferred` the answer
+    waits for a sync that covers what it saw, as the other request's own answer does; outside,
+    nothing waits (a write's answer there is given after its own sync, before this one's).
+    """
+    pending = _deferred.get()
+    if pending is not None and not pending.closed:
         pending.append((log_sync, log_sync.ticket()))
 
 
@@ -235,8 +259,10 @@ class LogSync:
         self._path = log_path
         self._state = threading.Condition(threading.Lock())
         self._asked = 0  # requests so far, numbered
-        self._synced = 0  # every request up to this number is on disk
-        self._failed = 0  # every request up to this number was in a sync that failed
+        self._done = 0  # every request up to this number was in a sync that has ended
+        # The requests of the syncs that failed, as (after, up to) ranges, the latest last: the
+        # syncs run one at a time, so each ended sync covered the requests after the one before.
+        self._failures: deque[tuple[int, int]] = deque(maxlen=REMEMBERED_FAILURES)
         self._syncing = False
         self._fd = -1
         self._pid = 0
@@ -252,38 +278,40 @@ class LogSync:
             return self._asked
 
     def settled(self, ticket: int) -> bool:
-        """Whether a sync has covered `ticket` (True), or none yet (False); StoreUnavailable if one that did failed."""
+        """Whether a sync has covered `ticket` (True), or none yet (False); StoreUnavailable if the one that did failed."""
         with self._state:
-            if self._failed >= ticket:
-                raise _unconfirmed()
-            return self._synced >= ticket
+            return self._outcome(ticket)
 
     def wait(self, ticket: int) -> None:
         """Return once a sync that began after `ticket` was numbered is done; StoreUnavailable if it failed."""
-        mine = ticket
         with self._state:
-            while self._syncing and self._synced < mine and self._failed < mine:
+            while self._syncing and self._done < ticket:
                 self._state.wait()
-            if self._failed >= mine:  # a sync that began after this call covered it, and failed
-                raise _unconfirmed()
-            if self._synced >= mine:  # ... and succeeded
+            if self._outcome(ticket):
                 return
             self._syncing = True
-            covering = self._asked  # every request so far committed before this sync begins
+            after, covering = self._done, self._asked  # every request so far committed before this sync begins
         try:
             self._sync()
-        except OSError as error:
-            log.warning("syncing the SQLite log %s failed: %s", self._path, error.strerror or error)
+        except Exception as error:  # noqa: BLE001 - whatever stopped it, the sync did not confirm these writes
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else type(error).__name__
+            log.warning("syncing the SQLite log %s failed: %s", self._path, reason)
             with self._state:
-                self._failed = max(self._failed, covering)
-            raise _unconfirmed() from None
-        else:
-            with self._state:
-                self._synced = covering
+                self._failures.append((after, covering))
+            raise unconfirmed() from None
         finally:
             with self._state:
+                self._done = covering
                 self._syncing = False
                 self._state.notify_all()
+
+    def _outcome(self, ticket: int) -> bool:
+        """Under `_state`: `settled`'s answer."""
+        if self._done < ticket:
+            return False
+        if any(after < ticket <= up_to for after, up_to in self._failures):
+            raise unconfirmed()
+        return True
 
     def _sync(self) -> None:
         if self._pid != os.getpid():  # a descriptor opened before a fork is the parent's to close
@@ -312,7 +340,8 @@ class LogSync:
             self._fd = -1
 
 
-def _unconfirmed() -> StoreUnavailable:
+def unconfirmed() -> StoreUnavailable:
+    """The refusal of a write that was committed but is not known to be on disk (503)."""
     return StoreUnavailable(
         "The key store could not confirm that the change reached the disk; it may have been saved: "
         "check before retrying.", {"reason": "unconfirmed"})

@@ -8,24 +8,34 @@ a durable write only numbers the sync it needs (`syncs_deferred`); the layer hol
 request's answer, has the log synced by a thread of its own, and sends the answer once a sync
 that began after the write's commit is done. One sync runs at a time per log and covers every
 write committed before it began, from however many requests; the loop handles others
-meanwhile. A sync that fails answers the request `StoreUnavailable` ("unconfirmed", 503, by
-`ErrorHandlers` outside this layer) in place of what the handler returned.
+meanwhile. A durable write that committed nothing (a name already taken, a key already
+revoked) waits the same way for a sync of what it found (`writer.relied_on`).
 
-Outside this layer (the key page, tools, tests that call the store), a durable write still
-syncs before it returns.
+A sync that fails, raises, or has not ended within SYNC_TIMEOUT_S answers each request it was
+to confirm `StoreUnavailable` ("unconfirmed", 503, by `ErrorHandlers` outside this layer) in
+place of what the handler returned, its error included. A durable write made outside this
+layer (`/dev/login` in development, the command-line tools) still syncs before it returns.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.domain.errors import StoreUnavailable
-from app.store.writer import LogSync, syncs_deferred
+from app.store.writer import Deferred, LogSync, syncs_deferred, unconfirmed
+from app.web.state import STATE_KEY
+
+# As long as a write waits for the write lock (the store's busy timeout), then 503: a disk
+# that does not answer is not waited on for good, while the loop goes on answering others.
+SYNC_TIMEOUT_S = 5.0
+
+log = logging.getLogger("app.errors")
 
 
 class DurableAnswerMiddleware:
@@ -50,33 +60,38 @@ class DurableAnswerMiddleware:
 
             try:
                 await self.app(scope, receive, hold)
-            except BaseException:
-                # Whatever answers the error (a 500, most likely) comes after the writes'
-                # sync all the same; its own outcome is the error's.
-                for log, ticket in pending:
-                    await self._covered(log, ticket, quiet=True)
+            except Exception as error:
+                # The error is answered outside, after the writes' sync all the same; if that
+                # failed, the answer says what a client must know: the change may be saved.
+                await self._confirm(pending, scope, cause=error)
                 raise
-        for log, ticket in pending:
-            await self._covered(log, ticket)
+        await self._confirm(pending, scope)
         for message in held:
             await send(message)
 
-    async def _covered(self, log: LogSync, ticket: int, quiet: bool = False) -> None:
-        """Return once a sync of `log` covered `ticket`; StoreUnavailable if one that did failed."""
-        try:
-            while not log.settled(ticket):
-                loop = asyncio.get_running_loop()
-                under_way = self._under_way.get(log)
-                if under_way is None or under_way.done() or under_way.get_loop() is not loop:
-                    # One sync for every ticket numbered so far (`LogSync.wait` covers them all).
-                    under_way = loop.run_in_executor(self._thread(), log.wait, ticket)
-                    self._under_way[log] = under_way
-                # `settled` then tells whether this request's writes were in a sync that failed.
-                with contextlib.suppress(StoreUnavailable):
-                    await asyncio.shield(under_way)
-        except StoreUnavailable:
-            if not quiet:
-                raise
+    async def _confirm(self, pending: Deferred, scope: Scope, cause: Exception | None = None) -> None:
+        """Return once every (log, ticket) of `pending` is covered by a sync; StoreUnavailable if one is not."""
+        for log_sync, ticket in pending:
+            try:
+                await asyncio.wait_for(self._covered(log_sync, ticket), SYNC_TIMEOUT_S)
+            except (TimeoutError, StoreUnavailable):
+                if cause is not None:  # answered 503 in its stead: logged here, as a 500 would have been
+                    state = scope.get("state", {}).get(STATE_KEY)
+                    log.error("request %s failed", getattr(state, "request_id", "req_unknown"), exc_info=cause)
+                raise unconfirmed() from cause
+
+    async def _covered(self, log_sync: LogSync, ticket: int) -> None:
+        """Return once a sync of `log` covered `ticket`; StoreUnavailable if the one that did failed."""
+        while not log_sync.settled(ticket):
+            loop = asyncio.get_running_loop()
+            under_way = self._under_way.get(log_sync)
+            if under_way is None or under_way.done() or under_way.get_loop() is not loop:
+                # One sync for every ticket numbered so far (`LogSync.wait` covers them all).
+                under_way = loop.run_in_executor(self._thread(), log_sync.wait, ticket)
+                self._under_way[log_sync] = under_way
+            # `settled` then tells whether this request's writes were in a sync that failed.
+            with contextlib.suppress(StoreUnavailable):
+                await asyncio.shield(under_way)
 
     def _thread(self) -> ThreadPoolExecutor:
         if self._pid != os.getpid():  # the app was built before a fork: that thread is not this process's
