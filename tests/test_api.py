@@ -955,3 +955,18 @@ def test_noncharacters_beyond_the_first_plane_are_removed_from_a_name(client, se
     created = client.post(KEYS, json={"name": "cafe-prod\U0001fffe"}, cookies=session())
     assert created.status_code == 201 and created.json()["data"]["name"] == "cafe-prod"
     assert_error(client.post(KEYS, json={"name": "cafe-prod\U0010ffff"}, cookies=session()), 409, "duplicate_name")
+
+
+def test_a_value_ending_in_a_newline_does_not_pass_a_pattern_that_ends_the_text(client, session, mint):
+    # JSON Schema's patterns are ECMA-262's: `$` is the end of the text, not the end of a line.
+    assert_error(client.post(KEYS, json={"name": "trail-nl\n"}, cookies=session()), 400, "invalid_parameter")
+    key = mint("trail-nl")
+    renamed = client.patch(f"{KEYS}/{key['id']}", json={"name": "patched\n"}, cookies=session())
+    assert assert_error(renamed, 400, "invalid_parameter")["details"]["field"] == "name"
+    report = {"keys": [key["key"]], "source": "https://example.com/a\n"}
+    assert assert_error(client.post("/api/v1/leaks", json=report), 400, "invalid_parameter")["details"]["field"] == "source"
+    cursor = client.get(KEYS, params={"limit": 1}, cookies=session())
+    assert cursor.status_code == 200
+    listed = client.get(KEYS, params={"cursor": "0" * 16 + "a" * 32 + "\n"}, cookies=session())
+    assert assert_error(listed, 400, "invalid_parameter")["details"]["field"] == "cursor"
+    assert client.get("/api/v1/whoami", headers={"X-API-Key": key["key"]}).status_code == 200  # not reported

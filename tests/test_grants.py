@@ -56,7 +56,7 @@ def test_allowlist_is_canonical_and_refuses_every_address_and_zones():
         "10.1.2.3",
         "2001:db8::1",
     )
-    for bad in (["0.0.0.0/0"], ["fe80::1%eth0"], ["example.com"], [], [f"10.0.0.{i}" for i in range(21)]):
+    for bad in (["0.0.0.0/0"], ["::ffff:0:0/96"], ["fe80::1%eth0"], ["example.com"], [], [f"10.0.0.{i}" for i in range(21)]):
         with pytest.raises(InvalidParameter):
             allowlist(bad)
 

@@ -72,7 +72,8 @@ def test_mint_with_no_scopes_is_a_400(client, session):
 
 
 @pytest.mark.parametrize(
-    "entry", ["0.0.0.0/0", "::/0", "300.1.1.1", "example.com", "10.0.0.0/33", "fe80::1%eth0", "010.0.0.1", " 10.0.0.1"]
+    "entry", ["0.0.0.0/0", "::/0", "300.1.1.1", "example.com", "10.0.0.0/33", "fe80::1%eth0", "010.0.0.1", " 10.0.0.1",
+              "::ffff:0:0/96", "::ffff:198.51.100.7/96"]
 )
 def test_mint_with_a_bad_allowlist_entry_is_a_400_naming_it(client, session, entry):
     response = client.post(KEYS, json={"name": "siem", "allowed_ips": ["192.0.2.1", entry]}, cookies=session())
@@ -81,6 +82,12 @@ def test_mint_with_a_bad_allowlist_entry_is_a_400_naming_it(client, session, ent
     assert error["code"] == "invalid_parameter"
     assert error["details"]["field"] == "allowed_ips.1"
     assert repr(entry) in error["message"]
+
+
+def test_mint_with_an_allowlist_entry_ending_in_a_newline_is_a_400_naming_it(client, session):
+    response = client.post(KEYS, json={"name": "siem", "allowed_ips": ["192.0.2.1", "10.0.0.1\n"]}, cookies=session())
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["details"]["field"] == "allowed_ips.1"
 
 
 def test_mint_takes_a_block_written_with_host_bits_as_the_block_it_lies_in(mint):

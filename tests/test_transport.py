@@ -276,6 +276,26 @@ def test_a_chunked_body_over_64_kib_is_413(server):
     assert key_names(server, user) == []
 
 
+def test_a_request_without_credentials_logs_its_access_line_and_no_other(server):
+    with connect(server) as sock:
+        sock.sendall(head("/api/v1/whoami"))
+        assert read_response(sock)[0] == 401
+        assert " 401 " in access_line(server, sock.getsockname(), "GET", "/api/v1/whoami")
+    assert "No auth provided" not in server.output()  # Connexion's own line, once per such request
+
+
+def test_a_declared_body_over_64_kib_is_413_at_once_without_waiting_for_it(server):
+    user = f"big-declarer-{time.time_ns()}"
+    request = head("/api/v1/keys", [("Cookie", session_cookie(user)), ("Content-Type", "application/json"),
+                                    ("Content-Length", "99999999999")], method="POST")
+    started = time.monotonic()
+    with connect(server, timeout=5) as sock:  # the 10 s body timeout would be a socket timeout here
+        sock.sendall(request + b'{"name": "x"')
+        error = assert_envelope(read_response(sock), 413, "payload_too_large")
+    assert error["details"] == {"limit_bytes": 64 * 1024} and time.monotonic() - started < 5
+    assert key_names(server, user) == []
+
+
 def test_an_empty_chunked_body_is_a_missing_body(server):
     request = head("/api/v1/keys", [("Cookie", session_cookie("empty-chunker")), ("Content-Type", "application/json"),
                                     ("Transfer-Encoding", "chunked")], method="POST")

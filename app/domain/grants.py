@@ -119,9 +119,10 @@ def allowlist(entries: Sequence[str]) -> tuple[str, ...]:
             {"field": "allowed_ips", "in": "body", "constraint": "maxItems", "expected": MAX_ALLOWED_IPS},
         )
     canonical: list[str] = []
-    for entry in entries:
+    for index, entry in enumerate(entries):
         shown = keymaterial.redact(entry)  # named in the answer: never a key sent by mistake
-        details = {"field": "allowed_ips", "in": "body", "entry": shown}
+        # The entry's index in `field`, as the contract's own checks name it (`allowed_ips.1`).
+        details = {"field": f"allowed_ips.{index}", "in": "body", "entry": shown}
         try:
             if "%" in entry:  # a zone (`fe80::1%eth0`) names a local interface, no client
                 raise ValueError("a scoped address names a local interface")
@@ -133,13 +134,13 @@ def allowlist(entries: Sequence[str]) -> tuple[str, ...]:
                 f"({keymaterial.redact(str(error))}).",
                 details,
             ) from None
+        mapped = network.network_address.ipv4_mapped if isinstance(network, ipaddress.IPv6Network) else None
+        if mapped is not None and network.prefixlen >= 96:
+            # ::ffff:10.0.0.1 is how an IPv4 client reaches a dual-stack socket: kept as IPv4,
+            # as the client's address is compared (::ffff:0:0/96 is every IPv4 address: /0).
+            network = ipaddress.ip_network(f"{mapped}/{network.prefixlen - 96}", strict=False)
         if network.prefixlen == 0:
             raise InvalidParameter(f"allowed_ips: {shown!r} allows every address; send null for no allowlist.", details)
-        mapped = network.network_address.ipv4_mapped if isinstance(network, ipaddress.IPv6Network) else None
-        if mapped is not None and network.prefixlen > 96:
-            # ::ffff:10.0.0.1 is how an IPv4 client reaches a dual-stack socket: kept as IPv4,
-            # as the client's address is compared.
-            network = ipaddress.ip_network(f"{mapped}/{network.prefixlen - 96}", strict=False)
         text = str(network.network_address) if network.prefixlen == network.max_prefixlen else str(network)
         if text not in canonical:
             canonical.append(text)

@@ -53,6 +53,10 @@ class BodyBoundsMiddleware:
         headers = scope["headers"]
         try:
             self.head_limits.check_headers(headers)
+            if _declared_length(headers) > self.max_body_bytes:  # refused from the head, not after a wait
+                raise PayloadTooLarge(
+                    f"The request body is larger than {self.max_body_bytes} bytes.", {"limit_bytes": self.max_body_bytes}
+                )
             body = await self._read_body(receive, _has_body(headers))
         except ServiceError as refusal:
             status, code = status_and_code(refusal)
@@ -105,6 +109,14 @@ class BodyBoundsMiddleware:
                 chunks.append(chunk)
                 return b"".join(chunks)
             chunks.append(chunk)
+
+
+def _declared_length(headers: list[tuple[bytes, bytes]]) -> int:
+    """The body's Content-Length, 0 if none (the server has refused one that is not digits)."""
+    for name, value in headers:
+        if name == b"content-length":
+            return int(value) if value.isdigit() else 0
+    return 0
 
 
 def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:

@@ -9,6 +9,7 @@ is overridden here (tests/test_fence.py).
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from typing import Any
@@ -36,15 +37,41 @@ MAX_PASSED_QUERIES = 64  # query strings remembered as valid, per operation
 MAX_REMEMBERED_QUERY = 256  # bytes: a longer query string is validated every time
 
 
-_PATTERN = Draft4Validator.VALIDATORS["pattern"]  # jsonschema's own `pattern` keyword, public
+@functools.lru_cache(maxsize=256)
+def ecma_pattern(pattern: str) -> re.Pattern[str]:
+    r"""`pattern` read as JSON Schema reads it (ECMA-262): `$` is the end of the text.
+
+    Python's `$` also matches before a final newline, so `^[a-z]+$` would let `"name\n"`
+    through. Every `$` outside a character class becomes `\Z`; nothing else differs for the
+    contract's patterns (ASCII classes, `[0-9]` rather than `\d`).
+    """
+    out: list[str] = []
+    in_class, i = False, 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\":
+            out.append(pattern[i : i + 2])
+            i += 2
+            continue
+        if c == "[":
+            in_class = True
+        elif c == "]":
+            in_class = False
+        out.append("\\Z" if c == "$" and not in_class else c)
+        i += 1
+    return re.compile("".join(out))
 
 
 def _pattern_within_length(validator: Any, pattern: str, instance: Any, schema: dict) -> Any:
+    """jsonschema's `pattern` keyword, with ECMA-262's `$` (`ecma_pattern`), within `maxLength`."""
+    if not validator.is_type(instance, "string"):
+        return
     # jsonschema checks every keyword, `pattern` even once `maxLength` has failed: a pattern is
     # never run over more text than the schema admits, whatever its cost per character.
-    if validator.is_type(instance, "string") and len(instance) > schema.get("maxLength", len(instance)):
+    if len(instance) > schema.get("maxLength", len(instance)):
         return
-    yield from _PATTERN(validator, pattern, instance, schema)
+    if not ecma_pattern(pattern).search(instance):
+        yield ValidationError(f"{instance!r} does not match {pattern!r}")
 
 
 BodyValidator = extend(Draft4RequestValidator, {"pattern": _pattern_within_length})
