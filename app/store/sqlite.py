@@ -168,9 +168,9 @@ class SQLiteStore(SQLStore):
         (`LogSync`: group commit) before it returns, or, inside `syncs_deferred`, numbers the
         sync the request's answer waits for (`writer.make_durable`); one that committed nothing
         (no row changed, or the domain refused) there waits for a sync of what it found
-        (`writer.relied_on`). A connection that cannot
-        be rolled back is discarded (`_discard`). (`_conn` and `_writer_turn` written out in
-        one generator: every counted request writes here.)
+        (`writer.relied_on`). A connection that cannot be rolled back is discarded
+        (`_discard`). (`_conn` and `_writer_turn` written out in one generator: every counted
+        request writes here.)
 
         Committed at FULL, a durable write held the write lock through its sync, so two
         workers minting synced one after the other; synced after the lock is let go, the

@@ -31,6 +31,7 @@ REMEMBERED_FAILURES = 64
 
 log = logging.getLogger(__name__)
 
+
 class Deferred(list[tuple["LogSync", int]]):
     """The syncs a request's answer waits for: (log, ticket) pairs; `closed` once it is answered."""
 
@@ -61,11 +62,8 @@ def syncs_deferred() -> Iterator[Deferred]:
 
 def make_durable(log_sync: LogSync) -> None:
     """After a commit: sync the log now, or, inside `syncs_deferred`, number the sync it needs."""
-    pending = _deferred.get()
-    if pending is None or pending.closed:
+    if not _defer(log_sync):
         log_sync.sync()
-    else:
-        pending.append((log_sync, log_sync.ticket()))
 
 
 def relied_on(log_sync: LogSync) -> None:
@@ -76,9 +74,16 @@ def relied_on(log_sync: LogSync) -> None:
     waits for a sync that covers what it saw, as the other request's own answer does; outside,
     nothing waits (a write's answer there is given after its own sync, before this one's).
     """
+    _defer(log_sync)
+
+
+def _defer(log_sync: LogSync) -> bool:
+    """Inside an open `syncs_deferred`, number a sync of `log_sync` for the answer to wait for."""
     pending = _deferred.get()
-    if pending is not None and not pending.closed:
-        pending.append((log_sync, log_sync.ticket()))
+    if pending is None or pending.closed:
+        return False
+    pending.append((log_sync, log_sync.ticket()))
+    return True
 
 
 @dataclass

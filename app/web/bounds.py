@@ -54,9 +54,7 @@ class BodyBoundsMiddleware:
         try:
             self.head_limits.check_headers(headers)
             if _declared_length(headers) > self.max_body_bytes:  # refused from the head, not after a wait
-                raise PayloadTooLarge(
-                    f"The request body is larger than {self.max_body_bytes} bytes.", {"limit_bytes": self.max_body_bytes}
-                )
+                raise _too_large(self.max_body_bytes)
             body = await self._read_body(receive, _has_body(headers))
         except ServiceError as refusal:
             status, code = status_and_code(refusal)
@@ -102,13 +100,17 @@ class BodyBoundsMiddleware:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
-                raise PayloadTooLarge(f"The request body is larger than {limit} bytes.", {"limit_bytes": limit})
+                raise _too_large(limit)
             if not message.get("more_body", False):
                 if not chunks:
                     return chunk  # the usual case: the whole body in one message, nothing to join
                 chunks.append(chunk)
                 return b"".join(chunks)
             chunks.append(chunk)
+
+
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"The request body is larger than {limit} bytes.", {"limit_bytes": limit})
 
 
 def _declared_length(headers: list[tuple[bytes, bytes]]) -> int:
