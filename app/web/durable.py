@@ -71,14 +71,17 @@ class DurableAnswerMiddleware:
 
     async def _confirm(self, pending: Deferred, scope: Scope, cause: Exception | None = None) -> None:
         """Return once every (log, ticket) of `pending` is covered by a sync; StoreUnavailable if one is not."""
-        for log_sync, ticket in pending:
-            try:
-                await asyncio.wait_for(self._covered(log_sync, ticket), SYNC_TIMEOUT_S)
-            except (TimeoutError, StoreUnavailable):
-                if cause is not None:  # answered 503 in its stead: logged here, as a 500 would have been
-                    state = scope.get("state", {}).get(STATE_KEY)
-                    log.error("request %s failed", getattr(state, "request_id", "req_unknown"), exc_info=cause)
-                raise unconfirmed() from cause
+        if not pending:
+            return
+        try:
+            async with asyncio.timeout(SYNC_TIMEOUT_S):  # no task of its own, unlike `wait_for`
+                for log_sync, ticket in pending:
+                    await self._covered(log_sync, ticket)
+        except (TimeoutError, StoreUnavailable):
+            if cause is not None:  # answered 503 in its stead: logged here, as a 500 would have been
+                state = scope.get("state", {}).get(STATE_KEY)
+                log.error("request %s failed", getattr(state, "request_id", "req_unknown"), exc_info=cause)
+            raise unconfirmed() from cause
 
     async def _covered(self, log_sync: LogSync, ticket: int) -> None:
         """Return once a sync of `log` covered `ticket`; StoreUnavailable if the one that did failed."""
