@@ -9,7 +9,8 @@ request's answer, has the log synced by a thread of its own, and sends the answe
 that began after the write's commit is done. One sync runs at a time per log and covers every
 write committed before it began, from however many requests; the loop handles others
 meanwhile. A durable write that committed nothing (a name already taken, a key already
-revoked) waits the same way for a sync of what it found (`writer.relied_on`).
+revoked) waits the same way for a sync of what it found (`writer.relied_on`). Reads pass
+straight through: the rare one that writes durably (a new account's first list) syncs inline.
 
 A sync that fails, raises, or has not ended within SYNC_TIMEOUT_S answers each request it was
 to confirm `StoreUnavailable` ("unconfirmed", 503, by `ErrorHandlers` outside this layer) in
@@ -34,6 +35,7 @@ from app.web.state import STATE_KEY
 # As long as a write waits for the write lock (the store's busy timeout), then 503: a disk
 # that does not answer is not waited on for good, while the loop goes on answering others.
 SYNC_TIMEOUT_S = 5.0
+READS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 log = logging.getLogger("app.errors")
 
@@ -46,7 +48,9 @@ class DurableAnswerMiddleware:
         self._under_way: dict[LogSync, asyncio.Future[None]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["method"] in READS:
+            # A read that writes durably (a first sign-in's account) syncs before it goes on:
+            # rare, and reads (whoami, the gateway check) pay nothing for this layer.
             await self.app(scope, receive, send)
             return
         held: list[Message] = []
