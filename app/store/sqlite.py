@@ -203,14 +203,16 @@ class SQLiteStore(SQLStore):
                 raise StoreUnavailable("The key store is temporarily unavailable; retry shortly.") from error
             raise
         except ServiceError as refusal:  # the domain refused, by what it found (a name taken, the key cap)
-            if durable and self._log_sync is not None and not isinstance(refusal, StoreUnavailable):
-                relied_on(self._log_sync)
+            if durable and not isinstance(refusal, StoreUnavailable):
+                self._after_durable_write(changed=False)
             raise
-        if durable and self._log_sync is not None:
-            if changed:
-                make_durable(self._log_sync)
-            else:  # nothing of its own to sync
-                relied_on(self._log_sync)
+        if durable:
+            self._after_durable_write(changed)
+
+    def _after_durable_write(self, changed: bool) -> None:
+        """Sync what a durable write committed (`make_durable`), or, if nothing, what it found (`relied_on`)."""
+        if self._log_sync is not None:
+            (make_durable if changed else relied_on)(self._log_sync)
 
     def _roll_back(self, conn: sqlite3.Connection) -> None:
         """Roll back after an error (the body's, or COMMIT's), which goes on as the write's outcome.

@@ -30,7 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.domain.errors import StoreUnavailable
 from app.store.writer import Deferred, LogSync, syncs_deferred, unconfirmed
-from app.web.state import STATE_KEY
+from app.web.errors import request_id_in
 
 # As long as a write waits for the write lock (the store's busy timeout), then 503: a disk
 # that does not answer is not waited on for good, while the loop goes on answering others.
@@ -83,12 +83,11 @@ class DurableAnswerMiddleware:
                     await self._covered(log_sync, ticket)
         except (TimeoutError, StoreUnavailable):
             if cause is not None:  # answered 503 in its stead: logged here, as a 500 would have been
-                state = scope.get("state", {}).get(STATE_KEY)
-                log.error("request %s failed", getattr(state, "request_id", "req_unknown"), exc_info=cause)
+                log.error("request %s failed", request_id_in(scope), exc_info=cause)
             raise unconfirmed() from cause
 
     async def _covered(self, log_sync: LogSync, ticket: int) -> None:
-        """Return once a sync of `log` covered `ticket`; StoreUnavailable if the one that did failed."""
+        """Return once a sync of `log_sync` covered `ticket`; StoreUnavailable if the one that did failed."""
         while not log_sync.settled(ticket):
             loop = asyncio.get_running_loop()
             under_way = self._under_way.get(log_sync)

@@ -18,6 +18,7 @@ from connexion import FlaskApp
 from connexion.exceptions import ProblemException
 from connexion.lifecycle import ConnexionRequest, ConnexionResponse
 from starlette.exceptions import HTTPException
+from starlette.types import Scope
 
 from app.domain import errors as domain
 from app.domain.errors import ServiceError
@@ -112,7 +113,12 @@ MESSAGES = {
 
 def request_id_of(request: ConnexionRequest) -> str:
     """Return the id the access log's layer gave this request."""
-    state = request.scope.get("state", {}).get(STATE_KEY)
+    return request_id_in(request.scope)
+
+
+def request_id_in(scope: Scope) -> str:
+    """Return the id the access log's layer gave the request of this ASGI scope."""
+    state = scope.get("state", {}).get(STATE_KEY)
     return state.request_id if state is not None else "req_unknown"
 
 
