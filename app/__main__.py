@@ -226,27 +226,33 @@ def start_server(settings: Settings, server: Callable[[Settings], int]) -> int:
 
 def checked_store(settings: Settings) -> Store | None:
     """The store `settings` name, opened; or None, having said in one line why it cannot serve."""
-    problem = check_store(settings)
-    if problem:
+    store, problem = opened_store(settings)
+    if store is None:
         print(f"configuration error: {problem}", file=sys.stderr)
-        return None
-    return open_store(settings)
+    return store
 
 
 def check_store(settings: Settings, create: bool | None = None) -> str | None:
     """Open and close the store `settings` name; return why it cannot serve, in one line, or None."""
+    store, problem = opened_store(settings, create)
+    if store is not None:
+        store.close()
+    return problem
+
+
+def opened_store(settings: Settings, create: bool | None = None) -> tuple[Store | None, str | None]:
+    """The store `settings` name, opened (created, migrated); or None and why it cannot serve, in one line."""
     from app.domain.errors import StoreUnavailable
     from app.store import StoreStartError, unreachable
 
     if problem := unreachable(settings):
-        return problem
+        return None, problem
     try:
-        open_store(settings, create=create).close()
+        return open_store(settings, create=create), None
     except StoreStartError as exc:
-        return str(exc)
+        return None, str(exc)
     except StoreUnavailable as exc:
-        return f"the {settings.engine} database cannot be reached: {exc}"
-    return None
+        return None, f"the {settings.engine} database cannot be reached: {exc}"
 
 
 def check_listen(settings: Settings) -> str | None:
@@ -280,13 +286,15 @@ def check_listen(settings: Settings) -> str | None:
 
 def migrate(settings: Settings) -> int:
     """Create the database if missing and bring its schema up to date (start-up does the same, under a lock)."""
-    problem = check_store(settings, create=True)
-    if problem:
+    from app.store.sql import SQLStore
+    store, problem = opened_store(settings, create=True)
+    if store is None:
         print(f"migrate: {problem}", file=sys.stderr)
         return 1
-    store = open_store(settings, create=False)
     try:
-        print(f"{settings.engine}: schema at version {store.schema_version()}, up to date")
+        # What this process's migration found under its lock: of several at once, one creates.
+        assert isinstance(store, SQLStore) and store.migrated is not None
+        print(store.migrated.report(settings.engine))
     finally:
         store.close()
     return 0

@@ -150,13 +150,27 @@ def test_a_configuration_error_is_a_clear_message_not_a_traceback(tmp_path):
         assert "Traceback" not in result.stderr and "hunter2" not in result.stderr
 
 
-def test_migrate_creates_the_schema_on_sqlite_and_says_so(tmp_path):
-    result = run(tmp_path, "migrate")
+def test_migrate_says_whether_it_created_upgraded_or_found_the_sqlite_schema_up_to_date(tmp_path):
+    from app.store import migrations
     from app.store.migrations import SCHEMA_VERSION
 
-    expected = f"sqlite: schema at version {SCHEMA_VERSION}, up to date"
-    assert (result.returncode, result.stdout.strip()) == (0, expected), result.stderr
+    result = run(tmp_path, "migrate")
+    assert (result.returncode, result.stdout.strip()) == (0, f"sqlite: created the schema at version {SCHEMA_VERSION}"), \
+        result.stderr
     assert SQLiteStore(tmp_path / "keys.db").ensure_account("alice", 0).tier == "free"
+    again = run(tmp_path, "migrate")
+    assert (again.returncode, again.stdout.strip()) == (0, f"sqlite: schema at version {SCHEMA_VERSION}, up to date")
+
+    older = tmp_path / "older"
+    older.mkdir()
+    conn = sqlite3.connect(older / "keys.db", isolation_level=None)
+    conn.execute("BEGIN IMMEDIATE")
+    migrations.migrate(conn, target=2)
+    conn.execute("COMMIT")
+    conn.close()
+    upgraded = run(older, "migrate")
+    assert (upgraded.returncode, upgraded.stdout.strip()) == (
+        0, f"sqlite: schema upgraded from version 2 to {SCHEMA_VERSION}"), upgraded.stderr
 
 
 @pytest.mark.parametrize("start", [0, 1], ids=["new", "version-1"])
@@ -175,9 +189,15 @@ def test_migrate_on_postgresql_from_several_processes_at_once_runs_each_step_onc
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(4)]
     from app.store.postgres_migrations import SCHEMA_VERSION as PG_SCHEMA_VERSION
 
+    said = []
     for proc in procs:
         out, err = proc.communicate(timeout=60)
-        assert (proc.returncode, out.strip()) == (0, f"postgresql: schema at version {PG_SCHEMA_VERSION}, up to date"), err
+        assert proc.returncode == 0, err
+        said.append(out.strip())
+    # Each process reports what its own turn under the lock found: one did the work.
+    did = (f"postgresql: created the schema at version {PG_SCHEMA_VERSION}" if start == 0
+           else f"postgresql: schema upgraded from version 1 to {PG_SCHEMA_VERSION}")
+    assert sorted(said) == sorted([did] + [f"postgresql: schema at version {PG_SCHEMA_VERSION}, up to date"] * 3)
     with psycopg.connect(schema_url(pg_schema)) as conn:
         from app.store.postgres_migrations import SCHEMA_VERSION
 

@@ -171,6 +171,7 @@ def test_every_sqlite_schema_version_upgrades_in_place_with_every_row(tmp_path, 
     store = SQLiteStore(path)
     try:
         assert store.schema_version() == migrations.SCHEMA_VERSION
+        assert store.migrated == (version, migrations.SCHEMA_VERSION)  # what `migrate` reports
         conn = sqlite3.connect(path)
         try:
             assert every_row(conn) == expected("sqlite", version)
@@ -191,12 +192,13 @@ def test_every_postgresql_schema_version_upgrades_in_place_with_every_row(pg_sch
 
     url = schema_url(pg_schema)
     with psycopg.connect(url, autocommit=True) as conn:
-        assert postgres_migrations.migrate(conn, target=version) == version
+        assert postgres_migrations.migrate(conn, target=version) == (0, version)
         fill(conn, "%s", old_rows("postgresql", version))
 
     store = PostgresStore(url, pool_size=2)
     try:
         assert store.schema_version() == postgres_migrations.SCHEMA_VERSION
+        assert store.migrated == (version, postgres_migrations.SCHEMA_VERSION)
         with psycopg.connect(url) as conn:
             assert every_row(conn) == expected("postgresql", version)
             assert postgresql_schema(conn) == declared("postgresql")

@@ -2,6 +2,23 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
+
+class Migrated(NamedTuple):
+    """What a migration found under its lock, and the version it left: `found` 0 is a schema it created."""
+
+    found: int
+    now: int
+
+    def report(self, engine: str) -> str:
+        """One line for an operator: created, upgraded, or already up to date."""
+        if self.found == 0:
+            return f"{engine}: created the schema at version {self.now}"
+        if self.found < self.now:
+            return f"{engine}: schema upgraded from version {self.found} to {self.now}"
+        return f"{engine}: schema at version {self.now}, up to date"
+
 
 class StoreStartError(Exception):
     """The configured database cannot serve as the store; the service refuses to start."""

@@ -15,13 +15,13 @@ import sqlite3
 import sqlite_utils
 
 from app.domain.ratelimit import tier_subject
-from app.store.errors import SchemaTooNew
+from app.store.errors import Migrated, SchemaTooNew
 from app.store.schema import ACTIVE_KEYS_INDEX, RETENTION_INDEXES, REVOKED_REASON_BACKFILL, sqlite_ddl
 
 SCHEMA_VERSION = 6
 
 
-def migrate(conn: sqlite3.Connection, target: int = SCHEMA_VERSION) -> None:
+def migrate(conn: sqlite3.Connection, target: int = SCHEMA_VERSION) -> Migrated:
     """Bring the schema up to SCHEMA_VERSION (or the older `target`); call inside a write transaction.
 
     A new database is created at SCHEMA_VERSION from the declared schema; one of an earlier
@@ -39,7 +39,7 @@ def migrate(conn: sqlite3.Connection, target: int = SCHEMA_VERSION) -> None:
         for statement in sqlite_ddl():
             conn.execute(statement)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        return
+        return Migrated(0, SCHEMA_VERSION)
     steps = {
         1: lambda: _create_v1(sqlite_utils.Database(conn)),
         2: lambda: _account_windows_v2(conn),
@@ -50,7 +50,9 @@ def migrate(conn: sqlite3.Connection, target: int = SCHEMA_VERSION) -> None:
     }
     for step in range(version + 1, min(target, SCHEMA_VERSION) + 1):
         steps[step]()
-    conn.execute(f"PRAGMA user_version = {max(version, min(target, SCHEMA_VERSION))}")
+    now = max(version, min(target, SCHEMA_VERSION))
+    conn.execute(f"PRAGMA user_version = {now}")
+    return Migrated(version, now)
 
 
 def _empty(conn: sqlite3.Connection) -> bool:

@@ -25,6 +25,7 @@ from psycopg_pool import ConnectionPool
 
 from app.domain.errors import StoreUnavailable
 from app.store import postgres_migrations
+from app.store.errors import Migrated
 from app.store.sql import SQLStore
 
 SCHEMA_VERSION = postgres_migrations.SCHEMA_VERSION
@@ -85,8 +86,8 @@ class PostgresStore(SQLStore):
             open=False,
         )
         self._pool.open(wait=False)
-        if migrate:
-            self.migrate()
+        # What the start-up migration found and left (None: not asked for).
+        self.migrated = self.migrate() if migrate else None
 
     # -- connections ----------------------------------------------------------------------
 
@@ -147,8 +148,8 @@ class PostgresStore(SQLStore):
 
     # -- schema ---------------------------------------------------------------------------
 
-    def migrate(self) -> int:
-        """Create or upgrade the schema; safe when several instances start at once."""
+    def migrate(self) -> Migrated:
+        """Create or upgrade the schema; safe when several instances start at once. Says what it found and left."""
         with self._conn() as conn:
             return postgres_migrations.migrate(conn)
 

@@ -19,7 +19,7 @@ import time
 
 import psycopg
 
-from app.store.errors import SchemaTooNew
+from app.store.errors import Migrated, SchemaTooNew
 from app.store.schema import ACTIVE_KEYS_INDEX, RETENTION_INDEXES, REVOKED_REASON_BACKFILL, postgresql_ddl
 
 # Each step runs in its own transaction with the row that records it.
@@ -87,8 +87,8 @@ SCHEMA_VERSION = STEPS[-1][0]
 MIGRATION_TIMEOUT_MS = 60_000
 
 
-def migrate(conn: psycopg.Connection, target: int = SCHEMA_VERSION) -> int:
-    """Bring the schema in the connection's search_path up to SCHEMA_VERSION (or the older `target`); return the version.
+def migrate(conn: psycopg.Connection, target: int = SCHEMA_VERSION) -> Migrated:
+    """Bring the schema in the connection's search_path up to SCHEMA_VERSION (or the older `target`); say what it found and left.
 
     A new database is created at SCHEMA_VERSION from the declared schema; one of an earlier
     version (or a `target` below SCHEMA_VERSION) runs the steps of `STEPS`, each kept as it ran
@@ -106,7 +106,7 @@ def migrate(conn: psycopg.Connection, target: int = SCHEMA_VERSION) -> int:
             "CREATE TABLE IF NOT EXISTS schema_version (version integer PRIMARY KEY, applied_us bigint NOT NULL)"
         )
         row = conn.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()
-        version = row[0] if row else 0
+        version = found = row[0] if row else 0
         if version > SCHEMA_VERSION:
             raise SchemaTooNew(version, SCHEMA_VERSION)  # a rollback: leave the newer schema as it is
         if version == 0 and target >= SCHEMA_VERSION:
@@ -117,7 +117,7 @@ def migrate(conn: psycopg.Connection, target: int = SCHEMA_VERSION) -> int:
                     "INSERT INTO schema_version (version, applied_us) VALUES (%s, %s)",
                     (SCHEMA_VERSION, time.time_ns() // 1000),
                 )
-            return SCHEMA_VERSION
+            return Migrated(0, SCHEMA_VERSION)
         for step, sql in STEPS:
             if step <= version or step > target:
                 continue
@@ -127,7 +127,7 @@ def migrate(conn: psycopg.Connection, target: int = SCHEMA_VERSION) -> int:
                     "INSERT INTO schema_version (version, applied_us) VALUES (%s, %s)", (step, time.time_ns() // 1000)
                 )
             version = step
-        return version
+        return Migrated(found, version)
     finally:
         conn.execute(unlock)
         conn.execute("RESET statement_timeout")

@@ -37,6 +37,7 @@ from app.domain.keys import check_name_free, check_room_for_key, check_room_for_
 from app.domain.ratelimit import count_in, tier_subject
 from app.domain.records import Account, Consumption, KeyEvent, KeyRecord, Rolled, StoredWindow, Window
 from app.domain.tiers import DEFAULT_TIER
+from app.store.errors import Migrated
 from app.store.schema import ACTIVE_UNTIL
 
 EXPIRY_BATCH = 5000  # passed rate windows deleted per write transaction
@@ -172,6 +173,8 @@ class SQLStore:
 
     DIALECT: ClassVar[dict[str, str]]
     _compiled: ClassVar[dict[str, str]]
+    # What the migration run when the store was opened found and left (None: none was run).
+    migrated: Migrated | None = None
 
     @classmethod
     def compiled(cls) -> dict[str, str]:

@@ -21,7 +21,7 @@ from typing import ClassVar
 
 from app.domain.errors import ServiceError, StoreUnavailable
 from app.store import migrations
-from app.store.errors import DatabaseMissing, StoreStartError
+from app.store.errors import DatabaseMissing, Migrated, StoreStartError
 from app.store.sql import SQLStore
 from app.store.writer import CHECKPOINT_INTERVAL_S, Checkpointer, LogSync, WriterLock, make_durable, relied_on
 
@@ -78,7 +78,7 @@ class SQLiteStore(SQLStore):
         # One writer at a time: the store's lock with a shared connection, else the WriterLock.
         self._turn: threading.RLock | WriterLock = self._lock if self._writer is None else self._writer
         try:
-            self.migrate()
+            self.migrated = self.migrate()
             with self._conn() as conn:
                 if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                     # A rollback journal (a filesystem without write-ahead logging, or a connection
@@ -254,17 +254,17 @@ class SQLiteStore(SQLStore):
 
     # -- schema ---------------------------------------------------------------------------
 
-    def migrate(self) -> None:
-        """Create or upgrade the schema; safe when several workers start at once.
+    def migrate(self) -> Migrated:
+        """Create or upgrade the schema; safe when several workers start at once. Says what it found and left.
 
         A database already at this version is only read: a worker (re)started while the file
         cannot be written starts, answers 503 to writes, and writes again once it can, instead
         of failing to start (which stops gunicorn's whole server).
         """
         if self.schema_version() == SCHEMA_VERSION:
-            return
+            return Migrated(SCHEMA_VERSION, SCHEMA_VERSION)
         with self._write(durable=True) as conn:
-            migrations.migrate(conn)
+            return migrations.migrate(conn)
 
     def check_ready(self, timeout_s: float) -> None:
         """Read the database within `timeout_s`, never waiting for the write lock; StoreUnavailable if it cannot.
