@@ -173,6 +173,18 @@ def test_migrate_says_whether_it_created_upgraded_or_found_the_sqlite_schema_up_
         0, f"sqlite: schema upgraded from version 2 to {SCHEMA_VERSION}"), upgraded.stderr
 
 
+def test_migrate_on_a_postgresql_schema_it_cannot_use_says_why_in_one_line(pg_schema):
+    from tests.conftest import schema_url
+
+    env = {"PATH": "/usr/bin:/bin", "DATABASE_URL": schema_url(pg_schema + "_missing")}
+    result = subprocess.run([sys.executable, "-m", "app", "migrate"], cwd=ROOT, env=env, text=True,
+                            capture_output=True, timeout=60, check=False)
+    assert result.returncode == 1
+    assert result.stderr.strip() == ("migrate: the postgresql schema cannot be created or upgraded: "
+                                     "no schema has been selected to create in"), result.stderr
+    assert "Traceback" not in result.stderr
+
+
 @pytest.mark.parametrize("start", [0, 1], ids=["new", "version-1"])
 def test_migrate_on_postgresql_from_several_processes_at_once_runs_each_step_once(tmp_path, pg_schema, start):
     """A new database is created at the current version, once; an older one takes each step once."""

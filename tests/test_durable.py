@@ -131,7 +131,7 @@ def test_a_mint_is_answered_after_its_sync_while_the_worker_answers_others(
 
 
 def test_a_sync_that_does_not_end_answers_503_in_time_while_the_worker_answers_others(
-    make_app, token, held_sync, monkeypatch
+    make_app, token, held_sync, monkeypatch, caplog
 ):
     from app.web import durable
 
@@ -153,6 +153,9 @@ def test_a_sync_that_does_not_end_answers_503_in_time_while_the_worker_answers_o
     assert health.status == 200
     assert minted.status == 503 and minted.json()["error"]["details"] == {"reason": "unconfirmed"}
     assert waited < 5  # answered at the timeout, not when the disk came back
+    # The operator learns why from the log, as from a sync that failed.
+    assert [r.getMessage() for r in caplog.records if "did not end" in r.getMessage()] == [
+        "syncing the SQLite log did not end within 0.3 s: the writes waiting on it were answered 503 (unconfirmed)"]
 
 
 def test_a_sync_that_raises_anything_answers_503_unconfirmed(make_app, token, monkeypatch):

@@ -11,8 +11,8 @@ How each fault is made, running as root (which file modes do not stop):
   refuses writes even through descriptors opened before (EPERM), as a read-only disk
   would. A read-only remount is not possible here: the kernel refuses it (EBUSY) while
   any file on the filesystem is open for writing, and the server keeps its database open.
-  The shared-memory index (`-shm`) is left alone: it is memory-mapped, and writing to an
-  immutable mapping is a SIGBUS, not an error SQLite could report.
+  The shared-memory index (`-shm`) made immutable is a drill of its own: it is memory-mapped,
+  and writing to an immutable mapping is a SIGBUS, not an error SQLite could report.
 - full: the database on a small tmpfs of its own, then filled with a filler file.
 - locked: another connection holding `BEGIN EXCLUSIVE` past the 5 s busy timeout.
 - killed: SIGKILL to one worker, and to the whole server, while clients mint.
@@ -30,7 +30,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -236,6 +236,38 @@ def test_a_worker_restarted_while_the_database_is_read_only_starts_and_recovers(
             assert status == 201, body
         names = [k["name"] for k in stored(server, "ro-restart")[0]]
         assert sorted(names) == sorted(["before", *(f"after-{a}" for a in range(6))])
+
+
+def test_workers_started_while_the_log_index_is_immutable_write_again_once_it_is_not(tmp_path: Path) -> None:
+    """`chattr +i` on `-shm` mid-run: the workers die of SIGBUS inside SQLite (nothing in the
+    process can catch it) and gunicorn boots others, which map the index read-only. They
+    answer 503 and are not ready; once the file can be written, they write again, without a
+    restart, although their checkpointer and readiness check opened it read-only too."""
+    with server_with_chattr(tmp_path) as server:
+        shm = server.database_path.with_name(server.database_path.name + "-shm")
+        status, _, body = mint(server, "shm-user", "before")
+        assert status == 201, body
+        booted = len(set(re.findall(r"Booting worker with pid: (\d+)", server.output())))
+        with immutable(shm):
+            for attempt in range(4):  # each worker's next write ends it; the answer is lost with it
+                with suppress(OSError, http.client.HTTPException):
+                    mint(server, "shm-user", f"lost-{attempt}")
+            eventually(lambda: len(set(re.findall(r"Booting worker with pid: (\d+)", server.output()))),
+                       lambda n: n >= booted + 2, within=15)
+            time.sleep(1)  # the replacements start, checkpoint and sweep, on the read-only index
+            for attempt in range(4):
+                assert_unavailable(mint(server, "shm-user", f"during-{attempt}"))
+            status, _, body = server.request("GET", "/readyz")
+            assert status == 503 and body["error"]["details"] == {"reason": "read_only"}, body
+        assert "was sent SIGBUS" in server.output()
+        for attempt in range(6):  # both workers write again, without a restart
+            status, _, body = eventually(lambda a=attempt: mint(server, "shm-user", f"after-{a}"),
+                                         lambda answer: answer[0] != 503)
+            assert status == 201, body
+        assert eventually(lambda: server.request("GET", "/readyz")[0], lambda s: s == 200) == 200
+        names = {k["name"] for k in stored(server, "shm-user")[0]}
+        assert {"before", *(f"after-{a}" for a in range(6))} <= names
+        assert not any(name.startswith("during-") for name in names)
 
 
 # -- disk full ------------------------------------------------------------------------------

@@ -3,6 +3,8 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -1309,6 +1311,55 @@ def test_a_connection_found_read_only_is_replaced_once_the_database_can_be_writt
     assert store.get_key(USER, record.id) == record
     with pytest.raises(sqlite3.ProgrammingError):
         read_only.execute("SELECT 1")  # closed
+
+
+def test_a_store_opened_on_an_immutable_log_index_writes_again_once_it_is_not(tmp_path):
+    """SQLite maps `-shm` read-only for every connection of a process while any one opened it so
+    is open: the checkpointer's and the readiness check's must not keep the store read-only."""
+    from app.domain.errors import StoreUnavailable
+    from tests.test_faults import immutable, require_chattr
+
+    require_chattr(tmp_path)
+    path = tmp_path / "keys.db"
+    SQLiteStore(path).close()
+    # Another process keeps the log index there (as a server's other workers do).
+    holder = subprocess.Popen([sys.executable, "-c", "import sqlite3, sys, time; c = sqlite3.connect(sys.argv[1]); "
+                               "c.execute('SELECT 1 FROM accounts').fetchall(); print(flush=True); time.sleep(60)",
+                               str(path)], stdout=subprocess.PIPE, text=True)
+    store = None
+    try:
+        holder.stdout.readline()
+        shm = path.with_name("keys.db-shm")
+        with immutable(shm):
+            store = SQLiteStore(path)
+            store.checkpoint_in_background(interval=0.01)
+            store.check_ready(1.0)  # reads work
+            with pytest.raises(StoreUnavailable):
+                insert(store)
+            with pytest.raises(StoreUnavailable) as not_ready:
+                store.check_ready(1.0)  # no longer ready: it cannot write
+            assert not_ready.value.details == {"reason": "read_only"}
+            time.sleep(0.1)  # the checkpointer meets it too
+
+        def soon(call: Callable[[], object]) -> object:
+            # The checkpointer tries again every 10 ms, on a connection open for a moment: one
+            # opened in that moment maps the index as it found it, and the next try does not.
+            deadline = time.monotonic() + 5
+            while True:
+                try:
+                    return call()
+                except StoreUnavailable:
+                    assert time.monotonic() < deadline, "the store never wrote again"
+                    time.sleep(0.05)
+
+        soon(lambda: store.check_ready(1.0))  # ready again, as soon as the file can be written
+        record = soon(lambda: insert(store))
+        assert store.get_key(USER, record.id) == record
+    finally:
+        holder.kill()
+        holder.wait()
+        if store is not None:
+            store.close()
 
 
 def test_a_durable_write_whose_sync_fails_is_refused_and_the_next_one_is_synced(tmp_path, monkeypatch):

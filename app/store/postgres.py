@@ -25,7 +25,7 @@ from psycopg_pool import ConnectionPool
 
 from app.domain.errors import StoreUnavailable
 from app.store import postgres_migrations
-from app.store.errors import Migrated
+from app.store.errors import Migrated, StoreStartError
 from app.store.sql import SQLStore
 
 SCHEMA_VERSION = postgres_migrations.SCHEMA_VERSION
@@ -87,7 +87,13 @@ class PostgresStore(SQLStore):
         )
         self._pool.open(wait=False)
         # What the start-up migration found and left (None: not asked for).
-        self.migrated = self.migrate() if migrate else None
+        try:
+            self.migrated = self.migrate() if migrate else None
+        except psycopg.Error as error:  # reached, but refused: no such schema, no CREATE right, a table in the way
+            self._pool.close()
+            # The server's own sentence, without the statement it quotes.
+            reason = error.diag.message_primary or str(error).strip().split("\n")[0] or type(error).__name__
+            raise StoreStartError(f"the postgresql schema cannot be created or upgraded: {reason}") from None
 
     # -- connections ----------------------------------------------------------------------
 

@@ -40,6 +40,10 @@ def _unavailable(error: sqlite3.OperationalError) -> bool:
     return (getattr(error, "sqlite_errorcode", 0) & 0xFF) in UNAVAILABLE_CODES
 
 
+def _read_only(error: sqlite3.OperationalError) -> bool:
+    return getattr(error, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_READONLY
+
+
 class SQLiteStore(SQLStore):
     """A Store on one SQLite file (or one open connection), safe across threads and processes."""
 
@@ -61,6 +65,8 @@ class SQLiteStore(SQLStore):
         self._checkpointer: Checkpointer | None = None
         self._probe: sqlite3.Connection | None = None  # readiness checks' own connection
         self._probe_lock = threading.Lock()
+        # A write found the database read-only, and none has succeeded since (see `_found_read_only`).
+        self._read_only = False
         if isinstance(database, sqlite3.Connection):
             self._shared = database
             self._path: Path | None = None
@@ -189,16 +195,19 @@ class SQLiteStore(SQLStore):
                     yield conn
                     changed = conn.total_changes != before
                     conn.execute("COMMIT")
+                    if self._read_only:
+                        self._read_only = False
                 finally:
                     if conn.in_transaction:  # an error, or a COMMIT that failed
                         self._roll_back(conn)
             finally:
                 turn.release()
         except sqlite3.OperationalError as error:
-            if conn is not None and getattr(error, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_READONLY:
+            if conn is not None and _read_only(error):
                 # Opened while the file could not be written, a connection stays read-only after
                 # it can be again: the next write opens another.
                 self._discard(conn)
+                self._found_read_only()
             if _unavailable(error):
                 raise StoreUnavailable("The key store is temporarily unavailable; retry shortly.") from error
             raise
@@ -208,6 +217,25 @@ class SQLiteStore(SQLStore):
             raise
         if durable:
             self._after_durable_write(changed)
+
+    def _found_read_only(self) -> None:
+        """A write found the database read-only: let go of what would keep this process read-only.
+
+        SQLite shares one map of the log's index (`-shm`) between a process's connections to
+        a file, made read-only if the file could not be written when the first of them opened
+        it, and kept as long as any of them is open. So the readiness check's connection is
+        closed here (and the checkpointer's on its own failure): once the file can be written,
+        the next connection maps it writable, and the worker writes again. Until a write
+        succeeds, the readiness check tries one itself (`check_ready`).
+        """
+        self._read_only = True
+        if self._probe_lock.acquire(blocking=False):  # a check under way closes it itself
+            try:
+                if self._probe is not None:
+                    self._probe.close()
+                    self._probe = None
+            finally:
+                self._probe_lock.release()
 
     def _after_durable_write(self, changed: bool) -> None:
         """Sync what a durable write committed (`make_durable`), or, if nothing, what it found (`relied_on`)."""
@@ -278,17 +306,40 @@ class SQLiteStore(SQLStore):
         if not self._probe_lock.acquire(timeout=timeout_s):
             raise StoreUnavailable("The key store did not answer a read in time.", {"timeout_seconds": timeout_s})
         try:
+            if self._read_only:
+                self._check_writable(timeout_s)
             if self._probe is None:
                 self._probe = sqlite3.connect(self._path, timeout=timeout_s, isolation_level=None,
                                               check_same_thread=False)
                 self._probe.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
             self._probe.execute(self._q["ping"]).fetchall()
         except sqlite3.OperationalError as error:
+            if _read_only(error):
+                raise StoreUnavailable("The key store's database cannot be written.", {"reason": "read_only"}) from error
             if _unavailable(error):
                 raise StoreUnavailable("The key store is temporarily unavailable; retry shortly.") from error
             raise
         finally:
             self._probe_lock.release()
+
+    def _check_writable(self, timeout_s: float) -> None:
+        """Under the probe lock, after a write found the database read-only: take the write lock and let it go.
+
+        On a connection opened for this and closed at once (with the readiness check's own
+        closed first), so that neither keeps the process's map of the log's index read-only.
+        Raises the connection's error while the file still cannot be written.
+        """
+        assert self._path is not None
+        if self._probe is not None:
+            self._probe.close()
+            self._probe = None
+        conn = sqlite3.connect(self._path, timeout=timeout_s, isolation_level=None)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("ROLLBACK")
+        finally:
+            conn.close()
+        self._read_only = False
 
     def schema_version(self) -> int:
         """The schema version stamped in the database."""

@@ -204,12 +204,14 @@ class Checkpointer:
         self._thread.start()
 
     def _run(self) -> None:
-        conn = self._connect()
+        conn: sqlite3.Connection | None = None
         failing = False
         wait, last_size = self._interval, None
         try:
             while not self._stop.wait(wait):
                 try:
+                    if conn is None:
+                        conn = self._connect()
                     # PASSIVE: never waits for, nor blocks, readers and writers. A checkpoint
                     # already running in another worker makes this one a no-op.
                     _, size, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
@@ -223,8 +225,14 @@ class Checkpointer:
                     if not failing:  # once per run of failures, not every interval
                         log.warning("background WAL checkpoint failed: %s", error)
                     failing = True
+                    if conn is not None and getattr(error, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_READONLY:
+                        # Opened while the file could not be written: kept, it would keep the
+                        # process's map of the log's index read-only (`SQLiteStore._found_read_only`).
+                        conn.close()
+                        conn = None
         finally:
-            conn.close()
+            if conn is not None:
+                conn.close()
 
     def stop(self) -> None:
         """Stop the thread and wait for it."""

@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -46,6 +47,7 @@ class DurableAnswerMiddleware:
         self._syncer: ThreadPoolExecutor | None = None
         self._pid = 0
         self._under_way: dict[LogSync, asyncio.Future[None]] = {}
+        self._timeout_logged: float | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in READS:
@@ -81,7 +83,9 @@ class DurableAnswerMiddleware:
             async with asyncio.timeout(SYNC_TIMEOUT_S):  # no task of its own, unlike `wait_for`
                 for log_sync, ticket in pending:
                     await self._covered(log_sync, ticket)
-        except (TimeoutError, StoreUnavailable):
+        except (TimeoutError, StoreUnavailable) as error:
+            if isinstance(error, TimeoutError):
+                self._timed_out()
             if cause is not None:  # answered 503 in its stead: logged here, as a 500 would have been
                 log.error("request %s failed", request_id_in(scope), exc_info=cause)
             raise unconfirmed() from cause
@@ -98,6 +102,14 @@ class DurableAnswerMiddleware:
             # `settled` then tells whether this request's writes were in a sync that failed.
             with contextlib.suppress(StoreUnavailable):
                 await asyncio.shield(under_way)
+
+    def _timed_out(self) -> None:
+        """Say in the log that a sync did not end in time (a failed one says so itself), once per SYNC_TIMEOUT_S."""
+        now = time.monotonic()
+        if self._timeout_logged is None or now - self._timeout_logged >= SYNC_TIMEOUT_S:
+            self._timeout_logged = now
+            log.warning("syncing the SQLite log did not end within %g s: the writes waiting on it were "
+                        "answered 503 (unconfirmed)", SYNC_TIMEOUT_S)
 
     def _thread(self) -> ThreadPoolExecutor:
         if self._pid != os.getpid():  # the app was built before a fork: that thread is not this process's
