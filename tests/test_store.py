@@ -1382,6 +1382,66 @@ def test_a_durable_write_whose_sync_fails_is_refused_and_the_next_one_is_synced(
     store.close()
 
 
+def test_after_a_failed_sync_the_log_is_copied_into_the_database_before_any_write_is_confirmed(
+    tmp_path, monkeypatch, caplog
+):
+    """A sync that succeeds after one that failed says nothing of the pages the failure lost:
+    the store copies the whole log into the database (synced) and empties it first."""
+    from app.domain.errors import StoreUnavailable
+
+    path = tmp_path / "keys.db"
+    store = SQLiteStore(path)
+    wal = tmp_path / "keys.db-wal"
+    real_sync, real_checkpoint = os.fdatasync, store._checkpoint_all
+    failing_syncs: list[OSError] = []
+    failing_checkpoints: list[Exception] = []
+    checkpoints: list[int] = []  # the log's size at each copy
+
+    def fdatasync(fd: int) -> None:
+        if failing_syncs:
+            raise failing_syncs.pop()
+        real_sync(fd)
+
+    def checkpoint_all() -> None:
+        checkpoints.append(wal.stat().st_size)
+        if failing_checkpoints:
+            raise failing_checkpoints.pop()
+        real_checkpoint()
+
+    monkeypatch.setattr(writer.os, "fdatasync", fdatasync)
+    monkeypatch.setattr(store, "_checkpoint_all", checkpoint_all)
+    first = insert(store, "first")
+    assert checkpoints == []  # a sync that works copies nothing
+    failing_syncs.append(OSError(5, "Input/output error"))
+    with pytest.raises(StoreUnavailable) as refused:
+        insert(store, "second")
+    assert refused.value.details == {"reason": "unconfirmed"}  # maybe saved: not confirmed by the recovery
+    # Recovered at once: every commit, the unconfirmed one included, is in the database file.
+    assert len(checkpoints) == 1 and checkpoints[0] > 0 and wal.stat().st_size == 0
+    stored_names = {row[0] for row in raw(path, "SELECT name FROM api_keys")}
+    assert stored_names == {"first", "second"}
+
+    # A recovery that cannot be done yet (readers of an older snapshot, a failing disk)
+    # confirms nothing: each later write tries it again first.
+    failing_checkpoints.append(StoreUnavailable("readers held it"))
+    failing_syncs.append(OSError(5, "Input/output error"))
+    with pytest.raises(StoreUnavailable):
+        insert(store, "third")  # the sync fails; the recovery tried at once fails too
+    with pytest.raises(StoreUnavailable):
+        failing_checkpoints.append(StoreUnavailable("readers held it"))
+        insert(store, "fourth")  # the sync itself would work now: not trusted before a recovery
+    fifth = insert(store, "fifth")  # the recovery works: confirmed
+    assert len(checkpoints) == 4 and wal.stat().st_size == 0
+    insert(store, "sixth")  # then syncs as before, without copying
+    assert len(checkpoints) == 4 and wal.stat().st_size > 0
+    assert store.get_key(USER, first.id) == first and store.get_key(USER, fifth.id) == fifth
+    messages = [r.getMessage() for r in caplog.records if "SQLite log" in r.getMessage()]
+    assert sum("failed: Input/output error" in m and m.startswith("syncing") for m in messages) == 2
+    assert sum(m.startswith("recovered the SQLite log") for m in messages) == 2
+    assert sum(m.startswith("recovering the SQLite log") for m in messages) == 2
+    store.close()
+
+
 def test_a_durable_write_lets_others_write_while_the_disk_syncs_it(tmp_path, monkeypatch):
 
     store = SQLiteStore(tmp_path / "keys.db")

@@ -80,7 +80,7 @@ class SQLiteStore(SQLStore):
             except OSError as error:
                 raise StoreStartError(f"cannot open the SQLite database {self._path}: {error.strerror}") from None
         # Durable writes are synced through the log; an in-memory database has nothing to sync.
-        self._log_sync: LogSync | None = LogSync(Path(file + "-wal")) if file else None
+        self._log_sync: LogSync | None = LogSync(Path(file + "-wal"), lambda: self._checkpoint_all()) if file else None
         # One writer at a time: the store's lock with a shared connection, else the WriterLock.
         self._turn: threading.RLock | WriterLock = self._lock if self._writer is None else self._writer
         try:
@@ -321,6 +321,20 @@ class SQLiteStore(SQLStore):
             raise
         finally:
             self._probe_lock.release()
+
+    def _checkpoint_all(self) -> None:
+        """Copy the whole log into the database, sync it, and empty the log; raise if that cannot be done now.
+
+        After a failed sync of the log (`LogSync`). On a connection of its own, which waits
+        for readers of older snapshots as long as a write waits for the write lock.
+        """
+        conn = self._open()
+        try:
+            busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        finally:
+            conn.close()
+        if busy:
+            raise StoreUnavailable("the log could not be copied into the database: readers or a writer held it")
 
     def _check_writable(self, timeout_s: float) -> None:
         """Under the probe lock, after a write found the database read-only: take the write lock and let it go.

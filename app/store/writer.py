@@ -9,6 +9,7 @@ it the moment the lock is released: no polling, and no CPU spent while waiting.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -259,8 +260,16 @@ class LogSync:
     only once it has been copied into the database and that synced, and only when the last
     connection closes, never while the writer's is open). The log's directory is synced once
     for each new log file. A sync that fails fails every write it was to confirm
-    (`StoreUnavailable`, `details.reason` "unconfirmed": committed, but maybe not on disk); a
-    write that asks after it tries again, as SQLite itself would at its next commit.
+    (`StoreUnavailable`, `details.reason` "unconfirmed": committed, but maybe not on disk).
+
+    A later sync of the same log is not trusted: after a failed write-back, Linux may have
+    dropped the pages it could not write and reports the error once per open file, so a sync
+    that then succeeds says nothing about them, and SQLite's recovery after a crash stops at
+    the first damaged frame of the log, losing every commit after it. So a sync that fails is
+    followed at once by `recover`: the whole log copied into the database, the database
+    synced, and the log emptied (`PRAGMA wal_checkpoint(TRUNCATE)`), then synced; after that
+    the damaged frames are no longer needed. Until a recovery succeeds, no write is confirmed:
+    each later sync tries it again first.
 
     `sync` is `ticket` (numbered after the commit) then `wait` (until a sync that began after
     it is done). A web request splits the two (`syncs_deferred`, `app.web.durable`): its
@@ -268,8 +277,11 @@ class LogSync:
     covers them, while the loop handles other requests; `settled` tells it whether one has.
     """
 
-    def __init__(self, log_path: Path) -> None:
+    def __init__(self, log_path: Path, recover: Callable[[], None] | None = None) -> None:
         self._path = log_path
+        # Copies the whole log into the database and empties it; raises if it cannot (None: not done).
+        self._recover = recover
+        self._damaged = False  # a sync failed, and no recovery has succeeded since
         self._state = threading.Condition(threading.Lock())
         self._asked = 0  # requests so far, numbered
         self._done = 0  # every request up to this number was in a sync that has ended
@@ -304,19 +316,46 @@ class LogSync:
                 return
             self._syncing = True
             after, covering = self._done, self._asked  # every request so far committed before this sync begins
+            recovering = self._damaged
         try:
+            if recovering:
+                self._recovered()
+                recovering = False
             self._sync()
         except Exception as error:  # noqa: BLE001 - whatever stopped it, the sync did not confirm these writes
             reason = error.strerror if isinstance(error, OSError) and error.strerror else type(error).__name__
-            log.warning("syncing the SQLite log %s failed: %s", self._path, reason)
+            if not recovering:  # a failed recovery has said so already
+                log.warning("syncing the SQLite log %s failed: %s", self._path, reason)
             with self._state:
                 self._failures.append((after, covering))
+                self._damaged = self._recover is not None
+            if not recovering and self._recover is not None:
+                # At once, so that the damaged frames are copied while the pages are still in
+                # memory (and for the other workers' writes too); these writes stay unconfirmed.
+                with contextlib.suppress(Exception):
+                    self._recovered()
             raise unconfirmed() from None
         finally:
             with self._state:
                 self._done = covering
                 self._syncing = False
                 self._state.notify_all()
+
+    def _recovered(self) -> None:
+        """Recover from a failed sync (see the class); raise if it cannot be done yet."""
+        assert self._recover is not None
+        try:
+            self._recover()
+            self._sync()  # the emptied log, as SQLite may leave it unsynced
+        except Exception as error:
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error) or type(error).__name__
+            log.warning("recovering the SQLite log %s after a failed sync failed: %s; writes stay unconfirmed "
+                        "until it succeeds", self._path, reason)
+            raise
+        with self._state:
+            self._damaged = False
+        log.warning("recovered the SQLite log %s after a failed sync: every commit is in the database, synced",
+                    self._path)
 
     def _outcome(self, ticket: int) -> bool:
         """Under `_state`: `settled`'s answer."""
