@@ -101,6 +101,29 @@ def test_the_sweeper_prunes_at_once_and_stops_when_told(store, query):
     assert names(query) == {"active", "never-expires-old", "revoked-lately", "expired-lately", "expires-later"}
 
 
+def test_a_sweep_the_store_could_not_answer_is_tried_again_soon_not_in_an_hour(store, query, monkeypatch, caplog):
+    from app.domain.errors import StoreUnavailable
+
+    old_and_recent(store)
+    real, refusals = store.prune, [StoreUnavailable("read-only")]
+
+    def prune(before_us: int, limit: int) -> tuple[int, int]:
+        if refusals:
+            raise refusals.pop()
+        return real(before_us, limit)
+
+    monkeypatch.setattr(store, "prune", prune)
+    sweeper = RetentionSweeper(store, lambda: NOW / 1_000_000, DAYS, interval=3600, retry_interval=0.05)
+    try:
+        deadline = time.monotonic() + 10
+        while len(names(query)) > 5 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        sweeper.stop()
+    assert names(query) == {"active", "never-expires-old", "revoked-lately", "expired-lately", "expires-later"}
+    assert "retention: the store was unavailable; the sweep is tried again in 0 s" in caplog.text
+
+
 def test_a_revoked_key_is_listed_until_past_retention_then_is_an_unknown_key(client, session, mint, clock, app):
     minted = mint("ci-runner")
     assert client.delete(f"/api/v1/keys/{minted['id']}", cookies=session()).status_code == 204

@@ -1313,32 +1313,39 @@ def test_a_connection_found_read_only_is_replaced_once_the_database_can_be_writt
         read_only.execute("SELECT 1")  # closed
 
 
-def test_a_store_opened_on_an_immutable_log_index_writes_again_once_it_is_not(tmp_path):
-    """SQLite maps `-shm` read-only for every connection of a process while any one opened it so
-    is open: the checkpointer's and the readiness check's must not keep the store read-only."""
+@pytest.mark.parametrize(("immutable_file", "reason"), [
+    ("keys.db-shm", "read_only"), ("keys.db", "read_only"), ("keys.db-wal", "read_only"),
+])
+def test_a_store_opened_on_files_it_cannot_write_is_not_ready_and_writes_again_once_it_can(
+    tmp_path, immutable_file, reason
+):
+    """As a worker started while a file could not be written: refused writes, not ready (a
+    reading check alone would pass), then writing and ready again, though SQLite maps `-shm`
+    read-only for every connection of a process while any one opened it so is open (the
+    checkpointer's and the readiness check's must not keep it)."""
     from app.domain.errors import StoreUnavailable
     from tests.test_faults import immutable, require_chattr
 
     require_chattr(tmp_path)
     path = tmp_path / "keys.db"
     SQLiteStore(path).close()
-    # Another process keeps the log index there (as a server's other workers do).
+    # Another process keeps the log and its index there (as a server's other workers do).
     holder = subprocess.Popen([sys.executable, "-c", "import sqlite3, sys, time; c = sqlite3.connect(sys.argv[1]); "
                                "c.execute('SELECT 1 FROM accounts').fetchall(); print(flush=True); time.sleep(60)",
                                str(path)], stdout=subprocess.PIPE, text=True)
     store = None
     try:
         holder.stdout.readline()
-        shm = path.with_name("keys.db-shm")
-        with immutable(shm):
+        with immutable(tmp_path / immutable_file):
             store = SQLiteStore(path)
             store.checkpoint_in_background(interval=0.01)
             store.check_ready(1.0)  # reads work
             with pytest.raises(StoreUnavailable):
                 insert(store)
-            with pytest.raises(StoreUnavailable) as not_ready:
-                store.check_ready(1.0)  # no longer ready: it cannot write
-            assert not_ready.value.details == {"reason": "read_only"}
+            for _ in range(2):  # not ready while it cannot write, however often asked
+                with pytest.raises(StoreUnavailable) as not_ready:
+                    store.check_ready(1.0)
+                assert not_ready.value.details == {"reason": reason}
             time.sleep(0.1)  # the checkpointer meets it too
 
         def soon(call: Callable[[], object]) -> object:
@@ -1352,7 +1359,7 @@ def test_a_store_opened_on_an_immutable_log_index_writes_again_once_it_is_not(tm
                     assert time.monotonic() < deadline, "the store never wrote again"
                     time.sleep(0.05)
 
-        soon(lambda: store.check_ready(1.0))  # ready again, as soon as the file can be written
+        soon(lambda: store.check_ready(1.0))  # ready again, as soon as the files can be written
         record = soon(lambda: insert(store))
         assert store.get_key(USER, record.id) == record
     finally:
@@ -1362,23 +1369,49 @@ def test_a_store_opened_on_an_immutable_log_index_writes_again_once_it_is_not(tm
             store.close()
 
 
-def test_a_durable_write_whose_sync_fails_is_refused_and_the_next_one_is_synced(tmp_path, monkeypatch):
+def test_a_store_whose_log_becomes_unwritable_while_it_runs_is_not_ready_until_it_writes_again(tmp_path):
+    from app.domain.errors import StoreUnavailable
+    from tests.test_faults import immutable, require_chattr
+
+    require_chattr(tmp_path)
+    store = SQLiteStore(tmp_path / "keys.db")
+    store.checkpoint_in_background(interval=0.01)
+    try:
+        insert(store, "before")
+        with immutable(tmp_path / "keys.db-wal"):
+            with pytest.raises(StoreUnavailable):
+                insert(store, "during")  # a disk I/O error: the log cannot be written
+            with pytest.raises(StoreUnavailable) as not_ready:
+                store.check_ready(1.0)  # its reads work: before, it answered ready
+            assert not_ready.value.details["reason"] in {"io_error", "read_only"}
+        store.check_ready(1.0)
+        after = insert(store, "after")
+        assert store.get_key(USER, after.id) == after
+        assert sorted(r.name for r in store.list_keys(USER, 10, None)) == ["after", "before"]  # "during" was not kept
+    finally:
+        store.close()
+
+
+def test_the_readiness_check_of_a_store_that_found_it_could_not_write_never_waits_for_the_write_lock(tmp_path):
     from app.domain.errors import StoreUnavailable
 
-    store = SQLiteStore(tmp_path / "keys.db")
-    real, failures = os.fdatasync, [OSError(5, "Input/output error")]
-
-    def fdatasync(fd: int) -> None:
-        if failures:
-            raise failures.pop()
-        real(fd)
-
-    monkeypatch.setattr(writer.os, "fdatasync", fdatasync)
-    with pytest.raises(StoreUnavailable, match="could not confirm that the change reached the disk") as refused:
-        insert(store)  # committed, but not known to be on disk: not answered as done (503)
-    assert refused.value.details == {"reason": "unconfirmed"}
-    record = insert(store)  # the next sync is tried afresh
-    assert store.get_key(USER, record.id) == record
+    path = tmp_path / "keys.db"
+    store = SQLiteStore(path)
+    with pytest.raises(StoreUnavailable), store._write(durable=False):  # a write the disk refuses
+        error = sqlite3.OperationalError("disk I/O error")
+        error.sqlite_errorcode = sqlite3.SQLITE_IOERR
+        raise error
+    writer_conn = sqlite3.connect(path, isolation_level=None)
+    writer_conn.execute("BEGIN IMMEDIATE")  # another worker writing
+    try:
+        started = time.monotonic()
+        store.check_ready(1.0)  # it can write: ready at once, not after the busy timeout
+        assert time.monotonic() - started < 0.5
+    finally:
+        writer_conn.execute("ROLLBACK")
+        writer_conn.close()
+    store.check_ready(1.0)  # then its own write goes through, and the store is writable again
+    assert store._unwritable is None
     store.close()
 
 

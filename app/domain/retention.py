@@ -24,6 +24,8 @@ DEFAULT_RETENTION_DAYS = 90
 BATCH_ROWS = 500  # rows deleted per transaction
 PAUSE_S = 0.05  # between two batches: other writers go first
 SWEEP_INTERVAL_S = 3600.0
+# After a sweep the store could not answer (locked, read-only, unreachable): sooner than the next hour.
+RETRY_INTERVAL_S = 60.0
 
 log = logging.getLogger(__name__)
 
@@ -66,17 +68,20 @@ class RetentionSweeper:
         clock: Callable[[], float],
         retention_days: int,
         interval: float = SWEEP_INTERVAL_S,
+        retry_interval: float = RETRY_INTERVAL_S,
     ) -> None:
         self._store = store
         self._clock = clock
         self._days = retention_days
         self._interval = interval
+        self._retry_interval = min(retry_interval, interval)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="retention-sweeper", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            wait = self._interval
             try:
                 keys, events = prune(
                     self._store,
@@ -89,10 +94,11 @@ class RetentionSweeper:
                         "retention: deleted %d keys and %d key events older than %d days", keys, events, self._days
                     )
             except StoreUnavailable:
-                log.warning("retention: the store was unavailable; the sweep is tried again in %.0f s", self._interval)
+                wait = self._retry_interval
+                log.warning("retention: the store was unavailable; the sweep is tried again in %.0f s", wait)
             except Exception:  # a sweep that fails must not end the thread, nor the worker
-                log.exception("retention: the sweep failed; tried again in %.0f s", self._interval)
-            self._stop.wait(self._interval)
+                log.exception("retention: the sweep failed; tried again in %.0f s", wait)
+            self._stop.wait(wait)
 
     def stop(self) -> None:
         """End the sweeps (after the batch in progress, if any) and wait for the thread."""

@@ -44,6 +44,18 @@ def _read_only(error: sqlite3.OperationalError) -> bool:
     return getattr(error, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_READONLY
 
 
+# A write that failed so says the files cannot be written (unlike busy or locked, which pass):
+# the readiness check's `details.reason` until one succeeds.
+UNWRITABLE = {
+    sqlite3.SQLITE_READONLY: "read_only", sqlite3.SQLITE_FULL: "disk_full",
+    sqlite3.SQLITE_IOERR: "io_error", sqlite3.SQLITE_CANTOPEN: "io_error",
+}
+
+
+def _unwritable(error: sqlite3.OperationalError) -> str | None:
+    return UNWRITABLE.get(getattr(error, "sqlite_errorcode", 0) & 0xFF)
+
+
 class SQLiteStore(SQLStore):
     """A Store on one SQLite file (or one open connection), safe across threads and processes."""
 
@@ -65,8 +77,8 @@ class SQLiteStore(SQLStore):
         self._checkpointer: Checkpointer | None = None
         self._probe: sqlite3.Connection | None = None  # readiness checks' own connection
         self._probe_lock = threading.Lock()
-        # A write found the database read-only, and none has succeeded since (see `_found_read_only`).
-        self._read_only = False
+        # Why the last write failed, if the files could not be written, until one succeeds (`_found_unwritable`).
+        self._unwritable: str | None = None
         if isinstance(database, sqlite3.Connection):
             self._shared = database
             self._path: Path | None = None
@@ -195,8 +207,8 @@ class SQLiteStore(SQLStore):
                     yield conn
                     changed = conn.total_changes != before
                     conn.execute("COMMIT")
-                    if self._read_only:
-                        self._read_only = False
+                    if self._unwritable:
+                        self._unwritable = None
                 finally:
                     if conn.in_transaction:  # an error, or a COMMIT that failed
                         self._roll_back(conn)
@@ -207,7 +219,8 @@ class SQLiteStore(SQLStore):
                 # Opened while the file could not be written, a connection stays read-only after
                 # it can be again: the next write opens another.
                 self._discard(conn)
-                self._found_read_only()
+            if reason := _unwritable(error):
+                self._found_unwritable(reason)
             if _unavailable(error):
                 raise StoreUnavailable("The key store is temporarily unavailable; retry shortly.") from error
             raise
@@ -218,17 +231,19 @@ class SQLiteStore(SQLStore):
         if durable:
             self._after_durable_write(changed)
 
-    def _found_read_only(self) -> None:
-        """A write found the database read-only: let go of what would keep this process read-only.
+    def _found_unwritable(self, reason: str) -> None:
+        """A write failed because the files cannot be written (read-only, full, an I/O error).
 
-        SQLite shares one map of the log's index (`-shm`) between a process's connections to
-        a file, made read-only if the file could not be written when the first of them opened
-        it, and kept as long as any of them is open. So the readiness check's connection is
-        closed here (and the checkpointer's on its own failure): once the file can be written,
-        the next connection maps it writable, and the worker writes again. Until a write
-        succeeds, the readiness check tries one itself (`check_ready`).
+        Until a write succeeds, the readiness check tries one itself and answers not ready
+        while it fails (`check_ready`). And the process lets go of what would keep it
+        read-only: SQLite shares one map of the log's index (`-shm`) between a process's
+        connections to a file, made read-only if the file could not be written when the first
+        of them opened it, and kept as long as any of them is open. So the readiness check's
+        connection is closed here (the writer's was discarded, and the checkpointer closes
+        its own on its failure): once the files can be written, the next connection maps the
+        index writable, and the worker writes again.
         """
-        self._read_only = True
+        self._unwritable = reason
         if self._probe_lock.acquire(blocking=False):  # a check under way closes it itself
             try:
                 if self._probe is not None:
@@ -299,6 +314,8 @@ class SQLiteStore(SQLStore):
 
         A read in WAL mode goes on beside a writer, so a held write lock does not hold it up.
         It runs on a connection of its own, kept open, with `timeout_s` as its busy timeout.
+        After a write found the files unwritable, and until one succeeds, it also writes
+        (`_check_writable`), and is not ready while that fails (`details.reason`: why).
         """
         if self._shared is not None or self._path is None:
             self.ping()
@@ -306,16 +323,17 @@ class SQLiteStore(SQLStore):
         if not self._probe_lock.acquire(timeout=timeout_s):
             raise StoreUnavailable("The key store did not answer a read in time.", {"timeout_seconds": timeout_s})
         try:
-            if self._read_only:
-                self._check_writable(timeout_s)
+            if self._unwritable:
+                self._check_writable()
             if self._probe is None:
                 self._probe = sqlite3.connect(self._path, timeout=timeout_s, isolation_level=None,
                                               check_same_thread=False)
                 self._probe.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
             self._probe.execute(self._q["ping"]).fetchall()
         except sqlite3.OperationalError as error:
-            if _read_only(error):
-                raise StoreUnavailable("The key store's database cannot be written.", {"reason": "read_only"}) from error
+            if reason := _unwritable(error):
+                self._unwritable = reason
+                raise StoreUnavailable("The key store's database cannot be written.", {"reason": reason}) from error
             if _unavailable(error):
                 raise StoreUnavailable("The key store is temporarily unavailable; retry shortly.") from error
             raise
@@ -336,24 +354,38 @@ class SQLiteStore(SQLStore):
         if busy:
             raise StoreUnavailable("the log could not be copied into the database: readers or a writer held it")
 
-    def _check_writable(self, timeout_s: float) -> None:
-        """Under the probe lock, after a write found the database read-only: take the write lock and let it go.
+    def _check_writable(self) -> None:
+        """Under the probe lock, after a write found the files unwritable: commit a write that changes nothing.
 
-        On a connection opened for this and closed at once (with the readiness check's own
-        closed first), so that neither keeps the process's map of the log's index read-only.
-        Raises the connection's error while the file still cannot be written.
+        The schema version, stamped again as it is: a page of the database written to the log
+        and its index, as any write does. Never waits for the write lock: a writer holding it
+        can write, so the check passes (and tries again next time). On a connection opened
+        for this and closed at once (with the readiness check's own closed first), so that
+        neither keeps the process's map of the log's index read-only. Raises the connection's
+        error while the files still cannot be written.
         """
         assert self._path is not None
         if self._probe is not None:
             self._probe.close()
             self._probe = None
-        conn = sqlite3.connect(self._path, timeout=timeout_s, isolation_level=None)
+        conn = sqlite3.connect(self._path, timeout=0, isolation_level=None)
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            conn.execute("ROLLBACK")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as error:
+                if getattr(error, "sqlite_errorcode", 0) & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                    return  # another connection is writing: not this check's to wait for
+                raise
+            try:
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                conn.execute(f"PRAGMA user_version = {int(version)}")
+                conn.execute("COMMIT")
+            finally:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
         finally:
             conn.close()
-        self._read_only = False
+        self._unwritable = None
 
     def schema_version(self) -> int:
         """The schema version stamped in the database."""

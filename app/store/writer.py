@@ -228,7 +228,7 @@ class Checkpointer:
                     failing = True
                     if conn is not None and getattr(error, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_READONLY:
                         # Opened while the file could not be written: kept, it would keep the
-                        # process's map of the log's index read-only (`SQLiteStore._found_read_only`).
+                        # process's map of the log's index read-only (`SQLiteStore._found_unwritable`).
                         conn.close()
                         conn = None
         finally:
