@@ -1022,7 +1022,16 @@ def test_a_writer_that_gave_up_leaves_the_lock_usable(tmp_path):
         with lock.held():
             pass
     with open(tmp_path / "w.lock", "rb") as other_process:  # and other processes can, too
-        fcntl.flock(other_process, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # Once the thread that took the abandoned turns has let the last go: it may have been
+        # granted the lock only after this process's writes above (through the same open file).
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                fcntl.flock(other_process, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                assert time.monotonic() < deadline, "the lock was never let go"
+                time.sleep(0.01)
     lock.close()
 
 
