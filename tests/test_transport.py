@@ -434,6 +434,23 @@ def test_an_upgrade_request_with_a_body_is_refused_rather_than_read_without_it(s
     assert "Upgrade" in error["message"]
 
 
+@pytest.mark.parametrize(("request_bytes", "said"), [
+    (head(headers=[("Host", "evil.example")]), "more than once"),
+    (b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n", "must name its Host"),
+    (head("http://evil.example/healthz"), "another host"),
+    (head("http://user@evil.example:8000/healthz"), "another host"),
+], ids=["two-hosts", "no-host", "absolute-form-other-host", "absolute-form-userinfo"])
+def test_a_request_naming_no_host_two_hosts_or_a_target_of_another_host_is_refused(server, request_bytes, said):
+    # RFC 9112 3.2: otherwise the Host TRUSTED_HOSTS checks need not be the one read next.
+    error = assert_envelope(exchange(server, request_bytes), 400, "bad_request")
+    assert said in error["message"]
+
+
+def test_a_target_in_absolute_form_naming_its_own_host_and_an_http_1_0_request_without_host_are_answered(server):
+    assert exchange(server, head("http://127.0.0.1/healthz"))[0] == 200
+    assert exchange(server, b"GET /healthz HTTP/1.0\r\n\r\n")[0] == 200
+
+
 def test_no_hostile_request_left_a_traceback(server):
     assert "HTTP parser callback failed" not in server.output()
     assert "Traceback" not in server.output()

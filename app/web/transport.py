@@ -192,6 +192,7 @@ class BoundedHttpToolsProtocol(HookedHttpToolsProtocol):
             limits.check_header(self._header_count, self._header_bytes, size)  # raises the bound broken
 
     def head_complete(self) -> None:
+        self._check_host()
         if self.parser.should_upgrade() and self._declares_body():
             # httptools skips the body of a request asking to upgrade: the application would
             # see none, and the body's bytes would be read as the next request.
@@ -200,6 +201,26 @@ class BoundedHttpToolsProtocol(HookedHttpToolsProtocol):
             self._cancel_head_timer()
         self._in_head = False
         self._heads += 1
+
+    def _check_host(self) -> None:
+        """RFC 9112 3.2: one Host, required in HTTP/1.1; a target in absolute form names the same one.
+
+        The Host is what TRUSTED_HOSTS and the application read; a second Host, or a target's
+        own authority (`GET http://other/ HTTP/1.1`, which a server is to prefer), would let a
+        request name one host to the check and another to whatever reads it next.
+        """
+        hosts = [value for name, value in self.headers if name == b"host"]
+        if len(hosts) > 1:
+            raise ServiceError("The request names its Host more than once.")
+        if not hosts:
+            if self.parser.get_http_version() == "1.1":
+                raise ServiceError("An HTTP/1.1 request must name its Host.")
+            return
+        scheme, separator, rest = self.url.partition(b"://")
+        if separator and scheme.lower() in (b"http", b"https"):
+            authority = rest.split(b"/", 1)[0].split(b"?", 1)[0].rsplit(b"@", 1)[-1]
+            if authority.lower() != hosts[0].strip().lower():
+                raise ServiceError("The request target names another host than its Host header.")
 
     def _declares_body(self) -> bool:
         for name, value in self.headers:
