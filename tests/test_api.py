@@ -574,6 +574,22 @@ def test_mint_reads_a_body_only_when_it_is_declared_json(client, session, conten
         assert_error(response, 415, "unsupported_media_type")
 
 
+@pytest.mark.parametrize("content_type", [
+    "application/json; charset=latin-1", "application/json; x=1; charset=latin-1", "application/json; x=1;charset=UTF-16LE",
+])
+def test_a_body_is_read_as_utf_8_whatever_charset_is_declared(client, session, content_type):
+    # RFC 8259 8.1: JSON is UTF-8. Once honoured only where it was not the first parameter.
+    response = client.post(KEYS, content='{"name": "café"}'.encode("latin-1"), cookies=session(),
+                           headers={"Content-Type": content_type})
+    error = assert_error(response, 400, "invalid_json")
+    assert error["message"] == "The request body is not valid utf-8 text."
+    accepted = client.post(KEYS, content='{"name": "café"}'.encode(), cookies=session(),
+                           headers={"Content-Type": "application/json; x=1; charset=<b>bogus</b>"})
+    assert accepted.status_code == 201 and accepted.json()["data"]["name"] == "café"
+    listed = client.get(KEYS, cookies=session()).json()["data"]
+    assert [key["name"] for key in listed] == ["café"]
+
+
 def test_mint_refuses_two_contradictory_content_types(client, session):
     response = client.post(
         KEYS, content=b'{"name": "ci-runner"}', cookies=session(),

@@ -44,6 +44,17 @@ def test_a_page_on_a_foreign_origin_is_refused_before_anything_is_written(dev_cl
     assert response.headers.get("x-ratelimit-remaining") is None
 
 
+def test_a_refusal_names_a_referers_origin_never_its_path_or_query(dev_client, session):
+    referer = "https://evil.example:8443/steal?api_key=sk_live_not_a_real_one&t=eyJ.token.here"
+    response = dev_client.post(KEYS, json=BODY, cookies=session(), headers={"Referer": referer})
+    error = assert_error(response, 403, "origin_not_allowed")
+    assert error["details"] == {"header": "Referer", "origin": "https://evil.example:8443"}
+    assert "sk_live_" not in response.text and "eyJ" not in response.text and "steal" not in response.text
+    garbage = dev_client.post(KEYS, json=BODY, cookies=session(), headers={"Referer": "not a url sk_live_x"})
+    assert assert_error(garbage, 403, "origin_not_allowed")["details"]["origin"] == "(not a URL)"
+    assert "sk_live_" not in garbage.text
+
+
 def test_a_revoke_from_a_foreign_page_is_refused_and_the_key_keeps_working(dev_client, session, mint):
     key = mint()
     response = dev_client.delete(f"{KEYS}/{key['id']}", cookies=session(), headers={"Origin": "https://evil.example"})

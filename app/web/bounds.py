@@ -135,6 +135,13 @@ def _normalise_content_type(scope: Scope) -> None:
 
 
 def _media_type(value: bytes) -> bytes:
+    """The media type, lower-cased, and its parameters but `charset`: a JSON body is read as UTF-8.
+
+    RFC 8259 8.1: JSON exchanged between systems is UTF-8, and `application/json` defines no
+    charset. Connexion decodes with a declared charset only where it is not the first
+    parameter (its split keeps the space after the first `;`): dropped here, whatever its
+    place, every body is read alike, and a body that is not UTF-8 is a 400.
+    """
     media, _, params = value.partition(b";")
-    params = b";".join(p.strip() for p in params.split(b";") if p.strip())
-    return media.strip().lower() + (b"; " + params if params else b"")
+    kept = [p.strip() for p in params.split(b";") if p.strip() and not p.strip().lower().startswith(b"charset=")]
+    return media.strip().lower() + (b"; " + b";".join(kept) if kept else b"")

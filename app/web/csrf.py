@@ -92,6 +92,9 @@ class OriginCheckMiddleware:
         refused = [value for value in sent if not self.policy.allows(value, own)]
         if refused or len(sent) > 1 and len(set(sent)) > 1:
             shown = (refused or sent)[0][:200]
+            if header == "Referer":
+                # Its page's origin alone: the path and query of a page may carry a token or a key.
+                shown = normalise_origin(shown) or "(not a URL)"
             raise OriginNotAllowed(
                 f"This request came from a page on {shown!r}, which may not change keys with this "
                 "account's session. Send it from this server's own pages or an allowed origin "
