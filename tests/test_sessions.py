@@ -60,6 +60,11 @@ BAD_TOKENS = {
     "huge_nbf": lambda: hs256(claims(nbf=10**400)),
     "huge_negative_nbf": lambda: hs256(claims(nbf=-(10**400))),
     "huge_iat": lambda: hs256(claims(iat=10**400)),
+    # Finite, but no time: a session that would never expire, or was issued before 1970.
+    "exp_1e308": lambda: hs256(claims(exp=1e308)),
+    "exp_10_30": lambda: hs256(claims(exp=10**30)),
+    "exp_after_9999": lambda: hs256(claims(exp=253_402_300_800)),
+    "iat_before_1970": lambda: hs256(claims(iat=-(10**30))),
     "issued_in_the_future": lambda: hs256(claims(iat=int(NOW) + 3600)),
     "string_iat": lambda: hs256(claims(iat="yesterday")),
     "boolean_iat": lambda: hs256(claims(iat=True)),

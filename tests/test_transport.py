@@ -451,6 +451,22 @@ def test_a_target_in_absolute_form_naming_its_own_host_and_an_http_1_0_request_w
     assert exchange(server, b"GET /healthz HTTP/1.0\r\n\r\n")[0] == 200
 
 
+@pytest.mark.parametrize("coding", ["gzip, chunked", "chunked, chunked", "deflate"])
+def test_a_body_in_a_transfer_coding_other_than_chunked_is_refused_not_read_as_if_plain(server, coding):
+    user = f"coder-{time.time_ns()}"
+    body = b'{"name": "coded"}'
+    request = head("/api/v1/keys", [("Transfer-Encoding", coding), ("Content-Type", "application/json"),
+                                    ("Cookie", session_cookie(user))], method="POST")
+    chunked = f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n"
+    error = assert_envelope(exchange(server, request + chunked), 400, "bad_request")
+    # By this server's check, or the parser's own (a coding twice, or no chunked last).
+    assert error["message"] in ("The request's Transfer-Encoding may only be chunked: this server undoes no other "
+                                "coding.", "The request is not valid HTTP/1.1.")
+    plain = head("/api/v1/keys", [("Transfer-Encoding", "Chunked"), ("Content-Type", "application/json"),
+                                  ("Cookie", session_cookie(user))], method="POST")
+    assert exchange(server, plain + chunked)[0] == 201  # chunked alone, in any case, is read
+
+
 def test_no_hostile_request_left_a_traceback(server):
     assert "HTTP parser callback failed" not in server.output()
     assert "Traceback" not in server.output()

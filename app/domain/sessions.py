@@ -20,6 +20,10 @@ MAX_TOKEN_LENGTH = 8192
 # Supabase's clock and ours may disagree a little; a token issued further ahead is refused.
 IAT_SKEW_SECONDS = 60
 
+# A time claim is a moment from 1970 to the end of 9999 (RFC 3339's last second): `exp` of
+# 1e308 is a finite number but no time, and would make a session that never expires.
+LAST_SECOND = 253_402_300_799
+
 
 class SessionVerifier:
     """Check session tokens signed with the project's JWT secret."""
@@ -122,7 +126,7 @@ def _seconds(claims: Mapping[str, Any], name: str) -> float | None:
         seconds = float(value)
     except OverflowError:
         raise jwt.InvalidTokenError(f"{name} is out of range") from None
-    if not math.isfinite(seconds):
+    if not math.isfinite(seconds) or not 0 <= seconds <= LAST_SECOND:
         raise jwt.InvalidTokenError(f"{name} is out of range")
     return seconds
 

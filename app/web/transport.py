@@ -193,6 +193,7 @@ class BoundedHttpToolsProtocol(HookedHttpToolsProtocol):
 
     def head_complete(self) -> None:
         self._check_host()
+        self._check_transfer_coding()
         if self.parser.should_upgrade() and self._declares_body():
             # httptools skips the body of a request asking to upgrade: the application would
             # see none, and the body's bytes would be read as the next request.
@@ -221,6 +222,22 @@ class BoundedHttpToolsProtocol(HookedHttpToolsProtocol):
             authority = rest.split(b"/", 1)[0].split(b"?", 1)[0].rsplit(b"@", 1)[-1]
             if authority.lower() != hosts[0].strip().lower():
                 raise ServiceError("The request target names another host than its Host header.")
+
+    def _check_transfer_coding(self) -> None:
+        """A body's transfer coding is `chunked`, once, or none (RFC 9112 6.1).
+
+        The parser reads `gzip, chunked` as chunked and hands on the compressed bytes as if
+        they were the body; a coding this server does not undo is refused instead.
+        """
+        codings = [
+            coding.strip().lower()
+            for name, value in self.headers
+            if name == b"transfer-encoding"
+            for coding in value.split(b",")
+            if coding.strip()
+        ]
+        if codings and codings != [b"chunked"]:
+            raise ServiceError("The request's Transfer-Encoding may only be chunked: this server undoes no other coding.")
 
     def _declares_body(self) -> bool:
         for name, value in self.headers:
