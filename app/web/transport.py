@@ -192,8 +192,7 @@ class BoundedHttpToolsProtocol(HookedHttpToolsProtocol):
             limits.check_header(self._header_count, self._header_bytes, size)  # raises the bound broken
 
     def head_complete(self) -> None:
-        self._check_host()
-        self._check_transfer_coding()
+        self._check_framing()
         if self.parser.should_upgrade() and self._declares_body():
             # httptools skips the body of a request asking to upgrade: the application would
             # see none, and the body's bytes would be read as the next request.
@@ -203,41 +202,37 @@ class BoundedHttpToolsProtocol(HookedHttpToolsProtocol):
         self._in_head = False
         self._heads += 1
 
-    def _check_host(self) -> None:
-        """RFC 9112 3.2: one Host, required in HTTP/1.1; a target in absolute form names the same one.
+    def _check_framing(self) -> None:
+        """The head names one Host and no transfer coding but chunked, in one pass over its headers.
 
-        The Host is what TRUSTED_HOSTS and the application read; a second Host, or a target's
-        own authority (`GET http://other/ HTTP/1.1`, which a server is to prefer), would let a
-        request name one host to the check and another to whatever reads it next.
+        RFC 9112 3.2: one Host, required in HTTP/1.1, and a target in absolute form names the
+        same one. The Host is what TRUSTED_HOSTS and the application read; a second Host, or a
+        target's own authority (`GET http://other/ HTTP/1.1`, which a server is to prefer),
+        would let a request name one host to the check and another to whatever reads it next.
+        RFC 9112 6.1: the parser reads `gzip, chunked` as chunked and would hand on the
+        compressed bytes as the body; a coding this server does not undo is refused instead.
         """
-        hosts = [value for name, value in self.headers if name == b"host"]
+        hosts: list[bytes] = []
+        codings: list[bytes] = []
+        for name, value in self.headers:
+            if name == b"host":
+                hosts.append(value)
+            elif name == b"transfer-encoding":
+                codings += [coding.strip().lower() for coding in value.split(b",") if coding.strip()]
+        if codings and codings != [b"chunked"]:
+            raise ServiceError("The request's Transfer-Encoding may only be chunked: this server undoes no other coding.")
         if len(hosts) > 1:
             raise ServiceError("The request names its Host more than once.")
         if not hosts:
             if self.parser.get_http_version() == "1.1":
                 raise ServiceError("An HTTP/1.1 request must name its Host.")
             return
-        scheme, separator, rest = self.url.partition(b"://")
-        if separator and scheme.lower() in (b"http", b"https"):
-            authority = rest.split(b"/", 1)[0].split(b"?", 1)[0].rsplit(b"@", 1)[-1]
-            if authority.lower() != hosts[0].strip().lower():
-                raise ServiceError("The request target names another host than its Host header.")
-
-    def _check_transfer_coding(self) -> None:
-        """A body's transfer coding is `chunked`, once, or none (RFC 9112 6.1).
-
-        The parser reads `gzip, chunked` as chunked and hands on the compressed bytes as if
-        they were the body; a coding this server does not undo is refused instead.
-        """
-        codings = [
-            coding.strip().lower()
-            for name, value in self.headers
-            if name == b"transfer-encoding"
-            for coding in value.split(b",")
-            if coding.strip()
-        ]
-        if codings and codings != [b"chunked"]:
-            raise ServiceError("The request's Transfer-Encoding may only be chunked: this server undoes no other coding.")
+        if self.url[:1] != b"/":  # not origin form: `*`, or absolute form, whose authority is checked
+            scheme, separator, rest = self.url.partition(b"://")
+            if separator and scheme.lower() in (b"http", b"https"):
+                authority = rest.split(b"/", 1)[0].split(b"?", 1)[0].rsplit(b"@", 1)[-1]
+                if authority.lower() != hosts[0].strip().lower():
+                    raise ServiceError("The request target names another host than its Host header.")
 
     def _declares_body(self) -> bool:
         for name, value in self.headers:
