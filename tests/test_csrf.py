@@ -50,6 +50,9 @@ def test_a_refusal_names_a_referers_origin_never_its_path_or_query(dev_client, s
     error = assert_error(response, 403, "origin_not_allowed")
     assert error["details"] == {"header": "Referer", "origin": "https://evil.example:8443"}
     assert "sk_live_" not in response.text and "eyJ" not in response.text and "steal" not in response.text
+    for odd in ("https://evil.example;t=sk_live_x/", "https://evil.example%2Fsk_live_x/"):
+        answer = dev_client.post(KEYS, json=BODY, cookies=session(), headers={"Referer": odd})
+        assert assert_error(answer, 403, "origin_not_allowed")["details"]["origin"] == "(not a URL)"
     garbage = dev_client.post(KEYS, json=BODY, cookies=session(), headers={"Referer": "not a url sk_live_x"})
     assert assert_error(garbage, 403, "origin_not_allowed")["details"]["origin"] == "(not a URL)"
     assert "sk_live_" not in garbage.text

@@ -438,8 +438,20 @@ def test_an_upgrade_request_with_a_body_is_refused_rather_than_read_without_it(s
     (head(headers=[("Host", "evil.example")]), "more than once"),
     (b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n", "must name its Host"),
     (head("http://evil.example/healthz"), "another host"),
-    (head("http://user@evil.example:8000/healthz"), "another host"),
-], ids=["two-hosts", "no-host", "absolute-form-other-host", "absolute-form-userinfo"])
+    (head("http://user@127.0.0.1/healthz"), "user information"),
+    (head("ftp://127.0.0.1/healthz"), "not an http or https URL"),
+    (head("http://127.0.0.1"), "has no path"),
+    (head("http://127.0.0.1?x=1"), "has no path"),
+    (b"GET http://evil.example/healthz HTTP/1.0\r\n\r\n", "another host"),
+    *((head(headers=[]).replace(b"Host: 127.0.0.1", b"Host: " + bad), "not a host name")
+      for bad in (b"evil.com/.example.com", b"evil.com?.example.com", b"evil.com#.x", b"evil.com@x.example.com",
+                  b"evil.com,x.example.com", b"a b")),
+    (b"GET /healthz HTTP/2.0\r\nHost: 127.0.0.1\r\n\r\n", "speaks HTTP/1.1"),
+    (b"GET /healthz HTTP/0.9\r\n\r\n", "speaks HTTP/1.1"),
+], ids=["two-hosts", "no-host", "absolute-form-other-host", "absolute-form-userinfo", "absolute-form-ftp",
+        "absolute-form-no-path", "absolute-form-query-no-path", "absolute-form-http-1.0-no-host",
+        "host-slash", "host-query", "host-fragment", "host-userinfo", "host-comma", "host-space",
+        "http-2.0", "http-0.9"])
 def test_a_request_naming_no_host_two_hosts_or_a_target_of_another_host_is_refused(server, request_bytes, said):
     # RFC 9112 3.2: otherwise the Host TRUSTED_HOSTS checks need not be the one read next.
     error = assert_envelope(exchange(server, request_bytes), 400, "bad_request")
@@ -448,10 +460,31 @@ def test_a_request_naming_no_host_two_hosts_or_a_target_of_another_host_is_refus
 
 def test_a_target_in_absolute_form_naming_its_own_host_and_an_http_1_0_request_without_host_are_answered(server):
     assert exchange(server, head("http://127.0.0.1/healthz"))[0] == 200
+    assert exchange(server, head("HTTP://127.0.0.1:80/healthz"))[0] == 200  # the same authority, as a client means it
+    assert exchange(server, head("http://127.0.0.1./healthz?x=1"))[0] == 200
     assert exchange(server, b"GET /healthz HTTP/1.0\r\n\r\n")[0] == 200
 
 
-@pytest.mark.parametrize("coding", ["gzip, chunked", "chunked, chunked", "deflate"])
+def test_a_chunked_body_in_http_1_0_is_refused_as_faulty_framing(server):
+    body = b'{"name": "old-chunks"}'
+    request = (b"POST /api/v1/keys HTTP/1.0\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n"
+               b"Content-Type: application/json\r\nCookie: " + session_cookie("one-oh").encode() + b"\r\n\r\n")
+    chunked = f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n"
+    error = assert_envelope(exchange(server, request + chunked), 400, "bad_request")
+    assert "in HTTP/1.1" in error["message"]
+
+
+def test_a_trailer_field_after_a_chunked_body_is_dropped_not_read_as_a_header(server):
+    # A session cookie sent only in the trailer does not sign the request in.
+    body = b'{"name": "trailed"}'
+    request = head("/api/v1/keys", [("Transfer-Encoding", "chunked"), ("Content-Type", "application/json")],
+                   method="POST")
+    trailer = f"Cookie: sb-access-token={issue_token(SECRET, 'trailer-user', time.time(), 3600)}\r\n".encode()
+    chunked = f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n" + trailer + b"\r\n"
+    assert_envelope(exchange(server, request + chunked), 401, "missing_session")
+
+
+@pytest.mark.parametrize("coding", ["gzip, chunked", "chunked, chunked", "deflate", "chunked;foo"])
 def test_a_body_in_a_transfer_coding_other_than_chunked_is_refused_not_read_as_if_plain(server, coding):
     user = f"coder-{time.time_ns()}"
     body = b'{"name": "coded"}'
@@ -460,8 +493,8 @@ def test_a_body_in_a_transfer_coding_other_than_chunked_is_refused_not_read_as_i
     chunked = f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n"
     error = assert_envelope(exchange(server, request + chunked), 400, "bad_request")
     # By this server's check, or the parser's own (a coding twice, or no chunked last).
-    assert error["message"] in ("The request's Transfer-Encoding may only be chunked: this server undoes no other "
-                                "coding.", "The request is not valid HTTP/1.1.")
+    assert error["message"] in ("The request's Transfer-Encoding may only be chunked, in HTTP/1.1: this server "
+                                "undoes no other coding.", "The request is not valid HTTP/1.1.")
     plain = head("/api/v1/keys", [("Transfer-Encoding", "Chunked"), ("Content-Type", "application/json"),
                                   ("Cookie", session_cookie(user))], method="POST")
     assert exchange(server, plain + chunked)[0] == 201  # chunked alone, in any case, is read

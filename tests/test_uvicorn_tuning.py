@@ -127,13 +127,13 @@ def pipelined(port: int) -> bytes:
         return read_to_close(sock)
 
 
-def chunked(port: int) -> bytes:
+def chunked(port: int, trailer: bytes = b"") -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
         sock.sendall(
             b"POST /stream HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n"
         )
         time.sleep(0.05)  # the rest in another read: a body split across packets
-        sock.sendall(b"6;ext=1\r\n world\r\n0\r\nTrailer: t\r\n\r\n")
+        sock.sendall(b"6;ext=1\r\n world\r\n0\r\n" + trailer + b"\r\n")
         return read_to_close(sock)
 
 
@@ -197,6 +197,17 @@ def test_the_bounded_protocol_answers_byte_for_byte_as_uvicorns(ports: dict[str,
     plain = DATE.sub(b"\r\ndate: <date>", converse(ports["plain"]))
     assert bounded == plain
     assert bounded.startswith(b"HTTP/1.1 ")
+
+
+def test_a_trailer_field_is_dropped_where_uvicorn_adds_it_to_the_request_headers(ports: dict[str, int]) -> None:
+    # The one answer that differs, on purpose: uvicorn appends a chunked body's trailer fields
+    # to the head's headers, which the application reads as sent in the head (a second Host,
+    # a Cookie the head did not carry). The bounded protocol drops them (RFC 9110 6.5.1).
+    trailer = b"Host: evil.example\r\nCookie: sb-access-token=smuggled\r\n"
+    assert b'["host", "evil.example"]' in chunked(ports["plain"], trailer)
+    bounded = chunked(ports["bounded"], trailer)
+    assert b'"body": "hello world"' in bounded
+    assert b"evil.example" not in bounded and b"smuggled" not in bounded
 
 
 def test_the_conversations_reach_the_application_as_sent(ports: dict[str, int]) -> None:

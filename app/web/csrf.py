@@ -26,6 +26,9 @@ from app.domain.errors import OriginNotAllowed
 
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 DEFAULT_PORTS = {"http": 80, "https": 443}
+# What a browser puts in Origin and Referer as a host: an ASCII (punycode) name, an IPv4
+# address, or an IPv6 literal (`urlsplit` gives it without brackets).
+HOST_NAME = re.compile(r"[a-z0-9_](?:[a-z0-9_.-]*[a-z0-9_.])?|[0-9a-f:.]*:[0-9a-f:.]*")
 
 
 def normalise_origin(value: str) -> str | None:
@@ -35,8 +38,8 @@ def normalise_origin(value: str) -> str | None:
         port = parts.port
     except ValueError:
         return None
-    if parts.scheme not in DEFAULT_PORTS or not parts.hostname:
-        return None
+    if parts.scheme not in DEFAULT_PORTS or not parts.hostname or not HOST_NAME.fullmatch(parts.hostname):
+        return None  # a host no browser sends (`evil.example;t=...`): no origin at all
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
     if port is not None and port != DEFAULT_PORTS[parts.scheme]:
         host += f":{port}"
@@ -91,10 +94,11 @@ class OriginCheckMiddleware:
         own = own_origin(scope, headers)
         refused = [value for value in sent if not self.policy.allows(value, own)]
         if refused or len(sent) > 1 and len(set(sent)) > 1:
-            shown = (refused or sent)[0][:200]
+            shown = (refused or sent)[0]
             if header == "Referer":
                 # Its page's origin alone: the path and query of a page may carry a token or a key.
                 shown = normalise_origin(shown) or "(not a URL)"
+            shown = shown[:200]
             raise OriginNotAllowed(
                 f"This request came from a page on {shown!r}, which may not change keys with this "
                 "account's session. Send it from this server's own pages or an allowed origin "

@@ -28,6 +28,7 @@ request. The body's bounds (size, read time) are the application's: `app.web.bou
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import replace
 from typing import Any, ClassVar
@@ -49,6 +50,25 @@ from app.web.uvicorn_tuning import HookedHttpToolsProtocol
 # connection, and a client still writing its oversized head would never read the answer.
 LINGER_SECONDS = 1.0
 LINGER_BYTES = 1024 * 1024
+
+
+# A Host: a DNS name (a trailing dot, `_` allowed) or IPv4 address, or an IPv6 literal, with an
+# optional port. Stricter than RFC 3986's reg-name, which admits `,;=!$&'()*+` and %-escapes:
+# no name a client resolves has them, and a Host a check reads one way and a URL parser
+# another (`evil.com/.example.com`) is refused instead.
+HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_.])?)(?::[0-9]{1,5})?")
+DEFAULT_PORTS = {b"http": b"80", b"https": b"443"}
+
+
+def _authority(value: bytes, scheme: bytes) -> bytes:
+    """An authority compared as a client means it: any case, no trailing dot, no default port."""
+    value = value.strip().lower()
+    name, colon, port = value.rpartition(b":")
+    if not colon or b"]" in port:  # no port (an IPv6 literal's colons are inside its brackets)
+        name, port = value, b""
+    if port == DEFAULT_PORTS.get(scheme):
+        port = b""
+    return name.rstrip(b".") + (b":" + port if port else b"")
 
 
 class BoundedHttpToolsProtocol(HookedHttpToolsProtocol):
@@ -191,6 +211,9 @@ class BoundedHttpToolsProtocol(HookedHttpToolsProtocol):
         if size > limits.header or self._header_bytes > limits.headers or self._header_count > limits.header_count:
             limits.check_header(self._header_count, self._header_bytes, size)  # raises the bound broken
 
+    def trailer_read(self, name: bytes, value: bytes) -> None:
+        self.header_read(name, value)  # dropped, but bounded as the head's fields are
+
     def head_complete(self) -> None:
         self._check_framing()
         if self.parser.should_upgrade() and self._declares_body():
@@ -203,15 +226,19 @@ class BoundedHttpToolsProtocol(HookedHttpToolsProtocol):
         self._heads += 1
 
     def _check_framing(self) -> None:
-        """The head names one Host and no transfer coding but chunked, in one pass over its headers.
+        """HTTP/1.0 or 1.1; one valid Host; no transfer coding but chunked; in one pass over the headers.
 
         RFC 9112 3.2: one Host, required in HTTP/1.1, and a target in absolute form names the
         same one. The Host is what TRUSTED_HOSTS and the application read; a second Host, or a
         target's own authority (`GET http://other/ HTTP/1.1`, which a server is to prefer),
         would let a request name one host to the check and another to whatever reads it next.
         RFC 9112 6.1: the parser reads `gzip, chunked` as chunked and would hand on the
-        compressed bytes as the body; a coding this server does not undo is refused instead.
+        compressed bytes as the body; a coding this server does not undo is refused instead,
+        and so is any in HTTP/1.0, which has none (faulty framing).
         """
+        version = self.parser.get_http_version()
+        if version not in ("1.1", "1.0"):
+            raise ServiceError("This server speaks HTTP/1.1 (and 1.0).")
         hosts: list[bytes] = []
         codings: list[bytes] = []
         for name, value in self.headers:
@@ -219,20 +246,34 @@ class BoundedHttpToolsProtocol(HookedHttpToolsProtocol):
                 hosts.append(value)
             elif name == b"transfer-encoding":
                 codings += [coding.strip().lower() for coding in value.split(b",") if coding.strip()]
-        if codings and codings != [b"chunked"]:
-            raise ServiceError("The request's Transfer-Encoding may only be chunked: this server undoes no other coding.")
+        if codings and (codings != [b"chunked"] or version == "1.0"):
+            raise ServiceError("The request's Transfer-Encoding may only be chunked, in HTTP/1.1: "
+                               "this server undoes no other coding.")
         if len(hosts) > 1:
             raise ServiceError("The request names its Host more than once.")
-        if not hosts:
-            if self.parser.get_http_version() == "1.1":
-                raise ServiceError("An HTTP/1.1 request must name its Host.")
-            return
-        if self.url[:1] != b"/":  # not origin form: `*`, or absolute form, whose authority is checked
-            scheme, separator, rest = self.url.partition(b"://")
-            if separator and scheme.lower() in (b"http", b"https"):
-                authority = rest.split(b"/", 1)[0].split(b"?", 1)[0].rsplit(b"@", 1)[-1]
-                if authority.lower() != hosts[0].strip().lower():
-                    raise ServiceError("The request target names another host than its Host header.")
+        host = hosts[0].strip() if hosts else None
+        if host and not HOST.fullmatch(host):
+            raise ServiceError("The request's Host is not a host name or address, with an optional port.")
+        if host is None and version == "1.1":
+            raise ServiceError("An HTTP/1.1 request must name its Host.")
+        if self.url[:1] != b"/" and self.url != b"*":  # absolute form (or the authority of CONNECT)
+            self._check_absolute_target(host)
+
+    def _check_absolute_target(self, host: bytes | None) -> None:
+        """A target in absolute form is an http(s) URL of the Host's own authority, without user info."""
+        scheme, separator, rest = self.url.partition(b"://")
+        scheme = scheme.lower()
+        if not separator or scheme not in DEFAULT_PORTS:
+            if separator:
+                raise ServiceError("The request target is not an http or https URL.")
+            return  # no URL at all: `target_invalid` answers it
+        authority = rest.split(b"/", 1)[0].split(b"?", 1)[0].split(b"#", 1)[0]
+        if b"@" in authority:
+            raise ServiceError("The request target carries user information, which HTTP does not send.")
+        if host is None or _authority(authority, scheme) != _authority(host, scheme):
+            raise ServiceError("The request target names another host than its Host header.")
+        if rest[len(authority):][:1] != b"/":
+            raise ServiceError("The request target in absolute form has no path: send at least `/`.")
 
     def _declares_body(self) -> bool:
         for name, value in self.headers:

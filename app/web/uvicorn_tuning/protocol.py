@@ -18,6 +18,8 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 class HookedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol; subclasses override the hooks, never uvicorn's methods."""
 
+    _head_read = False  # the request's head is complete: a header line now is a trailer field
+
     # Hooks, called by uvicorn's methods below
 
     def opened(self) -> None:
@@ -38,6 +40,9 @@ class HookedHttpToolsProtocol(HttpToolsProtocol):
 
     def header_read(self, name: bytes, value: bytes) -> None:
         """A header is about to be kept; raise to refuse the request."""
+
+    def trailer_read(self, name: bytes, value: bytes) -> None:
+        """A trailer field, after a chunked body, is read and dropped; raise to refuse the request."""
 
     def head_complete(self) -> None:
         """The head is complete, before uvicorn builds the request from it."""
@@ -113,6 +118,7 @@ class HookedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._head_read = False
         self.head_begun()
 
     def on_url(self, url: bytes) -> None:
@@ -120,10 +126,17 @@ class HookedHttpToolsProtocol(HttpToolsProtocol):
         self.target_read()
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._head_read:
+            # A trailer field: uvicorn would add it to the request's headers, which the
+            # application may already have read, and which it reads as sent in the head (a
+            # Host, a Cookie). Dropped instead, as RFC 9110 6.5.1 allows.
+            self.trailer_read(name, value)
+            return
         self.header_read(name, value)
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
+        self._head_read = True
         self.head_complete()
         try:
             super().on_headers_complete()  # parses the target as a URL
