@@ -56,7 +56,7 @@ LINGER_BYTES = 1024 * 1024
 # optional port. Stricter than RFC 3986's reg-name, which admits `,;=!$&'()*+` and %-escapes:
 # no name a client resolves has them, and a Host a check reads one way and a URL parser
 # another (`evil.com/.example.com`) is refused instead.
-HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_.])?)(?::[0-9]{1,5})?")
+HOST = re.compile(rb"\A(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_][A-Za-z0-9_.-]*)(?::[0-9]{1,5})?\Z")
 DEFAULT_PORTS = {b"http": b"80", b"https": b"443"}
 
 
