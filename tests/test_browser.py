@@ -223,6 +223,22 @@ def mint_on_the_page(page: Page, name: str) -> str:
     return secret
 
 
+def test_a_second_key_can_be_minted_while_the_page_still_reloads_the_list_after_the_first(page, server):
+    # The list reloads after each mint; on a slow link a user dismisses the secret and mints
+    # again before it is back. Held here for 1.5 s: the form must take the Enter meanwhile.
+    page.add_init_script("""
+        const realFetch = window.fetch;
+        window.fetch = (url, options) => String(url).includes("/api/v1/key-events")
+            ? new Promise((resolve) => setTimeout(resolve, 1500)).then(() => realFetch(url, options))
+            : realFetch(url, options);
+    """)
+    sign_in(page, server, "quick-user")
+    first = mint_on_the_page(page, "first-quick")
+    second = mint_on_the_page(page, "second-quick")
+    assert first != second
+    assert sorted(key["name"] for key in keys_of(server, "quick-user")) == ["first-quick", "second-quick"]
+
+
 def test_the_key_page_rolls_a_key_with_a_grace_period_and_shows_when_the_old_one_stops(page, server):
     sign_in(page, server, "roll-user")
     old_secret = mint_on_the_page(page, "prod-splunk-2026q2")

@@ -374,20 +374,24 @@ async function mint(event) {
   const allowed = addresses($("#allowed-ips").value);
   if (allowed.length) body.allowed_ips = allowed;
   button.disabled = true;
+  let minted;
   try {
-    const { data, meta } = await api("/api/v1/keys", {
+    minted = await api("/api/v1/keys", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify(body),
     });
-    showSecret(data, meta);
-    $("#mint-form").reset();
-    await refresh();
   } catch (error) {
     showError(error);
+    return;
   } finally {
+    // As soon as the mint is answered, not after the list is reloaded: a disabled button
+    // would swallow the next Enter in the form (no implicit submission) while it loads.
     button.disabled = false;
   }
+  showSecret(minted.data, minted.meta);
+  $("#mint-form").reset();
+  await refresh();
 }
 
 function showSecret(data, meta) {
