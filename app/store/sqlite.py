@@ -23,7 +23,15 @@ from app.domain.errors import ServiceError, StoreUnavailable
 from app.store import migrations
 from app.store.errors import DatabaseMissing, Migrated, StoreStartError
 from app.store.sql import SQLStore
-from app.store.writer import CHECKPOINT_INTERVAL_S, Checkpointer, LogSync, WriterLock, make_durable, relied_on
+from app.store.writer import (
+    CHECKPOINT_INTERVAL_S,
+    Checkpointer,
+    LogSync,
+    WriterLock,
+    make_durable,
+    relied_on,
+    result_code,
+)
 
 BUSY_TIMEOUT_MS = 5000
 SCHEMA_VERSION = migrations.SCHEMA_VERSION
@@ -37,11 +45,7 @@ UNAVAILABLE_CODES = frozenset({
 
 
 def _unavailable(error: sqlite3.OperationalError) -> bool:
-    return (getattr(error, "sqlite_errorcode", 0) & 0xFF) in UNAVAILABLE_CODES
-
-
-def _read_only(error: sqlite3.OperationalError) -> bool:
-    return getattr(error, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_READONLY
+    return result_code(error) in UNAVAILABLE_CODES
 
 
 # A write that failed so says the files cannot be written (unlike busy or locked, which pass):
@@ -53,7 +57,7 @@ UNWRITABLE = {
 
 
 def _unwritable(error: sqlite3.OperationalError) -> str | None:
-    return UNWRITABLE.get(getattr(error, "sqlite_errorcode", 0) & 0xFF)
+    return UNWRITABLE.get(result_code(error))
 
 
 class SQLiteStore(SQLStore):
@@ -215,11 +219,11 @@ class SQLiteStore(SQLStore):
             finally:
                 turn.release()
         except sqlite3.OperationalError as error:
-            if conn is not None and _read_only(error):
-                # Opened while the file could not be written, a connection stays read-only after
-                # it can be again: the next write opens another.
-                self._discard(conn)
             if reason := _unwritable(error):
+                if conn is not None and reason == "read_only":
+                    # Opened while the file could not be written, a connection stays read-only
+                    # after it can be again: the next write opens another.
+                    self._discard(conn)
                 self._found_unwritable(reason)
             if _unavailable(error):
                 raise StoreUnavailable("The key store is temporarily unavailable; retry shortly.") from error
@@ -246,11 +250,15 @@ class SQLiteStore(SQLStore):
         self._unwritable = reason
         if self._probe_lock.acquire(blocking=False):  # a check under way closes it itself
             try:
-                if self._probe is not None:
-                    self._probe.close()
-                    self._probe = None
+                self._close_probe()
             finally:
                 self._probe_lock.release()
+
+    def _close_probe(self) -> None:
+        """Under the probe lock: close the readiness check's connection, if open (the next check opens another)."""
+        if self._probe is not None:
+            self._probe.close()
+            self._probe = None
 
     def _after_durable_write(self, changed: bool) -> None:
         """Sync what a durable write committed (`make_durable`), or, if nothing, what it found (`relied_on`)."""
@@ -291,9 +299,7 @@ class SQLiteStore(SQLStore):
             conn.close()
             self._local.conn = None
         with self._probe_lock:
-            if self._probe is not None:
-                self._probe.close()
-                self._probe = None
+            self._close_probe()
 
     # -- schema ---------------------------------------------------------------------------
 
@@ -365,15 +371,13 @@ class SQLiteStore(SQLStore):
         error while the files still cannot be written.
         """
         assert self._path is not None
-        if self._probe is not None:
-            self._probe.close()
-            self._probe = None
+        self._close_probe()
         conn = sqlite3.connect(self._path, timeout=0, isolation_level=None)
         try:
             try:
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError as error:
-                if getattr(error, "sqlite_errorcode", 0) & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                if result_code(error) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
                     return  # another connection is writing: not this check's to wait for
                 raise
             try:

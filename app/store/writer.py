@@ -33,6 +33,11 @@ REMEMBERED_FAILURES = 64
 log = logging.getLogger(__name__)
 
 
+def result_code(error: sqlite3.Error) -> int:
+    """SQLite's primary result code for `error` (`SQLITE_READONLY`, `SQLITE_BUSY`, ...), 0 if it has none."""
+    return getattr(error, "sqlite_errorcode", 0) & 0xFF
+
+
 class Deferred(list[tuple["LogSync", int]]):
     """The syncs a request's answer waits for: (log, ticket) pairs; `closed` once it is answered."""
 
@@ -226,7 +231,7 @@ class Checkpointer:
                     if not failing:  # once per run of failures, not every interval
                         log.warning("background WAL checkpoint failed: %s", error)
                     failing = True
-                    if conn is not None and getattr(error, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_READONLY:
+                    if conn is not None and result_code(error) == sqlite3.SQLITE_READONLY:
                         # Opened while the file could not be written: kept, it would keep the
                         # process's map of the log's index read-only (`SQLiteStore._found_unwritable`).
                         conn.close()
