@@ -53,9 +53,10 @@ class BodyBoundsMiddleware:
         headers = scope["headers"]
         try:
             self.head_limits.check_headers(headers)
-            if _declared_length(headers) > self.max_body_bytes:  # refused from the head, not after a wait
+            length, chunked = _framing(headers)
+            if length > self.max_body_bytes:  # refused from the head, not after a wait
                 raise _too_large(self.max_body_bytes)
-            body = await self._read_body(receive, _has_body(headers))
+            body = await self._read_body(receive, chunked or length > 0)
         except ServiceError as refusal:
             status, code = status_and_code(refusal)
             await send_json(
@@ -68,7 +69,7 @@ class BodyBoundsMiddleware:
         state.body = body
         if scope["method"] in BODY_METHODS:
             _normalise_content_type(scope)
-        if any(name == b"transfer-encoding" for name, _ in scope["headers"]):
+        if chunked:
             scope["headers"] = [
                 (k, v) for k, v in scope["headers"] if k not in (b"content-length", b"transfer-encoding")
             ]
@@ -113,16 +114,16 @@ def _too_large(limit: int) -> PayloadTooLarge:
     return PayloadTooLarge(f"The request body is larger than {limit} bytes.", {"limit_bytes": limit})
 
 
-def _declared_length(headers: list[tuple[bytes, bytes]]) -> int:
-    """The body's Content-Length, 0 if none (the server has refused one that is not digits)."""
+def _framing(headers: list[tuple[bytes, bytes]]) -> tuple[int, bool]:
+    """The body's Content-Length (0 if none; the server has refused one that is not digits) and
+    whether it has a Transfer-Encoding (the server hands its body on decoded), in one pass."""
+    length, chunked = 0, False
     for name, value in headers:
         if name == b"content-length":
-            return int(value) if value.isdigit() else 0
-    return 0
-
-
-def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:
-    return any(name == b"transfer-encoding" or (name == b"content-length" and value != b"0") for name, value in headers)
+            length = int(value) if value.isdigit() else 0
+        elif name == b"transfer-encoding":
+            chunked = True
+    return length, chunked
 
 
 def _normalise_content_type(scope: Scope) -> None:
