@@ -1,4 +1,5 @@
-"""Why a store cannot be opened at start: each says so in one line, with no credentials."""
+"""What opening a store found: why it cannot be opened at start (each in one line, with no
+credentials), or what its migration did (`Migrated`)."""
 
 from __future__ import annotations
 
